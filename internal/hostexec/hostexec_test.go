@@ -1,0 +1,39 @@
+package hostexec
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestRealRunCapturesAndReportsExit(t *testing.T) {
+	ctx := context.Background()
+	r := Real{}
+	res, err := r.Run(ctx, Cmd{Name: "sh", Args: []string{"-c", "echo out; echo err >&2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(res.Stdout) != "out\n" || string(res.Stderr) != "err\n" {
+		t.Fatalf("got %q %q", res.Stdout, res.Stderr)
+	}
+	_, err = r.Run(ctx, Cmd{Name: "sh", Args: []string{"-c", "echo boom >&2; exit 3"}})
+	var ee *ExitError
+	if !errors.As(err, &ee) || ee.ExitCode != 3 || !strings.Contains(ee.Error(), "boom") {
+		t.Fatalf("want exit error 3 with stderr, got %v", err)
+	}
+	_, err = r.Run(ctx, Cmd{Name: "definitely-not-a-program-xyz"})
+	if !errors.Is(err, ErrNotFound) {
+		t.Fatalf("want ErrNotFound, got %v", err)
+	}
+}
+
+func TestRecorderAndQuoting(t *testing.T) {
+	rec := &Recorder{}
+	_, _ = rec.Run(context.Background(), Cmd{Name: "ip", Args: []string{"link", "add", "a b", "it's", ""}})
+	got := rec.Lines()
+	want := `ip link add 'a b' 'it'\''s' ''`
+	if len(got) != 1 || got[0] != want {
+		t.Fatalf("got %q want %q", got, want)
+	}
+}

@@ -1,0 +1,25 @@
+package privops
+
+import (
+	"log/slog"
+
+	"github.com/bangerdev/banger/internal/hostexec"
+)
+
+// Local performs privileged operations in-process. It is used by the owner
+// daemon when it runs as root, and behind the root helper's server. Its
+// methods live in files by area: local_net.go (bridge, tap, NAT, resolver),
+// local_disk.go (loop, device-mapper), local_process.go (VMM launch/signal,
+// chown).
+type Local struct {
+	Runner hostexec.Runner
+	Logger *slog.Logger
+}
+
+// NewLocal returns a Local using runner for host tools.
+func NewLocal(runner hostexec.Runner, logger *slog.Logger) *Local {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &Local{Runner: runner, Logger: logger}
+}

@@ -23,10 +23,11 @@ func ValidateName(name string) error {
 	if len(name) > 63 {
 		return fmt.Errorf("%w: %q is %d characters long (%s)", ErrInvalidName, truncate(name), len(name), NameRule)
 	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
+	pos := 0
+	for _, c := range name {
+		pos++
 		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
-			return fmt.Errorf("%w: %q has %q at position %d (%s)", ErrInvalidName, truncate(name), rune(c), i+1, NameRule)
+			return fmt.Errorf("%w: %q has %q at position %d (%s)", ErrInvalidName, truncate(name), c, pos, NameRule)
 		}
 	}
 	if name[0] == '-' || name[len(name)-1] == '-' {
@@ -78,30 +79,41 @@ func GenerateName(taken func(string) bool) string {
 // ErrInvalidSize is wrapped by ParseSizeMiB errors.
 var ErrInvalidSize = errors.New("invalid size")
 
-// ParseSizeMiB parses sizes such as "8G", "8GiB", "512M", "1T" or a bare
-// number of MiB ("2048") and returns MiB. Zero and negative sizes are
-// rejected.
+// ParseSizeMiB parses sizes such as "8G", "8GiB", "8GB", "512M", "1T" or a
+// bare number of MiB ("2048") and returns MiB. Units are binary and case
+// insensitive; "K" sizes must be whole MiB. Zero, negative, fractional and
+// byte sizes ("8B") are rejected.
 func ParseSizeMiB(s string) (int64, error) {
 	orig := s
 	s = strings.TrimSpace(s)
 	if s == "" {
 		return 0, fmt.Errorf("%w: empty (use e.g. 8G, 512M or 2048 for MiB)", ErrInvalidSize)
 	}
-	upper := strings.ToUpper(s)
-	upper = strings.TrimSuffix(upper, "IB")
-	upper = strings.TrimSuffix(upper, "B")
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return 0, fmt.Errorf("%w: %q (use e.g. 8G, 512M or 2048 for MiB)", ErrInvalidSize, orig)
+		}
+	}
+	num := strings.ToUpper(s)
+	// An optional "B" or "iB" is only meaningful after a unit letter.
+	if unit := strings.TrimSuffix(strings.TrimSuffix(num, "IB"), "B"); unit != num {
+		if unit == "" || !strings.ContainsRune("KMGT", rune(unit[len(unit)-1])) {
+			return 0, fmt.Errorf("%w: %q (use e.g. 8G, 512M or 2048 for MiB)", ErrInvalidSize, orig)
+		}
+		num = unit
+	}
 	mult := int64(1)
 	switch {
-	case strings.HasSuffix(upper, "K"):
-		return parseKiB(orig, strings.TrimSuffix(upper, "K"))
-	case strings.HasSuffix(upper, "M"):
-		upper = strings.TrimSuffix(upper, "M")
-	case strings.HasSuffix(upper, "G"):
-		mult, upper = 1024, strings.TrimSuffix(upper, "G")
-	case strings.HasSuffix(upper, "T"):
-		mult, upper = 1024*1024, strings.TrimSuffix(upper, "T")
+	case strings.HasSuffix(num, "K"):
+		return parseKiB(orig, strings.TrimSuffix(num, "K"))
+	case strings.HasSuffix(num, "M"):
+		num = strings.TrimSuffix(num, "M")
+	case strings.HasSuffix(num, "G"):
+		mult, num = 1024, strings.TrimSuffix(num, "G")
+	case strings.HasSuffix(num, "T"):
+		mult, num = 1024*1024, strings.TrimSuffix(num, "T")
 	}
-	n, err := strconv.ParseInt(strings.TrimSpace(upper), 10, 64)
+	n, err := strconv.ParseInt(strings.TrimSpace(num), 10, 64)
 	if err != nil {
 		return 0, fmt.Errorf("%w: %q (use e.g. 8G, 512M or 2048 for MiB)", ErrInvalidSize, orig)
 	}

@@ -1,0 +1,120 @@
+// Package api names the daemon's RPC methods and their parameter and result
+// types. It is shared by the CLI (client) and the daemon (server); changing a
+// type here is a protocol change.
+package api
+
+import (
+	"github.com/bangerdev/banger/internal/buildinfo"
+	"github.com/bangerdev/banger/internal/model"
+)
+
+// Method names.
+const (
+	MethodPing           = "ping"
+	MethodShutdown       = "daemon.shutdown"
+	MethodOperationsList = "daemon.operations.list"
+
+	MethodVMCreate  = "vm.create"
+	MethodVMList    = "vm.list"
+	MethodVMShow    = "vm.show"
+	MethodVMDelete  = "vm.delete"
+	MethodVMPrune   = "vm.prune"
+	MethodVMStart   = "vm.start"
+	MethodVMStop    = "vm.stop"
+	MethodVMRestart = "vm.restart"
+	MethodVMKill    = "vm.kill"
+	MethodVMSet     = "vm.set"
+	MethodVMLogs    = "vm.logs"
+	MethodVMStats   = "vm.stats"
+
+	MethodImageList     = "image.list"
+	MethodImageShow     = "image.show"
+	MethodImageBuild    = "image.build"
+	MethodImagePull     = "image.pull"
+	MethodImageRegister = "image.register"
+	MethodImageDelete   = "image.delete"
+	MethodImagePrune    = "image.cache.prune"
+
+	MethodKernelList   = "kernel.list"
+	MethodKernelShow   = "kernel.show"
+	MethodKernelPull   = "kernel.pull"
+	MethodKernelImport = "kernel.import"
+	MethodKernelRemove = "kernel.rm"
+)
+
+// Empty is the params/result of methods that take or return nothing.
+type Empty struct{}
+
+// PingResult identifies the daemon.
+type PingResult struct {
+	Build    buildinfo.Info `json:"build"`
+	Protocol int            `json:"protocol"`
+	PID      int            `json:"pid"`
+	Mode     string         `json:"mode"` // user or system
+	Socket   string         `json:"socket"`
+	StateDir string         `json:"state_dir"`
+}
+
+// Ref names one VM by name, id or unique id prefix.
+type Ref struct {
+	Ref string `json:"ref"`
+}
+
+// VMCreateParams are the inputs of vm.create. Zero values mean "use the
+// configured default".
+type VMCreateParams struct {
+	Name        string `json:"name,omitempty"`
+	Image       string `json:"image,omitempty"`
+	Kernel      string `json:"kernel,omitempty"`
+	VCPU        int    `json:"vcpu,omitempty"`
+	MemoryMiB   int64  `json:"memory_mib,omitempty"`
+	DiskSizeMiB int64  `json:"disk_size_mib,omitempty"`
+	NAT         bool   `json:"nat,omitempty"`
+	NoStart     bool   `json:"no_start,omitempty"`
+}
+
+// VMList is the result of vm.list.
+type VMList struct {
+	VMs []*model.VM `json:"vms"`
+}
+
+// VMListParams filters vm.list.
+type VMListParams struct {
+	RunningOnly bool `json:"running_only,omitempty"`
+}
+
+// VMPruneParams are the inputs of vm.prune.
+type VMPruneParams struct {
+	DryRun bool `json:"dry_run,omitempty"`
+}
+
+// VMPruneResult lists what prune removed (or would remove).
+type VMPruneResult struct {
+	Deleted []string          `json:"deleted"`
+	Failed  map[string]string `json:"failed,omitempty"`
+}
+
+// VMKillParams are the inputs of vm.kill.
+type VMKillParams struct {
+	Ref    string `json:"ref"`
+	Signal string `json:"signal,omitempty"` // e.g. KILL, TERM; default KILL
+}
+
+// VMSetParams change a stopped VM. Nil fields are left alone.
+type VMSetParams struct {
+	Ref         string `json:"ref"`
+	VCPU        *int   `json:"vcpu,omitempty"`
+	MemoryMiB   *int64 `json:"memory_mib,omitempty"`
+	DiskSizeMiB *int64 `json:"disk_size_mib,omitempty"`
+	NAT         *bool  `json:"nat,omitempty"`
+}
+
+// OperationsList is the result of daemon.operations.list.
+type OperationsList struct {
+	Operations []*model.Operation `json:"operations"`
+}
+
+// OperationsListParams filters daemon.operations.list.
+type OperationsListParams struct {
+	All bool `json:"all,omitempty"` // include finished operations
+}

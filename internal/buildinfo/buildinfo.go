@@ -1,0 +1,30 @@
+// Package buildinfo holds the version stamped into the binaries at link
+// time (-ldflags "-X github.com/bangerdev/banger/internal/buildinfo.Version=...").
+package buildinfo
+
+import "fmt"
+
+// Set by the linker; see the Makefile.
+var (
+	Version   = "dev"
+	Commit    = "unknown"
+	BuildTime = "unknown"
+)
+
+// Info is the build identity of a binary.
+type Info struct {
+	Version   string `json:"version"`
+	Commit    string `json:"commit"`
+	BuildTime string `json:"build_time"`
+}
+
+// Get returns this binary's build identity.
+func Get() Info { return Info{Version: Version, Commit: Commit, BuildTime: BuildTime} }
+
+// String renders "banger VERSION (commit COMMIT, built TIME)".
+func (i Info) String() string {
+	return fmt.Sprintf("%s (commit %s, built %s)", i.Version, i.Commit, i.BuildTime)
+}
+
+// Same reports whether two builds are the same version and commit.
+func (i Info) Same(o Info) bool { return i.Version == o.Version && i.Commit == o.Commit }

@@ -1,0 +1,236 @@
+package daemon
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/internal/model"
+	"github.com/bangerdev/banger/internal/rpc"
+)
+
+// newVMID returns a random 16-hex-digit VM id.
+func newVMID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// resolveCreate fills defaults from the configuration and validates the
+// request. It does not touch the store.
+func (d *Daemon) resolveCreate(p api.VMCreateParams) (api.VMCreateParams, error) {
+	cfg := d.cfg.VM
+	if p.Image == "" {
+		p.Image = cfg.Image
+	}
+	if p.Kernel == "" {
+		p.Kernel = cfg.Kernel
+	}
+	if p.VCPU == 0 {
+		p.VCPU = cfg.VCPU
+	}
+	if p.MemoryMiB == 0 {
+		p.MemoryMiB = cfg.MemoryMiB
+	}
+	if p.DiskSizeMiB == 0 {
+		p.DiskSizeMiB = cfg.DiskSizeMiB
+	}
+	switch {
+	case p.VCPU < 0 || p.VCPU > 64:
+		return p, rpc.Errorf(rpc.CodeBadRequest, "vcpu must be between 1 and 64, got %d", p.VCPU)
+	case p.MemoryMiB < 0:
+		return p, rpc.Errorf(rpc.CodeBadRequest, "memory must be positive, got %d MiB", p.MemoryMiB)
+	case p.MemoryMiB < 128:
+		return p, rpc.Errorf(rpc.CodeBadRequest, "memory must be at least 128M, got %s", model.FormatMiB(p.MemoryMiB))
+	case p.DiskSizeMiB < 0:
+		return p, rpc.Errorf(rpc.CodeBadRequest, "disk size must be positive, got %d MiB", p.DiskSizeMiB)
+	case p.DiskSizeMiB < 64:
+		return p, rpc.Errorf(rpc.CodeBadRequest, "disk size must be at least 64M, got %s", model.FormatMiB(p.DiskSizeMiB))
+	}
+	if p.Name != "" {
+		if err := model.ValidateName(p.Name); err != nil {
+			return p, rpc.Errorf(rpc.CodeBadRequest, "%w", err)
+		}
+	}
+	return p, nil
+}
+
+// createRecord reserves the name and writes the VM record in state
+// "stopped" (its disks are made by start).
+func (d *Daemon) createRecord(ctx context.Context, p api.VMCreateParams) (*model.VM, error) {
+	p, err := d.resolveCreate(p)
+	if err != nil {
+		return nil, err
+	}
+	if p.Name == "" {
+		existing, err := d.store.ListVMs(ctx)
+		if err != nil {
+			return nil, err
+		}
+		taken := map[string]bool{}
+		for _, vm := range existing {
+			taken[vm.Name] = true
+		}
+		p.Name = model.GenerateName(func(n string) bool { return taken[n] })
+	}
+	unlock, err := d.locks.Lock(ctx, "name:"+p.Name)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	now := d.now()
+	vm := &model.VM{
+		ID:          newVMID(),
+		Name:        p.Name,
+		State:       model.StateStopped,
+		Image:       p.Image,
+		Kernel:      p.Kernel,
+		Driver:      d.cfg.VM.Driver,
+		VCPU:        p.VCPU,
+		MemoryMiB:   p.MemoryMiB,
+		DiskSizeMiB: p.DiskSizeMiB,
+		NAT:         p.NAT,
+		CreatedAt:   now,
+		UpdatedAt:   now,
+	}
+	if err := d.store.CreateVM(ctx, vm); err != nil {
+		if errors.Is(err, model.ErrAlreadyExists) {
+			return nil, rpc.Errorf(rpc.CodeAlreadyExists, "a VM named %q already exists (pick another --name, or `banger vm delete %s`)", p.Name, p.Name)
+		}
+		return nil, fmt.Errorf("record vm %s: %w", p.Name, err)
+	}
+	return vm, nil
+}
+
+func (d *Daemon) vmCreate(ctx context.Context, p api.VMCreateParams) (*model.VM, error) {
+	ctx, op := d.ops.Begin(ctx, "vm.create", p.Name)
+	vm, err := d.createRecord(ctx, p)
+	if err == nil && !p.NoStart {
+		if d.lifecycle == nil {
+			err = rpc.Errorf(rpc.CodeOperationFailed, "VM %s was recorded but cannot be started: this build has no VM lifecycle yet (use --no-start)", vm.Name)
+		} else {
+			vm, err = d.lifecycle.Start(ctx, vm)
+		}
+	}
+	op.End(err)
+	return vm, err
+}
+
+func (d *Daemon) vmList(ctx context.Context, p api.VMListParams) (*api.VMList, error) {
+	vms, err := d.store.ListVMs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := &api.VMList{VMs: []*model.VM{}}
+	for _, vm := range vms {
+		if p.RunningOnly && vm.State != model.StateRunning {
+			continue
+		}
+		out.VMs = append(out.VMs, vm)
+	}
+	return out, nil
+}
+
+func (d *Daemon) resolveRef(ctx context.Context, ref string) (*model.VM, error) {
+	if ref == "" {
+		return nil, rpc.Errorf(rpc.CodeBadRequest, "no VM given: name a VM by name, id or id prefix (see `banger vm list`)")
+	}
+	vm, err := d.store.ResolveVM(ctx, ref)
+	if err != nil {
+		if errors.Is(err, model.ErrNotFound) {
+			return nil, rpc.Errorf(rpc.CodeNotFound, "no VM matches %q (see `banger vm list`)", ref)
+		}
+		return nil, rpc.Errorf(rpc.CodeBadRequest, "%w", err)
+	}
+	return vm, nil
+}
+
+func (d *Daemon) vmShow(ctx context.Context, p api.Ref) (*model.VM, error) {
+	return d.resolveRef(ctx, p.Ref)
+}
+
+// withVM resolves ref and runs fn holding the VM's lock, re-reading the
+// record under the lock.
+func (d *Daemon) withVM(ctx context.Context, ref string, fn func(vm *model.VM) (*model.VM, error)) (*model.VM, error) {
+	vm, err := d.resolveRef(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	unlock, err := d.locks.Lock(ctx, "vm:"+vm.ID)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	vm, err = d.store.GetVM(ctx, vm.ID)
+	if err != nil {
+		if errors.Is(err, model.ErrNotFound) {
+			return nil, rpc.Errorf(rpc.CodeNotFound, "VM %q was deleted meanwhile", ref)
+		}
+		return nil, err
+	}
+	return fn(vm)
+}
+
+func (d *Daemon) vmDelete(ctx context.Context, p api.Ref) (*model.VM, error) {
+	return d.withVM(ctx, p.Ref, func(vm *model.VM) (*model.VM, error) {
+		return vm, d.deleteLocked(ctx, vm)
+	})
+}
+
+// deleteLocked removes a VM and everything it owns. The caller holds the
+// VM's lock.
+func (d *Daemon) deleteLocked(ctx context.Context, vm *model.VM) error {
+	if d.lifecycle != nil {
+		if err := d.lifecycle.Destroy(ctx, vm); err != nil {
+			return err
+		}
+	} else if vm.State == model.StateRunning {
+		return rpc.Errorf(rpc.CodeOperationFailed, "VM %s is running; stop it first", vm.Name)
+	}
+	if err := d.store.DeleteVM(ctx, vm.ID); err != nil && !errors.Is(err, model.ErrNotFound) {
+		return fmt.Errorf("delete record of %s: %w", vm.Name, err)
+	}
+	return nil
+}
+
+func (d *Daemon) vmPrune(ctx context.Context, p api.VMPruneParams) (*api.VMPruneResult, error) {
+	vms, err := d.store.ListVMs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	res := &api.VMPruneResult{Deleted: []string{}, Failed: map[string]string{}}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, vm := range vms {
+		if vm.State == model.StateRunning || vm.State == model.StateStarting || vm.State == model.StateStopping {
+			continue
+		}
+		if p.DryRun {
+			res.Deleted = append(res.Deleted, vm.Name)
+			continue
+		}
+		wg.Add(1)
+		go func(vm *model.VM) {
+			defer wg.Done()
+			_, err := d.withVM(ctx, vm.ID, func(cur *model.VM) (*model.VM, error) {
+				if cur.State == model.StateRunning || cur.State == model.StateStarting || cur.State == model.StateStopping {
+					return cur, nil // started meanwhile: keep it
+				}
+				return cur, d.deleteLocked(ctx, cur)
+			})
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				res.Failed[vm.Name] = err.Error()
+			} else {
+				res.Deleted = append(res.Deleted, vm.Name)
+			}
+		}(vm)
+	}
+	wg.Wait()
+	return res, nil
+}

@@ -1,0 +1,361 @@
+package rpc
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"runtime/debug"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/bangerdev/banger/internal/progress"
+)
+
+const (
+	// requestReadTimeout bounds how long a connected client may take to
+	// send its request frame.
+	requestReadTimeout = 30 * time.Second
+	// frameWriteTimeout bounds each frame write, so a client that stops
+	// reading cannot block a handler forever.
+	frameWriteTimeout = 30 * time.Second
+)
+
+var (
+	errClientGone = errors.New("client hung up")
+	errShutdown   = errors.New("server shutting down")
+)
+
+// ServerOptions configures a Server.
+type ServerOptions struct {
+	// Logger receives one record per request (method, op_id, duration,
+	// code). nil discards.
+	Logger *slog.Logger
+	// AllowUID decides which peer uids may call. nil allows only the
+	// server's own effective uid.
+	AllowUID func(uid uint32) bool
+	// Version and Commit of the serving binary, used in logs and in the
+	// bad_version / unknown_method messages.
+	Version, Commit string
+}
+
+// Server serves registered methods over a unix socket listener. Register
+// every method with Handle before calling Serve.
+type Server struct {
+	logger *slog.Logger
+	allow  func(uint32) bool
+	desc   string
+
+	mu       sync.RWMutex
+	handlers map[string]Handler
+}
+
+// NewServer returns a server with no methods.
+func NewServer(opts ServerOptions) *Server {
+	s := &Server{logger: opts.Logger, allow: opts.AllowUID, handlers: map[string]Handler{}}
+	if s.logger == nil {
+		s.logger = slog.New(slog.DiscardHandler)
+	}
+	if s.allow == nil {
+		euid := uint32(os.Geteuid())
+		s.allow = func(uid uint32) bool { return uid == euid }
+	}
+	s.desc = "this server"
+	if opts.Version != "" {
+		s.desc = "this server (version " + opts.Version + ")"
+	}
+	return s
+}
+
+// Handle registers h for method. It panics on a malformed method name or a
+// duplicate registration (both are programming errors).
+func (s *Server) Handle(method string, h Handler) {
+	if !validMethod(method) {
+		panic(fmt.Sprintf("rpc: malformed method name %q", method))
+	}
+	if h == nil {
+		panic("rpc: nil handler for " + method)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, dup := s.handlers[method]; dup {
+		panic("rpc: method registered twice: " + method)
+	}
+	s.handlers[method] = h
+}
+
+func (s *Server) handler(method string) Handler {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.handlers[method]
+}
+
+// Serve accepts connections on ln until ctx is done, then closes ln,
+// cancels the context of every in-flight handler, waits for them to
+// return (their clients still get an answer) and returns nil. It returns
+// an error if ln fails for another reason (after the same wait).
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer ln.Close()
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+
+	var delay time.Duration
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return fmt.Errorf("rpc listener closed: %w", err)
+			}
+			// EMFILE, ECONNABORTED...: back off and keep serving.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			s.logger.Warn("rpc accept failed; retrying", "err", err, "retry_in", delay)
+			select {
+			case <-time.After(delay):
+			case <-ctx.Done():
+				return nil
+			}
+			continue
+		}
+		delay = 0
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.serveConn(ctx, conn)
+		}()
+	}
+}
+
+// frameWriter serializes frame writes on one connection and drops writes
+// after the final frame or after a write failure.
+type frameWriter struct {
+	mu     sync.Mutex
+	conn   net.Conn
+	done   bool
+	broken error
+}
+
+func (w *frameWriter) write(v any, final bool) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	b = append(b, '\n')
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.done || w.broken != nil {
+		return w.broken
+	}
+	if final {
+		w.done = true
+	}
+	_ = w.conn.SetWriteDeadline(time.Now().Add(frameWriteTimeout))
+	if _, err := w.conn.Write(b); err != nil {
+		w.broken = err
+		return err
+	}
+	return nil
+}
+
+func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
+	defer conn.Close()
+	start := time.Now()
+	w := &frameWriter{conn: conn}
+
+	peer, err := peerOf(conn)
+	if err != nil || !s.allow(peer.UID) {
+		opID := NewOpID()
+		msg := fmt.Sprintf("uid %d may not use this socket (it belongs to uid %d: run banger as that user)", peer.UID, os.Geteuid())
+		if err != nil {
+			msg = "cannot identify the caller: " + err.Error()
+		}
+		_ = w.write(errorFrame{Error: &Error{Code: CodeUnauthorized, Message: msg, OpID: opID}}, true)
+		s.logger.Warn("rpc refused", "op_id", opID, "code", CodeUnauthorized, "peer_uid", peer.UID, "peer_pid", peer.PID, "err", err)
+		return
+	}
+
+	// Read the one request frame; shutdown interrupts a slow sender.
+	br := bufio.NewReaderSize(conn, 64<<10)
+	_ = conn.SetReadDeadline(time.Now().Add(requestReadTimeout))
+	stopRead := context.AfterFunc(ctx, func() { _ = conn.SetReadDeadline(time.Unix(1, 0)) })
+	line, err := readFrame(br, MaxRequestSize)
+	interrupted := !stopRead()
+	if err != nil {
+		if interrupted {
+			return
+		}
+		opID := NewOpID()
+		var re *Error
+		if errors.As(err, &re) {
+			re.OpID = opID
+			_ = w.write(errorFrame{Error: re}, true)
+			s.logger.Warn("rpc bad request", "op_id", opID, "code", re.Code, "err", re.Message, "peer_uid", peer.UID)
+		} else {
+			s.logger.Debug("rpc client sent no request", "err", err, "peer_uid", peer.UID)
+		}
+		return
+	}
+
+	req, rerr := decodeRequest(line, s.desc)
+	opID := req.OpID
+	if opID == "" {
+		opID = NewOpID()
+	}
+	if rerr != nil {
+		rerr.OpID = opID
+		_ = w.write(errorFrame{Error: rerr}, true)
+		s.logger.Warn("rpc rejected", "op_id", opID, "code", rerr.Code, "err", rerr.Message, "peer_uid", peer.UID)
+		return
+	}
+	h := s.handler(req.Method)
+	if h == nil {
+		e := &Error{Code: CodeUnknownMethod, OpID: opID,
+			Message: fmt.Sprintf("unknown method %q: %s does not offer it (if banger was just upgraded, restart the daemon with `banger daemon stop`)", req.Method, s.desc)}
+		_ = w.write(errorFrame{Error: e}, true)
+		s.logger.Warn("rpc unknown method", "method", req.Method, "op_id", opID, "code", e.Code, "peer_uid", peer.UID)
+		return
+	}
+
+	hctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	hctx = withPeer(WithOpID(hctx, opID), peer)
+	if req.Events {
+		hctx = progress.WithSink(hctx, func(e progress.Event) {
+			if err := w.write(eventFrame{Event: e}, false); err != nil {
+				cancel(errClientGone)
+			}
+		})
+	}
+	// The client sends nothing after its request: any read result (EOF,
+	// reset, or our own Close) means it hung up.
+	_ = conn.SetReadDeadline(time.Time{})
+	go func() {
+		var buf [256]byte
+		for {
+			if _, err := br.Read(buf[:]); err != nil {
+				cancel(errClientGone)
+				return
+			}
+		}
+	}()
+
+	res, err := s.invoke(hctx, h, req, opID)
+	var frame any
+	if err == nil {
+		raw, merr := json.Marshal(res)
+		if merr != nil {
+			s.logger.Error("rpc result not encodable", "method", req.Method, "op_id", opID, "err", merr)
+			err = Errorf(CodeOperationFailed, "internal error: cannot encode the result (see the daemon log)")
+		} else {
+			frame = resultFrame{Result: raw, OpID: opID}
+		}
+	}
+	if err != nil {
+		if ctx.Err() != nil && errors.Is(err, context.Canceled) && CodeOf(err) == CodeOperationFailed {
+			err = Errorf(CodeOperationFailed, "%s was cancelled: %w", req.Method, errShutdown)
+		}
+		frame = errorFrame{Error: toWire(err, opID)}
+	}
+	werr := w.write(frame, true)
+
+	attrs := []slog.Attr{
+		slog.String("method", req.Method),
+		slog.String("op_id", opID),
+		slog.Duration("duration", time.Since(start)),
+		slog.String("code", codeOrOK(err)),
+		slog.Int("peer_uid", int(peer.UID)),
+		slog.Int("peer_pid", int(peer.PID)),
+	}
+	level := slog.LevelInfo
+	if err != nil {
+		attrs = append(attrs, slog.String("err", err.Error()))
+		if CodeOf(err) == CodeOperationFailed {
+			level = slog.LevelWarn
+		}
+	}
+	if cause := context.Cause(hctx); errors.Is(cause, errClientGone) {
+		attrs = append(attrs, slog.Bool("client_gone", true))
+	} else if werr != nil {
+		attrs = append(attrs, slog.String("write_err", werr.Error()))
+	}
+	s.logger.LogAttrs(ctx, level, "rpc", attrs...)
+}
+
+func codeOrOK(err error) string {
+	if err == nil {
+		return "ok"
+	}
+	return string(CodeOf(err))
+}
+
+// invoke runs h, turning a panic into operation_failed.
+func (s *Server) invoke(ctx context.Context, h Handler, req request, opID string) (res any, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.logger.Error("rpc handler panicked", "method", req.Method, "op_id", opID, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			res, err = nil, Errorf(CodeOperationFailed, "internal error in %s (see the daemon log)", req.Method)
+		}
+	}()
+	return h(ctx, req.Params)
+}
+
+// readFrame reads up to and excluding the first newline. A frame ended by
+// EOF instead of a newline is accepted. Frames longer than limit are a
+// bad_request *Error.
+func readFrame(br *bufio.Reader, limit int) ([]byte, error) {
+	var buf []byte
+	for {
+		chunk, err := br.ReadSlice('\n')
+		if len(buf)+len(chunk) > limit {
+			return nil, Errorf(CodeBadRequest, "request larger than %d MiB", limit>>20)
+		}
+		buf = append(buf, chunk...)
+		switch {
+		case err == nil:
+			return buf[:len(buf)-1], nil
+		case errors.Is(err, bufio.ErrBufferFull):
+			continue
+		case errors.Is(err, io.EOF) && len(buf) > 0:
+			return buf, nil
+		default:
+			return nil, err
+		}
+	}
+}
+
+// peerOf returns the kernel's credentials of the connecting process.
+func peerOf(conn net.Conn) (Peer, error) {
+	sc, ok := conn.(interface {
+		SyscallConn() (syscall.RawConn, error)
+	})
+	if !ok {
+		return Peer{}, fmt.Errorf("not a unix socket connection (%T)", conn)
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return Peer{}, err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return Peer{}, err
+	}
+	if cerr != nil {
+		return Peer{}, fmt.Errorf("SO_PEERCRED: %w", cerr)
+	}
+	return Peer{UID: cred.Uid, GID: cred.Gid, PID: cred.Pid}, nil
+}

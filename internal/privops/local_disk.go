@@ -1,0 +1,299 @@
+package privops
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"github.com/bangerdev/banger/internal/hostexec"
+)
+
+// DMNamePrefix is carried by every device-mapper name banger creates;
+// CreateSnapshot and RemoveSnapshot refuse any other name.
+const DMNamePrefix = "banger-"
+
+// dmOriginSuffix names the helper device that extends an origin with zeros
+// when a snapshot is asked to be larger than its origin.
+const dmOriginSuffix = "-origin"
+
+// dmMaxName is the kernel's DM_NAME_LEN (128) minus the terminating NUL.
+const dmMaxName = 127
+
+var (
+	loopDevRE = regexp.MustCompile(`^/dev/loop[0-9]+$`)
+	dmNameRE  = regexp.MustCompile(`^[A-Za-z0-9._+-]+$`)
+)
+
+// ValidateLoopDevice checks that dev names a loop device node (/dev/loopN).
+func ValidateLoopDevice(dev string) error {
+	if !loopDevRE.MatchString(dev) {
+		return fmt.Errorf("%w: %q is not a loop device (want /dev/loopN)", ErrInvalidArgument, dev)
+	}
+	return nil
+}
+
+// ValidateLoopSpec checks that spec names an existing regular file by a
+// clean absolute path.
+func ValidateLoopSpec(spec LoopSpec) error {
+	f := spec.File
+	if f == "" || !filepath.IsAbs(f) || filepath.Clean(f) != f || strings.ContainsAny(f, "\x00\n") {
+		return fmt.Errorf("%w: loop backing file %q must be a clean absolute path", ErrInvalidArgument, f)
+	}
+	st, err := os.Stat(f)
+	if err != nil {
+		return fmt.Errorf("%w: loop backing file: %w", ErrInvalidArgument, err)
+	}
+	if !st.Mode().IsRegular() {
+		return fmt.Errorf("%w: loop backing file %s is not a regular file", ErrInvalidArgument, f)
+	}
+	return nil
+}
+
+// ValidateDMName checks that name is a device-mapper name banger may own:
+// it starts with DMNamePrefix, uses only [A-Za-z0-9._+-] and leaves room for
+// the "-origin" helper device.
+func ValidateDMName(name string) error {
+	if !strings.HasPrefix(name, DMNamePrefix) || len(name) == len(DMNamePrefix) {
+		return fmt.Errorf("%w: dm name %q must start with %q", ErrInvalidArgument, name, DMNamePrefix)
+	}
+	if len(name)+len(dmOriginSuffix) > dmMaxName || !dmNameRE.MatchString(name) {
+		return fmt.Errorf("%w: dm name %q must be at most %d characters of [A-Za-z0-9._+-]",
+			ErrInvalidArgument, name, dmMaxName-len(dmOriginSuffix))
+	}
+	return nil
+}
+
+// ValidateSnapshotSpec checks a SnapshotSpec: a banger dm name, loop devices
+// for origin and COW, and a positive size in whole 512-byte sectors.
+func ValidateSnapshotSpec(spec SnapshotSpec) error {
+	if err := ValidateDMName(spec.Name); err != nil {
+		return err
+	}
+	if err := ValidateLoopDevice(spec.Origin); err != nil {
+		return fmt.Errorf("snapshot origin: %w", err)
+	}
+	if err := ValidateLoopDevice(spec.COW); err != nil {
+		return fmt.Errorf("snapshot cow: %w", err)
+	}
+	if spec.Origin == spec.COW {
+		return fmt.Errorf("%w: snapshot origin and cow are the same device %s", ErrInvalidArgument, spec.Origin)
+	}
+	if spec.SizeBytes <= 0 || spec.SizeBytes%512 != 0 {
+		return fmt.Errorf("%w: snapshot size %d must be a positive multiple of 512", ErrInvalidArgument, spec.SizeBytes)
+	}
+	return nil
+}
+
+// AttachLoop attaches spec.File to the first free loop device
+// (`losetup --find --show [--read-only] FILE`) and returns the device path.
+func (l *Local) AttachLoop(ctx context.Context, spec LoopSpec) (string, error) {
+	if err := ValidateLoopSpec(spec); err != nil {
+		return "", err
+	}
+	args := []string{"--find", "--show"}
+	if spec.ReadOnly {
+		args = append(args, "--read-only")
+	}
+	args = append(args, spec.File)
+	res, err := l.Runner.Run(ctx, hostexec.Cmd{Name: "losetup", Args: args})
+	if err != nil {
+		if errors.Is(err, hostexec.ErrNotFound) {
+			return "", fmt.Errorf("attach loop for %s: %w: %w (install util-linux)", spec.File, ErrNotSupported, err)
+		}
+		return "", fmt.Errorf("attach loop for %s: %w", spec.File, err)
+	}
+	dev := strings.TrimSpace(string(res.Stdout))
+	if ValidateLoopDevice(dev) != nil {
+		return "", fmt.Errorf("attach loop for %s: losetup printed %q, not a loop device", spec.File, dev)
+	}
+	l.Logger.DebugContext(ctx, "loop attached", "device", dev, "file", spec.File, "read_only", spec.ReadOnly)
+	return dev, nil
+}
+
+// DetachLoop detaches device (`losetup --detach DEV`). A device that is not
+// attached, or does not exist, is not an error. A device still held open
+// (e.g. by a dm table) is marked to free itself on last close by the kernel.
+func (l *Local) DetachLoop(ctx context.Context, device string) error {
+	if err := ValidateLoopDevice(device); err != nil {
+		return err
+	}
+	_, err := l.Runner.Run(ctx, hostexec.Cmd{Name: "losetup", Args: []string{"--detach", device}})
+	if err == nil {
+		l.Logger.DebugContext(ctx, "loop detached", "device", device)
+		return nil
+	}
+	var ee *hostexec.ExitError
+	if errors.As(err, &ee) && (strings.Contains(ee.Stderr, "No such device or address") ||
+		strings.Contains(ee.Stderr, "No such file or directory") || strings.Contains(ee.Stderr, "No such device")) {
+		return nil // not attached (ENXIO) or no such node: already gone
+	}
+	if errors.Is(err, hostexec.ErrNotFound) {
+		return fmt.Errorf("detach loop %s: %w: %w (install util-linux)", device, ErrNotSupported, err)
+	}
+	return fmt.Errorf("detach loop %s: %w", device, err)
+}
+
+// dmSupported reports whether the kernel offers device-mapper. The control
+// node alone is no proof (dmsetup creates it even when the kernel has no
+// driver), so the misc device registration is checked first; an existing
+// /dev/mapper/control still counts because opening it autoloads dm-mod.
+func dmSupported() error {
+	if _, err := os.Stat("/sys/class/misc/device-mapper"); err == nil {
+		return nil
+	}
+	if _, err := os.Stat("/dev/mapper/control"); err == nil {
+		return nil
+	}
+	return fmt.Errorf("%w: the kernel has no device-mapper (/sys/class/misc/device-mapper and /dev/mapper/control are missing; load dm-mod or use the reflink/copy disk strategy)", ErrNotSupported)
+}
+
+// CreateSnapshot creates the device-mapper snapshot spec.Name over
+// spec.Origin with spec.COW as a persistent exception store in 4 KiB chunks:
+//
+//	dmsetup create NAME --table "0 SECTORS snapshot ORIGIN COW P 8"
+//
+// and returns /dev/mapper/NAME. When spec.SizeBytes is larger than the
+// origin, the origin is first extended with zeros by a helper device
+// NAME-origin (linear origin + zero target), which RemoveSnapshot removes
+// too. It returns an error wrapping ErrNotSupported when the kernel has no
+// device-mapper or dmsetup is not installed.
+func (l *Local) CreateSnapshot(ctx context.Context, spec SnapshotSpec) (string, error) {
+	return l.createSnapshot(ctx, spec, dmSupported)
+}
+
+func (l *Local) createSnapshot(ctx context.Context, spec SnapshotSpec, supported func() error) (dev string, err error) {
+	if err := ValidateSnapshotSpec(spec); err != nil {
+		return "", err
+	}
+	if err := supported(); err != nil {
+		return "", fmt.Errorf("create snapshot %s: %w", spec.Name, err)
+	}
+	sectors := spec.SizeBytes / 512
+	originSectors, err := l.blockSectors(ctx, spec.Origin)
+	if err != nil {
+		return "", fmt.Errorf("create snapshot %s: %w", spec.Name, err)
+	}
+	origin := spec.Origin
+	var undo []string // dm names to remove on failure, in creation order
+	defer func() {
+		if err == nil {
+			return
+		}
+		cleanup := context.WithoutCancel(ctx)
+		for i := len(undo) - 1; i >= 0; i-- {
+			if rerr := l.dmRemove(cleanup, undo[i]); rerr != nil {
+				err = errors.Join(err, fmt.Errorf("undo: %w", rerr))
+			}
+		}
+	}()
+	if sectors > originSectors {
+		grown := spec.Name + dmOriginSuffix
+		table := fmt.Sprintf("0 %d linear %s 0\n%d %d zero\n", originSectors, spec.Origin, originSectors, sectors-originSectors)
+		if err := l.dmsetup(ctx, "create", grown, table); err != nil {
+			return "", fmt.Errorf("create snapshot %s: extend origin: %w", spec.Name, err)
+		}
+		undo = append(undo, grown)
+		origin = "/dev/mapper/" + grown
+	}
+	table := fmt.Sprintf("0 %d snapshot %s %s P 8", sectors, origin, spec.COW)
+	if err := l.dmsetup(ctx, "create", spec.Name, table); err != nil {
+		return "", fmt.Errorf("create snapshot %s: %w", spec.Name, err)
+	}
+	undo = append(undo, spec.Name)
+	// Without udev nothing else creates the node; mknodes is a no-op when
+	// it exists already.
+	if err := l.dmsetup(ctx, "mknodes", spec.Name, ""); err != nil {
+		return "", fmt.Errorf("create snapshot %s: %w", spec.Name, err)
+	}
+	dev = "/dev/mapper/" + spec.Name
+	l.Logger.DebugContext(ctx, "snapshot created", "device", dev, "origin", spec.Origin, "cow", spec.COW, "sectors", sectors)
+	return dev, nil
+}
+
+// RemoveSnapshot removes the snapshot name and its NAME-origin helper device
+// if there is one. Devices that do not exist, or a kernel without
+// device-mapper, are not errors.
+func (l *Local) RemoveSnapshot(ctx context.Context, name string) error {
+	return l.removeSnapshot(ctx, name, dmSupported)
+}
+
+func (l *Local) removeSnapshot(ctx context.Context, name string, supported func() error) error {
+	if err := ValidateDMName(name); err != nil {
+		return err
+	}
+	if supported() != nil {
+		return nil // no device-mapper: nothing can exist
+	}
+	var errs []error
+	for _, n := range []string{name, name + dmOriginSuffix} {
+		if err := l.dmRemove(ctx, n); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("remove snapshot %s: %w", name, err)
+	}
+	l.Logger.DebugContext(ctx, "snapshot removed", "name", name)
+	return nil
+}
+
+// dmRemove removes one dm device; a missing device is not an error.
+func (l *Local) dmRemove(ctx context.Context, name string) error {
+	err := l.dmsetup(ctx, "remove", name, "")
+	var ee *hostexec.ExitError
+	if errors.As(err, &ee) && (strings.Contains(ee.Stderr, "No such device or address") ||
+		strings.Contains(ee.Stderr, "not found") || strings.Contains(ee.Stderr, "does not exist")) {
+		return nil
+	}
+	return err
+}
+
+// dmsetup runs one dmsetup verb on name. A table for create goes in with
+// --table when it is one line, on stdin otherwise.
+func (l *Local) dmsetup(ctx context.Context, verb, name, table string) error {
+	cmd := hostexec.Cmd{Name: "dmsetup"}
+	switch verb {
+	case "create":
+		if strings.Count(strings.TrimSuffix(table, "\n"), "\n") == 0 {
+			cmd.Args = []string{"create", name, "--table", table}
+		} else {
+			cmd.Args = []string{"create", name}
+			cmd.Stdin = strings.NewReader(table)
+		}
+	case "remove":
+		cmd.Args = []string{"remove", "--retry", name}
+	default:
+		cmd.Args = []string{verb, name}
+	}
+	_, err := l.Runner.Run(ctx, cmd)
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, hostexec.ErrNotFound) {
+		return fmt.Errorf("dmsetup %s %s: %w: %w (install dmsetup)", verb, name, ErrNotSupported, err)
+	}
+	var ee *hostexec.ExitError
+	if errors.As(err, &ee) && strings.Contains(ee.Stderr, "Failure to communicate with kernel device-mapper driver") {
+		return fmt.Errorf("dmsetup %s %s: %w: %w", verb, name, ErrNotSupported, err)
+	}
+	return fmt.Errorf("dmsetup %s %s: %w", verb, name, err)
+}
+
+// blockSectors returns the size of a block device in 512-byte sectors
+// (`blockdev --getsz DEV`).
+func (l *Local) blockSectors(ctx context.Context, dev string) (int64, error) {
+	res, err := l.Runner.Run(ctx, hostexec.Cmd{Name: "blockdev", Args: []string{"--getsz", dev}})
+	if err != nil {
+		return 0, fmt.Errorf("size of %s: %w", dev, err)
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(string(res.Stdout)), 10, 64)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("size of %s: blockdev printed %q", dev, strings.TrimSpace(string(res.Stdout)))
+	}
+	return n, nil
+}

@@ -1,0 +1,133 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/bangerdev/banger/internal/config"
+	"github.com/bangerdev/banger/internal/doctor"
+	"github.com/bangerdev/banger/internal/hostexec"
+	"github.com/bangerdev/banger/internal/model"
+	"github.com/bangerdev/banger/internal/rpc"
+	"github.com/bangerdev/banger/internal/store"
+)
+
+func (a *app) doctorCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "doctor",
+		Short: "Check that this host can run banger VMs",
+		Long: `Run named checks in parallel and print PASS, WARN or FAIL for each, with a
+hint on how to fix what is not right: architecture, KVM, VMM binaries, host
+tools, the state store schema, the daemon and version drift, and the VM
+defaults derived from this host (with where each value came from).
+
+Exits 1 when any check FAILs. WARN means banger works, with a limitation.`,
+		Example: `  banger doctor
+  banger doctor --json | jq '.[] | select(.status != "PASS")'`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			checks, err := a.doctorChecks()
+			if err != nil {
+				return err
+			}
+			outs := doctor.Run(cmd.Context(), checks, 20*time.Second)
+			if asJSON {
+				if err := printJSON(a.env.Stdout, outs); err != nil {
+					return err
+				}
+			} else {
+				a.printOutcomes(outs)
+			}
+			if doctor.Failed(outs) {
+				return silentExit(1)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print as JSON")
+	return cmd
+}
+
+func (a *app) printOutcomes(outs []doctor.Outcome) {
+	w := a.env.Stdout
+	counts := map[doctor.Status]int{}
+	for _, o := range outs {
+		counts[o.Status]++
+		label := string(o.Status)
+		if isTTY(w) && os.Getenv("NO_COLOR") == "" {
+			color := map[doctor.Status]string{doctor.Pass: "32", doctor.Warn: "33", doctor.Fail: "31"}[o.Status]
+			label = "\x1b[" + color + "m" + label + "\x1b[0m"
+		}
+		fmt.Fprintf(w, "%s  %-22s %s\n", label, o.Name, o.Message)
+		if o.Hint != "" && o.Status != doctor.Pass {
+			fmt.Fprintf(w, "      %s %s\n", dim(w, "fix:"), o.Hint)
+		}
+	}
+	fmt.Fprintf(w, "\n%d passed, %d warnings, %d failed\n", counts[doctor.Pass], counts[doctor.Warn], counts[doctor.Fail])
+}
+
+func (a *app) doctorChecks() ([]doctor.Check, error) {
+	layout, err := a.layout()
+	if err != nil {
+		return nil, err
+	}
+	runner := hostexec.Real{}
+	cfg, cfgErr := config.Load(layout.ConfigFile(), config.DetectHost(), a.env.Getenv)
+	checks := []doctor.Check{doctor.HostArch(), doctor.KVM(kvmProbe)}
+	configCheck := doctor.Check{Name: "config", Run: func(ctx context.Context) doctor.Result {
+		if cfgErr != nil {
+			return doctor.Result{Status: doctor.Fail, Message: cfgErr.Error(), Hint: "fix " + layout.ConfigFile() + " (see docs/config.md)"}
+		}
+		if _, err := os.Stat(layout.ConfigFile()); errors.Is(err, os.ErrNotExist) {
+			return doctor.Result{Status: doctor.Pass, Message: "no " + layout.ConfigFile() + "; using defaults"}
+		}
+		return doctor.Result{Status: doctor.Pass, Message: layout.ConfigFile() + " valid"}
+	}}
+	checks = append(checks, configCheck)
+	if cfgErr != nil {
+		cfg = config.Defaults(config.DetectHost())
+	}
+	checks = append(checks, doctor.Check{Name: "vm defaults", Run: func(ctx context.Context) doctor.Result {
+		p := cfg.Provenance
+		return doctor.Result{Status: doctor.Pass, Message: fmt.Sprintf("vcpu=%d (%s), memory=%s (%s), disk=%s (%s)",
+			cfg.VM.VCPU, p["vm.vcpu"], model.FormatMiB(cfg.VM.MemoryMiB), p["vm.memory"], model.FormatMiB(cfg.VM.DiskSizeMiB), p["vm.disk_size"])}
+	}})
+	checks = append(checks, doctor.VMMBinaries(runner, cfg.QEMU.Binary, cfg.Firecracker.Binary, cfg.Firecracker.Jailer, kvmProbe)...)
+	checks = append(checks, doctor.Tools(doctor.RequiredTools)...)
+	checks = append(checks, doctor.Check{Name: "state store", Run: func(ctx context.Context) doctor.Result {
+		st, detail, err := store.CheckMigrations(ctx, layout.DBPath())
+		if err != nil {
+			return doctor.Result{Status: doctor.Fail, Message: err.Error(), Hint: "check permissions of " + layout.StateDir}
+		}
+		switch st {
+		case store.MigrationsOK:
+			return doctor.Result{Status: doctor.Pass, Message: "schema up to date (" + detail + ")"}
+		case store.MigrationsNeeded:
+			return doctor.Result{Status: doctor.Pass, Message: detail + "; the daemon migrates it at start"}
+		default:
+			return doctor.Result{Status: doctor.Fail, Message: detail, Hint: "this banger is older than the state store: upgrade banger (`banger update`)"}
+		}
+	}})
+	checks = append(checks, doctor.Check{Name: "daemon", Run: func(ctx context.Context) doctor.Result {
+		p, err := a.ping(ctx, rpc.NewClient(layout.DaemonSocket()))
+		if errors.Is(err, rpc.ErrUnreachable) {
+			return doctor.Result{Status: doctor.Pass, Message: "not running (started on demand by the CLI)"}
+		}
+		if err != nil {
+			return doctor.Result{Status: doctor.Fail, Message: err.Error(), Hint: "restart it: `banger daemon stop`, then any banger command"}
+		}
+		if !p.Build.Same(a.env.Build) {
+			return doctor.Result{Status: doctor.Warn, Message: fmt.Sprintf("daemon %s, CLI %s", p.Build.Version, a.env.Build.Version),
+				Hint: "run `banger daemon stop`; the next command starts the matching daemon"}
+		}
+		return doctor.Result{Status: doctor.Pass, Message: fmt.Sprintf("running %s (pid %d)", strings.TrimSpace(p.Build.Version), p.PID)}
+	}})
+	return checks, nil
+}

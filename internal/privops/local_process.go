@@ -1,0 +1,326 @@
+package privops
+
+// VMM process launch and signalling, and chown of paths.
+//
+// Process lifetime. LaunchVMM starts the VMM in a new session (setsid) with
+// stdin from /dev/null and stdout+stderr appended to the VM's log, so it has
+// no controlling terminal, is not in the caller's process group and never
+// receives a signal meant for the daemon. No parent-death signal is set: the
+// VMM outlives the process that launched it.
+//
+// Reaping. The launched VMM is a child of the launcher process (the owner
+// daemon when it runs as root, otherwise the root helper). While that process
+// lives, a goroutine waits on the child so it never lingers as a zombie. When
+// the launcher exits (crash, restart, upgrade) the kernel re-parents the VMM
+// to the nearest child subreaper or to PID 1, which reaps it on exit; the
+// restarted daemon is not its parent and observes it only through /proc and
+// pidfds (see vmm.Wait), which also treat a zombie as exited. Under systemd
+// the units use KillMode=process so a restart does not kill the VMMs.
+//
+// The jailer exception: `jailer --daemonize` calls setsid() itself and fails
+// when it is already a process-group leader, so for that argv LaunchVMM does
+// not create the session (the jailer does, before exec'ing into firecracker).
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/bangerdev/banger/internal/model"
+)
+
+var vmmBinary = regexp.MustCompile(`^(qemu-system-[A-Za-z0-9_]+|(firecracker|jailer)([-._][A-Za-z0-9._-]+)?)$`)
+
+// ValidateLaunchSpec checks a LaunchSpec: the program must be a VMM binary
+// (qemu-system-*, firecracker*, jailer*), paths absolute, ids sane.
+func ValidateLaunchSpec(spec LaunchSpec) error {
+	var errs []error
+	if len(spec.Argv) == 0 {
+		errs = append(errs, errors.New("argv is empty"))
+	} else if !vmmBinary.MatchString(filepath.Base(spec.Argv[0])) {
+		errs = append(errs, fmt.Errorf("program %q is not a VMM binary (qemu-system-*, firecracker, jailer)", spec.Argv[0]))
+	}
+	for _, a := range spec.Argv {
+		if strings.ContainsRune(a, 0) {
+			errs = append(errs, errors.New("argv contains a NUL byte"))
+			break
+		}
+	}
+	for name, p := range map[string]string{"dir": spec.Dir, "log path": spec.LogPath} {
+		if !filepath.IsAbs(p) || filepath.Clean(p) != p {
+			errs = append(errs, fmt.Errorf("%s %q must be a clean absolute path", name, p))
+		}
+	}
+	if spec.PIDFile != "" && (!filepath.IsAbs(spec.PIDFile) || filepath.Clean(spec.PIDFile) != spec.PIDFile) {
+		errs = append(errs, fmt.Errorf("pid file %q must be a clean absolute path", spec.PIDFile))
+	}
+	if spec.UID < -1 || spec.GID < -1 || (spec.UID == -1) != (spec.GID == -1) {
+		errs = append(errs, fmt.Errorf("uid/gid %d/%d: both -1 (keep) or both >= 0", spec.UID, spec.GID))
+	}
+	for _, e := range spec.Env {
+		k, _, ok := strings.Cut(e, "=")
+		if !ok || k == "" || strings.ContainsRune(e, 0) {
+			errs = append(errs, fmt.Errorf("environment entry %q is not KEY=VALUE", e))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("launch vmm: %w: %w", ErrInvalidArgument, err)
+	}
+	return nil
+}
+
+// defaultVMMEnv is the environment of a VMM when the spec gives none: a root
+// helper must not leak its own environment into guests' processes.
+var defaultVMMEnv = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+
+// LaunchVMM starts a VMM detached from the caller and returns its pid. See
+// the file comment for the session and reaping rules. ctx bounds only the
+// launch itself; cancelling it later never affects the VMM.
+func (l *Local) LaunchVMM(ctx context.Context, spec LaunchSpec) (int, error) {
+	if err := ValidateLaunchSpec(spec); err != nil {
+		return 0, err
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	path, err := exec.LookPath(spec.Argv[0])
+	if err != nil {
+		return 0, fmt.Errorf("launch vmm: %s not found: %w (install it or set its path in config.toml)", spec.Argv[0], err)
+	}
+	if st, err := os.Stat(spec.Dir); err != nil || !st.IsDir() {
+		return 0, fmt.Errorf("launch vmm: working dir %s: does not exist", spec.Dir)
+	}
+	dropCreds := spec.UID >= 0 && (spec.UID != os.Geteuid() || spec.GID != os.Getegid())
+	if dropCreds && os.Geteuid() != 0 {
+		return 0, fmt.Errorf("launch vmm as uid %d: %w: only root can change the VMM's user", spec.UID, ErrNotSupported)
+	}
+	logf, err := os.OpenFile(spec.LogPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE|syscall.O_NOFOLLOW, 0o640)
+	if err != nil {
+		return 0, fmt.Errorf("launch vmm: open log: %w", err)
+	}
+	defer logf.Close()
+	if dropCreds {
+		// The VMM reopens its log by path (QEMU's serial chardev), so the
+		// file must belong to the user it runs as.
+		if err := logf.Chown(spec.UID, spec.GID); err != nil {
+			return 0, fmt.Errorf("launch vmm: chown log: %w", err)
+		}
+	}
+	devnull, err := os.Open(os.DevNull)
+	if err != nil {
+		return 0, fmt.Errorf("launch vmm: %w", err)
+	}
+	defer devnull.Close()
+
+	cmd := &exec.Cmd{
+		Path:   path,
+		Args:   slices.Clone(spec.Argv),
+		Dir:    spec.Dir,
+		Env:    spec.Env,
+		Stdin:  devnull,
+		Stdout: logf,
+		Stderr: logf,
+		SysProcAttr: &syscall.SysProcAttr{
+			Setsid: !selfDaemonizing(spec.Argv),
+		},
+	}
+	if cmd.Env == nil {
+		cmd.Env = slices.Clone(defaultVMMEnv)
+	}
+	if dropCreds {
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(spec.UID), Gid: uint32(spec.GID), Groups: []uint32{}}
+	}
+	if err := cmd.Start(); err != nil {
+		return 0, fmt.Errorf("launch vmm %s: %w", filepath.Base(path), err)
+	}
+	pid := cmd.Process.Pid
+	logger := l.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	go func() {
+		err := cmd.Wait() // reap; see the file comment
+		logger.Debug("vmm process exited", "pid", pid, "program", filepath.Base(path), "status", fmt.Sprint(err))
+	}()
+	logger.Info("vmm launched", "pid", pid, "argv", strings.Join(spec.Argv, " "))
+	if spec.PIDFile != "" {
+		if err := writePIDFile(spec.PIDFile, pid, spec.UID, spec.GID, dropCreds); err != nil {
+			_ = cmd.Process.Kill()
+			return 0, fmt.Errorf("launch vmm: %w", err)
+		}
+	}
+	return pid, nil
+}
+
+// selfDaemonizing reports whether argv is a jailer that calls setsid()
+// itself (and fails when it is a process-group leader).
+func selfDaemonizing(argv []string) bool {
+	if !strings.HasPrefix(filepath.Base(argv[0]), "jailer") {
+		return false
+	}
+	for _, a := range argv[1:] {
+		if a == "--" {
+			break
+		}
+		if a == "--daemonize" {
+			return true
+		}
+	}
+	return false
+}
+
+func writePIDFile(path string, pid, uid, gid int, chown bool) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(strconv.Itoa(pid)+"\n"), 0o644); err != nil {
+		return fmt.Errorf("write pid file: %w", err)
+	}
+	if chown {
+		if err := os.Lchown(tmp, uid, gid); err != nil {
+			os.Remove(tmp)
+			return fmt.Errorf("chown pid file: %w", err)
+		}
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write pid file: %w", err)
+	}
+	return nil
+}
+
+// SignalVMM sends sig to the process identified by id after re-verifying the
+// identity from /proc. The pid is pinned with a pidfd before the check, so
+// the signal cannot reach a process that replaced the verified one. A
+// process that is gone or does not match returns an error wrapping
+// model.ErrNotRunning.
+func (l *Local) SignalVMM(ctx context.Context, id ProcessIdentity, sig syscall.Signal) error {
+	if id.PID <= 1 || id.Marker == "" {
+		return fmt.Errorf("signal vmm: %w: pid %d and a marker are required", ErrInvalidArgument, id.PID)
+	}
+	if sig <= 0 || sig > 64 {
+		return fmt.Errorf("signal vmm: %w: signal %d", ErrInvalidArgument, sig)
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	fd, err := unix.PidfdOpen(id.PID, 0)
+	if err != nil {
+		if errors.Is(err, unix.ESRCH) {
+			return fmt.Errorf("signal vmm pid %d: %w", id.PID, model.ErrNotRunning)
+		}
+		return fmt.Errorf("signal vmm pid %d: pidfd_open: %w", id.PID, err)
+	}
+	defer unix.Close(fd)
+	if err := VerifyProcess(id); err != nil {
+		return fmt.Errorf("signal vmm: %w", err)
+	}
+	if err := unix.PidfdSendSignal(fd, sig, nil, 0); err != nil {
+		if errors.Is(err, unix.ESRCH) {
+			return fmt.Errorf("signal vmm pid %d: %w", id.PID, model.ErrNotRunning)
+		}
+		return fmt.Errorf("signal vmm pid %d: %w", id.PID, err)
+	}
+	l.logger().Info("vmm signalled", "pid", id.PID, "signal", sig.String())
+	return nil
+}
+
+func (l *Local) logger() *slog.Logger {
+	if l.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return l.Logger
+}
+
+// ProcessComm returns the kernel's comm for a program path: its base name cut
+// to 15 bytes (TASK_COMM_LEN - 1).
+func ProcessComm(program string) string {
+	c := filepath.Base(program)
+	if len(c) > 15 {
+		c = c[:15]
+	}
+	return c
+}
+
+// VerifyProcess checks that id.PID is alive (not a zombie), that its comm
+// equals id.Comm (when set) and that its command line contains id.Marker.
+// A mismatch or a dead pid returns an error wrapping model.ErrNotRunning
+// that says which evidence failed.
+func VerifyProcess(id ProcessIdentity) error {
+	if id.PID <= 0 {
+		return fmt.Errorf("pid %d: %w", id.PID, model.ErrNotRunning)
+	}
+	dir := "/proc/" + strconv.Itoa(id.PID)
+	stat, err := os.ReadFile(dir + "/stat")
+	if err != nil {
+		return fmt.Errorf("pid %d has exited: %w", id.PID, model.ErrNotRunning)
+	}
+	if st := procState(stat); st == 'Z' || st == 'X' || st == 'x' {
+		return fmt.Errorf("pid %d has exited (zombie): %w", id.PID, model.ErrNotRunning)
+	}
+	if id.Comm != "" {
+		comm, err := os.ReadFile(dir + "/comm")
+		if err != nil {
+			return fmt.Errorf("pid %d has exited: %w", id.PID, model.ErrNotRunning)
+		}
+		if got := strings.TrimSuffix(string(comm), "\n"); got != ProcessComm(id.Comm) {
+			return fmt.Errorf("pid %d is %q, not %q (pid reused): %w", id.PID, got, ProcessComm(id.Comm), model.ErrNotRunning)
+		}
+	}
+	if id.Marker == "" {
+		return fmt.Errorf("pid %d: no marker to verify against: %w", id.PID, model.ErrNotRunning)
+	}
+	cmdline, err := os.ReadFile(dir + "/cmdline")
+	if err != nil {
+		return fmt.Errorf("pid %d has exited: %w", id.PID, model.ErrNotRunning)
+	}
+	if !bytes.Contains(cmdline, []byte(id.Marker)) {
+		return fmt.Errorf("pid %d command line does not mention %s (another VM's or an unrelated process): %w", id.PID, id.Marker, model.ErrNotRunning)
+	}
+	return nil
+}
+
+// procState returns the state letter of a /proc/PID/stat line ("1 (comm) S ...").
+func procState(stat []byte) byte {
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 || i+2 >= len(stat) {
+		return 0
+	}
+	return stat[i+2]
+}
+
+// ChownPath changes the owner of path (a socket, pidfile or log the VMM
+// created) without following a symlink in its last component. path must be
+// clean and absolute; uid and gid must be >= 0.
+func (l *Local) ChownPath(ctx context.Context, path string, uid, gid int) error {
+	if !filepath.IsAbs(path) || filepath.Clean(path) != path {
+		return fmt.Errorf("chown %q: %w: must be a clean absolute path", path, ErrInvalidArgument)
+	}
+	if uid < 0 || gid < 0 {
+		return fmt.Errorf("chown %s: %w: uid/gid %d/%d", path, ErrInvalidArgument, uid, gid)
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	st, err := os.Lstat(path)
+	if err != nil {
+		return fmt.Errorf("chown: %w", err)
+	}
+	if st.Mode()&os.ModeSymlink != 0 {
+		return fmt.Errorf("chown %s: %w: refusing to follow a symlink", path, ErrInvalidArgument)
+	}
+	if err := os.Lchown(path, uid, gid); err != nil {
+		return fmt.Errorf("chown: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,125 @@
+package disk
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/bangerdev/banger/internal/hostexec"
+	"github.com/bangerdev/banger/internal/privops"
+)
+
+// Probe picks the best strategy this host can run for disks kept in dir,
+// and says why in a sentence for `banger doctor`:
+//
+//   - dm when the kernel has device-mapper, loop devices exist, dmsetup is
+//     installed (and, as root, talks to the driver) and ops is given;
+//   - reflink when a FICLONE between two scratch files in dir works;
+//   - copy otherwise.
+//
+// Probe leaves nothing behind in dir.
+func Probe(ctx context.Context, dir string, ops privops.Ops, r hostexec.Runner) (choice Strategy, reason string) {
+	return prober{sys: "/sys", dev: "/dev", euid: os.Geteuid()}.probe(ctx, dir, ops, r)
+}
+
+type prober struct {
+	sys, dev string // sysfs and devtmpfs mount points
+	euid     int
+}
+
+func (p prober) probe(ctx context.Context, dir string, ops privops.Ops, r hostexec.Runner) (Strategy, string) {
+	driver, dmErr := p.dmUsable(ctx, ops, r)
+	if dmErr == nil {
+		return DM, "device-mapper snapshots: " + driver + "; disk creation cost does not depend on image size"
+	}
+	fsName, rlErr := reflinkWorks(dir)
+	if rlErr == nil {
+		return Reflink, fmt.Sprintf("reflink clones: FICLONE works in %s (%s); device-mapper not used: %v", dir, fsName, dmErr)
+	}
+	return Copy, fmt.Sprintf("sparse copy (cost grows with the image's data): device-mapper not usable: %v; no reflink in %s (%s): %v. "+
+		"Put banger's state dir on btrfs or xfs (reflink=1) for constant-time disks", dmErr, dir, fsName, rlErr)
+}
+
+var driverVersionRE = regexp.MustCompile(`Driver version:\s*(\S+)`)
+
+// dmUsable reports whether the dm strategy can run, with the driver
+// version when known.
+func (p prober) dmUsable(ctx context.Context, ops privops.Ops, r hostexec.Runner) (string, error) {
+	if ops == nil {
+		return "", errors.New("no privileged operations available")
+	}
+	_, errMisc := os.Stat(filepath.Join(p.sys, "class", "misc", "device-mapper"))
+	_, errCtl := os.Stat(filepath.Join(p.dev, "mapper", "control"))
+	if errMisc != nil && errCtl != nil {
+		return "", errors.New("the kernel has no device-mapper driver (load dm-mod / dm-snapshot)")
+	}
+	if _, err := os.Stat(filepath.Join(p.dev, "loop-control")); err != nil {
+		return "", errors.New("no loop devices (/dev/loop-control missing; load the loop module)")
+	}
+	if r == nil {
+		return "", errors.New("no runner for dmsetup")
+	}
+	res, err := r.Run(ctx, hostexec.Cmd{Name: "dmsetup", Args: []string{"version"}})
+	switch {
+	case errors.Is(err, hostexec.ErrNotFound):
+		return "", errors.New("dmsetup is not installed (apt-get install dmsetup)")
+	case err != nil && p.euid == 0:
+		return "", fmt.Errorf("dmsetup cannot talk to the driver: %w", err)
+	case err != nil:
+		// Talking to the driver needs root; the root helper does that.
+		return "dmsetup installed (driver version needs root to read)", nil
+	}
+	if m := driverVersionRE.FindSubmatch(res.Stdout); m != nil {
+		return "driver " + string(m[1]), nil
+	}
+	return "driver present", nil
+}
+
+// reflinkWorks clones a scratch file in dir and names dir's filesystem.
+func reflinkWorks(dir string) (fsName string, err error) {
+	fsName = filesystemName(dir)
+	src, err := os.CreateTemp(dir, ".banger-reflink-probe-*")
+	if err != nil {
+		return fsName, err
+	}
+	defer func() { _ = src.Close(); _ = os.Remove(src.Name()) }()
+	if _, err := src.Write(make([]byte, 4096)); err != nil {
+		return fsName, err
+	}
+	if err := src.Sync(); err != nil {
+		return fsName, err
+	}
+	dst, err := os.CreateTemp(dir, ".banger-reflink-probe-*")
+	if err != nil {
+		return fsName, err
+	}
+	defer func() { _ = dst.Close(); _ = os.Remove(dst.Name()) }()
+	return fsName, clone(dst, src)
+}
+
+// filesystemName names the filesystem dir lives on, for messages.
+func filesystemName(dir string) string {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return "unknown filesystem"
+	}
+	switch int64(st.Type) {
+	case unix.BTRFS_SUPER_MAGIC:
+		return "btrfs"
+	case unix.XFS_SUPER_MAGIC:
+		return "xfs"
+	case unix.EXT4_SUPER_MAGIC:
+		return "ext4"
+	case unix.TMPFS_MAGIC:
+		return "tmpfs"
+	case unix.OVERLAYFS_SUPER_MAGIC:
+		return "overlayfs"
+	default:
+		return fmt.Sprintf("filesystem 0x%x", st.Type)
+	}
+}

@@ -31,8 +31,8 @@ const (
 
 // Build describes the artifacts BuildFromDeb wrote into a directory.
 type Build struct {
-	Version    string   // kernel release, e.g. 6.1.0-50-cloud-amd64
-	Vmlinuz    string   // absolute paths
+	Version    string // kernel release, e.g. 6.1.0-50-cloud-amd64
+	Vmlinuz    string // absolute paths
 	Vmlinux    string
 	Initrd     string
 	ModulesDir string   // .../modules/<version>

@@ -61,7 +61,7 @@ func decodeRequest(line []byte, server string) (request, *Error) {
 		V *json.RawMessage `json:"v"`
 	}
 	if err := json.Unmarshal(line, &probe); err != nil {
-		return request{}, Errorf(CodeBadRequest, "request is not a JSON object: %s", jsonProblem(err))
+		return request{}, Errorf(CodeBadRequest, "malformed request: %s", jsonProblem(err))
 	}
 	if probe.V == nil {
 		return request{}, Errorf(CodeBadVersion, "request carries no protocol version; %s speaks version %d (upgrade banger so the CLI and the daemon match)", server, ProtocolVersion)

@@ -413,7 +413,9 @@ func TestShutdownWithHandlersRunning(t *testing.T) {
 	})
 	errc := make(chan error, n)
 	for i := range n {
-		go func() { errc <- ts.client().Call(WithOpID(context.Background(), fmt.Sprintf("s-%d", i)), "long", nil, nil) }()
+		go func() {
+			errc <- ts.client().Call(WithOpID(context.Background(), fmt.Sprintf("s-%d", i)), "long", nil, nil)
+		}()
 	}
 	for range n {
 		<-started

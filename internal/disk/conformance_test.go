@@ -1,0 +1,72 @@
+package disk_test
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+	"testing"
+
+	"github.com/bangerdev/banger/internal/disk"
+	"github.com/bangerdev/banger/internal/disk/disktest"
+	"github.com/bangerdev/banger/internal/hostexec"
+	"github.com/bangerdev/banger/internal/privops"
+)
+
+func newStrategy(s disk.Strategy) func(t *testing.T) disk.CoW {
+	return func(t *testing.T) disk.CoW {
+		r := hostexec.Real{}
+		c, err := disk.New(s, privops.NewLocal(r, nil), r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+}
+
+func TestConformanceCopy(t *testing.T) {
+	disktest.RunConformance(t, newStrategy(disk.Copy), t.TempDir())
+}
+
+func TestConformanceReflinkBtrfs(t *testing.T) {
+	disktest.RunConformance(t, newStrategy(disk.Reflink), disktest.ScratchFS(t, "btrfs"))
+}
+
+func TestConformanceReflinkXFS(t *testing.T) {
+	disktest.RunConformance(t, newStrategy(disk.Reflink), disktest.ScratchFS(t, "xfs"))
+}
+
+// TestConformanceCopyOnBtrfs runs the copy strategy where copy_file_range
+// may share extents instead of copying.
+func TestConformanceCopyOnBtrfs(t *testing.T) {
+	disktest.RunConformance(t, newStrategy(disk.Copy), disktest.ScratchFS(t, "btrfs"))
+}
+
+func TestConformanceDM(t *testing.T) {
+	disktest.Require(t, disk.DM, dmMissing())
+	disktest.RunConformance(t, newStrategy(disk.DM), t.TempDir())
+}
+
+// dmMissing says why real device-mapper snapshots cannot be made here.
+func dmMissing() error {
+	_, errMisc := os.Stat("/sys/class/misc/device-mapper")
+	_, errCtl := os.Stat("/dev/mapper/control")
+	switch {
+	case errMisc != nil && errCtl != nil:
+		return errors.New("the kernel has no device-mapper (/sys/class/misc/device-mapper and /dev/mapper/control missing)")
+	case os.Geteuid() != 0:
+		return errors.New("needs root")
+	}
+	for _, tool := range []string{"dmsetup", "losetup", "blockdev"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return errors.New(tool + " not installed")
+		}
+	}
+	return nil
+}
+
+func TestReflinkRefusedOnExt4(t *testing.T) {
+	dir := t.TempDir()
+	if _, reason := disk.Probe(t.Context(), dir, nil, nil); reason == "" {
+		t.Fatal("empty reason")
+	}
+}

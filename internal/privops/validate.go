@@ -1,0 +1,659 @@
+package privops
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"unicode/utf8"
+
+	"github.com/bangerdev/banger/internal/paths"
+)
+
+// Policy is what the root helper lets its owner daemon ask for: which
+// objects belong to banger (bridge, tap and dm name prefixes), where the
+// owner's files are (ManagedRoots), which VMM binaries may be launched and
+// as whom. The Validate* methods check one operation's arguments against
+// it; every refusal wraps ErrInvalidArgument and names the bad field.
+//
+// The checks are written against a hostile caller: a compromised owner
+// daemon must not be able to make the helper touch a host interface, a
+// device, a file outside the owner's directories or a process that is not
+// a VMM, nor run anything but a configured VMM binary as anyone but the
+// owner.
+type Policy struct {
+	// OwnerUID and OwnerGID are the owner daemon's ids: the only ids the
+	// helper chowns to and launches VMMs as (unless the owner is root).
+	OwnerUID, OwnerGID int
+	// ManagedRoots are the owner's state, cache and runtime directories
+	// (paths.Layout.ManagedRoots). Every path argument must be below one
+	// and reach it without symlinks (paths.CheckNoSymlinks).
+	ManagedRoots []string
+	// VMMBinaries maps each allowed argv[0] base name (e.g.
+	// "qemu-system-x86_64", "firecracker", "jailer") to its absolute path.
+	// LaunchVMM accepts either form and always runs the absolute path.
+	VMMBinaries map[string]string
+	// BridgeName and BridgeCIDR are banger's bridge (e.g. "br-banger",
+	// "172.30.0.1/24"). The bridge is the only one the helper creates or
+	// deletes; VM addresses must lie inside BridgeCIDR.
+	BridgeName string
+	BridgeCIDR string
+	// TapPrefix (default TapNamePrefix) and DMPrefix (default
+	// DMNamePrefix) must start every tap and device-mapper name.
+	TapPrefix string
+	DMPrefix  string
+}
+
+// Limits on launch arguments.
+const (
+	maxArgs     = 512
+	maxArgBytes = 16 << 10
+	maxEnv      = 64
+)
+
+// allowedSignals are the signals SignalVMM may send.
+var allowedSignals = []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR1}
+
+// deniedEnv are environment variables a VMM may not be given: they load
+// code or data into the process from elsewhere.
+var deniedEnv = []string{"GCONV_PATH", "GLIBC_TUNABLES", "HOSTALIASES", "LOCPATH", "NLSPATH", "RESOLV_HOST_CONF", "MALLOC_TRACE", "LD_"}
+
+func invalid(field, format string, args ...any) error {
+	return fmt.Errorf("%w: %s: %s", ErrInvalidArgument, field, fmt.Sprintf(format, args...))
+}
+
+// Check validates the policy itself (run once at helper start).
+func (p *Policy) Check() error {
+	var errs []error
+	if p.OwnerUID < 0 || p.OwnerGID < 0 {
+		errs = append(errs, fmt.Errorf("owner uid/gid %d/%d must be set", p.OwnerUID, p.OwnerGID))
+	}
+	if len(p.ManagedRoots) == 0 {
+		errs = append(errs, errors.New("no managed roots"))
+	}
+	for _, r := range p.ManagedRoots {
+		if !filepath.IsAbs(r) || filepath.Clean(r) != r || r == "/" {
+			errs = append(errs, fmt.Errorf("managed root %q must be a clean absolute path other than /", r))
+		}
+	}
+	if len(p.VMMBinaries) == 0 {
+		errs = append(errs, errors.New("no VMM binaries configured"))
+	}
+	for name, path := range p.VMMBinaries {
+		if name == "" || strings.ContainsRune(name, '/') {
+			errs = append(errs, fmt.Errorf("VMM binary name %q must be a base name", name))
+		}
+		if !filepath.IsAbs(path) || filepath.Clean(path) != path {
+			errs = append(errs, fmt.Errorf("VMM binary %s: path %q must be clean and absolute", name, path))
+		}
+	}
+	if err := checkIfName("bridge name", p.BridgeName); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := p.bridgePrefix(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := checkIfName("tap prefix", p.tapPrefix()); err != nil || len(p.tapPrefix()) > 10 {
+		errs = append(errs, fmt.Errorf("tap prefix %q must be 1-10 characters of [a-z0-9-]", p.tapPrefix()))
+	}
+	if strings.HasPrefix(p.BridgeName, p.tapPrefix()) {
+		errs = append(errs, fmt.Errorf("bridge name %q must not start with the tap prefix %q", p.BridgeName, p.tapPrefix()))
+	}
+	if err := checkDMChars("dm prefix", p.dmPrefix()); err != nil || len(p.dmPrefix()) > 32 {
+		errs = append(errs, fmt.Errorf("dm prefix %q must be 1-32 characters of [A-Za-z0-9._-]", p.dmPrefix()))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("root helper policy: %w", err)
+	}
+	return nil
+}
+
+func (p *Policy) tapPrefix() string {
+	if p.TapPrefix == "" {
+		return TapNamePrefix
+	}
+	return p.TapPrefix
+}
+
+func (p *Policy) dmPrefix() string {
+	if p.DMPrefix == "" {
+		return DMNamePrefix
+	}
+	return p.DMPrefix
+}
+
+func (p *Policy) bridgePrefix() (netip.Prefix, error) {
+	pfx, err := netip.ParsePrefix(p.BridgeCIDR)
+	if err != nil || !pfx.Addr().Is4() || pfx.Bits() < 8 || pfx.Bits() > 30 || pfx.Addr() == pfx.Masked().Addr() {
+		return netip.Prefix{}, fmt.Errorf("bridge CIDR %q must be an IPv4 gateway address with a /8-/30 prefix, e.g. 172.30.0.1/24", p.BridgeCIDR)
+	}
+	return pfx, nil
+}
+
+// checkIfName: 1-15 bytes of [a-z0-9-], not starting with '-'.
+func checkIfName(field, name string) error {
+	if name == "" || len(name) > 15 {
+		return invalid(field, "%q must be 1-15 bytes", clip(name))
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			return invalid(field, "%q may only contain [a-z0-9-]", clip(name))
+		}
+	}
+	if name[0] == '-' {
+		return invalid(field, "%q must not start with '-'", name)
+	}
+	return nil
+}
+
+func checkDMChars(field, name string) error {
+	if name == "" {
+		return invalid(field, "empty")
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return invalid(field, "%q may only contain [A-Za-z0-9._-]", clip(name))
+		}
+	}
+	return nil
+}
+
+// clip shortens hostile input for error messages.
+func clip(s string) string {
+	if len(s) > 64 {
+		s = s[:64] + "..."
+	}
+	return s
+}
+
+// ValidateBridgeName accepts only the configured bridge.
+func (p *Policy) ValidateBridgeName(name string) error {
+	if name != p.BridgeName {
+		return invalid("bridge", "%q is not banger's bridge %q", clip(name), p.BridgeName)
+	}
+	return nil
+}
+
+// ValidateBridge checks EnsureBridge's spec: the configured bridge with the
+// configured address, MTU 0 (default) or 576-65535.
+func (p *Policy) ValidateBridge(spec BridgeSpec) error {
+	if err := p.ValidateBridgeName(spec.Name); err != nil {
+		return err
+	}
+	want, err := p.bridgePrefix()
+	if err != nil {
+		return invalid("bridge.cidr", "%v", err)
+	}
+	got, err := netip.ParsePrefix(spec.CIDR)
+	if err != nil || got != want {
+		return invalid("bridge.cidr", "%q is not banger's bridge address %s", clip(spec.CIDR), want)
+	}
+	if spec.MTU != 0 && (spec.MTU < 576 || spec.MTU > 65535) {
+		return invalid("bridge.mtu", "%d out of range 576-65535", spec.MTU)
+	}
+	return nil
+}
+
+// ValidateTapName checks a tap name: 1-15 bytes of [a-z0-9-] starting
+// with the tap prefix and longer than it.
+func (p *Policy) ValidateTapName(field, name string) error {
+	if err := checkIfName(field, name); err != nil {
+		return err
+	}
+	if !strings.HasPrefix(name, p.tapPrefix()) || len(name) == len(p.tapPrefix()) {
+		return invalid(field, "%q must start with %q followed by an id", name, p.tapPrefix())
+	}
+	return nil
+}
+
+// ValidateTap checks CreateTap's spec: a banger tap on banger's bridge,
+// owned by the owner (or -1, no owner).
+func (p *Policy) ValidateTap(spec TapSpec) error {
+	if err := p.ValidateTapName("tap.name", spec.Name); err != nil {
+		return err
+	}
+	if spec.Bridge != p.BridgeName {
+		return invalid("tap.bridge", "%q is not banger's bridge %q", clip(spec.Bridge), p.BridgeName)
+	}
+	if spec.Owner != -1 && spec.Owner != p.OwnerUID {
+		return invalid("tap.owner", "uid %d is not the owner (%d) or -1", spec.Owner, p.OwnerUID)
+	}
+	if spec.Group != -1 && spec.Group != p.OwnerGID {
+		return invalid("tap.group", "gid %d is not the owner's (%d) or -1", spec.Group, p.OwnerGID)
+	}
+	return nil
+}
+
+// ValidateNAT checks EnsureNAT/ClearNAT's spec: a host address inside the
+// bridge network (not its network, broadcast or gateway address), banger's
+// bridge, a banger tap when given, and a plain interface name (not the
+// bridge, not a tap) as uplink when given.
+func (p *Policy) ValidateNAT(spec NATSpec) error {
+	pfx, err := p.bridgePrefix()
+	if err != nil {
+		return invalid("nat", "%v", err)
+	}
+	ip, err := netip.ParseAddr(spec.VMIP)
+	if err != nil || !ip.Is4() {
+		return invalid("nat.vm_ip", "%q is not an IPv4 address", clip(spec.VMIP))
+	}
+	if !pfx.Masked().Contains(ip) {
+		return invalid("nat.vm_ip", "%s is outside banger's network %s", ip, pfx.Masked())
+	}
+	if ip == pfx.Masked().Addr() || ip == pfx.Addr() || ip == lastAddr(pfx.Masked()) {
+		return invalid("nat.vm_ip", "%s is the network, gateway or broadcast address of %s", ip, pfx.Masked())
+	}
+	if spec.Tap != "" {
+		if err := p.ValidateTapName("nat.tap", spec.Tap); err != nil {
+			return err
+		}
+	}
+	if spec.Bridge != p.BridgeName {
+		return invalid("nat.bridge", "%q is not banger's bridge %q", clip(spec.Bridge), p.BridgeName)
+	}
+	if spec.Uplink != "" {
+		if err := checkIfName("nat.uplink", spec.Uplink); err != nil {
+			return err
+		}
+		if spec.Uplink == p.BridgeName || strings.HasPrefix(spec.Uplink, p.tapPrefix()) {
+			return invalid("nat.uplink", "%q is banger's own interface", spec.Uplink)
+		}
+	}
+	return nil
+}
+
+func lastAddr(p netip.Prefix) netip.Addr {
+	a := p.Addr().As4()
+	host := uint32(1)<<(32-p.Bits()) - 1
+	v := (uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])) | host
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}
+
+// ValidateResolver checks SetResolverRouting's spec: banger's bridge; when
+// enabling, a DNS server on loopback or the bridge gateway and a domain of
+// 1-253 bytes of lowercase DNS labels (never the root, which would route
+// every lookup of the host to banger).
+func (p *Policy) ValidateResolver(spec ResolverSpec) error {
+	if spec.Bridge != p.BridgeName {
+		return invalid("resolver.bridge", "%q is not banger's bridge %q", clip(spec.Bridge), p.BridgeName)
+	}
+	if !spec.Enable {
+		return nil
+	}
+	ap, err := netip.ParseAddrPort(spec.Server)
+	if err != nil || ap.Port() == 0 {
+		return invalid("resolver.server", "%q must be ip:port", clip(spec.Server))
+	}
+	gw, _ := p.bridgePrefix()
+	if !ap.Addr().IsLoopback() && ap.Addr() != gw.Addr() {
+		return invalid("resolver.server", "%s must be on loopback or the bridge address %s", ap.Addr(), gw.Addr())
+	}
+	d := strings.TrimPrefix(spec.Domain, "~")
+	d = strings.TrimSuffix(d, ".")
+	if d == "" || len(d) > 253 {
+		return invalid("resolver.domain", "%q must be a DNS domain such as \"vm\" (not the root)", clip(spec.Domain))
+	}
+	for _, label := range strings.Split(d, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return invalid("resolver.domain", "%q has an invalid label %q", clip(spec.Domain), clip(label))
+		}
+		for i := 0; i < len(label); i++ {
+			if c := label[i]; !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+				return invalid("resolver.domain", "%q may only contain [a-z0-9-] labels", clip(spec.Domain))
+			}
+		}
+	}
+	return nil
+}
+
+// ValidatePath checks that path is clean, absolute, below a managed root
+// and reaches it without symlinks (paths.CheckNoSymlinks). With mustExist
+// the final component must exist too.
+func (p *Policy) ValidatePath(field, path string, mustExist bool) error {
+	if path == "" {
+		return invalid(field, "empty path")
+	}
+	if !utf8.ValidString(path) || strings.ContainsAny(path, "\x00\n\r") {
+		return invalid(field, "%q contains control bytes", clip(path))
+	}
+	if !filepath.IsAbs(path) || filepath.Clean(path) != path {
+		return invalid(field, "%q must be a clean absolute path", clip(path))
+	}
+	var lastErr error
+	for _, root := range p.ManagedRoots {
+		if _, err := paths.Beneath(root, path); err != nil {
+			continue
+		}
+		if err := paths.CheckNoSymlinks(root, path); err != nil {
+			lastErr = err
+			continue
+		}
+		if mustExist {
+			if _, err := lstat(path); err != nil {
+				return invalid(field, "%s: %v", path, err)
+			}
+		}
+		return nil
+	}
+	if lastErr != nil {
+		return invalid(field, "%v", lastErr)
+	}
+	return invalid(field, "%s is not inside banger's directories (%s)", clip(path), strings.Join(p.ManagedRoots, ", "))
+}
+
+// ValidateLoop checks AttachLoop's spec: an existing regular file below a
+// managed root.
+func (p *Policy) ValidateLoop(spec LoopSpec) error {
+	if err := p.ValidatePath("loop.file", spec.File, true); err != nil {
+		return err
+	}
+	st, err := lstat(spec.File)
+	if err != nil {
+		return invalid("loop.file", "%v", err)
+	}
+	if !st.Mode().IsRegular() {
+		return invalid("loop.file", "%s is not a regular file", spec.File)
+	}
+	return nil
+}
+
+// ValidateLoopDevice accepts /dev/loopN only.
+func (p *Policy) ValidateLoopDevice(field, dev string) error {
+	n, ok := strings.CutPrefix(dev, "/dev/loop")
+	if !ok || n == "" || len(n) > 7 {
+		return invalid(field, "%q is not a loop device (want /dev/loopN)", clip(dev))
+	}
+	for i := 0; i < len(n); i++ {
+		if n[i] < '0' || n[i] > '9' {
+			return invalid(field, "%q is not a loop device (want /dev/loopN)", clip(dev))
+		}
+	}
+	return nil
+}
+
+// ValidateDMName checks a device-mapper name: the dm prefix followed by an
+// id, at most 100 bytes of [A-Za-z0-9._-].
+func (p *Policy) ValidateDMName(field, name string) error {
+	if err := checkDMChars(field, name); err != nil {
+		return err
+	}
+	if len(name) > 100 {
+		return invalid(field, "%q is longer than 100 bytes", clip(name))
+	}
+	if !strings.HasPrefix(name, p.dmPrefix()) || len(name) == len(p.dmPrefix()) {
+		return invalid(field, "%q must start with %q followed by an id", name, p.dmPrefix())
+	}
+	return nil
+}
+
+// ValidateSnapshot checks CreateSnapshot's spec: a banger dm name, two
+// distinct loop devices, a positive size in whole 512-byte sectors.
+func (p *Policy) ValidateSnapshot(spec SnapshotSpec) error {
+	if err := p.ValidateDMName("snapshot.name", spec.Name); err != nil {
+		return err
+	}
+	if err := p.ValidateLoopDevice("snapshot.origin", spec.Origin); err != nil {
+		return err
+	}
+	if err := p.ValidateLoopDevice("snapshot.cow", spec.COW); err != nil {
+		return err
+	}
+	if spec.Origin == spec.COW {
+		return invalid("snapshot.cow", "same device as the origin (%s)", spec.Origin)
+	}
+	if spec.SizeBytes <= 0 || spec.SizeBytes%512 != 0 {
+		return invalid("snapshot.size_bytes", "%d must be a positive multiple of 512", spec.SizeBytes)
+	}
+	return nil
+}
+
+// resolveVMM maps argv[0] (a configured base name, or a configured absolute
+// path) to the configured name and absolute path.
+func (p *Policy) resolveVMM(argv0 string) (name, path string, ok bool) {
+	if abs, found := p.VMMBinaries[argv0]; found {
+		return argv0, abs, true
+	}
+	for n, abs := range p.VMMBinaries {
+		if argv0 == abs {
+			return n, abs, true
+		}
+	}
+	return "", "", false
+}
+
+func isJailer(name string) bool { return strings.HasPrefix(name, "jailer") }
+
+// ValidateLaunch checks LaunchVMM's spec and returns it with argv[0]
+// replaced by the configured absolute path: argv[0] must be a configured
+// VMM binary, no argument empty or holding NUL, the working dir, log and
+// pid file below managed roots without symlinks, the environment free of
+// loader variables. Unless the owner is root, the VMM must run as the
+// owner; the jailer (which drops privileges itself) must be started as
+// root with --uid/--gid of the owner, an --exec-file that is a configured
+// firecracker and a --chroot-base-dir below a managed root.
+func (p *Policy) ValidateLaunch(spec LaunchSpec) (LaunchSpec, error) {
+	if len(spec.Argv) == 0 {
+		return spec, invalid("launch.argv", "empty")
+	}
+	if len(spec.Argv) > maxArgs {
+		return spec, invalid("launch.argv", "%d arguments (at most %d)", len(spec.Argv), maxArgs)
+	}
+	name, abs, ok := p.resolveVMM(spec.Argv[0])
+	if !ok {
+		return spec, invalid("launch.argv[0]", "%q is not a configured VMM binary (allowed: %s)", clip(spec.Argv[0]), strings.Join(p.vmmNames(), ", "))
+	}
+	for i, a := range spec.Argv {
+		if a == "" {
+			return spec, invalid(fmt.Sprintf("launch.argv[%d]", i), "empty argument")
+		}
+		if len(a) > maxArgBytes || strings.ContainsRune(a, 0) {
+			return spec, invalid(fmt.Sprintf("launch.argv[%d]", i), "longer than %d bytes or holds a NUL byte", maxArgBytes)
+		}
+	}
+	if err := p.ValidatePath("launch.dir", spec.Dir, true); err != nil {
+		return spec, err
+	}
+	if err := p.ValidatePath("launch.log_path", spec.LogPath, false); err != nil {
+		return spec, err
+	}
+	if spec.PIDFile != "" {
+		if err := p.ValidatePath("launch.pid_file", spec.PIDFile, false); err != nil {
+			return spec, err
+		}
+	}
+	if len(spec.Env) > maxEnv {
+		return spec, invalid("launch.env", "%d entries (at most %d)", len(spec.Env), maxEnv)
+	}
+	for i, e := range spec.Env {
+		k, _, ok := strings.Cut(e, "=")
+		if !ok || !envKey(k) || strings.ContainsRune(e, 0) || len(e) > maxArgBytes {
+			return spec, invalid(fmt.Sprintf("launch.env[%d]", i), "%q is not KEY=VALUE", clip(e))
+		}
+		for _, d := range deniedEnv {
+			if k == d || (strings.HasSuffix(d, "_") && strings.HasPrefix(k, d)) {
+				return spec, invalid(fmt.Sprintf("launch.env[%d]", i), "%s may not be set for a VMM", k)
+			}
+		}
+	}
+	if isJailer(name) {
+		if err := p.validateJailer(spec); err != nil {
+			return spec, err
+		}
+	} else if err := p.validateCreds(spec.UID, spec.GID); err != nil {
+		return spec, err
+	}
+	out := spec
+	out.Argv = slices.Clone(spec.Argv)
+	out.Argv[0] = abs
+	out.Env = slices.Clone(spec.Env)
+	return out, nil
+}
+
+func (p *Policy) vmmNames() []string {
+	var names []string
+	for n := range p.VMMBinaries {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}
+
+func envKey(k string) bool {
+	if k == "" {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		c := k[i]
+		if !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c == '_' || i > 0 && c >= '0' && c <= '9') {
+			return false
+		}
+	}
+	return true
+}
+
+// validateCreds: the VMM runs as the owner; a root owner may also keep
+// root (-1/-1 or 0/0).
+func (p *Policy) validateCreds(uid, gid int) error {
+	if uid == p.OwnerUID && gid == p.OwnerGID {
+		return nil
+	}
+	if p.OwnerUID == 0 && uid == -1 && gid == -1 {
+		return nil
+	}
+	return invalid("launch.uid", "uid/gid %d/%d: the VMM must run as the owner (%d/%d)", uid, gid, p.OwnerUID, p.OwnerGID)
+}
+
+// validateJailer checks the jailer's own options (those before "--").
+func (p *Policy) validateJailer(spec LaunchSpec) error {
+	if spec.UID != -1 && spec.UID != 0 || spec.GID != -1 && spec.GID != 0 {
+		if err := p.validateCreds(spec.UID, spec.GID); err != nil {
+			return invalid("launch.uid", "the jailer starts as root and drops to --uid/--gid itself; got uid/gid %d/%d", spec.UID, spec.GID)
+		}
+	}
+	opts := map[string][]string{}
+	args := spec.Argv[1:]
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			break
+		}
+		if !strings.HasPrefix(a, "--") {
+			return invalid("launch.argv", "unexpected jailer argument %q", clip(a))
+		}
+		key, val, hasVal := strings.Cut(a[2:], "=")
+		switch key {
+		case "daemonize", "new-pid-ns":
+			if hasVal {
+				return invalid("launch.argv", "jailer flag --%s takes no value", key)
+			}
+			continue
+		}
+		if !hasVal {
+			if i+1 >= len(args) {
+				return invalid("launch.argv", "jailer option --%s has no value", key)
+			}
+			i++
+			val = args[i]
+		}
+		opts[key] = append(opts[key], val)
+	}
+	one := func(key string) (string, error) {
+		v := opts[key]
+		if len(v) != 1 {
+			return "", invalid("launch.argv", "jailer needs exactly one --%s (got %d)", key, len(v))
+		}
+		return v[0], nil
+	}
+	for _, k := range []string{"uid", "gid"} {
+		v, err := one(k)
+		if err != nil {
+			return err
+		}
+		want := p.OwnerUID
+		if k == "gid" {
+			want = p.OwnerGID
+		}
+		if n, err := strconv.Atoi(v); err != nil || n != want {
+			return invalid("launch.argv", "jailer --%s %q must be the owner's %d", k, clip(v), want)
+		}
+	}
+	exe, err := one("exec-file")
+	if err != nil {
+		return err
+	}
+	if n, _, ok := p.resolveVMM(exe); !ok || !strings.HasPrefix(n, "firecracker") {
+		return invalid("launch.argv", "jailer --exec-file %q is not a configured firecracker", clip(exe))
+	}
+	base, err := one("chroot-base-dir")
+	if err != nil {
+		return err
+	}
+	if err := p.ValidatePath("launch.argv --chroot-base-dir", base, false); err != nil {
+		return err
+	}
+	for k := range opts {
+		switch k {
+		case "id", "uid", "gid", "exec-file", "chroot-base-dir", "netns", "cgroup", "cgroup-version", "resource-limit":
+		default:
+			return invalid("launch.argv", "jailer option --%s is not allowed", clip(k))
+		}
+	}
+	if ns := opts["netns"]; len(ns) > 0 {
+		for _, v := range ns {
+			if !strings.HasPrefix(v, "/var/run/netns/") && !strings.HasPrefix(v, "/run/netns/") {
+				return invalid("launch.argv", "jailer --netns %q must be under /run/netns", clip(v))
+			}
+		}
+	}
+	return nil
+}
+
+// ValidateSignal checks SignalVMM's arguments: pid > 1, a marker of at
+// least 4 bytes, a Comm that is one of the configured VMM binaries (so the
+// helper only ever signals VMMs), and one of SIGTERM, SIGKILL, SIGINT,
+// SIGHUP, SIGUSR1.
+func (p *Policy) ValidateSignal(id ProcessIdentity, sig syscall.Signal) error {
+	if id.PID <= 1 {
+		return invalid("signal.pid", "%d (must be > 1)", id.PID)
+	}
+	if len(id.Marker) < 4 || len(id.Marker) > 4096 || strings.ContainsRune(id.Marker, 0) {
+		return invalid("signal.marker", "%q must be 4-4096 bytes without NUL (the VM's unique socket path or id)", clip(id.Marker))
+	}
+	comm := ProcessComm(id.Comm)
+	found := false
+	for n, abs := range p.VMMBinaries {
+		if id.Comm != "" && (comm == ProcessComm(n) || comm == ProcessComm(abs)) {
+			found = true
+			break
+		}
+	}
+	if !found {
+		return invalid("signal.comm", "%q is not a configured VMM binary (allowed: %s)", clip(id.Comm), strings.Join(p.vmmNames(), ", "))
+	}
+	if !slices.Contains(allowedSignals, sig) {
+		return invalid("signal", "%d is not one of SIGTERM, SIGKILL, SIGINT, SIGHUP, SIGUSR1", int(sig))
+	}
+	return nil
+}
+
+// ValidateChown checks ChownPath's arguments: an existing path below a
+// managed root, reached without symlinks (and not itself one), given to
+// the owner's uid and gid.
+func (p *Policy) ValidateChown(path string, uid, gid int) error {
+	if err := p.ValidatePath("chown.path", path, true); err != nil {
+		return err
+	}
+	if uid != p.OwnerUID || gid != p.OwnerGID {
+		return invalid("chown.uid", "%d/%d: paths may only be given to the owner (%d/%d)", uid, gid, p.OwnerUID, p.OwnerGID)
+	}
+	return nil
+}
+
+func lstat(path string) (os.FileInfo, error) { return os.Lstat(path) }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"os/exec"
+	"strings"
 	"testing"
 
 	"github.com/bangerdev/banger/internal/disk"
@@ -64,9 +65,17 @@ func dmMissing() error {
 	return nil
 }
 
-func TestReflinkRefusedOnExt4(t *testing.T) {
-	dir := t.TempDir()
-	if _, reason := disk.Probe(t.Context(), dir, nil, nil); reason == "" {
-		t.Fatal("empty reason")
+// TestProbeOnScratchFilesystems checks that Probe finds reflink where it
+// works (ops nil rules dm out) and that it leaves nothing behind.
+func TestProbeOnScratchFilesystems(t *testing.T) {
+	for _, fs := range []string{"btrfs", "xfs"} {
+		dir := disktest.ScratchFS(t, fs)
+		choice, reason := disk.Probe(t.Context(), dir, nil, nil)
+		if choice != disk.Reflink || !strings.Contains(reason, fs) {
+			t.Errorf("Probe on %s = %s (%s), want reflink", fs, choice, reason)
+		}
+		if es, _ := os.ReadDir(dir); len(es) != 0 {
+			t.Errorf("Probe left %v in %s", es, dir)
+		}
 	}
 }

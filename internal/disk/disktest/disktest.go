@@ -317,8 +317,8 @@ func RunConformance(t *testing.T, newCoW func(t *testing.T) disk.CoW, dir string
 		a := f.create(t, "a.img", size)
 		b := f.create(t, "b.img", size)
 		marks := map[int64][]byte{
-			0:               bytes.Repeat([]byte("data"), 1024),   // over a data extent
-			3 << 20:         bytes.Repeat([]byte("hole"), 1024),   // over a hole
+			0:               bytes.Repeat([]byte("data"), 1024),  // over a data extent
+			3 << 20:         bytes.Repeat([]byte("hole"), 1024),  // over a hole
 			imageSize + 512: bytes.Repeat([]byte("grown"), 1000), // past the image
 		}
 		for off, m := range marks {

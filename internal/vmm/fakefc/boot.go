@@ -1,0 +1,190 @@
+package fakefc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/bangerdev/banger/internal/privops"
+	"github.com/bangerdev/banger/internal/vmm"
+	"github.com/bangerdev/banger/internal/vmm/qemu"
+)
+
+// qemuGuest boots the configured guest through the QEMU driver. QEMU is a
+// child of the fake that dies with it (parent-death signal), and its serial
+// console goes to the fake's stdout, like Firecracker's.
+type qemuGuest struct {
+	srv     *Server
+	log     *slog.Logger
+	driver  *qemu.Driver
+	dir     string
+	handle  *vmm.Handle
+	exited  chan struct{}
+	launchQ chan launchReq
+}
+
+func newQEMUGuest(srv *Server, logger *slog.Logger) (*qemuGuest, error) {
+	dir, err := os.MkdirTemp("", "fakefc-")
+	if err != nil {
+		return nil, err
+	}
+	g := &qemuGuest{srv: srv, log: logger, dir: dir, exited: make(chan struct{}), launchQ: make(chan launchReq)}
+	go g.launcherThread()
+	d, err := qemu.New(qemu.Config{Accel: os.Getenv(EnvQEMUAccel)}, g, logger)
+	if err != nil {
+		return nil, err
+	}
+	g.driver = d
+	return g, nil
+}
+
+func (g *qemuGuest) cleanup() { os.RemoveAll(g.dir) }
+
+// Exited is closed when QEMU exits.
+func (g *qemuGuest) Exited() <-chan struct{} { return g.exited }
+
+func (g *qemuGuest) Boot(ctx context.Context, cfg *Config) error {
+	bs := *cfg.BootSource
+	spec := vmm.Spec{
+		VMID: "fakefc", Name: g.srv.ID, RuntimeDir: g.dir,
+		Kernel: g.srv.hostPath(str(bs, "kernel_image_path")), Cmdline: str(bs, "boot_args"),
+		VCPU: 1, MemoryMiB: 128, LogPath: "/proc/self/fd/1", UID: -1, GID: -1,
+	}
+	if p := str(bs, "initrd_path"); p != "" {
+		spec.Initrd = g.srv.hostPath(p)
+	}
+	if v, ok := cfg.Machine["vcpu_count"].(float64); ok {
+		spec.VCPU = int(v)
+	}
+	if v, ok := cfg.Machine["mem_size_mib"].(float64); ok {
+		spec.MemoryMiB = int64(v)
+	}
+	// root device first, then the others in the order they were added
+	order := append([]string(nil), cfg.DriveOrder...)
+	sort.SliceStable(order, func(i, j int) bool {
+		ri, _ := cfg.Drives[order[i]]["is_root_device"].(bool)
+		rj, _ := cfg.Drives[order[j]]["is_root_device"].(bool)
+		return ri && !rj
+	})
+	for _, id := range order {
+		d := cfg.Drives[id]
+		root, _ := d["is_root_device"].(bool)
+		ro, _ := d["is_read_only"].(bool)
+		spec.Drives = append(spec.Drives, vmm.Drive{ID: id, Path: g.srv.hostPath(str(d, "path_on_host")), Root: root, ReadOnly: ro})
+	}
+	if len(spec.Drives) > 0 && !spec.Drives[0].Root {
+		spec.Drives[0].Root = true // Firecracker boots without a root drive; QEMU's spec wants one first
+		for i := range spec.Drives[1:] {
+			spec.Drives[i+1].Root = false
+		}
+	}
+	for _, id := range cfg.NetOrder {
+		n := cfg.Nets[id]
+		spec.Net = append(spec.Net, vmm.NetIface{Tap: str(n, "host_dev_name"), MAC: str(n, "guest_mac")})
+	}
+	h, err := g.driver.Start(ctx, spec)
+	if err != nil {
+		return err
+	}
+	g.handle = h
+	go func() {
+		_ = g.driver.Wait(context.Background(), h)
+		close(g.exited)
+	}()
+	return nil
+}
+
+func (g *qemuGuest) CtrlAltDel(ctx context.Context) error {
+	if g.handle == nil {
+		return errors.New("guest not started")
+	}
+	return g.driver.Shutdown(ctx, g.handle)
+}
+
+func (g *qemuGuest) Pause(ctx context.Context) error { return g.driver.Pause(ctx, g.handle) }
+
+func (g *qemuGuest) Resume(ctx context.Context) error { return g.driver.Resume(ctx, g.handle) }
+
+// Stop ends QEMU (SIGTERM, then SIGKILL after 5 s).
+func (g *qemuGuest) Stop(ctx context.Context) error {
+	if g.handle == nil {
+		return nil
+	}
+	_ = g.driver.Kill(ctx, g.handle, syscall.SIGTERM)
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := g.driver.Wait(wctx, g.handle); err != nil {
+		_ = g.driver.Kill(ctx, g.handle, syscall.SIGKILL)
+		return g.driver.Wait(ctx, g.handle)
+	}
+	return nil
+}
+
+type launchReq struct {
+	spec privops.LaunchSpec
+	resp chan launchResp
+}
+
+type launchResp struct {
+	pid int
+	err error
+}
+
+// launcherThread starts children from one locked OS thread that never
+// exits: Linux sends the parent-death signal when the *thread* that forked
+// the child exits, so it must outlive the children.
+func (g *qemuGuest) launcherThread() {
+	runtime.LockOSThread()
+	for req := range g.launchQ {
+		pid, err := g.startChild(req.spec)
+		req.resp <- launchResp{pid, err}
+	}
+}
+
+func (g *qemuGuest) startChild(spec privops.LaunchSpec) (int, error) {
+	path, err := exec.LookPath(spec.Argv[0])
+	if err != nil {
+		return 0, err
+	}
+	logf, err := os.OpenFile(spec.LogPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+	if err != nil {
+		return 0, err
+	}
+	defer logf.Close()
+	cmd := &exec.Cmd{Path: path, Args: spec.Argv, Dir: spec.Dir, Stdout: logf, Stderr: logf,
+		SysProcAttr: &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}}
+	if err := cmd.Start(); err != nil {
+		return 0, err
+	}
+	go func() { _ = cmd.Wait() }()
+	return cmd.Process.Pid, nil
+}
+
+// LaunchVMM implements vmm.Launcher for the QEMU driver inside the fake.
+func (g *qemuGuest) LaunchVMM(ctx context.Context, spec privops.LaunchSpec) (int, error) {
+	if len(spec.Argv) == 0 || !strings.HasPrefix(filepath.Base(spec.Argv[0]), "qemu-system-") {
+		return 0, fmt.Errorf("fakefc launches only qemu, not %v", spec.Argv)
+	}
+	resp := make(chan launchResp, 1)
+	select {
+	case g.launchQ <- launchReq{spec, resp}:
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+	r := <-resp
+	return r.pid, r.err
+}
+
+// SignalVMM implements vmm.Launcher with the identity-checked local signal.
+func (g *qemuGuest) SignalVMM(ctx context.Context, id privops.ProcessIdentity, sig syscall.Signal) error {
+	return privops.NewLocal(nil, nil).SignalVMM(ctx, id, sig)
+}

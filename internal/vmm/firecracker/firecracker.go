@@ -1,0 +1,559 @@
+// Package firecracker is the Firecracker vmm.Driver: a small API client of
+// its own over the unix socket (api.go, checked against the API specs of
+// every tested release), `--version` detection with a supported range
+// (>= 1.5.0, warning above the newest tested release), and two launch modes:
+//
+//   - plain: firecracker --api-sock RuntimeDir/firecracker.sock --id VMID,
+//     launched detached as Spec.UID; the launcher writes
+//     RuntimeDir/firecracker.pid; serial console and Firecracker's own log
+//     lines go to Spec.LogPath (its stdout/stderr).
+//   - jailer: a chroot per VM at <ChrootBase>/<exec name>/<VMID>/root on the
+//     same filesystem as the images (kernel, initrd and file drives are hard
+//     linked in; block-device drives get device nodes, which needs root),
+//     `jailer --daemonize` without --new-pid-ns (so the jailer execs into
+//     firecracker in place and the launched pid is firecracker's; the pid is
+//     recorded in <chroot>/firecracker.pid), uid/gid dropped by the jailer.
+//     The chroot-relative API socket /run/firecracker.socket is reached
+//     through the short symlink RuntimeDir/api.sock (unix socket paths are
+//     limited to 108 bytes). --daemonize sends the jailed process's stdout to
+//     /dev/null, so the serial console is written to <chroot>/serial.log via
+//     PUT /serial (>= 1.14) and Handle.LogPath points there; on older
+//     releases the console is not captured in jailer mode.
+package firecracker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/bangerdev/banger/internal/hostexec"
+	"github.com/bangerdev/banger/internal/model"
+	"github.com/bangerdev/banger/internal/privops"
+	"github.com/bangerdev/banger/internal/vmm"
+)
+
+// File names.
+const (
+	SocketName      = "firecracker.sock" // plain mode, in RuntimeDir
+	PIDFileName     = "firecracker.pid"  // RuntimeDir (plain) or chroot (jailer)
+	JailerLinkName  = "api.sock"         // jailer mode: RuntimeDir symlink to the chroot socket
+	JailedSocket    = "/run/firecracker.socket"
+	JailedSerialLog = "/serial.log"
+)
+
+// Config configures the driver.
+type Config struct {
+	Binary       string        // firecracker binary; default "firecracker"
+	Jailer       *JailerConfig // nil = plain mode
+	StartTimeout time.Duration // until the API socket answers; default 10s
+	// LogLevel, when set, configures Firecracker's logger (PUT /logger) to
+	// RuntimeDir/firecracker.log at that level (Error ... Trace). Without it
+	// Firecracker logs to its stdout, i.e. the VM log.
+	LogLevel string
+	// Env is extra environment for the VMM and for `--version` (test doubles
+	// read their options from it).
+	Env []string
+}
+
+// JailerConfig enables jailer mode.
+type JailerConfig struct {
+	Binary     string // default "jailer"
+	ChrootBase string // must be on the filesystem of images and kernels (hard links)
+}
+
+// Driver implements vmm.Driver and vmm.Pauser with Firecracker.
+type Driver struct {
+	cfg      Config
+	launcher vmm.Launcher
+	runner   hostexec.Runner
+	log      *slog.Logger
+
+	versionOnce sync.Once
+	version     Version
+	versionErr  error
+}
+
+// New returns a Firecracker driver. runner runs `firecracker --version`.
+func New(cfg Config, launcher vmm.Launcher, runner hostexec.Runner, logger *slog.Logger) (*Driver, error) {
+	if cfg.Binary == "" {
+		cfg.Binary = "firecracker"
+	}
+	if cfg.StartTimeout == 0 {
+		cfg.StartTimeout = 10 * time.Second
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	if j := cfg.Jailer; j != nil {
+		if j.Binary == "" {
+			j.Binary = "jailer"
+		}
+		if !filepath.IsAbs(j.ChrootBase) {
+			return nil, fmt.Errorf("firecracker: jailer chroot base %q must be an absolute path", j.ChrootBase)
+		}
+		if !strings.Contains(filepath.Base(cfg.Binary), "firecracker") {
+			return nil, fmt.Errorf("firecracker: the jailer only runs binaries whose name contains \"firecracker\" (got %s)", cfg.Binary)
+		}
+		if !filepath.IsAbs(cfg.Binary) {
+			return nil, fmt.Errorf("firecracker: jailer mode needs the absolute path of the firecracker binary (got %s)", cfg.Binary)
+		}
+	}
+	return &Driver{cfg: cfg, launcher: launcher, runner: runner, log: logger}, nil
+}
+
+// Name implements vmm.Driver.
+func (d *Driver) Name() string { return "firecracker" }
+
+// Capabilities implements vmm.Driver.
+func (d *Driver) Capabilities() vmm.Capabilities {
+	return vmm.Capabilities{Snapshots: true, Vsock: true, Pause: true}
+}
+
+// BinaryVersion runs `firecracker --version` once and checks the supported
+// range. A release newer than NewestTested is logged as a warning.
+func (d *Driver) BinaryVersion(ctx context.Context) (Version, error) {
+	d.versionOnce.Do(func() {
+		res, err := d.runner.Run(ctx, hostexec.Cmd{Name: d.cfg.Binary, Args: []string{"--version"}, Env: d.cfg.Env})
+		if err != nil {
+			d.versionErr = fmt.Errorf("firecracker: %s --version: %w", d.cfg.Binary, err)
+			return
+		}
+		v, err := ParseVersion(string(res.Stdout))
+		if err != nil {
+			d.versionErr = fmt.Errorf("firecracker: %s --version: %w", d.cfg.Binary, err)
+			return
+		}
+		warn, err := CheckVersion(v)
+		if err != nil {
+			d.versionErr = fmt.Errorf("firecracker: %w", err)
+			return
+		}
+		if warn != "" {
+			d.log.Warn(warn)
+		}
+		d.version = v
+	})
+	return d.version, d.versionErr
+}
+
+// layout is where one VM's files live.
+type layout struct {
+	chroot  string // "" in plain mode
+	socket  string // host path used to reach the API (symlink in jailer mode)
+	pidFile string
+	comm    string
+	marker  string
+}
+
+func (d *Driver) layout(spec vmm.Spec) (layout, error) {
+	execName := filepath.Base(d.cfg.Binary)
+	if d.cfg.Jailer == nil {
+		sock, err := vmm.SocketPath(spec.RuntimeDir, SocketName)
+		if err != nil {
+			return layout{}, err
+		}
+		return layout{socket: sock, pidFile: filepath.Join(spec.RuntimeDir, PIDFileName),
+			comm: privops.ProcessComm(execName), marker: sock + "\x00"}, nil
+	}
+	link, err := vmm.SocketPath(spec.RuntimeDir, JailerLinkName)
+	if err != nil {
+		return layout{}, err
+	}
+	chroot := ChrootDir(d.cfg.Jailer.ChrootBase, d.cfg.Binary, spec.VMID)
+	return layout{chroot: chroot, socket: link, pidFile: filepath.Join(chroot, PIDFileName),
+		comm: privops.ProcessComm(execName), marker: "--id=" + spec.VMID + "\x00"}, nil
+}
+
+// ChrootDir is the jailer's chroot for a VM: <base>/<exec name>/<id>/root.
+func ChrootDir(base, binary, vmID string) string {
+	return filepath.Join(base, filepath.Base(binary), vmID, "root")
+}
+
+func (d *Driver) handle(spec vmm.Spec, l layout, pid int) *vmm.Handle {
+	h := &vmm.Handle{Driver: d.Name(), PID: pid, PIDFile: l.pidFile, APISocket: l.socket,
+		LogPath: spec.LogPath, Accel: "kvm", Chroot: l.chroot, Comm: l.comm, Marker: l.marker}
+	if l.chroot != "" {
+		if _, err := os.Stat(filepath.Join(l.chroot, JailedSerialLog)); err == nil {
+			h.LogPath = filepath.Join(l.chroot, JailedSerialLog)
+		}
+	}
+	return h
+}
+
+// Start implements vmm.Driver.
+func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Handle, error) {
+	if err := spec.Validate(); err != nil {
+		return nil, err
+	}
+	l, err := d.layout(spec)
+	if err != nil {
+		return nil, fmt.Errorf("firecracker: %w", err)
+	}
+	if _, err := d.BinaryVersion(ctx); err != nil {
+		return nil, err
+	}
+	if h, err := d.Find(ctx, spec); err == nil {
+		return nil, fmt.Errorf("firecracker: vm %s is already running (pid %d): %w", spec.VMID, h.PID, model.ErrAlreadyExists)
+	}
+	for _, stale := range []string{l.socket, l.pidFile} {
+		if err := os.Remove(stale); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("firecracker: remove stale %s: %w", stale, err)
+		}
+	}
+	var (
+		launch privops.LaunchSpec
+		paths  guestPaths
+	)
+	if l.chroot == "" {
+		launch = privops.LaunchSpec{
+			Argv: []string{d.cfg.Binary, "--api-sock", l.socket, "--id", spec.VMID},
+			Dir:  spec.RuntimeDir, LogPath: spec.LogPath, PIDFile: l.pidFile, UID: spec.UID, GID: spec.GID, Env: d.cfg.Env,
+		}
+		paths = hostPaths(spec)
+	} else {
+		if paths, err = d.prepareChroot(spec, l); err != nil {
+			return nil, fmt.Errorf("firecracker: prepare jail for vm %s: %w", spec.VMID, err)
+		}
+		uid, gid := spec.UID, spec.GID
+		if uid < 0 {
+			uid, gid = os.Getuid(), os.Getgid()
+		}
+		launch = privops.LaunchSpec{
+			Argv: []string{d.cfg.Jailer.Binary, "--id", spec.VMID, "--exec-file", d.cfg.Binary,
+				"--uid", strconv.Itoa(uid), "--gid", strconv.Itoa(gid),
+				"--chroot-base-dir", d.cfg.Jailer.ChrootBase, "--daemonize",
+				"--", "--api-sock", JailedSocket},
+			Dir: spec.RuntimeDir, LogPath: spec.LogPath, PIDFile: l.pidFile, UID: -1, GID: -1, Env: d.cfg.Env,
+		}
+	}
+	pid, err := d.launcher.LaunchVMM(ctx, launch)
+	if err != nil {
+		return nil, fmt.Errorf("firecracker: start vm %s: %w", spec.VMID, err)
+	}
+	h := d.handle(spec, l, pid)
+	fail := func(err error) (*vmm.Handle, error) {
+		if kerr := vmm.KillAndReap(d.launcher, h.Identity()); kerr != nil {
+			err = errors.Join(err, fmt.Errorf("kill failed firecracker: %w", kerr))
+		}
+		err = vmm.WithLogTail(fmt.Errorf("firecracker: start vm %s: %w", spec.VMID, err), spec.LogPath)
+		if h.LogPath != spec.LogPath {
+			err = vmm.WithLogTail(err, h.LogPath)
+		}
+		return nil, err
+	}
+	c := NewClient(l.socket)
+	err = vmm.WaitStartup(ctx, h.Identity(), d.cfg.StartTimeout, func(ctx context.Context) bool {
+		rctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		_, err := c.Describe(rctx)
+		return err == nil
+	})
+	if err != nil {
+		return fail(err)
+	}
+	if c.Version, err = c.GetVersion(ctx); err != nil {
+		return fail(err)
+	}
+	if _, err := CheckVersion(c.Version); err != nil {
+		return fail(err)
+	}
+	if err := d.configure(ctx, c, spec, l, paths); err != nil {
+		return fail(err)
+	}
+	h = d.handle(spec, l, pid) // the serial log may exist now
+	d.log.Info("firecracker started", "vm", spec.VMID, "pid", pid, "version", c.Version.String(), "jailed", l.chroot != "")
+	return h, nil
+}
+
+// guestPaths are the paths as the (possibly jailed) Firecracker sees them.
+type guestPaths struct {
+	kernel, initrd, metrics, vsock, logger, serial string
+	drives                                         []string
+}
+
+func hostPaths(spec vmm.Spec) guestPaths {
+	p := guestPaths{kernel: spec.Kernel, initrd: spec.Initrd, metrics: spec.MetricsPath, vsock: spec.VsockPath,
+		logger: filepath.Join(spec.RuntimeDir, "firecracker.log")}
+	for _, dr := range spec.Drives {
+		p.drives = append(p.drives, dr.Path)
+	}
+	return p
+}
+
+// configure sends the pre-boot requests and InstanceStart.
+func (d *Driver) configure(ctx context.Context, c *Client, spec vmm.Spec, l layout, p guestPaths) error {
+	hostFile := func(guest string) string {
+		if l.chroot == "" {
+			return guest
+		}
+		return filepath.Join(l.chroot, guest)
+	}
+	if d.cfg.LogLevel != "" {
+		if err := ensureFile(hostFile(p.logger), spec.UID, spec.GID); err != nil {
+			return err
+		}
+		if err := c.PutLogger(ctx, Logger{LogPath: p.logger, Level: d.cfg.LogLevel, ShowLevel: true}); err != nil {
+			return err
+		}
+	}
+	if p.serial != "" {
+		if err := c.PutSerial(ctx, Serial{SerialOutPath: p.serial}); err != nil {
+			return err
+		}
+	}
+	if spec.MetricsPath != "" {
+		if err := ensureFile(hostFile(p.metrics), spec.UID, spec.GID); err != nil {
+			return err
+		}
+		if err := c.PutMetrics(ctx, Metrics{MetricsPath: p.metrics}); err != nil {
+			return err
+		}
+	}
+	if err := c.PutMachineConfig(ctx, MachineConfig{VCPUCount: spec.VCPU, MemSizeMiB: spec.MemoryMiB}); err != nil {
+		return err
+	}
+	if err := c.PutBootSource(ctx, BootSource{KernelImagePath: p.kernel, InitrdPath: p.initrd, BootArgs: spec.Cmdline}); err != nil {
+		return err
+	}
+	for i, dr := range spec.Drives {
+		if err := c.PutDrive(ctx, Drive{DriveID: dr.ID, PathOnHost: p.drives[i], IsRootDevice: dr.Root, IsReadOnly: dr.ReadOnly}); err != nil {
+			return err
+		}
+	}
+	for i, n := range spec.Net {
+		if err := c.PutNetworkInterface(ctx, NetworkInterface{IfaceID: "eth" + strconv.Itoa(i), HostDevName: n.Tap, GuestMAC: n.MAC}); err != nil {
+			return err
+		}
+	}
+	if spec.VsockCID != 0 {
+		if err := c.PutVsock(ctx, Vsock{GuestCID: spec.VsockCID, UDSPath: p.vsock}); err != nil {
+			return err
+		}
+	}
+	return c.Action(ctx, ActionInstanceStart)
+}
+
+// ensureFile creates an empty file Firecracker opens without O_CREAT
+// (logger, metrics), owned by the VMM's user.
+func ensureFile(path string, uid, gid int) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|syscall.O_NOFOLLOW, 0o640)
+	if err != nil {
+		return fmt.Errorf("create %s: %w", path, err)
+	}
+	defer f.Close()
+	if uid >= 0 && os.Geteuid() == 0 {
+		if err := f.Chown(uid, gid); err != nil {
+			return fmt.Errorf("chown %s: %w", path, err)
+		}
+	}
+	return nil
+}
+
+// prepareChroot builds the jail's files: hard links (or device nodes) for
+// kernel, initrd and drives, the run/ directory for the API socket, the
+// serial log, and the RuntimeDir symlink to the socket.
+func (d *Driver) prepareChroot(spec vmm.Spec, l layout) (guestPaths, error) {
+	root := l.chroot
+	if err := os.MkdirAll(filepath.Join(root, "run"), 0o755); err != nil {
+		return guestPaths{}, err
+	}
+	uid, gid := spec.UID, spec.GID
+	chown := func(p string) error {
+		if uid >= 0 && os.Geteuid() == 0 {
+			return os.Lchown(p, uid, gid)
+		}
+		return nil
+	}
+	if err := chown(filepath.Join(root, "run")); err != nil {
+		return guestPaths{}, err
+	}
+	p := guestPaths{kernel: "/vmlinux", logger: "/firecracker.log"}
+	if err := linkInto(spec.Kernel, filepath.Join(root, p.kernel)); err != nil {
+		return guestPaths{}, fmt.Errorf("kernel: %w", err)
+	}
+	if spec.Initrd != "" {
+		p.initrd = "/initrd"
+		if err := linkInto(spec.Initrd, filepath.Join(root, p.initrd)); err != nil {
+			return guestPaths{}, fmt.Errorf("initrd: %w", err)
+		}
+	}
+	for _, dr := range spec.Drives {
+		g := "/drive-" + dr.ID
+		if err := linkInto(dr.Path, filepath.Join(root, g)); err != nil {
+			return guestPaths{}, fmt.Errorf("drive %s: %w", dr.ID, err)
+		}
+		p.drives = append(p.drives, g)
+	}
+	if spec.MetricsPath != "" {
+		p.metrics = "/metrics.json"
+		if err := replaceSymlink(filepath.Join(root, p.metrics), spec.MetricsPath); err != nil {
+			return guestPaths{}, fmt.Errorf("metrics: %w", err)
+		}
+	}
+	if spec.VsockCID != 0 {
+		p.vsock = "/vsock.sock"
+		if err := replaceSymlink(filepath.Join(root, p.vsock), spec.VsockPath); err != nil {
+			return guestPaths{}, fmt.Errorf("vsock: %w", err)
+		}
+	}
+	if d.serialSupported() {
+		p.serial = JailedSerialLog
+		if err := ensureFile(filepath.Join(root, p.serial), uid, gid); err != nil {
+			return guestPaths{}, err
+		}
+	} else {
+		d.log.Warn("firecracker before 1.14 has no PUT /serial: the serial console of a jailed VM is not captured", "vm", spec.VMID)
+	}
+	if err := replaceSymlink(filepath.Join(root, JailedSocket), l.socket); err != nil {
+		return guestPaths{}, fmt.Errorf("api socket link: %w", err)
+	}
+	return p, nil
+}
+
+func (d *Driver) serialSupported() bool {
+	return FeatureLevel(d.version).AtLeast(V1_14_1)
+}
+
+// replaceSymlink makes link (outside the jail) point at target (inside it).
+func replaceSymlink(target, link string) error {
+	if err := os.Remove(link); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return os.Symlink(target, link)
+}
+
+// linkInto hard-links a regular file into the jail, or recreates a block
+// device node (root only). Files on another filesystem than the chroot base
+// cannot be linked: the error says so.
+func linkInto(src, dst string) error {
+	st, err := os.Stat(src)
+	if err != nil {
+		return err
+	}
+	if err := os.Remove(dst); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	if st.Mode()&os.ModeDevice != 0 {
+		sys := st.Sys().(*syscall.Stat_t)
+		if err := unix.Mknod(dst, uint32(sys.Mode), int(sys.Rdev)); err != nil {
+			return fmt.Errorf("mknod %s (device nodes in the jail need root): %w", dst, err)
+		}
+		return os.Lchown(dst, int(sys.Uid), int(sys.Gid))
+	}
+	if err := os.Link(src, dst); err != nil {
+		if errors.Is(err, unix.EXDEV) {
+			return fmt.Errorf("hard link %s into the jail: the jailer chroot base must be on the same filesystem as images and kernels: %w", src, err)
+		}
+		return fmt.Errorf("hard link %s into the jail: %w", src, err)
+	}
+	return nil
+}
+
+// Cleanup removes the jail of a stopped VM (<base>/<exec>/<VMID>) and the
+// socket link. Only links and files the driver created live there. A no-op
+// in plain mode and when nothing exists; refuses while the VM runs.
+func (d *Driver) Cleanup(ctx context.Context, spec vmm.Spec) error {
+	if d.cfg.Jailer == nil {
+		return nil
+	}
+	if h, err := d.Find(ctx, spec); err == nil {
+		return fmt.Errorf("firecracker: vm %s still running (pid %d): stop it first", spec.VMID, h.PID)
+	}
+	l, err := d.layout(spec)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	if err := os.Remove(l.socket); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	if err := os.RemoveAll(filepath.Dir(l.chroot)); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func (d *Driver) client(h *vmm.Handle) *Client {
+	c := NewClient(h.APISocket)
+	c.Version = d.version
+	return c
+}
+
+// Shutdown implements vmm.Driver with SendCtrlAltDel. When it is safe: on
+// x86_64 only, after InstanceStart, and only for guests that map
+// Ctrl-Alt-Del to an orderly reboot or poweroff (systemd does; a shell as
+// PID 1 ignores it). Firecracker exits when the guest reboots, so on a
+// systemd guest this is an orderly stop; banger's stop path still prefers
+// `poweroff` over ssh (SPEC V6) and uses this only as a fallback.
+func (d *Driver) Shutdown(ctx context.Context, h *vmm.Handle) error {
+	if h == nil || !vmm.Alive(h.Identity()) {
+		return nil
+	}
+	err := d.client(h).Action(ctx, ActionSendCtrlAltDel)
+	if err != nil && !vmm.Alive(h.Identity()) {
+		return nil
+	}
+	return err
+}
+
+// Kill implements vmm.Driver.
+func (d *Driver) Kill(ctx context.Context, h *vmm.Handle, sig syscall.Signal) error {
+	return vmm.Signal(ctx, d.launcher, h, sig)
+}
+
+// Wait implements vmm.Driver.
+func (d *Driver) Wait(ctx context.Context, h *vmm.Handle) error {
+	if h == nil || h.PID <= 0 {
+		return nil
+	}
+	return vmm.WaitExit(ctx, h.Identity())
+}
+
+// Find implements vmm.Driver: pidfile → /proc → comm + the VM's socket path
+// (plain) or --id=VMID (jailer) as an exact command-line argument.
+func (d *Driver) Find(ctx context.Context, spec vmm.Spec) (*vmm.Handle, error) {
+	l, err := d.layout(spec)
+	if err != nil {
+		return nil, fmt.Errorf("firecracker: %w", err)
+	}
+	pid, err := vmm.FindProcess(l.pidFile, l.comm, l.marker)
+	if err != nil {
+		return nil, fmt.Errorf("firecracker: find vm %s: %w", spec.VMID, err)
+	}
+	return d.handle(spec, l, pid), nil
+}
+
+// Pause implements vmm.Pauser (PATCH /vm Paused).
+func (d *Driver) Pause(ctx context.Context, h *vmm.Handle) error {
+	return d.client(h).PatchVM(ctx, VMPaused)
+}
+
+// Resume implements vmm.Pauser (PATCH /vm Resumed).
+func (d *Driver) Resume(ctx context.Context, h *vmm.Handle) error {
+	return d.client(h).PatchVM(ctx, VMResumed)
+}
+
+// CreateSnapshot pauses the VM, writes a full snapshot (state + memory; paths
+// as the VMM sees them) and leaves the VM paused.
+func (d *Driver) CreateSnapshot(ctx context.Context, h *vmm.Handle, statePath, memPath string) error {
+	c := d.client(h)
+	if err := c.PatchVM(ctx, VMPaused); err != nil {
+		return err
+	}
+	return c.CreateSnapshot(ctx, SnapshotCreate{SnapshotType: "Full", SnapshotPath: statePath, MemFilePath: memPath})
+}
+
+// Describe returns GET / of a running VM (state "Running" / "Paused").
+func (d *Driver) Describe(ctx context.Context, h *vmm.Handle) (InstanceInfo, error) {
+	return d.client(h).Describe(ctx)
+}

@@ -343,7 +343,7 @@ func (p *Policy) ValidatePath(field, path string, mustExist bool) error {
 		return nil
 	}
 	if lastErr != nil {
-		return invalid(field, "%v", lastErr)
+		return fmt.Errorf("%w: %s: %w", ErrInvalidArgument, field, lastErr)
 	}
 	return invalid(field, "%s is not inside banger's directories (%s)", clip(path), strings.Join(p.ManagedRoots, ", "))
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/bangerdev/banger/internal/hostexec"
 )
@@ -318,16 +319,10 @@ func (l *Local) CreateTap(ctx context.Context, spec TapSpec) error {
 	case link.Type() != "tuntap":
 		return fmt.Errorf("%w: %s exists but is a %s, not a tap", ErrInvalidArgument, spec.Name, link.Type())
 	}
-	owner, group := uint32(int32(spec.Owner)), uint32(int32(spec.Group))
-	if tt, ok := link.(*netlink.Tuntap); link == nil || ok && (tt.Owner != owner || tt.Group != group) {
-		tap := &netlink.Tuntap{
-			LinkAttrs: netlink.LinkAttrs{Name: spec.Name},
-			Mode:      netlink.TUNTAP_MODE_TAP,
-			Flags:     netlink.TUNTAP_NO_PI | netlink.TUNTAP_VNET_HDR,
-			Owner:     owner,
-			Group:     group,
-		}
-		if err := netlink.LinkAdd(tap); err != nil {
+	// The kernel reports no owner as 0; root may open any tap anyway.
+	norm := func(id int) uint32 { return uint32(max(id, 0)) }
+	if tt, ok := link.(*netlink.Tuntap); link == nil || ok && (tt.Owner != norm(spec.Owner) || tt.Group != norm(spec.Group)) {
+		if err := makeTap(spec.Name, spec.Owner, spec.Group); err != nil {
 			return fmt.Errorf("create tap %s: %w", spec.Name, err)
 		}
 		if link, err = netlink.LinkByName(spec.Name); err != nil {
@@ -341,6 +336,43 @@ func (l *Local) CreateTap(ctx context.Context, spec TapSpec) error {
 	}
 	if err := netlink.LinkSetUp(link); err != nil {
 		return fmt.Errorf("bring up tap %s: %w", spec.Name, err)
+	}
+	return nil
+}
+
+// makeTap creates (or re-opens) a persistent tap in the calling thread's
+// network namespace: TUNSETIFF (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR), owner and
+// group unless -1, TUNSETPERSIST. netlink.LinkAdd cannot leave the owner
+// unset, hence the ioctls.
+func makeTap(name string, owner, group int) error {
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open /dev/net/tun: %w", err)
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		return err
+	}
+	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		if errors.Is(err, unix.EBUSY) {
+			return fmt.Errorf("TUNSETIFF: %w (a VMM still holds the tap)", err)
+		}
+		return fmt.Errorf("TUNSETIFF: %w", err)
+	}
+	if owner >= 0 {
+		if err := unix.IoctlSetInt(fd, unix.TUNSETOWNER, owner); err != nil {
+			return fmt.Errorf("TUNSETOWNER %d: %w", owner, err)
+		}
+	}
+	if group >= 0 {
+		if err := unix.IoctlSetInt(fd, unix.TUNSETGROUP, group); err != nil {
+			return fmt.Errorf("TUNSETGROUP %d: %w", group, err)
+		}
+	}
+	if err := unix.IoctlSetInt(fd, unix.TUNSETPERSIST, 1); err != nil {
+		return fmt.Errorf("TUNSETPERSIST: %w", err)
 	}
 	return nil
 }
@@ -659,8 +691,9 @@ func (l *Local) iptClearVMTagged(ctx context.Context, vmIP string) error {
 			}
 			return err
 		}
+		// One -D per listed line: duplicates are listed once each.
 		for _, rule := range parseIPTRules(string(res.Stdout), tc[1], "banger:"+vmIP) {
-			if err := l.iptDeleteAll(ctx, tc[0], tc[1], rule...); err != nil {
+			if err := l.ipt(ctx, append([]string{"-t", tc[0], "-D", tc[1]}, rule...)...); err != nil {
 				return err
 			}
 		}
@@ -668,24 +701,57 @@ func (l *Local) iptClearVMTagged(ctx context.Context, vmIP string) error {
 	return nil
 }
 
-// parseIPTRules returns the rule specs (without "-A CHAIN") of `iptables -S
-// CHAIN` lines whose comment equals tag.
+// parseIPTRules returns the rule specs (without "-A CHAIN", quotes
+// removed) of `iptables -S CHAIN` lines whose comment equals tag.
 func parseIPTRules(out, chain, tag string) [][]string {
 	var rules [][]string
 	for _, line := range strings.Split(out, "\n") {
-		f := strings.Fields(line)
+		f := splitIPTLine(line)
 		if len(f) < 3 || f[0] != "-A" || f[1] != chain {
 			continue
 		}
 		spec := f[2:]
 		for i := 0; i+1 < len(spec); i++ {
-			if spec[i] == "--comment" && strings.Trim(spec[i+1], `"`) == tag {
+			if spec[i] == "--comment" && spec[i+1] == tag {
 				rules = append(rules, spec)
 				break
 			}
 		}
 	}
 	return rules
+}
+
+// splitIPTLine splits an `iptables -S` line into arguments the way a shell
+// would: iptables double-quotes arguments with spaces or quotes (escaping
+// inner quotes with a backslash).
+func splitIPTLine(line string) []string {
+	var args []string
+	var cur strings.Builder
+	inArg, quoted := false, false
+	for i := 0; i < len(line); i++ {
+		c := line[i]
+		switch {
+		case quoted && c == '\\' && i+1 < len(line):
+			i++
+			cur.WriteByte(line[i])
+		case c == '"':
+			quoted = !quoted
+			inArg = true
+		case !quoted && (c == ' ' || c == '\t' || c == '\r'):
+			if inArg {
+				args = append(args, cur.String())
+				cur.Reset()
+				inArg = false
+			}
+		default:
+			cur.WriteByte(c)
+			inArg = true
+		}
+	}
+	if inArg {
+		args = append(args, cur.String())
+	}
+	return args
 }
 
 func (l *Local) iptClear(ctx context.Context) error {
@@ -909,10 +975,10 @@ func inspectIPT(ctx context.Context, runner hostexec.Runner, bridge string) (NAT
 	}
 	seen := map[string]bool{}
 	for _, line := range strings.Split(nat, "\n") {
-		f := strings.Fields(line)
+		f := splitIPTLine(line)
 		for i := 0; i+1 < len(f); i++ {
 			if f[i] == "--comment" {
-				tag := strings.Trim(f[i+1], `"`)
+				tag := f[i+1]
 				if ip, ok := strings.CutPrefix(tag, "banger:"); ok {
 					if _, err := netip.ParseAddr(ip); err == nil && !seen[ip] {
 						seen[ip] = true

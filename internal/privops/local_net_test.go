@@ -215,9 +215,9 @@ func TestClearNATIptables(t *testing.T) {
 			"-A BANGER-FWD -s 172.30.0.6/32 -i br-banger ! -o br-banger -m comment --comment banger:172.30.0.6 -j ACCEPT\n" +
 			"-A BANGER-FWD -o br-banger -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment banger:replies -j ACCEPT\n",
 		"nat": "-N BANGER-POST\n" +
-			"-A BANGER-POST -s 172.30.0.5/32 -o eth0 -m comment --comment banger:172.30.0.5 -j MASQUERADE\n",
+			"-A BANGER-POST -s 172.30.0.5/32 -o eth0 -m comment --comment \"banger:172.30.0.5\" -j MASQUERADE\n" +
+			"-A BANGER-POST -s 172.30.0.5/32 -o eth0 -m comment --comment \"banger:172.30.0.5\" -j MASQUERADE\n",
 	}
-	deleted := map[string]int{}
 	rec := &hostexec.Recorder{Respond: func(c hostexec.Cmd) (hostexec.Result, error) {
 		if c.Name == "nft" {
 			return notFound(c)
@@ -225,12 +225,6 @@ func TestClearNATIptables(t *testing.T) {
 		switch c.Args[3] {
 		case "-S":
 			return hostexec.Result{Stdout: []byte(listing[c.Args[2]])}, nil
-		case "-D":
-			key := strings.Join(c.Args, " ")
-			deleted[key]++
-			if deleted[key] > 1 {
-				return exit1(c, "iptables: Bad rule (does a matching rule exist in that chain?).")
-			}
 		}
 		return hostexec.Result{}, nil
 	}}
@@ -240,7 +234,6 @@ func TestClearNATIptables(t *testing.T) {
 	want := []string{
 		"nft list set ip banger nat_vms",
 		"iptables -w -t filter -S BANGER-FWD",
-		"iptables -w -t filter -D BANGER-FWD -s 172.30.0.5/32 -i br-banger '!' -o br-banger -m comment --comment banger:172.30.0.5 -j ACCEPT",
 		"iptables -w -t filter -D BANGER-FWD -s 172.30.0.5/32 -i br-banger '!' -o br-banger -m comment --comment banger:172.30.0.5 -j ACCEPT",
 		"iptables -w -t nat -S BANGER-POST",
 		"iptables -w -t nat -D BANGER-POST -s 172.30.0.5/32 -o eth0 -m comment --comment banger:172.30.0.5 -j MASQUERADE",
@@ -470,6 +463,17 @@ func FuzzParseNFTState(f *testing.F) {
 	})
 }
 
+func TestSplitIPTLine(t *testing.T) {
+	got := splitIPTLine(`-A X -m comment --comment "a b \"c\"" -j  ACCEPT`)
+	want := []string{"-A", "X", "-m", "comment", "--comment", `a b "c"`, "-j", "ACCEPT"}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("splitIPTLine = %q, want %q", got, want)
+	}
+	if got := splitIPTLine(`--comment ""`); !reflect.DeepEqual(got, []string{"--comment", ""}) {
+		t.Fatalf("empty quoted arg: %q", got)
+	}
+}
+
 func FuzzParseIPTRules(f *testing.F) {
 	f.Add("-A BANGER-FWD -s 172.30.0.5/32 -m comment --comment banger:172.30.0.5 -j ACCEPT\n", "banger:172.30.0.5")
 	f.Add("-A BANGER-FWD --comment\n", "x")
@@ -477,7 +481,7 @@ func FuzzParseIPTRules(f *testing.F) {
 		for _, r := range parseIPTRules(out, "BANGER-FWD", tag) {
 			found := false
 			for i := 0; i+1 < len(r); i++ {
-				if r[i] == "--comment" && strings.Trim(r[i+1], `"`) == tag {
+				if r[i] == "--comment" && r[i+1] == tag {
 					found = true
 				}
 			}

@@ -1,0 +1,231 @@
+package netw
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/vishvananda/netlink"
+
+	"github.com/bangerdev/banger/internal/hostexec"
+	"github.com/bangerdev/banger/internal/privops"
+)
+
+// Status is the outcome of a doctor check.
+type Status string
+
+// Check outcomes.
+const (
+	Pass Status = "PASS"
+	Warn Status = "WARN"
+	Fail Status = "FAIL"
+)
+
+// CheckResult is what a doctor check reports: a status, what was found, and
+// (unless it passed) what to do about it.
+type CheckResult struct {
+	Status  Status `json:"status"`
+	Message string `json:"message"`
+	Fix     string `json:"fix,omitempty"`
+}
+
+func pass(format string, a ...any) CheckResult {
+	return CheckResult{Status: Pass, Message: fmt.Sprintf(format, a...)}
+}
+
+// CheckBridge reports whether the configured bridge exists, is a bridge, is
+// up and carries the configured address (in the current network namespace).
+func CheckBridge(cfg Config) CheckResult {
+	cfg = cfg.WithDefaults()
+	spec := cfg.BridgeSpec()
+	restart := "restart the daemon (it creates the bridge at start), or check bangerd's log"
+	link, err := netlink.LinkByName(cfg.Bridge)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return CheckResult{Status: Fail, Message: fmt.Sprintf("bridge %s does not exist", cfg.Bridge), Fix: restart}
+		}
+		return CheckResult{Status: Fail, Message: fmt.Sprintf("look up bridge %s: %v", cfg.Bridge, err), Fix: restart}
+	}
+	if link.Type() != "bridge" {
+		return CheckResult{Status: Fail, Message: fmt.Sprintf("%s is a %s, not a bridge", cfg.Bridge, link.Type()),
+			Fix: "set another bridge name under [network] in config.toml, or remove the interface"}
+	}
+	addrs, err := netlink.AddrList(link, netlink.FAMILY_V4)
+	if err != nil {
+		return CheckResult{Status: Fail, Message: fmt.Sprintf("list addresses of %s: %v", cfg.Bridge, err), Fix: restart}
+	}
+	var have, extra []string
+	for _, a := range addrs {
+		s := a.IPNet.String()
+		have = append(have, s)
+		if s != spec.CIDR {
+			extra = append(extra, s)
+		}
+	}
+	if !slices.Contains(have, spec.CIDR) {
+		return CheckResult{Status: Fail, Message: fmt.Sprintf("bridge %s lacks address %s (has %s)", cfg.Bridge, spec.CIDR, strings.Join(have, ", ")),
+			Fix: fmt.Sprintf("restart the daemon, or: sudo ip addr add %s dev %s", spec.CIDR, cfg.Bridge)}
+	}
+	if link.Attrs().Flags&net.FlagUp == 0 {
+		return CheckResult{Status: Fail, Message: fmt.Sprintf("bridge %s is down", cfg.Bridge), Fix: "sudo ip link set " + cfg.Bridge + " up"}
+	}
+	if len(extra) > 0 {
+		return CheckResult{Status: Warn, Message: fmt.Sprintf("bridge %s has extra addresses %s besides %s", cfg.Bridge, strings.Join(extra, ", "), spec.CIDR),
+			Fix: fmt.Sprintf("remove stale ones, e.g. sudo ip addr del %s dev %s", extra[0], cfg.Bridge)}
+	}
+	return pass("bridge %s is up with %s", cfg.Bridge, spec.CIDR)
+}
+
+// IPForwardPath is where the kernel exposes IPv4 forwarding.
+const IPForwardPath = "/proc/sys/net/ipv4/ip_forward"
+
+// CheckIPForward reports whether IPv4 forwarding is on when it is needed
+// (anyNAT: some VM has NAT). path is normally IPForwardPath.
+func CheckIPForward(path string, anyNAT bool) CheckResult {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return CheckResult{Status: Warn, Message: fmt.Sprintf("cannot read %s: %v", path, err)}
+	}
+	on := strings.TrimSpace(string(b)) == "1"
+	switch {
+	case on:
+		return pass("IPv4 forwarding is on")
+	case anyNAT:
+		return CheckResult{Status: Fail, Message: "IPv4 forwarding is off but VMs with --nat are running: they cannot reach the network",
+			Fix: "sudo sysctl -w net.ipv4.ip_forward=1 (banger sets it when a NAT VM starts; something turned it off)"}
+	default:
+		return pass("IPv4 forwarding is off (no VM uses NAT)")
+	}
+}
+
+// CheckNATTable inspects banger's firewall table (or iptables chains) and
+// compares the addresses with NAT against natIPs, the running VMs created
+// with --nat. Inspecting needs CAP_NET_ADMIN; without it the check warns.
+func CheckNATTable(ctx context.Context, runner hostexec.Runner, cfg Config, natIPs []netip.Addr) CheckResult {
+	cfg = cfg.WithDefaults()
+	st, err := privops.InspectNAT(ctx, runner, cfg.Bridge)
+	if err != nil {
+		if strings.Contains(err.Error(), "Operation not permitted") || strings.Contains(err.Error(), "Permission denied") {
+			return CheckResult{Status: Warn, Message: "cannot inspect the firewall without root", Fix: "run `sudo banger doctor` to check banger's nft table"}
+		}
+		return CheckResult{Status: Fail, Message: fmt.Sprintf("inspect firewall: %v", err), Fix: "check that nft works: sudo nft list ruleset"}
+	}
+	if st.Backend == "" {
+		if len(natIPs) > 0 {
+			return CheckResult{Status: Fail, Message: "neither nft nor iptables is installed, but VMs use NAT", Fix: "sudo apt-get install nftables, then restart the NAT VMs"}
+		}
+		return CheckResult{Status: Warn, Message: "neither nft nor iptables is installed: NAT is unavailable and VMs are not isolated from other networks",
+			Fix: "sudo apt-get install nftables, then restart the daemon"}
+	}
+	where := fmt.Sprintf("nft table ip %s", privops.NATTable)
+	if st.Backend == "iptables" {
+		where = fmt.Sprintf("iptables chains %s/%s", privops.IPTForwardChain, privops.IPTNATChain)
+	}
+	restart := "restart the daemon (it reinstalls the rules at start) and restart VMs with NAT"
+	if !st.Present {
+		return CheckResult{Status: Fail, Message: where + " is missing (something flushed the firewall?)", Fix: restart}
+	}
+	if len(st.Problems) > 0 {
+		return CheckResult{Status: Fail, Message: where + " is damaged: " + strings.Join(st.Problems, "; "), Fix: restart}
+	}
+	var missing, stale []string
+	for _, ip := range natIPs {
+		if !slices.Contains(st.VMs, ip.String()) {
+			missing = append(missing, ip.String())
+		}
+	}
+	for _, s := range st.VMs {
+		if !slices.ContainsFunc(natIPs, func(ip netip.Addr) bool { return ip.String() == s }) {
+			stale = append(stale, s)
+		}
+	}
+	if len(missing) > 0 {
+		return CheckResult{Status: Fail, Message: fmt.Sprintf("%s lacks NAT for running VMs %s", where, strings.Join(missing, ", ")), Fix: "restart those VMs (banger vm restart NAME)"}
+	}
+	if len(stale) > 0 {
+		fix := fmt.Sprintf("sudo nft delete element ip %s %s { %s }", privops.NATTable, privops.NATSet, strings.Join(stale, ", "))
+		if st.Backend == "iptables" {
+			fix = "restart the daemon (reconcile clears NAT of stopped VMs)"
+		}
+		return CheckResult{Status: Warn, Message: fmt.Sprintf("%s has NAT for addresses of no running NAT VM: %s", where, strings.Join(stale, ", ")), Fix: fix}
+	}
+	return pass("%s intact (%d VM(s) with NAT)", where, len(st.VMs))
+}
+
+// CheckDNS asks the DNS server at addr for the SOA of domain and expects an
+// authoritative answer.
+func CheckDNS(ctx context.Context, addr, domain string) CheckResult {
+	fix := fmt.Sprintf("is bangerd running? check the dns address in config.toml; test with: dig @%s %s SOA", digAddr(addr), strings.TrimSuffix(domain, "."))
+	q := new(dns.Msg)
+	q.SetQuestion(dns.Fqdn(domain), dns.TypeSOA)
+	c := &dns.Client{Timeout: 2 * time.Second}
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	r, _, err := c.ExchangeContext(ctx, q, addr)
+	if err != nil {
+		return CheckResult{Status: Fail, Message: fmt.Sprintf("DNS server %s does not answer: %v", addr, err), Fix: fix}
+	}
+	if r.Rcode != dns.RcodeSuccess || !r.Authoritative || len(r.Answer) == 0 {
+		return CheckResult{Status: Fail, Message: fmt.Sprintf("DNS server %s answered %s (authoritative=%v) for %s SOA", addr, dns.RcodeToString[r.Rcode], r.Authoritative, domain), Fix: fix}
+	}
+	return pass("DNS server %s answers for .%s", addr, strings.TrimSuffix(domain, "."))
+}
+
+func digAddr(addr string) string {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return addr
+	}
+	return fmt.Sprintf("%s -p %d", ap.Addr(), ap.Port())
+}
+
+// CheckResolverRouting reports whether systemd-resolved sends queries for
+// domain to dnsAddr over the bridge. Where systemd-resolved is absent it
+// warns and explains the alternatives.
+func CheckResolverRouting(ctx context.Context, runner hostexec.Runner, cfg Config, dnsAddr, domain string) CheckResult {
+	cfg = cfg.WithDefaults()
+	domain = strings.TrimSuffix(strings.TrimPrefix(domain, "~"), ".")
+	ap, _ := netip.ParseAddrPort(dnsAddr)
+	alternatives := fmt.Sprintf("without systemd-resolved, add to dnsmasq: server=/%s/%s#%d; or use `banger ssh-config --install` (no DNS needed for ssh) and `dig @%s -p %d NAME.%s`",
+		domain, ap.Addr(), ap.Port(), ap.Addr(), ap.Port(), domain)
+	res, err := runner.Run(ctx, hostexec.Cmd{Name: "resolvectl", Args: []string{"dns", cfg.Bridge}})
+	if errors.Is(err, hostexec.ErrNotFound) {
+		return CheckResult{Status: Warn, Message: fmt.Sprintf("systemd-resolved is not installed: NAME.%s does not resolve system-wide", domain), Fix: alternatives}
+	}
+	if err != nil {
+		return CheckResult{Status: Warn, Message: fmt.Sprintf("systemd-resolved does not answer for %s: %v", cfg.Bridge, err),
+			Fix: "systemctl status systemd-resolved; then restart bangerd; " + alternatives}
+	}
+	servers := linkValue(string(res.Stdout))
+	res, err = runner.Run(ctx, hostexec.Cmd{Name: "resolvectl", Args: []string{"domain", cfg.Bridge}})
+	if err != nil {
+		return CheckResult{Status: Warn, Message: fmt.Sprintf("resolvectl domain %s: %v", cfg.Bridge, err), Fix: "restart bangerd"}
+	}
+	domains := linkValue(string(res.Stdout))
+	okServer := slices.Contains(servers, dnsAddr) || ap.Port() == 53 && slices.Contains(servers, ap.Addr().String())
+	okDomain := slices.Contains(domains, "~"+domain)
+	if !okServer || !okDomain {
+		return CheckResult{Status: Fail,
+			Message: fmt.Sprintf("systemd-resolved routes [%s] on %s to [%s], want ~%s to %s", strings.Join(domains, " "), cfg.Bridge, strings.Join(servers, " "), domain, dnsAddr),
+			Fix:     fmt.Sprintf("restart bangerd, or: sudo resolvectl dns %s %s && sudo resolvectl domain %s ~%s", cfg.Bridge, dnsAddr, cfg.Bridge, domain)}
+	}
+	return pass("systemd-resolved sends .%s queries to %s via %s", domain, dnsAddr, cfg.Bridge)
+}
+
+// linkValue parses `resolvectl dns|domain LINK` output ("Link 5 (br0): a b").
+func linkValue(out string) []string {
+	for _, line := range strings.Split(out, "\n") {
+		if _, rest, ok := strings.Cut(line, "):"); ok && strings.HasPrefix(strings.TrimSpace(line), "Link ") {
+			return strings.Fields(rest)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,425 @@
+package netw
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os/exec"
+	"slices"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/bangerdev/banger/internal/privops"
+	"github.com/bangerdev/banger/internal/testreq"
+)
+
+func integration(t *testing.T, tools ...string) {
+	t.Helper()
+	testreq.Root(t)
+	testreq.Tools(t, append([]string{"ip"}, tools...)...)
+}
+
+func (n *testNS) listTaps(prefix string) ([]string, error) {
+	var names []string
+	err := n.do(func() (err error) {
+		names, err = ListTaps(prefix)
+		return err
+	})
+	return names, err
+}
+
+func TestBridgeTapPoolLifecycle(t *testing.T) {
+	integration(t, "nft")
+	ns := newTestNS(t)
+	ops := newNSOps(ns)
+	cfg := Config{Bridge: testBridge, CIDR: "172.30.0.1/24", TapPoolSize: 2, TapPrefix: testTapPrefix, TapOwner: 4242, TapGroup: 4243}
+	m, err := NewManager(ops, cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.listTaps = ns.listTaps
+	t.Cleanup(func() { _ = m.Close() })
+	ctx := context.Background()
+
+	start := time.Now()
+	if err := m.EnsureBridge(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("EnsureBridge (bridge + address + nft table): %v", time.Since(start))
+	if err := m.EnsureBridge(ctx); err != nil {
+		t.Fatalf("second EnsureBridge: %v", err)
+	}
+	br := ns.link(t, testBridge)
+	if br == nil || br.Type() != "bridge" || br.Attrs().Flags&net.FlagUp == 0 {
+		t.Fatalf("bridge = %+v", br)
+	}
+	var addrs []netlink.Addr
+	_ = ns.do(func() (err error) { addrs, err = netlink.AddrList(br, netlink.FAMILY_V4); return err })
+	if len(addrs) != 1 || addrs[0].IPNet.String() != "172.30.0.1/24" {
+		t.Fatalf("bridge addresses %v (EnsureBridge twice must add the address once)", addrs)
+	}
+	var res CheckResult
+	_ = ns.do(func() error { res = CheckBridge(cfg); return nil })
+	if res.Status != Pass {
+		t.Fatalf("CheckBridge = %+v", res)
+	}
+	st, err := privops.InspectNAT(ctx, nsRunner{ns: ns.name}, testBridge)
+	if err != nil || !st.Intact() || len(st.VMs) != 0 {
+		t.Fatalf("isolation table after EnsureBridge: %+v %v", st, err)
+	}
+
+	start = time.Now()
+	waitFor(t, "tap pool of 2", func() bool { return len(m.IdleTaps()) == 2 })
+	t.Logf("pool of 2 taps filled in %v", time.Since(start))
+	checkTap := func(name string) {
+		t.Helper()
+		l := ns.link(t, name)
+		tt, ok := l.(*netlink.Tuntap)
+		if !ok {
+			t.Fatalf("%s = %T, want a tap", name, l)
+		}
+		if tt.Attrs().MasterIndex != br.Attrs().Index || tt.Attrs().Flags&net.FlagUp == 0 {
+			t.Fatalf("tap %s not attached to %s or not up: %+v", name, testBridge, tt.Attrs())
+		}
+		if tt.Owner != 4242 || tt.Group != 4243 || tt.NonPersist || tt.Mode != netlink.TUNTAP_MODE_TAP {
+			t.Fatalf("tap %s owner %d group %d persist %v mode %v", name, tt.Owner, tt.Group, !tt.NonPersist, tt.Mode)
+		}
+	}
+	for _, n := range m.IdleTaps() {
+		checkTap(n)
+	}
+
+	start = time.Now()
+	held, err := m.AcquireTap(ctx, "vm-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("AcquireTap from the pool: %v", time.Since(start))
+	checkTap(held)
+	// CreateTap is idempotent and DeleteTap of a missing tap is fine.
+	spec := privops.TapSpec{Name: held, Bridge: testBridge, Owner: 4242, Group: 4243}
+	if err := ops.CreateTap(ctx, spec); err != nil {
+		t.Fatalf("CreateTap on an existing tap: %v", err)
+	}
+	checkTap(held)
+	if err := ops.DeleteTap(ctx, testTapPrefix+"none"); err != nil {
+		t.Fatalf("DeleteTap of a missing tap: %v", err)
+	}
+	waitFor(t, "refill", func() bool { return len(m.IdleTaps()) == 2 })
+
+	other, err := m.AcquireTap(ctx, "vm-2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.ReleaseTap(ctx, other); err != nil {
+		t.Fatal(err)
+	}
+	if ns.link(t, other) != nil {
+		t.Fatalf("released tap %s still exists", other)
+	}
+	if err := m.ReleaseTap(ctx, other); err != nil {
+		t.Fatalf("second ReleaseTap: %v", err)
+	}
+
+	// Taps a crashed daemon left behind are reclaimed; used ones are kept.
+	if err := ops.CreateTap(ctx, privops.TapSpec{Name: testTapPrefix + "stray", Bridge: testBridge, Owner: -1, Group: -1}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "refill", func() bool { return len(m.IdleTaps()) == 2 })
+	deleted, err := m.Reclaim(ctx, func(tap string) bool { return tap == held })
+	if err != nil || !slices.Equal(deleted, []string{testTapPrefix + "stray"}) {
+		t.Fatalf("Reclaim = %v, %v", deleted, err)
+	}
+
+	idle := m.IdleTaps()
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range idle {
+		if ns.link(t, n) != nil {
+			t.Fatalf("idle pool tap %s survived Close", n)
+		}
+	}
+	if names, _ := ns.listTaps(testTapPrefix); !slices.Equal(names, []string{held}) {
+		t.Fatalf("taps after Close = %v, want only %s", names, held)
+	}
+	if err := m.ReleaseTap(ctx, held); err != nil {
+		t.Fatal(err)
+	}
+
+	// The bridge is only deleted with banger's own ports on it.
+	ns.sh(t, "ip link add bgtnv0 type veth peer name bgtnv1")
+	ns.sh(t, "ip link set bgtnv0 master "+testBridge)
+	if err := ops.DeleteBridge(ctx, testBridge); !errors.Is(err, privops.ErrInvalidArgument) {
+		t.Fatalf("DeleteBridge with a foreign port: %v", err)
+	}
+	ns.sh(t, "ip link del bgtnv0")
+	if err := m.DeleteBridge(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ns.link(t, testBridge) != nil {
+		t.Fatal("bridge survived DeleteBridge")
+	}
+	if out := ns.sh(t, "nft list tables"); strings.Contains(out, "banger") {
+		t.Fatalf("nft table survived DeleteBridge: %s", out)
+	}
+	if err := m.DeleteBridge(ctx); err != nil {
+		t.Fatalf("second DeleteBridge: %v", err)
+	}
+	_ = ns.do(func() error { res = CheckBridge(cfg); return nil })
+	if res.Status != Fail || res.Fix == "" {
+		t.Fatalf("CheckBridge without a bridge = %+v", res)
+	}
+}
+
+func TestRefusesForeignInterfaces(t *testing.T) {
+	integration(t, "nft")
+	ns := newTestNS(t)
+	ops := newNSOps(ns)
+	ctx := context.Background()
+	ns.sh(t, "ip link add bgtndummy type veth peer name bgtnpeer")
+	ns.sh(t, "ip link add "+testTapPrefix+"dum type veth peer name bgtnpeer2")
+	if err := ops.EnsureBridge(ctx, privops.BridgeSpec{Name: "bgtndummy", CIDR: "172.30.0.1/24"}); !errors.Is(err, privops.ErrInvalidArgument) {
+		t.Errorf("EnsureBridge over a dummy: %v", err)
+	}
+	if err := ops.DeleteBridge(ctx, "bgtndummy"); !errors.Is(err, privops.ErrInvalidArgument) {
+		t.Errorf("DeleteBridge of a dummy: %v", err)
+	}
+	if err := ops.DeleteTap(ctx, testTapPrefix+"dum"); !errors.Is(err, privops.ErrInvalidArgument) {
+		t.Errorf("DeleteTap of a dummy: %v", err)
+	}
+	if ns.link(t, "bgtndummy") == nil || ns.link(t, testTapPrefix+"dum") == nil {
+		t.Fatal("a refused operation deleted the interface")
+	}
+	if err := ops.CreateTap(ctx, privops.TapSpec{Name: testTapPrefix + "x", Bridge: "bgtnnobridge", Owner: -1, Group: -1}); err == nil {
+		t.Error("CreateTap on a missing bridge succeeded")
+	}
+	// Clearing NAT where nothing was ever installed is fine, for both backends.
+	for _, hide := range [][]string{nil, {"nft"}} {
+		if err := newNSOps(ns, hide...).ClearNAT(ctx, privops.NATSpec{VMIP: "172.30.0.2", Bridge: testBridge}); err != nil {
+			t.Errorf("ClearNAT without a table (hide %v): %v", hide, err)
+		}
+	}
+}
+
+func TestResolverRoutingWithoutResolved(t *testing.T) {
+	integration(t, "nft")
+	if _, err := exec.LookPath("resolvectl"); err == nil {
+		t.Skip("resolvectl is installed: it would talk to the host's systemd-resolved, which this test must not touch (unit tests cover the commands)")
+	}
+	ns := newTestNS(t)
+	m, err := NewManager(newNSOps(ns), Config{Bridge: testBridge, TapPrefix: testTapPrefix}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := m.RouteDNS(ctx, "127.0.0.1:5353", "vm", true); err == nil || errors.Is(err, privops.ErrNotSupported) {
+		t.Fatalf("RouteDNS without a bridge: %v, want a 'bridge does not exist' error", err)
+	}
+	if err := m.EnsureBridge(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	err = m.RouteDNS(ctx, "127.0.0.1:5353", "vm", true)
+	if !errors.Is(err, privops.ErrNotSupported) || !strings.Contains(err.Error(), "dnsmasq") {
+		t.Fatalf("RouteDNS = %v, want ErrNotSupported with alternatives", err)
+	}
+	if err := m.RouteDNS(ctx, "", "", false); err != nil {
+		t.Fatalf("disabling without resolved: %v", err)
+	}
+	res := CheckResolverRouting(ctx, nsRunner{ns: ns.name}, m.Config(), "127.0.0.1:5353", "vm")
+	if res.Status != Warn || !strings.Contains(res.Fix, "server=/vm/127.0.0.1#5353") {
+		t.Fatalf("CheckResolverRouting = %+v", res)
+	}
+}
+
+// natTopology is the network a VM has, built from namespaces: the "host"
+// holds banger's bridge, the "guest" sits behind it (a veth stands in for the
+// tap, which carries no traffic without a VMM) and "upstream" plays the
+// internet. Upstream even routes the bridge's subnet back to the host, so
+// only banger's firewall keeps a VM without NAT from getting out.
+type natTopology struct {
+	host, guest, up *testNS
+	m               *Manager
+	runner          nsRunner
+	cfg             Config
+}
+
+func newNATTopology(t *testing.T, hide ...string) *natTopology {
+	t.Helper()
+	tp := &natTopology{host: newTestNS(t), guest: newTestNS(t), up: newTestNS(t)}
+	tp.runner = nsRunner{ns: tp.host.name, hide: hide}
+	tp.cfg = Config{Bridge: testBridge, CIDR: "172.30.0.1/24", TapPrefix: testTapPrefix, TapOwner: -1, TapGroup: -1}
+	m, err := NewManager(&nsOps{ns: tp.host, local: privops.NewLocal(tp.runner, nil)}, tp.cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tp.m = m
+	t.Cleanup(func() { _ = m.Close() })
+	ctx := context.Background()
+	if err := m.EnsureBridge(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tap, err := m.AcquireTap(ctx, "vm-nat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.ReleaseTap(context.Background(), tap) })
+
+	h, g, u := tp.host, tp.guest, tp.up
+	h.sh(t, "ip link add bgtnvh type veth peer name eth0 netns "+g.name)
+	h.sh(t, "ip link set bgtnvh master "+testBridge)
+	h.sh(t, "ip link set bgtnvh up")
+	g.sh(t, "ip addr add 172.30.0.2/24 dev eth0")
+	g.sh(t, "ip link set eth0 up")
+	g.sh(t, "ip route add default via 172.30.0.1")
+	h.sh(t, "ip link add bgtnup type veth peer name up1 netns "+u.name)
+	h.sh(t, "ip addr add 198.18.0.1/24 dev bgtnup")
+	h.sh(t, "ip link set bgtnup up")
+	u.sh(t, "ip addr add 198.18.0.2/24 dev up1")
+	u.sh(t, "ip link set up1 up")
+	u.sh(t, "ip route add 172.30.0.0/24 via 198.18.0.1")
+
+	// The fake upstream service tells each client the address it sees.
+	var ln net.Listener
+	if err := u.do(func() (err error) { ln, err = net.Listen("tcp4", "198.18.0.2:8080"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
+			fmt.Fprintf(c, "peer=%s\n", host)
+			c.Close()
+		}
+	}()
+	return tp
+}
+
+// dial connects from the guest to the upstream service and returns the
+// source address upstream saw.
+func (tp *natTopology) dial() (string, error) {
+	var line string
+	err := tp.guest.do(func() error {
+		c, err := net.DialTimeout("tcp4", "198.18.0.2:8080", 700*time.Millisecond)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+		line, err = bufio.NewReader(c).ReadString('\n')
+		return err
+	})
+	return strings.TrimSpace(line), err
+}
+
+func (tp *natTopology) inspect(t *testing.T) privops.NATState {
+	t.Helper()
+	st, err := privops.InspectNAT(context.Background(), tp.runner, testBridge)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(st.VMs)
+	return st
+}
+
+func TestNATReachesUpstreamOnlyWithNAT(t *testing.T) {
+	for _, backend := range []struct {
+		name string
+		hide []string
+	}{{"nft", nil}, {"iptables", []string{"nft"}}} {
+		t.Run(backend.name, func(t *testing.T) {
+			integration(t, "nft", "iptables", "sysctl")
+			tp := newNATTopology(t, backend.hide...)
+			ctx := context.Background()
+			guest, other := netip.MustParseAddr("172.30.0.2"), netip.MustParseAddr("172.30.0.99")
+
+			if peer, err := tp.dial(); err == nil {
+				t.Fatalf("guest reached upstream (as %s) before any NAT", peer)
+			}
+			// Another VM's NAT turns forwarding on; this guest must still be
+			// confined to the bridge.
+			if err := tp.m.EnableNAT(ctx, other, ""); err != nil {
+				t.Fatal(err)
+			}
+			if peer, err := tp.dial(); err == nil {
+				t.Fatalf("guest without NAT reached upstream as %s", peer)
+			}
+
+			start := time.Now()
+			for range 2 { // idempotent
+				if err := tp.m.EnableNAT(ctx, guest, "bgtaptvm"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			t.Logf("EnableNAT x2 (%s): %v", backend.name, time.Since(start))
+			peer, err := tp.dial()
+			if err != nil {
+				t.Fatalf("guest with NAT cannot reach upstream: %v", err)
+			}
+			if peer != "peer=198.18.0.1" {
+				t.Fatalf("upstream saw %q, want the host's masqueraded address 198.18.0.1", peer)
+			}
+			st := tp.inspect(t)
+			if !st.Intact() || st.Backend != backend.name || !slices.Equal(st.VMs, []string{"172.30.0.2", "172.30.0.99"}) {
+				t.Fatalf("firewall state %+v", st)
+			}
+			if backend.name == "nft" {
+				out := tp.host.sh(t, "nft list ruleset")
+				if n := strings.Count(out, "masquerade"); n != 1 {
+					t.Fatalf("%d masquerade rules after repeated EnableNAT:\n%s", n, out)
+				}
+			} else {
+				out := tp.host.sh(t, "iptables -t nat -S BANGER-POST")
+				if n := strings.Count(out, "banger:172.30.0.2"); n != 1 {
+					t.Fatalf("%d NAT rules for the guest after repeated EnableNAT:\n%s", n, out)
+				}
+			}
+
+			// Doctor checks see the same thing.
+			var fwd CheckResult
+			_ = tp.host.do(func() error { fwd = CheckIPForward(IPForwardPath, true); return nil })
+			if fwd.Status != Pass {
+				t.Fatalf("CheckIPForward = %+v", fwd)
+			}
+			if r := CheckNATTable(ctx, tp.runner, tp.cfg, []netip.Addr{guest, other}); r.Status != Pass {
+				t.Fatalf("CheckNATTable = %+v", r)
+			}
+			if r := CheckNATTable(ctx, tp.runner, tp.cfg, []netip.Addr{guest}); r.Status != Warn || !strings.Contains(r.Message, "172.30.0.99") {
+				t.Fatalf("CheckNATTable with a stale entry = %+v", r)
+			}
+			if r := CheckNATTable(ctx, tp.runner, tp.cfg, []netip.Addr{guest, other, netip.MustParseAddr("172.30.0.50")}); r.Status != Fail {
+				t.Fatalf("CheckNATTable with a missing entry = %+v", r)
+			}
+
+			for range 2 { // idempotent
+				if err := tp.m.DisableNAT(ctx, guest, "bgtaptvm"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if peer, err := tp.dial(); err == nil {
+				t.Fatalf("guest reached upstream as %s after DisableNAT", peer)
+			}
+			if st := tp.inspect(t); !st.Intact() || !slices.Equal(st.VMs, []string{"172.30.0.99"}) {
+				t.Fatalf("after DisableNAT: %+v", st)
+			}
+			if err := tp.m.DisableNAT(ctx, other, ""); err != nil {
+				t.Fatal(err)
+			}
+			if st := tp.inspect(t); !st.Intact() || len(st.VMs) != 0 {
+				t.Fatalf("after clearing every VM: %+v", st)
+			}
+		})
+	}
+}

@@ -27,6 +27,12 @@ func Probe(ctx context.Context, dir string, ops privops.Ops, r hostexec.Runner) 
 	return prober{sys: "/sys", dev: "/dev", euid: os.Geteuid()}.probe(ctx, dir, ops, r)
 }
 
+// DMStatus reports whether the dm strategy can run here: nil with a detail
+// (the driver version) when it can, the reason when it cannot.
+func DMStatus(ctx context.Context, ops privops.Ops, r hostexec.Runner) (detail string, err error) {
+	return prober{sys: "/sys", dev: "/dev", euid: os.Geteuid()}.dmUsable(ctx, ops, r)
+}
+
 type prober struct {
 	sys, dev string // sysfs and devtmpfs mount points
 	euid     int

@@ -194,7 +194,9 @@ func (l *Local) createSnapshot(ctx context.Context, spec SnapshotSpec, supported
 	if sectors > originSectors {
 		grown := spec.Name + dmOriginSuffix
 		table := fmt.Sprintf("0 %d linear %s 0\n%d %d zero\n", originSectors, spec.Origin, originSectors, sectors-originSectors)
-		if err := l.dmsetup(ctx, "create", grown, table); err != nil {
+		// Read-only: the origin loop is read-only and a writable table
+		// would open it for writing; the snapshot only reads its origin.
+		if err := l.dmsetup(ctx, "create-readonly", grown, table); err != nil {
 			return "", fmt.Errorf("create snapshot %s: extend origin: %w", spec.Name, err)
 		}
 		undo = append(undo, grown)
@@ -253,16 +255,21 @@ func (l *Local) dmRemove(ctx context.Context, name string) error {
 	return err
 }
 
-// dmsetup runs one dmsetup verb on name. A table for create goes in with
-// --table when it is one line, on stdin otherwise.
+// dmsetup runs one dmsetup verb on name ("create-readonly" is create with
+// --readonly). A table for create goes in with --table when it is one
+// line, on stdin otherwise.
 func (l *Local) dmsetup(ctx context.Context, verb, name, table string) error {
 	cmd := hostexec.Cmd{Name: "dmsetup"}
 	switch verb {
-	case "create":
+	case "create", "create-readonly":
+		cmd.Args = []string{"create"}
+		if verb == "create-readonly" {
+			cmd.Args = append(cmd.Args, "--readonly")
+		}
 		if strings.Count(strings.TrimSuffix(table, "\n"), "\n") == 0 {
-			cmd.Args = []string{"create", name, "--table", table}
+			cmd.Args = append(cmd.Args, name, "--table", table)
 		} else {
-			cmd.Args = []string{"create", name}
+			cmd.Args = append(cmd.Args, name)
 			cmd.Stdin = strings.NewReader(table)
 		}
 	case "remove":

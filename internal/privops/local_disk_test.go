@@ -158,7 +158,7 @@ func TestCreateSnapshotGrown(t *testing.T) {
 	}
 	want := []string{
 		"blockdev --getsz /dev/loop1",
-		"dmsetup create banger-vm1-root-origin",
+		"dmsetup create --readonly banger-vm1-root-origin",
 		"dmsetup create banger-vm1-root --table '0 8192 snapshot /dev/mapper/banger-vm1-root-origin /dev/loop2 P 8'",
 		"dmsetup mknodes banger-vm1-root",
 	}
@@ -179,7 +179,7 @@ func TestCreateSnapshotUndo(t *testing.T) {
 		tail   []string // commands after the failing one
 	}{
 		{"blockdev", nil},
-		{"dmsetup create banger-x-origin", nil},
+		{"dmsetup create --readonly banger-x-origin", nil},
 		{"dmsetup create banger-x --table", []string{"dmsetup remove --retry banger-x-origin"}},
 		{"dmsetup mknodes", []string{"dmsetup remove --retry banger-x", "dmsetup remove --retry banger-x-origin"}},
 	}

@@ -223,7 +223,7 @@ func human(n int64) string {
 
 // Targets sets up every strategy this host can run under workdir: copy on
 // workdir itself; reflink on btrfs and xfs scratch filesystems (root and
-// mkfs tools needed); dm when disk.Probe picks it. It returns the targets,
+// mkfs tools needed); dm when disk.DMStatus says it can run. It returns the targets,
 // notes on what was left out and why, and a cleanup that unmounts the
 // scratch filesystems.
 func Targets(ctx context.Context, workdir string, ops privops.Ops, r hostexec.Runner) (targets []Target, notes []string, cleanup func() error, err error) {
@@ -244,10 +244,10 @@ func Targets(ctx context.Context, workdir string, ops privops.Ops, r hostexec.Ru
 		return c
 	}
 	targets = append(targets, Target{Name: "copy", FS: fsName(workdir), CoW: mk(disk.Copy), Dir: workdir})
-	if choice, why := disk.Probe(ctx, workdir, ops, r); choice == disk.DM {
+	if _, why := disk.DMStatus(ctx, ops, r); why == nil {
 		targets = append(targets, Target{Name: "dm", FS: fsName(workdir), CoW: mk(disk.DM), Dir: workdir})
 	} else {
-		notes = append(notes, "dm not measured: "+why)
+		notes = append(notes, "dm not measured: "+why.Error())
 	}
 	for _, fs := range []string{"btrfs", "xfs"} {
 		tool := "mkfs." + fs

@@ -1,0 +1,223 @@
+package firecracker_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/bangerdev/banger/internal/hostexec"
+	"github.com/bangerdev/banger/internal/model"
+	"github.com/bangerdev/banger/internal/privops"
+	"github.com/bangerdev/banger/internal/testguest"
+	"github.com/bangerdev/banger/internal/testreq"
+	"github.com/bangerdev/banger/internal/vmm"
+	"github.com/bangerdev/banger/internal/vmm/fakefc"
+	"github.com/bangerdev/banger/internal/vmm/firecracker"
+	"github.com/bangerdev/banger/internal/vmm/vmmtest"
+)
+
+func newDriver(t *testing.T, bin string, env []string, jailer *firecracker.JailerConfig) *firecracker.Driver {
+	t.Helper()
+	d, err := firecracker.New(firecracker.Config{Binary: bin, Env: env, Jailer: jailer}, privops.NewLocal(nil, nil), hostexec.Real{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func fakeEnv(t *testing.T, version, bootMode string) []string {
+	dir, err := fakefc.DefaultSpecDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return []string{fakefc.EnvSpecDir + "=" + dir, fakefc.EnvSpecVersion + "=" + version, fakefc.EnvBootMode + "=" + bootMode,
+		fakefc.EnvQEMUAccel + "=tcg", "PATH=" + os.Getenv("PATH")}
+}
+
+// dummyKernel makes files that satisfy the fake's path checks.
+func dummyKernel(t *testing.T) (kernel, initrd string) {
+	dir := t.TempDir()
+	kernel, initrd = filepath.Join(dir, "vmlinux"), filepath.Join(dir, "initrd")
+	for _, p := range []string{kernel, initrd} {
+		if err := os.WriteFile(p, []byte("not a kernel"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return kernel, initrd
+}
+
+// TestConformanceFakeAPI runs the suite against the firecracker driver and
+// fakefc in pure-API mode, for each shipped API spec.
+func TestConformanceFakeAPI(t *testing.T) {
+	bins := vmmtest.FakeFC(t)
+	kernel, initrd := dummyKernel(t)
+	for _, v := range fakefc.SpecVersions {
+		t.Run(v, func(t *testing.T) {
+			env := vmmtest.Env{
+				Kernel: kernel, Initrd: initrd, Cmdline: "console=ttyS0 reboot=k panic=1",
+				Marker:        "fakefc: InstanceStart",
+				LogContains:   []string{"api spec " + v, `boot_args="console=ttyS0 reboot=k panic=1"`},
+				ShutdownExits: true, // the fake behaves like a guest that reboots on Ctrl-Alt-Del
+			}
+			vmmtest.Run(t, func(t *testing.T) vmm.Driver {
+				return newDriver(t, filepath.Join(bins, "firecracker"), fakeEnv(t, v, fakefc.BootNone), nil)
+			}, env)
+		})
+	}
+}
+
+// TestConformanceFakeBoot runs the suite against the firecracker driver and
+// fakefc booting a real guest through QEMU (TCG).
+func TestConformanceFakeBoot(t *testing.T) {
+	testreq.E2E(t)
+	art := testguest.Kernel(t)
+	bins := vmmtest.FakeFC(t)
+	kernel := art.Vmlinux
+	if !art.PVH {
+		kernel = art.Vmlinuz // QEMU boots an ELF vmlinux only with the PVH note
+	}
+	env := vmmtest.Env{
+		Kernel: kernel, Initrd: art.Initrd,
+		Cmdline:     "console=ttyS0 reboot=k panic=1 banger.initramfs_only=1",
+		Marker:      "BANGER-INITRAMFS-READY",
+		LogContains: []string{"fakefc: InstanceStart", "Linux version " + art.Version},
+	}
+	vmmtest.Run(t, func(t *testing.T) vmm.Driver {
+		return newDriver(t, filepath.Join(bins, "firecracker"), fakeEnv(t, "1.14.1", fakefc.BootQEMU), nil)
+	}, env)
+}
+
+func TestVersionRangeEnforced(t *testing.T) {
+	rec := &hostexec.Recorder{Respond: func(c hostexec.Cmd) (hostexec.Result, error) {
+		return hostexec.Result{Stdout: []byte("Firecracker v1.4.1\n")}, nil
+	}}
+	d, err := firecracker.New(firecracker.Config{}, privops.NewLocal(nil, nil), rec, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kernel, _ := dummyKernel(t)
+	spec := vmm.Spec{VMID: "v1", RuntimeDir: t.TempDir(), Kernel: kernel, VCPU: 1, MemoryMiB: 128, LogPath: "/tmp/x.log", UID: -1, GID: -1}
+	if _, err := d.Start(context.Background(), spec); !errors.Is(err, firecracker.ErrUnsupportedVersion) {
+		t.Fatalf("start with 1.4.1: %v", err)
+	}
+	if got := rec.Lines(); len(got) != 1 || got[0] != "firecracker --version" {
+		t.Errorf("commands: %v", got)
+	}
+}
+
+func TestNewRejectsBadJailerConfig(t *testing.T) {
+	for name, cfg := range map[string]firecracker.Config{
+		"relative base":   {Binary: "/usr/bin/firecracker", Jailer: &firecracker.JailerConfig{ChrootBase: "srv"}},
+		"relative binary": {Binary: "firecracker", Jailer: &firecracker.JailerConfig{ChrootBase: "/srv/jailer"}},
+		"bad exec name":   {Binary: "/usr/bin/fc", Jailer: &firecracker.JailerConfig{ChrootBase: "/srv/jailer"}},
+	} {
+		if _, err := firecracker.New(cfg, nil, nil, nil); err == nil {
+			t.Errorf("%s accepted", name)
+		}
+	}
+}
+
+// TestJailerMode starts VMs through the (fake) jailer: chroot layout with
+// hard links, --daemonize without being a process-group leader, uid drop,
+// the chroot socket reached through a short link, the pid file in the
+// chroot, Find by --id, and cleanup.
+func TestJailerMode(t *testing.T) {
+	testreq.Root(t)
+	bins := vmmtest.FakeFC(t)
+	for _, v := range []string{"1.5.0", "1.16.1"} {
+		t.Run(v, func(t *testing.T) {
+			base := t.TempDir() // same filesystem as the "images" below
+			os.Chmod(base, 0o755)
+			images := filepath.Join(base, "images")
+			os.MkdirAll(images, 0o755)
+			kernel := filepath.Join(images, "vmlinux")
+			root := filepath.Join(images, "root.ext4")
+			for _, p := range []string{kernel, root} {
+				os.WriteFile(p, []byte("x"), 0o644)
+			}
+			os.Chown(root, 65534, 65534)
+			chrootBase := filepath.Join(base, "jail")
+			jailer := &firecracker.JailerConfig{Binary: filepath.Join(bins, "jailer"), ChrootBase: chrootBase}
+			d := newDriver(t, filepath.Join(bins, "firecracker"), fakeEnv(t, v, fakefc.BootNone), jailer)
+			run, _ := os.MkdirTemp("", "vj")
+			defer os.RemoveAll(run)
+			spec := vmm.Spec{VMID: "jail-" + strings.ReplaceAll(v, ".", "-"), RuntimeDir: run, Kernel: kernel,
+				Cmdline: "console=ttyS0", VCPU: 1, MemoryMiB: 128,
+				Drives:  []vmm.Drive{{ID: "root", Path: root, Root: true}},
+				LogPath: filepath.Join(run, "vm.log"), MetricsPath: filepath.Join(run, "metrics.json"), UID: 65534, GID: 65534}
+			ctx := context.Background()
+			h, err := d.Start(ctx, spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Kill(ctx, h, syscall.SIGKILL)
+			chroot := firecracker.ChrootDir(chrootBase, "firecracker", spec.VMID)
+			if h.Chroot != chroot || h.PIDFile != filepath.Join(chroot, "firecracker.pid") || h.APISocket != filepath.Join(run, "api.sock") {
+				t.Errorf("handle %+v", h)
+			}
+			if target, err := os.Readlink(h.APISocket); err != nil || target != filepath.Join(chroot, "run/firecracker.socket") {
+				t.Errorf("socket link -> %q, %v", target, err)
+			}
+			var kst, lst syscall.Stat_t
+			syscall.Stat(kernel, &kst)
+			syscall.Stat(filepath.Join(chroot, "vmlinux"), &lst)
+			if kst.Ino != lst.Ino {
+				t.Error("kernel not hard-linked into the jail")
+			}
+			status, _ := os.ReadFile("/proc/" + itoa(h.PID) + "/status")
+			if !strings.Contains(string(status), "Uid:\t65534\t65534") {
+				t.Errorf("vmm not running as 65534:\n%s", status)
+			}
+			if sid, _ := getsid(h.PID); sid != h.PID {
+				t.Errorf("jailed vmm not in its own session (sid %d)", sid)
+			}
+			info, err := d.Describe(ctx, h)
+			if err != nil || info.State != "Running" || info.ID != spec.VMID {
+				t.Errorf("describe %+v %v", info, err)
+			}
+			serial := filepath.Join(chroot, "serial.log")
+			if v == "1.16.1" && h.LogPath != serial {
+				t.Errorf("serial log %s, want %s", h.LogPath, serial)
+			}
+			if v == "1.5.0" && h.LogPath != spec.LogPath {
+				t.Errorf("1.5.0 log %s", h.LogPath)
+			}
+			found, err := d.Find(ctx, spec)
+			if err != nil || found.PID != h.PID {
+				t.Fatalf("find %+v %v", found, err)
+			}
+			if err := d.Cleanup(ctx, spec); err == nil {
+				t.Error("cleanup of a running vm succeeded")
+			}
+			if err := d.Kill(ctx, h, syscall.SIGTERM); err != nil {
+				t.Fatal(err)
+			}
+			if err := d.Wait(ctx, h); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := d.Find(ctx, spec); !errors.Is(err, model.ErrNotRunning) {
+				t.Errorf("find after kill: %v", err)
+			}
+			if err := d.Cleanup(ctx, spec); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := os.Stat(filepath.Dir(chroot)); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("jail left behind: %v", err)
+			}
+			if _, err := os.Stat(kernel); err != nil {
+				t.Errorf("cleanup removed the image: %v", err)
+			}
+		})
+	}
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }
+
+func getsid(pid int) (int, error) { return unix.Getsid(pid) }

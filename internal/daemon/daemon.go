@@ -6,7 +6,6 @@ package daemon
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -186,7 +185,3 @@ func (d *Daemon) register() {
 	s.Handle(api.MethodVMDelete, rpc.Typed(d.vmDelete))
 	s.Handle(api.MethodVMPrune, rpc.Typed(d.vmPrune))
 }
-
-// errStopped is returned by Serve's callers to tell a requested shutdown
-// from a failure.
-var errStopped = errors.New("daemon stopped")

@@ -129,7 +129,7 @@ unix socket, validating every argument. systemd runs it in system mode.`,
 			if err != nil {
 				return err
 			}
-			return runRootHelper(cmd.Context(), ownerUID, logger)
+			return runRootHelper(cmd.Context(), build, ownerUID, logger)
 		},
 	}
 	cmd.Flags().IntVar(&ownerUID, "owner-uid", -1, "uid of the owner daemon allowed to call the helper")

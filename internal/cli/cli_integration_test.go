@@ -1,0 +1,147 @@
+package cli_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// binaries returns the directory holding banger and bangerd: $BANGER_BIN
+// when set (make builds them first), else a fresh build of this tree.
+func binaries(t *testing.T) string {
+	t.Helper()
+	if dir := os.Getenv("BANGER_BIN"); dir != "" {
+		return dir
+	}
+	dir := t.TempDir()
+	cmd := exec.Command("go", "build", "-o", dir+"/", "../../cmd/banger", "../../cmd/bangerd")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build binaries: %v\n%s", err, out)
+	}
+	return dir
+}
+
+type env struct {
+	t   *testing.T
+	bin string
+	dir string
+}
+
+func newEnv(t *testing.T) *env {
+	e := &env{t: t, bin: binaries(t), dir: t.TempDir()}
+	t.Cleanup(func() {
+		// Stop the daemon this test started.
+		_, _, _ = e.run("daemon", "stop")
+	})
+	return e
+}
+
+func (e *env) environ() []string {
+	return append(os.Environ(),
+		"BANGER_STATE_DIR="+filepath.Join(e.dir, "state"),
+		"BANGER_CACHE_DIR="+filepath.Join(e.dir, "cache"),
+		"BANGER_RUNTIME_DIR="+filepath.Join(e.dir, "run"),
+		"BANGER_CONFIG_DIR="+filepath.Join(e.dir, "config"),
+		"BANGER_DAEMON="+filepath.Join(e.bin, "bangerd"),
+		"NO_COLOR=1",
+	)
+}
+
+func (e *env) run(args ...string) (string, string, int) {
+	cmd := exec.Command(filepath.Join(e.bin, "banger"), args...)
+	cmd.Env = e.environ()
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	if err != nil {
+		ee, ok := err.(*exec.ExitError)
+		if !ok {
+			e.t.Fatalf("run banger %v: %v", args, err)
+		}
+		code = ee.ExitCode()
+	}
+	return stdout.String(), stderr.String(), code
+}
+
+func TestCLIRecordRoundTripWithAutoStart(t *testing.T) {
+	e := newEnv(t)
+	out, errOut, code := e.run("vm", "create", "--no-start", "--name", "a1")
+	if code != 0 {
+		t.Fatalf("create: exit %d: %s%s", code, out, errOut)
+	}
+	out, _, code = e.run("vm", "list", "--json")
+	var vms []map[string]any
+	if code != 0 || json.Unmarshal([]byte(out), &vms) != nil || len(vms) != 1 || vms[0]["name"] != "a1" {
+		t.Fatalf("list --json: exit %d: %s", code, out)
+	}
+	_, errOut, code = e.run("vm", "create", "--no-start", "--name", "-bad")
+	if code == 0 || !strings.Contains(errOut, "DNS label") {
+		t.Fatalf("bad name: exit %d, stderr %q", code, errOut)
+	}
+	_, errOut, code = e.run("vm", "create", "--no-start", "--name", "a1")
+	if code == 0 || !strings.Contains(errOut, "already exists") || !strings.Contains(errOut, "(op op-") {
+		t.Fatalf("duplicate: exit %d, stderr %q", code, errOut)
+	}
+	_, errOut, code = e.run("vm", "create", "--no-start", "--memory", "0")
+	if code == 0 || !strings.Contains(errOut, "--memory") {
+		t.Fatalf("zero memory: exit %d, stderr %q", code, errOut)
+	}
+	// Several refs, one missing: the others still happen, exit 1.
+	e.run("vm", "create", "--no-start", "--name", "a2")
+	out, errOut, code = e.run("vm", "delete", "a1", "missing", "a2")
+	if code != 1 || !strings.Contains(out, "a1 deleted") || !strings.Contains(out, "a2 deleted") || !strings.Contains(errOut, "missing") {
+		t.Fatalf("multi delete: exit %d, out %q, err %q", code, out, errOut)
+	}
+	out, _, _ = e.run("daemon", "status", "--json")
+	if !strings.Contains(out, `"running": true`) {
+		t.Fatalf("daemon status: %s", out)
+	}
+}
+
+func TestCLIAutoStartRaceStartsOneDaemon(t *testing.T) {
+	e := newEnv(t)
+	var wg sync.WaitGroup
+	codes := make([]int, 4)
+	for i := range codes {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			_, _, codes[i] = e.run("vm", "list")
+		}(i)
+	}
+	wg.Wait()
+	for i, c := range codes {
+		if c != 0 {
+			t.Fatalf("cli %d exited %d", i, c)
+		}
+	}
+	// Exactly one daemon for this state dir.
+	time.Sleep(100 * time.Millisecond)
+	logData, _ := os.ReadFile(filepath.Join(e.dir, "state", "logs", "bangerd.log"))
+	if n := strings.Count(string(logData), "bangerd serving"); n != 1 {
+		t.Fatalf("daemon started %d times:\n%s", n, logData)
+	}
+}
+
+func TestCLIVersionAndHelp(t *testing.T) {
+	e := newEnv(t)
+	out, _, code := e.run("--version")
+	if code != 0 || !strings.HasPrefix(out, "banger ") {
+		t.Fatalf("--version: %d %q", code, out)
+	}
+	out, _, code = e.run("vm", "create", "--help")
+	if code != 0 || !strings.Contains(out, "Examples:") {
+		t.Fatalf("help lacks examples: %q", out)
+	}
+	out, _, code = e.run("completion", "bash")
+	if code != 0 || !strings.Contains(out, "bash completion") {
+		t.Fatalf("completion: %d", code)
+	}
+}

@@ -1,0 +1,76 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/user"
+	"strconv"
+
+	"github.com/bangerdev/banger/internal/buildinfo"
+	"github.com/bangerdev/banger/internal/config"
+	"github.com/bangerdev/banger/internal/hostexec"
+	"github.com/bangerdev/banger/internal/paths"
+	"github.com/bangerdev/banger/internal/privops"
+)
+
+// runRootHelper serves the privileged operations to the owner daemon of
+// ownerUID until ctx ends. The layout is the system layout unless BANGER_*
+// directory variables say otherwise (tests).
+func runRootHelper(ctx context.Context, build buildinfo.Info, ownerUID int, logger *slog.Logger) error {
+	layout, err := paths.FromEnv()
+	if err != nil {
+		return err
+	}
+	if os.Getenv("BANGER_MODE") == "" && os.Getenv("BANGER_RUNTIME_DIR") == "" {
+		layout = paths.System()
+	}
+	cfg, err := config.Load(layout.ConfigFile(), config.DetectHost(), os.Getenv)
+	if err != nil {
+		return err
+	}
+	ownerGID := ownerUID
+	if u, err := user.LookupId(strconv.Itoa(ownerUID)); err == nil {
+		if g, err := strconv.Atoi(u.Gid); err == nil {
+			ownerGID = g
+		}
+	}
+	bins := map[string]string{}
+	for _, b := range []string{cfg.QEMU.Binary, cfg.Firecracker.Binary, cfg.Firecracker.Jailer} {
+		if p, err := exec.LookPath(b); err == nil {
+			bins[baseName(b)] = p
+		}
+	}
+	policy := privops.Policy{
+		OwnerUID: ownerUID, OwnerGID: ownerGID,
+		ManagedRoots: layout.ManagedRoots(),
+		VMMBinaries:  bins,
+		BridgeName:   cfg.Network.Bridge, BridgeCIDR: cfg.Network.CIDR,
+	}
+	srv, err := privops.NewServer(privops.NewLocal(hostexec.Real{Logger: logger}, logger), privops.ServerConfig{
+		Policy: policy, Logger: logger, Version: build.Version, Commit: build.Commit,
+	})
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(layout.RuntimeDir, 0o755); err != nil {
+		return err
+	}
+	ln, err := privops.Listen(layout.HelperSocket(), ownerUID, ownerGID)
+	if err != nil {
+		return fmt.Errorf("root helper socket: %w", err)
+	}
+	logger.Info("root helper serving", "socket", layout.HelperSocket(), "owner_uid", ownerUID)
+	return srv.Serve(ctx, ln)
+}
+
+func baseName(p string) string {
+	for i := len(p) - 1; i >= 0; i-- {
+		if p[i] == '/' {
+			return p[i+1:]
+		}
+	}
+	return p
+}

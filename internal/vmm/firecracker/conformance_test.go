@@ -133,8 +133,12 @@ func TestJailerMode(t *testing.T) {
 	bins := vmmtest.FakeFC(t)
 	for _, v := range []string{"1.5.0", "1.16.1"} {
 		t.Run(v, func(t *testing.T) {
-			base := t.TempDir() // same filesystem as the "images" below
-			os.Chmod(base, 0o755)
+			base, err := os.MkdirTemp("", "jt") // images and jail on one filesystem
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer os.RemoveAll(base)
+			os.Chmod(base, 0o755) // the jailed uid must reach its chroot
 			images := filepath.Join(base, "images")
 			os.MkdirAll(images, 0o755)
 			kernel := filepath.Join(images, "vmlinux")

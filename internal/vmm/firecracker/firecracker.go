@@ -241,8 +241,15 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Handle, error) 
 		return nil, fmt.Errorf("firecracker: start vm %s: %w", spec.VMID, err)
 	}
 	h := d.handle(spec, l, pid)
+	// Until the jailer has exec'ed into firecracker its comm is "jailer":
+	// during startup the evidence is the pid plus the VM id as a whole
+	// argument, which both command lines carry.
+	startID := h.Identity()
+	if l.chroot != "" {
+		startID = privops.ProcessIdentity{PID: pid, Marker: spec.VMID + "\x00"}
+	}
 	fail := func(err error) (*vmm.Handle, error) {
-		if kerr := vmm.KillAndReap(d.launcher, h.Identity()); kerr != nil {
+		if kerr := vmm.KillAndReap(d.launcher, startID); kerr != nil {
 			err = errors.Join(err, fmt.Errorf("kill failed firecracker: %w", kerr))
 		}
 		err = vmm.WithLogTail(fmt.Errorf("firecracker: start vm %s: %w", spec.VMID, err), spec.LogPath)
@@ -252,7 +259,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Handle, error) 
 		return nil, err
 	}
 	c := NewClient(l.socket)
-	err = vmm.WaitStartup(ctx, h.Identity(), d.cfg.StartTimeout, func(ctx context.Context) bool {
+	err = vmm.WaitStartup(ctx, startID, d.cfg.StartTimeout, func(ctx context.Context) bool {
 		rctx, cancel := context.WithTimeout(ctx, time.Second)
 		defer cancel()
 		_, err := c.Describe(rctx)

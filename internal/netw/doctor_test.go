@@ -1,0 +1,117 @@
+package netw
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/bangerdev/banger/internal/hostexec"
+	"github.com/bangerdev/banger/internal/vmdns"
+)
+
+func TestCheckDNS(t *testing.T) {
+	s := vmdns.New("127.0.0.1:0", "vm", nil)
+	if err := s.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	addr := s.Addr()
+	if r := CheckDNS(context.Background(), addr, "vm"); r.Status != Pass {
+		t.Fatalf("CheckDNS = %+v", r)
+	}
+	if r := CheckDNS(context.Background(), addr, "other"); r.Status != Fail {
+		t.Fatalf("CheckDNS for a zone it does not serve = %+v", r)
+	}
+	s.Close()
+	r := CheckDNS(context.Background(), addr, "vm")
+	if r.Status != Fail || !strings.Contains(r.Fix, "dig @127.0.0.1 -p") {
+		t.Fatalf("CheckDNS with no server = %+v", r)
+	}
+}
+
+func TestCheckIPForward(t *testing.T) {
+	dir := t.TempDir()
+	on, off := filepath.Join(dir, "on"), filepath.Join(dir, "off")
+	os.WriteFile(on, []byte("1\n"), 0o644)
+	os.WriteFile(off, []byte("0\n"), 0o644)
+	for _, c := range []struct {
+		path   string
+		anyNAT bool
+		want   Status
+	}{{on, true, Pass}, {on, false, Pass}, {off, false, Pass}, {off, true, Fail}, {filepath.Join(dir, "missing"), true, Warn}} {
+		if r := CheckIPForward(c.path, c.anyNAT); r.Status != c.want {
+			t.Errorf("CheckIPForward(%s, %v) = %+v, want %s", filepath.Base(c.path), c.anyNAT, r, c.want)
+		}
+	}
+	if r := CheckIPForward(off, true); !strings.Contains(r.Fix, "sysctl -w net.ipv4.ip_forward=1") {
+		t.Errorf("fix hint %q", r.Fix)
+	}
+}
+
+func TestCheckResolverRouting(t *testing.T) {
+	cfg := Config{}
+	resp := map[string]string{
+		"dns":    "Link 7 (br-banger): 127.0.0.1:5353\n",
+		"domain": "Link 7 (br-banger): ~vm\n",
+	}
+	rec := &hostexec.Recorder{Respond: func(c hostexec.Cmd) (hostexec.Result, error) {
+		return hostexec.Result{Stdout: []byte(resp[c.Args[0]])}, nil
+	}}
+	ctx := context.Background()
+	if r := CheckResolverRouting(ctx, rec, cfg, "127.0.0.1:5353", "vm"); r.Status != Pass {
+		t.Fatalf("routed: %+v", r)
+	}
+	if got := rec.Lines(); got[0] != "resolvectl dns br-banger" || got[1] != "resolvectl domain br-banger" {
+		t.Fatalf("commands %q", got)
+	}
+	resp["domain"] = "Link 7 (br-banger):\n"
+	if r := CheckResolverRouting(ctx, rec, cfg, "127.0.0.1:5353", "vm"); r.Status != Fail || !strings.Contains(r.Fix, "resolvectl domain br-banger ~vm") {
+		t.Fatalf("unrouted: %+v", r)
+	}
+	rec.Respond = func(c hostexec.Cmd) (hostexec.Result, error) {
+		return hostexec.Result{ExitCode: -1}, fmt.Errorf("resolvectl: %w", hostexec.ErrNotFound)
+	}
+	if r := CheckResolverRouting(ctx, rec, cfg, "127.0.0.1:5353", "vm"); r.Status != Warn || !strings.Contains(r.Fix, "server=/vm/127.0.0.1#5353") {
+		t.Fatalf("no resolved: %+v", r)
+	}
+}
+
+func TestCheckNATTableWithoutPrivilegeOrTools(t *testing.T) {
+	ctx := context.Background()
+	denied := &hostexec.Recorder{Respond: func(c hostexec.Cmd) (hostexec.Result, error) {
+		return hostexec.Result{ExitCode: 1}, &hostexec.ExitError{Cmd: c.String(), ExitCode: 1, Stderr: "Error: Operation not permitted"}
+	}}
+	if r := CheckNATTable(ctx, denied, Config{}, nil); r.Status != Warn || !strings.Contains(r.Fix, "sudo") {
+		t.Fatalf("unprivileged: %+v", r)
+	}
+	none := &hostexec.Recorder{Respond: func(c hostexec.Cmd) (hostexec.Result, error) {
+		return hostexec.Result{ExitCode: -1}, fmt.Errorf("%s: %w", c.Name, hostexec.ErrNotFound)
+	}}
+	if r := CheckNATTable(ctx, none, Config{}, nil); r.Status != Warn {
+		t.Fatalf("no tools, no NAT VMs: %+v", r)
+	}
+	if r := CheckNATTable(ctx, none, Config{}, []netip.Addr{netip.MustParseAddr("172.30.0.2")}); r.Status != Fail {
+		t.Fatalf("no tools, NAT VMs: %+v", r)
+	}
+	absent := &hostexec.Recorder{Respond: func(c hostexec.Cmd) (hostexec.Result, error) {
+		return hostexec.Result{ExitCode: 1}, &hostexec.ExitError{Cmd: c.String(), ExitCode: 1, Stderr: "Error: No such file or directory"}
+	}}
+	if r := CheckNATTable(ctx, absent, Config{}, nil); r.Status != Fail || !strings.Contains(r.Message, "missing") {
+		t.Fatalf("table missing: %+v", r)
+	}
+}
+
+func TestCheckBridgeMissingInHostIsReported(t *testing.T) {
+	// Read-only: looks up a name that cannot exist.
+	name := "bgtnnone0"
+	if _, err := net.InterfaceByName(name); err == nil {
+		t.Skip(name + " exists")
+	}
+	if r := CheckBridge(Config{Bridge: name}); r.Status != Fail || r.Fix == "" {
+		t.Fatalf("CheckBridge = %+v", r)
+	}
+}

@@ -6,8 +6,8 @@
 package debmirror
 
 import (
+	"bufio"
 	"bytes"
-	"compress/gzip"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -26,7 +26,6 @@ import (
 	"github.com/bangerdev/banger/internal/hostexec"
 	"github.com/bangerdev/banger/internal/model"
 	"github.com/bangerdev/banger/internal/progress"
-	"github.com/ulikunitz/xz"
 )
 
 // DefaultSuite is used when Mirror.Suite is empty: the release banger's
@@ -93,7 +92,9 @@ type Package struct {
 	Filename string // relative to the archive root (pool/...)
 	SHA256   string
 	Size     int64
-	Depends  [][]Relation // AND of OR-alternatives
+	Depends  [][]Relation // AND of OR-alternatives (Pre-Depends and Depends)
+
+	depends string // raw fields, parsed on Lookup
 }
 
 func (m *Mirror) suite() string {
@@ -237,6 +238,7 @@ func (m *Mirror) Lookup(ctx context.Context, pkg string) (*Package, error) {
 		return nil, fmt.Errorf("package %s in %s %s (%s): %w", pkg, m.URL, m.suite(), strings.Join(m.components(), ","), model.ErrNotFound)
 	}
 	cp := *p
+	cp.Depends = ParseRelations(p.depends)
 	return &cp, nil
 }
 
@@ -260,7 +262,11 @@ func (m *Mirror) loadComponent(ctx context.Context, rel *Release, comp string, i
 		name string
 		fh   FileHash
 	)
-	for _, ext := range []string{".xz", ".gz", ""} {
+	exts := []string{".gz", ".xz", ""} // Go's gzip is much faster than its xz
+	if m.Runner != nil {
+		exts = []string{".xz", ".gz", ""} // host xz: smallest download
+	}
+	for _, ext := range exts {
 		if h, ok := rel.Files[base+ext]; ok {
 			name, fh = base+ext, h
 			break
@@ -280,34 +286,39 @@ func (m *Mirror) loadComponent(ctx context.Context, rel *Release, comp string, i
 	if err != nil {
 		return err
 	}
+	defer file.cleanup()
 	f, err := os.Open(file.path)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	defer file.cleanup()
-	var r io.Reader = f
-	switch {
-	case strings.HasSuffix(name, ".xz"):
-		xr, err := xz.NewReader(f)
-		if err != nil {
-			return fmt.Errorf("decompress %s: %w", name, err)
-		}
-		r = xr
-	case strings.HasSuffix(name, ".gz"):
-		gr, err := gzip.NewReader(f)
-		if err != nil {
-			return fmt.Errorf("decompress %s: %w", name, err)
-		}
-		defer gr.Close()
-		r = gr
+	r, err := Decompress(ctx, m.Runner, name, f)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", name, err)
 	}
-	return parsePackagesInto(r, index)
+	defer r.Close()
+	if err := parsePackagesInto(r, index); err != nil {
+		return fmt.Errorf("read %s: %w", name, err)
+	}
+	return nil
 }
 
+// parsePackagesInto reads a Packages index, keeping the highest version of
+// each package. It only materializes the fields Package needs, so the 50 MB
+// Debian index parses in well under a second.
 func parsePackagesInto(r io.Reader, index map[string]*Package) error {
-	return ParseControl(r, func(p Paragraph) error {
-		pkg, err := packageFromParagraph(p)
+	br := bufio.NewReaderSize(r, 1<<20)
+	var (
+		cur   stanza
+		field string
+		lines int
+	)
+	flush := func() error {
+		if cur == (stanza{}) {
+			return nil
+		}
+		pkg, err := cur.pkg()
+		cur = stanza{}
 		if err != nil {
 			return err
 		}
@@ -316,7 +327,75 @@ func parsePackagesInto(r io.Reader, index map[string]*Package) error {
 		}
 		index[pkg.Name] = pkg
 		return nil
-	})
+	}
+	for {
+		line, err := br.ReadSlice('\n')
+		if errors.Is(err, bufio.ErrBufferFull) {
+			// an overlong line (a huge Description); only continuation text can be this long
+			for errors.Is(err, bufio.ErrBufferFull) {
+				_, err = br.ReadSlice('\n')
+			}
+			line = nil
+		}
+		if err != nil && !errors.Is(err, io.EOF) {
+			return fmt.Errorf("read Packages: %w", err)
+		}
+		lines++
+		text := bytes.TrimRight(line, "\r\n")
+		switch {
+		case len(text) == 0:
+			if ferr := flush(); ferr != nil {
+				return ferr
+			}
+			field = ""
+		case text[0] == ' ' || text[0] == '\t':
+			if field == "Depends" || field == "Pre-Depends" {
+				cur.depends += " " + string(bytes.TrimSpace(text))
+			}
+		default:
+			i := bytes.IndexByte(text, ':')
+			if i <= 0 {
+				return fmt.Errorf("Packages line %d: want \"Field: value\"", lines)
+			}
+			field = ""
+			value := bytes.TrimSpace(text[i+1:])
+			switch string(text[:i]) {
+			case "Package":
+				cur.name = string(value)
+			case "Version":
+				cur.version = string(value)
+			case "Architecture":
+				cur.arch = string(value)
+			case "Filename":
+				cur.filename = string(value)
+			case "Size":
+				cur.size = string(value)
+			case "SHA256":
+				cur.sha256 = string(value)
+			case "Depends", "Pre-Depends":
+				field = string(text[:i])
+				cur.depends += "," + string(value)
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			return flush()
+		}
+	}
+}
+
+type stanza struct {
+	name, version, arch, filename, size, sha256, depends string
+}
+
+func (s stanza) pkg() (*Package, error) {
+	p := Paragraph{"Package": s.name, "Version": s.version, "Architecture": s.arch, "Filename": s.filename,
+		"Size": s.size, "SHA256": s.sha256}
+	pkg, err := packageFromParagraph(p)
+	if err != nil {
+		return nil, err
+	}
+	pkg.depends = s.depends
+	return pkg, nil
 }
 
 func packageFromParagraph(p Paragraph) (*Package, error) {
@@ -326,7 +405,7 @@ func packageFromParagraph(p Paragraph) (*Package, error) {
 		Arch:     p.Get("Architecture"),
 		Filename: p.Get("Filename"),
 		SHA256:   strings.ToLower(p.Get("SHA256")),
-		Depends:  ParseRelations(p.Get("Pre-Depends") + "," + p.Get("Depends")),
+		depends:  p.Get("Pre-Depends") + "," + p.Get("Depends"),
 	}
 	size, err := strconv.ParseInt(p.Get("Size"), 10, 64)
 	if pkg.Name == "" || pkg.Version == "" || pkg.Filename == "" || len(pkg.SHA256) != 64 || err != nil || size < 0 {

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/bangerdev/banger/internal/debmirror"
+	"github.com/bangerdev/banger/internal/hostexec"
 	"github.com/bangerdev/banger/internal/progress"
 )
 
@@ -104,15 +105,15 @@ func FetchDebian(ctx context.Context, m *debmirror.Mirror, meta, dir string) (*D
 	return &DebianPackages{Kernel: kp, KernelDeb: kdeb, Busybox: bp, BusyboxDeb: bdeb}, nil
 }
 
-// ExtractBusybox unpacks a busybox-static .deb and copies its bin/busybox
-// to dst.
-func ExtractBusybox(deb, dst string) error {
+// ExtractBusybox unpacks a busybox-static .deb and moves its bin/busybox
+// to dst (runner: see ExtractDebWith).
+func ExtractBusybox(ctx context.Context, runner hostexec.Runner, deb, dst string) error {
 	tmp, err := os.MkdirTemp(filepath.Dir(dst), ".busybox-*")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	if err := ExtractDeb(deb, tmp); err != nil {
+	if err := ExtractDebWith(ctx, runner, deb, tmp); err != nil {
 		return fmt.Errorf("extract %s: %w", filepath.Base(deb), err)
 	}
 	for _, p := range []string{"bin/busybox", "usr/bin/busybox"} {
@@ -127,15 +128,16 @@ func ExtractBusybox(deb, dst string) error {
 // BuildFromDeb extracts a linux-image .deb into dir (which must be empty or
 // missing) and writes the artifacts: vmlinuz, vmlinux (extracted ELF),
 // modules/<version>/ (with a generated modules.dep when the package has
-// none), config, and initrd.img built with the busybox binary.
-func BuildFromDeb(ctx context.Context, kernelDeb, busybox, dir string) (*Build, error) {
+// none), config, and initrd.img built with the busybox binary. runner (may
+// be nil) runs the host decompressor; see ExtractDebWith.
+func BuildFromDeb(ctx context.Context, runner hostexec.Runner, kernelDeb, busybox, dir string) (*Build, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
 	x := filepath.Join(dir, ".extract")
 	defer os.RemoveAll(x)
 	progress.Stage(ctx, "extract", filepath.Base(kernelDeb))
-	if err := ExtractDeb(kernelDeb, x); err != nil {
+	if err := ExtractDebWith(ctx, runner, kernelDeb, x); err != nil {
 		return nil, fmt.Errorf("extract %s: %w", filepath.Base(kernelDeb), err)
 	}
 	vmlinuz, _ := filepath.Glob(filepath.Join(x, "boot", "vmlinuz-*"))

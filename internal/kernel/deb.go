@@ -4,7 +4,7 @@ import (
 	"archive/tar"
 	"bufio"
 	"bytes"
-	"compress/gzip"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -14,8 +14,8 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/klauspost/compress/zstd"
-	"github.com/ulikunitz/xz"
+	"github.com/bangerdev/banger/internal/debmirror"
+	"github.com/bangerdev/banger/internal/hostexec"
 )
 
 // ErrUnsafePath is wrapped by archive extraction errors for entries that
@@ -31,19 +31,26 @@ var ErrUnsafePath = errors.New("unsafe path in archive")
 // ErrUnsafePath; on any error the partial tree is left for the caller to
 // remove (extract into a fresh temporary directory).
 func ExtractDeb(debPath, dstDir string) error {
+	return ExtractDebWith(context.Background(), nil, debPath, dstDir)
+}
+
+// ExtractDebWith is ExtractDeb decompressing data.tar through the host's
+// xz/zstd/gzip run by runner (much faster for kernel packages; see
+// debmirror.Decompress); a nil runner uses the Go decoders.
+func ExtractDebWith(ctx context.Context, runner hostexec.Runner, debPath, dstDir string) error {
 	f, err := os.Open(debPath)
 	if err != nil {
 		return fmt.Errorf("open deb: %w", err)
 	}
 	defer f.Close()
-	return extractDebReader(f, dstDir, 0)
+	return extractDebReader(ctx, runner, f, dstDir, 0)
 }
 
 // maxDebMember bounds what one ar member may declare (and tar entries may
 // unpack) so a hostile package cannot fill the disk unnoticed: 8 GiB.
 const maxDebMember = 8 << 30
 
-func extractDebReader(r io.Reader, dstDir string, limit int64) error {
+func extractDebReader(ctx context.Context, runner hostexec.Runner, r io.Reader, dstDir string, limit int64) error {
 	if limit <= 0 {
 		limit = maxDebMember
 	}
@@ -70,12 +77,22 @@ func extractDebReader(r io.Reader, dstDir string, limit int64) error {
 		}
 		body := io.LimitReader(br, size)
 		if strings.HasPrefix(name, "data.tar") {
-			dec, closeFn, err := decompressor(name, body)
+			if name != "data.tar" && !strings.HasSuffix(name, ".xz") && !strings.HasSuffix(name, ".zst") && !strings.HasSuffix(name, ".gz") {
+				return fmt.Errorf("read deb %s: unsupported compression (want .xz, .zst, .gz or none)", name)
+			}
+			dec, err := debmirror.Decompress(ctx, runner, name, body)
 			if err != nil {
 				return fmt.Errorf("read deb %s: %w", name, err)
 			}
-			defer closeFn()
-			return extractTar(dec, dstDir, limit)
+			defer dec.Close()
+			if err := extractTar(dec, dstDir, limit); err != nil {
+				return err
+			}
+			// drain so a decompressor error at the end of the stream surfaces
+			if _, err := io.Copy(io.Discard, dec); err != nil {
+				return fmt.Errorf("read deb %s: %w", name, err)
+			}
+			return nil
 		}
 		if _, err := io.Copy(io.Discard, body); err != nil {
 			return fmt.Errorf("read deb: %w", err)
@@ -86,29 +103,6 @@ func extractDebReader(r io.Reader, dstDir string, limit int64) error {
 			}
 		}
 	}
-}
-
-func decompressor(name string, r io.Reader) (io.Reader, func(), error) {
-	switch {
-	case name == "data.tar":
-		return r, func() {}, nil
-	case strings.HasSuffix(name, ".xz"):
-		x, err := xz.NewReader(r)
-		return x, func() {}, err
-	case strings.HasSuffix(name, ".zst"):
-		z, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1))
-		if err != nil {
-			return nil, nil, err
-		}
-		return z, z.Close, nil
-	case strings.HasSuffix(name, ".gz"):
-		g, err := gzip.NewReader(r)
-		if err != nil {
-			return nil, nil, err
-		}
-		return g, func() { g.Close() }, nil
-	}
-	return nil, nil, fmt.Errorf("unsupported compression (want .xz, .zst, .gz or none)")
 }
 
 // cleanEntry maps a tar entry name to a path relative to the root, or
@@ -268,7 +262,8 @@ func removeNonDir(p string) error {
 	return os.Remove(p)
 }
 
-// bytesReader is a tiny helper for tests and fuzzing.
+// extractDebBytes is ExtractDeb on an in-memory package with a size
+// limit (tests and fuzzing).
 func extractDebBytes(data []byte, dst string, limit int64) error {
-	return extractDebReader(bytes.NewReader(data), dst, limit)
+	return extractDebReader(context.Background(), nil, bytes.NewReader(data), dst, limit)
 }

@@ -132,7 +132,7 @@ func BuildInitramfs(ctx context.Context, opts InitramfsOptions) (*InitramfsResul
 	}
 
 	var buf bytes.Buffer
-	gz, _ := gzip.NewWriterLevel(&buf, gzip.BestCompression)
+	gz, _ := gzip.NewWriterLevel(&buf, gzip.DefaultCompression)
 	cw := &cpioWriter{w: gz}
 	for _, d := range []string{"bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "run", "tmp", "newroot", "etc", "etc/banger", "lib", "lib/modules"} {
 		cw.Dir(d, 0o755)

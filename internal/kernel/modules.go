@@ -172,11 +172,22 @@ func ReadModule(path string) ([]byte, error) {
 
 // moduleDepends reads the "depends=" entry of a module's .modinfo section.
 func moduleDepends(path string) ([]string, error) {
-	b, err := ReadModule(path)
-	if err != nil {
-		return nil, err
+	var r io.ReaderAt
+	if strings.HasSuffix(path, ".ko") { // read only the headers and .modinfo
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		r = f
+	} else {
+		b, err := ReadModule(path)
+		if err != nil {
+			return nil, err
+		}
+		r = bytes.NewReader(b)
 	}
-	info, err := modinfo(b)
+	info, err := modinfo(r)
 	if err != nil {
 		return nil, err
 	}
@@ -189,8 +200,8 @@ func moduleDepends(path string) ([]string, error) {
 	return deps, nil
 }
 
-func modinfo(ko []byte) (map[string]string, error) {
-	ef, err := elf.NewFile(bytes.NewReader(ko))
+func modinfo(ko io.ReaderAt) (map[string]string, error) {
+	ef, err := elf.NewFile(ko)
 	if err != nil {
 		return nil, fmt.Errorf("not an ELF module: %w", err)
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/bangerdev/banger/internal/debmirror"
 	"github.com/bangerdev/banger/internal/hostexec"
 	"github.com/bangerdev/banger/internal/kernel"
+	"github.com/bangerdev/banger/internal/progress"
 	"github.com/bangerdev/banger/internal/testreq"
 )
 
@@ -63,6 +64,15 @@ func Kernel(t testing.TB) *Artifacts {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	start := time.Now()
+	last, lastStage := start, ""
+	ctx = progress.WithSink(ctx, func(e progress.Event) {
+		if e.Fraction < 0 || lastStage == "" {
+			if lastStage != "" {
+				t.Logf("testguest: stage %-14s %6s", lastStage, e.Time.Sub(last).Round(time.Millisecond))
+			}
+			last, lastStage = e.Time, e.Stage+" "+e.Message
+		}
+	})
 	a, err := build(ctx, m, dir)
 	if err != nil {
 		t.Fatalf("testguest: building kernel artifacts from %s failed: %v", m.URL, err)
@@ -82,11 +92,11 @@ func build(ctx context.Context, m *debmirror.Mirror, dir string) (*Artifacts, er
 		return nil, err
 	}
 	bb := filepath.Join(work, "busybox")
-	if err := kernel.ExtractBusybox(pkgs.BusyboxDeb, bb); err != nil {
+	if err := kernel.ExtractBusybox(ctx, hostexec.Real{}, pkgs.BusyboxDeb, bb); err != nil {
 		return nil, err
 	}
 	out := filepath.Join(work, "out")
-	b, err := kernel.BuildFromDeb(ctx, pkgs.KernelDeb, bb, out)
+	b, err := kernel.BuildFromDeb(ctx, hostexec.Real{}, pkgs.KernelDeb, bb, out)
 	if err != nil {
 		return nil, err
 	}

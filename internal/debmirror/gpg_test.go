@@ -88,10 +88,10 @@ func TestGPGVRealSignatures(t *testing.T) {
 	}
 
 	for name, body := range map[string][]byte{
-		"altered text":  bytes.Replace(signed, []byte("Codename: "+testSuite), []byte("Codename: "+testSuite+"x"), 1),
-		"altered hash":  alterHash(signed),
-		"untrusted key": other.clearsign(t, release),
-		"unsigned":      release,
+		"altered text":            bytes.Replace(signed, []byte("Codename: "+testSuite), []byte("Codename: "+testSuite+"x"), 1),
+		"altered hash":            alterHash(signed),
+		"untrusted key":           other.clearsign(t, release),
+		"unsigned":                release,
 		"prepended unsigned text": append([]byte("SHA256:\n "+strings.Repeat("0", 64)+" 1 main/binary-amd64/Packages.gz\n\n"), signed...),
 	} {
 		t.Run(name, func(t *testing.T) {

@@ -118,3 +118,72 @@ type OperationsList struct {
 type OperationsListParams struct {
 	All bool `json:"all,omitempty"` // include finished operations
 }
+
+// ImageName names one image.
+type ImageName struct {
+	Name string `json:"name"`
+}
+
+// ImageBuildParams are the inputs of image.build.
+type ImageBuildParams struct {
+	Recipe   string   `json:"recipe"` // "debian-bookworm"
+	Name     string   `json:"name,omitempty"`
+	Mirror   string   `json:"mirror,omitempty"`
+	Packages []string `json:"packages,omitempty"`
+	Variant  string   `json:"variant,omitempty"` // default | minbase
+	SizeMiB  int64    `json:"size_mib,omitempty"`
+	Kernel   string   `json:"kernel,omitempty"`
+	Replace  bool     `json:"replace,omitempty"`
+}
+
+// ImagePullParams are the inputs of image.pull.
+type ImagePullParams struct {
+	Ref      string `json:"ref"`
+	Name     string `json:"name,omitempty"`
+	SizeMiB  int64  `json:"size_mib,omitempty"`
+	Kernel   string `json:"kernel,omitempty"`
+	Insecure bool   `json:"insecure,omitempty"`
+	Replace  bool   `json:"replace,omitempty"`
+}
+
+// ImageRegisterParams are the inputs of image.register.
+type ImageRegisterParams struct {
+	Name   string `json:"name"`
+	Rootfs string `json:"rootfs"`
+	Kernel string `json:"kernel,omitempty"`
+}
+
+// ImageList is the result of image.list.
+type ImageList struct {
+	Images []*model.Image `json:"images"`
+}
+
+// PruneParams ask for a dry run or the real thing.
+type PruneParams struct {
+	DryRun bool `json:"dry_run,omitempty"`
+}
+
+// KernelName names one kernel.
+type KernelName struct {
+	Name string `json:"name"`
+}
+
+// KernelPullParams are the inputs of kernel.pull.
+type KernelPullParams struct {
+	Source string `json:"source"` // "debian"
+	Name   string `json:"name,omitempty"`
+}
+
+// KernelImportParams are the inputs of kernel.import.
+type KernelImportParams struct {
+	Name       string `json:"name"`
+	Deb        string `json:"deb,omitempty"`
+	Vmlinux    string `json:"vmlinux,omitempty"`
+	Initrd     string `json:"initrd,omitempty"`
+	ModulesDir string `json:"modules_dir,omitempty"`
+}
+
+// KernelList is the result of kernel.list.
+type KernelList struct {
+	Kernels []*model.Kernel `json:"kernels"`
+}

@@ -18,6 +18,7 @@ import (
 	"github.com/bangerdev/banger/internal/buildinfo"
 	"github.com/bangerdev/banger/internal/config"
 	"github.com/bangerdev/banger/internal/hostexec"
+	"github.com/bangerdev/banger/internal/image"
 	"github.com/bangerdev/banger/internal/model"
 	"github.com/bangerdev/banger/internal/paths"
 	"github.com/bangerdev/banger/internal/privops"
@@ -60,6 +61,7 @@ type Daemon struct {
 	ops       *Operations
 	locks     *keyLocks
 	lifecycle Lifecycle
+	images    *image.Store
 	srv       *rpc.Server
 
 	stopOnce sync.Once
@@ -88,7 +90,7 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 	st, err := store.Open(ctx, o.Layout.DBPath())
 	if err != nil {
 		lf.Close()
-		return nil, fmt.Errorf("open state store %s: %w", o.Layout.DBPath(), err)
+		return nil, err
 	}
 	d := &Daemon{
 		layout:   o.Layout,
@@ -103,6 +105,7 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 		lockFile: lf,
 	}
 	d.ops = NewOperations(st, o.Now, o.Logger)
+	d.images = d.newImageStore()
 	d.srv = rpc.NewServer(rpc.ServerOptions{Logger: o.Logger, Version: o.Build.Version, Commit: o.Build.Commit})
 	d.register()
 	return d, nil
@@ -184,4 +187,5 @@ func (d *Daemon) register() {
 	s.Handle(api.MethodVMShow, rpc.Typed(d.vmShow))
 	s.Handle(api.MethodVMDelete, rpc.Typed(d.vmDelete))
 	s.Handle(api.MethodVMPrune, rpc.Typed(d.vmPrune))
+	d.registerImages()
 }

@@ -32,8 +32,17 @@ type qemuGuest struct {
 	launchQ chan launchReq
 }
 
-func newQEMUGuest(srv *Server, logger *slog.Logger) (*qemuGuest, error) {
-	dir, err := os.MkdirTemp("", "fakefc-")
+// newQEMUGuest keeps QEMU's files next to the API socket (so a SIGKILLed
+// fake leaves nothing elsewhere), or in a temp dir when that path would be
+// too long for QMP's unix socket.
+func newQEMUGuest(srv *Server, sockPath string, logger *slog.Logger) (*qemuGuest, error) {
+	dir := filepath.Join(filepath.Dir(sockPath), "fakefc-qemu")
+	var err error
+	if len(filepath.Join(dir, qemu.QMPSocketName)) > vmm.MaxSocketPath {
+		dir, err = os.MkdirTemp("", "fakefc-")
+	} else {
+		err = os.MkdirAll(dir, 0o700)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -80,7 +80,7 @@ func firecrackerMain(args []string) int {
 	switch *bootMode {
 	case BootNone:
 	case BootQEMU:
-		guest, err = newQEMUGuest(srv, logger)
+		guest, err = newQEMUGuest(srv, sockPath, logger)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "fakefc:", err)
 			return 1

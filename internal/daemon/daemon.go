@@ -62,6 +62,8 @@ type Daemon struct {
 	locks     *keyLocks
 	lifecycle Lifecycle
 	images    *image.Store
+	kernels   kernelService
+	rt        runtimeState // VM runtime services; see lifecycle.go
 	srv       *rpc.Server
 
 	stopOnce sync.Once
@@ -106,6 +108,12 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 	}
 	d.ops = NewOperations(st, o.Now, o.Logger)
 	d.images = d.newImageStore()
+	d.kernels = d.newKernelStore()
+	if err := d.initRuntime(ctx); err != nil {
+		st.Close()
+		lf.Close()
+		return nil, err
+	}
 	d.srv = rpc.NewServer(rpc.ServerOptions{Logger: o.Logger, Version: o.Build.Version, Commit: o.Build.Commit})
 	d.register()
 	return d, nil
@@ -142,7 +150,9 @@ func (d *Daemon) Serve(ctx context.Context) error {
 		return fmt.Errorf("listen on %s: %w", sock, err)
 	}
 	d.logger.Info("bangerd serving", "socket", sock, "version", d.build.Version, "pid", os.Getpid())
+	d.startRuntime(ctx)
 	err = d.srv.Serve(ctx, ln)
+	d.stopRuntime()
 	_ = os.Remove(sock)
 	return err
 }
@@ -188,4 +198,6 @@ func (d *Daemon) register() {
 	s.Handle(api.MethodVMDelete, rpc.Typed(d.vmDelete))
 	s.Handle(api.MethodVMPrune, rpc.Typed(d.vmPrune))
 	d.registerImages()
+	d.registerKernels()
+	d.registerLifecycle()
 }

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -70,20 +71,21 @@ func TestReadPIDFileAndFind(t *testing.T) {
 			t.Errorf("%q: %v", garbage, err)
 		}
 	}
-	cmd := exec.Command("sleep", "30", "marker-for-find")
+	cmd := exec.Command("sh", "-c", "sleep 30; :", "marker-for-find")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	defer func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); _ = cmd.Wait() }()
 	os.WriteFile(p, []byte(" 123\n"), 0o644)
 	os.WriteFile(p, []byte(itoa(cmd.Process.Pid)+"\n"), 0o644)
-	if pid, err := FindProcess(p, "sleep", "marker-for-find"); err != nil || pid != cmd.Process.Pid {
+	if pid, err := FindProcess(p, "sh", "marker-for-find"); err != nil || pid != cmd.Process.Pid {
 		t.Errorf("find: %d %v", pid, err)
 	}
 	if _, err := FindProcess(p, "qemu-system-x86_64", "marker-for-find"); !errors.Is(err, model.ErrNotRunning) {
 		t.Errorf("wrong comm: %v", err)
 	}
-	if _, err := FindProcess(p, "sleep", "other-marker"); !errors.Is(err, model.ErrNotRunning) {
+	if _, err := FindProcess(p, "sh", "other-marker"); !errors.Is(err, model.ErrNotRunning) {
 		t.Errorf("wrong marker: %v", err)
 	}
 }

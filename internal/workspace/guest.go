@@ -1,0 +1,277 @@
+package workspace
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"path"
+	"strings"
+	"time"
+)
+
+// Remote runs one shell command in the guest. *guest.Client implements it.
+//
+// Contract: Run runs cmd with the guest user's login shell (`sh -c`
+// semantics, as ssh does), feeds it stdin until stdin returns EOF or an
+// error (then closes the command's stdin), copies its stdout and stderr to
+// the writers (nil = discard), and returns the command's exit status.
+// A command killed by a signal returns a non-zero status. err is non-nil
+// only when the command could not be run or the transport failed; it must
+// return promptly when ctx ends.
+type Remote interface {
+	Run(ctx context.Context, cmd string, stdin io.Reader, stdout, stderr io.Writer) (int, error)
+}
+
+// stopGrace is how long Prepare lets the guest notice a failed stream
+// (stdin closed early) before it cancels the remote command.
+const stopGrace = 10 * time.Second
+
+// CheckGuestPath validates a guest workspace path: absolute, clean, not
+// "/", no NUL or newline.
+func CheckGuestPath(p string) error {
+	switch {
+	case p == "" || p[0] != '/':
+		return fmt.Errorf("guest path %q must be absolute: %w", p, ErrInvalidOptions)
+	case strings.ContainsAny(p, "\x00\n"):
+		return fmt.Errorf("guest path %q contains a newline or NUL: %w", p, ErrInvalidOptions)
+	case path.Clean(p) != p:
+		return fmt.Errorf("guest path %q is not clean (want %q): %w", p, path.Clean(p), ErrInvalidOptions)
+	case p == "/":
+		return fmt.Errorf("guest path %q: pick a directory such as %s: %w", p, DefaultGuestPath, ErrInvalidOptions)
+	}
+	return nil
+}
+
+// GuestScript returns the shell command that, run in the guest with the
+// tar stream from Stream on its stdin, installs the workspace at guestPath:
+//
+//   - checks git and tar are installed, and that guestPath is absent, an
+//     empty directory, or (with o.Replace) anything;
+//   - extracts the stream into a temporary sibling directory (keeping
+//     permission bits, not owners), refuses it unless the completion
+//     marker arrived (so a truncated stream changes nothing);
+//   - builds the index from the shipped entries (`git update-index
+//     --index-info`), restores skip-worktree bits, refreshes it (`git
+//     update-index --refresh`, which hashes the work tree once), deletes
+//     the shipping files;
+//   - with o.ReadOnly, `chmod a-w` on everything but .git;
+//   - renames the result to guestPath (replacing the old tree with
+//     o.Replace).
+//
+// Exit statuses: 0 ok; 2 guestPath in the way; 3 truncated stream;
+// 127 git or tar missing; others from the failing tool.
+func GuestScript(guestPath string, o Options) string {
+	var b strings.Builder
+	b.WriteString("set -eu\numask 022\n")
+	fmt.Fprintf(&b, "dest=%s\n", shellQuote(guestPath))
+	b.WriteString(`for t in git tar mktemp find; do
+  command -v "$t" >/dev/null 2>&1 || { echo "banger: $t is not installed in the guest; install it in the image (the default image has it)" >&2; exit 127; }
+done
+if [ -e "$dest" ] || [ -L "$dest" ]; then
+  if [ ! -d "$dest" ] || [ -L "$dest" ]; then echo "banger: $dest exists and is not a directory; remove it or pick another guest path" >&2; exit 2; fi
+`)
+	if !o.Replace {
+		b.WriteString(`  if [ -n "$(ls -A -- "$dest")" ]; then echo "banger: $dest is not empty; re-sync with replace, or pick another guest path" >&2; exit 2; fi
+`)
+	}
+	b.WriteString(`fi
+mkdir -p -- "$(dirname -- "$dest")"
+tmp=$(mktemp -d -- "$dest.banger-XXXXXX")
+trap 'chmod -R u+w -- "$tmp" 2>/dev/null; rm -rf -- "$tmp"' EXIT
+tar -x -p -o -f - -C "$tmp"
+if [ ! -f "$tmp/` + completeMarker + `" ]; then echo "banger: the workspace stream ended early; nothing was changed in $dest" >&2; exit 3; fi
+cd -- "$tmp"
+git update-index -z --index-info < .git/banger/index-info
+if [ -f .git/banger/skip-worktree ]; then git update-index -z --skip-worktree --stdin < .git/banger/skip-worktree; fi
+git update-index -q --unmerged --refresh >/dev/null 2>&1 || true
+rm -rf .git/banger
+chmod 0755 .
+`)
+	if o.ReadOnly {
+		b.WriteString(`find . -path ./.git -prune -o ! -type l -exec chmod a-w {} +
+`)
+	}
+	b.WriteString(`cd /
+if [ -e "$dest" ]; then
+`)
+	if o.Replace {
+		b.WriteString(`  chmod -R u+w -- "$dest" 2>/dev/null || true
+  rm -rf -- "$dest"
+`)
+	} else {
+		b.WriteString(`  rmdir -- "$dest"
+`)
+	}
+	b.WriteString(`fi
+mv -T -- "$tmp" "$dest"
+trap - EXIT
+`)
+	return b.String()
+}
+
+// Prepare copies the workspace of snap into the guest at guestPath: Stream
+// piped into ONE remote command, GuestScript(guestPath, snap.Options). It
+// reports progress (stage "workspace") through the context's progress sink.
+// The guest tree changes only if the whole stream arrived. A guest-side
+// failure is a *GuestError (errors.Is ErrGuest) carrying the guest's
+// message.
+func Prepare(ctx context.Context, remote Remote, snap *Snapshot, guestPath string) (Stats, error) {
+	start := time.Now()
+	if err := CheckGuestPath(guestPath); err != nil {
+		return Stats{}, err
+	}
+	pr, pw := io.Pipe()
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	type streamResult struct {
+		stats Stats
+		err   error
+	}
+	streamed := make(chan streamResult, 1)
+	go func() {
+		st, err := Stream(ctx, snap, pw)
+		if err != nil {
+			pw.CloseWithError(err)
+		} else {
+			pw.Close()
+		}
+		streamed <- streamResult{st, err}
+	}()
+
+	type runResult struct {
+		status int
+		err    error
+	}
+	ran := make(chan runResult, 1)
+	stderr := &tailBuffer{max: 16 << 10}
+	go func() {
+		status, err := remote.Run(rctx, GuestScript(guestPath, snap.Options), pr, io.Discard, stderr)
+		// Unblock Stream if the guest stopped reading early.
+		pr.CloseWithError(errGuestStopped)
+		ran <- runResult{status, err}
+	}()
+
+	var sr streamResult
+	var rr runResult
+	select {
+	case sr = <-streamed:
+		if sr.err != nil {
+			select {
+			case rr = <-ran:
+			case <-time.After(stopGrace):
+				cancel()
+				rr = <-ran
+			}
+		} else {
+			rr = <-ran
+		}
+	case rr = <-ran:
+		sr = <-streamed
+	}
+	sr.stats.Elapsed = time.Since(start)
+	switch {
+	case rr.err != nil && sr.err != nil && !errors.Is(sr.err, errGuestStopped):
+		return sr.stats, fmt.Errorf("workspace prepare: %w", sr.err)
+	case rr.err != nil:
+		return sr.stats, fmt.Errorf("workspace prepare: run in guest: %w", rr.err)
+	case rr.status != 0:
+		if sr.err != nil && !errors.Is(sr.err, errGuestStopped) && rr.status == 3 {
+			return sr.stats, fmt.Errorf("workspace prepare: %w", sr.err)
+		}
+		return sr.stats, &GuestError{Op: "prepare", Status: rr.status, Stderr: stderr.String()}
+	case sr.err != nil:
+		return sr.stats, fmt.Errorf("workspace prepare: %w", sr.err)
+	}
+	return sr.stats, nil
+}
+
+var errGuestStopped = errors.New("the guest stopped reading the workspace stream")
+
+// ExportScript returns the shell command Export runs in the guest. It
+// prints `git diff --cached --binary` of the whole work tree (tracked
+// changes, deletions, mode changes and new files that are not ignored)
+// against baseCommit — "" means refs/banger/base, the HEAD shipped by
+// Prepare, or the empty tree when none was shipped. It stages into a
+// temporary copy of the index (GIT_INDEX_FILE), so the guest's own index,
+// and therefore its staged/unstaged state, is never touched; the temporary
+// copy is removed on exit.
+func ExportScript(guestPath, baseCommit string) string {
+	var b strings.Builder
+	b.WriteString("set -eu\n")
+	fmt.Fprintf(&b, "dest=%s\nbase=%s\n", shellQuote(guestPath), shellQuote(baseCommit))
+	b.WriteString(`command -v git >/dev/null 2>&1 || { echo "banger: git is not installed in the guest" >&2; exit 127; }
+cd -- "$dest" 2>/dev/null || { echo "banger: no workspace at $dest (prepare one first)" >&2; exit 2; }
+[ "$(git rev-parse --show-toplevel 2>/dev/null)" = "$(pwd -P)" ] || { echo "banger: $dest is not the top of a git work tree" >&2; exit 2; }
+if [ -n "$base" ]; then
+  case "$base" in -*) echo "banger: base commit $base is not a commit" >&2; exit 2;; esac
+  rev=$(git rev-parse --verify -q "$base^{commit}") || { echo "banger: base commit $base is not in the guest's repository (its history is shallow: pick a commit shipped with the workspace, e.g. the HEAD it was prepared from)" >&2; exit 2; }
+else
+  rev=$(git rev-parse --verify -q 'refs/banger/base^{commit}') || rev=$(git hash-object -t tree /dev/null)
+fi
+tmp=$(mktemp -d)
+trap 'rm -rf -- "$tmp"' EXIT
+idx=$(git rev-parse --git-path index)
+if [ -f "$idx" ]; then cp -- "$idx" "$tmp/index"; fi
+GIT_INDEX_FILE="$tmp/index"
+export GIT_INDEX_FILE
+git add -A
+git diff --cached --binary --full-index --no-color --no-ext-diff --no-textconv --no-renames --no-relative --src-prefix=a/ --dst-prefix=b/ "$rev" --
+`)
+	return b.String()
+}
+
+// Export writes to w a binary-safe git patch (see ExportScript) of
+// everything changed in the guest's workspace at guestPath relative to
+// baseCommit ("" = the HEAD recorded at prepare). `git apply` takes it on
+// the host in a checkout of the base commit. It does not modify the
+// guest's index or work tree. On error w may have received part of the
+// patch: write to a temporary file and rename on success.
+func Export(ctx context.Context, remote Remote, guestPath string, baseCommit string, w io.Writer) error {
+	if err := CheckGuestPath(guestPath); err != nil {
+		return err
+	}
+	if strings.ContainsAny(baseCommit, "\x00\n") || strings.HasPrefix(baseCommit, "-") {
+		return fmt.Errorf("base commit %q is not a commit: %w", baseCommit, ErrInvalidOptions)
+	}
+	stderr := &tailBuffer{max: 16 << 10}
+	status, err := remote.Run(ctx, ExportScript(guestPath, baseCommit), nil, w, stderr)
+	if err != nil {
+		return fmt.Errorf("workspace export: run in guest: %w", err)
+	}
+	if status != 0 {
+		return &GuestError{Op: "export", Status: status, Stderr: stderr.String()}
+	}
+	return nil
+}
+
+// shellQuote quotes s for a POSIX shell.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// tailBuffer keeps the last max bytes written.
+type tailBuffer struct {
+	buf bytes.Buffer
+	max int
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.buf.Write(p)
+	if t.buf.Len() > 2*t.max {
+		keep := append([]byte(nil), t.buf.Bytes()[t.buf.Len()-t.max:]...)
+		t.buf.Reset()
+		t.buf.Write(keep)
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) String() string {
+	b := t.buf.Bytes()
+	if len(b) > t.max {
+		b = b[len(b)-t.max:]
+	}
+	return string(b)
+}

@@ -22,6 +22,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/bangerdev/banger/internal/hostexec"
 	"github.com/bangerdev/banger/internal/model"
 	"github.com/bangerdev/banger/internal/privops"
 	"github.com/bangerdev/banger/internal/vmm"
@@ -57,6 +58,8 @@ type Config struct {
 	Accel        string        // "" = kvm when usable else tcg; "kvm" or "tcg" to force
 	KVMDevice    string        // default /dev/kvm
 	StartTimeout time.Duration // until QMP answers "running"; default 60s
+	// Runner runs the QEMU probe of the KVM check; nil = hostexec.Real{}.
+	Runner hostexec.Runner
 }
 
 // Driver implements vmm.Driver and vmm.Pauser with QEMU.
@@ -65,6 +68,7 @@ type Driver struct {
 	launcher vmm.Launcher
 	log      *slog.Logger
 
+	kvmProbe  func(dev string) error // KVMUsable; replaced in tests
 	accelOnce sync.Once
 	accel     string
 	accelWhy  string
@@ -90,10 +94,13 @@ func New(cfg Config, launcher vmm.Launcher, logger *slog.Logger) (*Driver, error
 	if cfg.StartTimeout == 0 {
 		cfg.StartTimeout = 60 * time.Second
 	}
+	if cfg.Runner == nil {
+		cfg.Runner = hostexec.Real{}
+	}
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Driver{cfg: cfg, launcher: launcher, log: logger}, nil
+	return &Driver{cfg: cfg, launcher: launcher, log: logger, kvmProbe: KVMUsable}, nil
 }
 
 // Name implements vmm.Driver.
@@ -117,8 +124,10 @@ func (d *Driver) Accel() (accel, reason string) {
 		case AccelKVM, AccelTCG:
 			d.accel, d.accelWhy = d.cfg.Accel, "set in config"
 		default:
-			if err := KVMUsable(d.cfg.KVMDevice); err != nil {
+			if err := d.kvmProbe(d.cfg.KVMDevice); err != nil {
 				d.accel, d.accelWhy = AccelTCG, "kvm not usable: "+err.Error()
+			} else if err := d.probeQEMUKVM(); err != nil {
+				d.accel, d.accelWhy = AccelTCG, "kvm not usable by qemu: "+err.Error()
 			} else {
 				d.accel, d.accelWhy = AccelKVM, d.cfg.KVMDevice+" works"
 			}
@@ -126,6 +135,24 @@ func (d *Driver) Accel() (accel, reason string) {
 		d.log.Info("qemu accelerator", "accel", d.accel, "reason", d.accelWhy)
 	})
 	return d.accel, d.accelWhy
+}
+
+// probeQEMUKVM creates (without running) this machine type under KVM with
+// the CPU model Start uses: some hosts pass the ioctl probe but make QEMU
+// abort while loading the vCPU's MSRs (seen here: "failed to set MSR 0x10a").
+func (d *Driver) probeQEMUKVM() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	machine := "q35"
+	if d.cfg.Machine == MachineMicrovm {
+		machine = "microvm,x-option-roms=off,pit=on,pic=on,isa-serial=on,rtc=on,pcie=off"
+	}
+	_, err := d.cfg.Runner.Run(ctx, hostexec.Cmd{
+		Name:  d.cfg.Binary,
+		Args:  []string{"-machine", machine, "-accel", "kvm", "-cpu", "host", "-m", "64", "-nodefaults", "-no-user-config", "-display", "none", "-S", "-qmp", "stdio"},
+		Stdin: strings.NewReader(`{"execute":"qmp_capabilities"}` + "\n" + `{"execute":"quit"}` + "\n"),
+	})
+	return err
 }
 
 // qemuValue escapes a value for QEMU's comma-separated option syntax.

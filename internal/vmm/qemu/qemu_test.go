@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bangerdev/banger/internal/hostexec"
 	"github.com/bangerdev/banger/internal/model"
 	"github.com/bangerdev/banger/internal/privops"
 	"github.com/bangerdev/banger/internal/testreq"
@@ -101,6 +102,29 @@ func TestKVMUsable(t *testing.T) {
 		t.Errorf("forced kvm = %s", accel)
 	}
 	t.Logf("/dev/kvm on this host: %v", KVMUsable("/dev/kvm"))
+}
+
+func TestAccelFallsBackWhenQEMUCannotUseKVM(t *testing.T) {
+	rec := &hostexec.Recorder{Respond: func(c hostexec.Cmd) (hostexec.Result, error) {
+		return hostexec.Result{ExitCode: 134}, &hostexec.ExitError{Cmd: c.String(), ExitCode: 134, Stderr: "failed to set MSR 0x10a to 0x69"}
+	}}
+	d, _ := New(Config{Runner: rec}, nil, nil)
+	d.kvmProbe = func(string) error { return nil }
+	accel, why := d.Accel()
+	if accel != AccelTCG || !strings.Contains(why, "MSR 0x10a") {
+		t.Errorf("accel %s (%s)", accel, why)
+	}
+	want := "qemu-system-x86_64 -machine microvm,x-option-roms=off,pit=on,pic=on,isa-serial=on,rtc=on,pcie=off -accel kvm -cpu host -m 64 -nodefaults -no-user-config -display none -S -qmp stdio"
+	if lines := rec.Lines(); len(lines) != 1 || lines[0] != want {
+		t.Errorf("probe %v", lines)
+	}
+	ok := &hostexec.Recorder{}
+	d, _ = New(Config{Runner: ok}, nil, nil)
+	d.kvmProbe = func(string) error { return nil }
+	if accel, _ := d.Accel(); accel != AccelKVM {
+		t.Errorf("probe success gave %s", accel)
+	}
+	t.Logf("real probe here: %v", func() string { d, _ := New(Config{}, nil, nil); a, w := d.Accel(); return a + ": " + w }())
 }
 
 // recordingLauncher records launches and starts nothing.

@@ -32,6 +32,7 @@ import (
 	"github.com/bangerdev/banger/internal/hostexec"
 	"github.com/bangerdev/banger/internal/model"
 	"github.com/bangerdev/banger/internal/progress"
+	"golang.org/x/sys/unix"
 )
 
 // Catalog records images by name. Implementations must be safe for
@@ -152,8 +153,9 @@ func checkExt4Magic(p string) error {
 	return nil
 }
 
-// sparseCopy copies src to dst keeping holes (all-zero 64 KiB chunks are
-// skipped).
+// sparseCopy copies src to dst keeping holes: only the data regions
+// reported by SEEK_DATA/SEEK_HOLE are read, and all-zero 64 KiB chunks in
+// them are skipped too.
 func sparseCopy(ctx context.Context, src, dst string) error {
 	in, err := os.Open(src)
 	if err != nil {
@@ -169,30 +171,42 @@ func sparseCopy(ctx context.Context, src, dst string) error {
 		return err
 	}
 	defer out.Close()
+	if err := out.Truncate(st.Size()); err != nil {
+		return err
+	}
 	buf := make([]byte, 1<<16)
 	var off int64
-	for {
+	for off < st.Size() {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		n, rerr := io.ReadFull(in, buf)
-		if n > 0 {
+		data, err := unix.Seek(int(in.Fd()), off, unix.SEEK_DATA)
+		if err != nil {
+			if errors.Is(err, unix.ENXIO) {
+				break // only a hole remains
+			}
+			data = off // SEEK_DATA unsupported: copy everything
+		}
+		hole, err := unix.Seek(int(in.Fd()), data, unix.SEEK_HOLE)
+		if err != nil {
+			hole = st.Size()
+		}
+		for p := data; p < hole; {
+			n := int64(len(buf))
+			if hole-p < n {
+				n = hole - p
+			}
+			if _, err := in.ReadAt(buf[:n], p); err != nil && err != io.EOF {
+				return err
+			}
 			if !allZero(buf[:n]) {
-				if _, err := out.WriteAt(buf[:n], off); err != nil {
+				if _, err := out.WriteAt(buf[:n], p); err != nil {
 					return err
 				}
 			}
-			off += int64(n)
+			p += n
 		}
-		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
-			break
-		}
-		if rerr != nil {
-			return rerr
-		}
-	}
-	if err := out.Truncate(st.Size()); err != nil {
-		return err
+		off = hole
 	}
 	return out.Sync()
 }

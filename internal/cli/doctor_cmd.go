@@ -80,7 +80,7 @@ func (a *app) doctorChecks() ([]doctor.Check, error) {
 	}
 	runner := hostexec.Real{}
 	cfg, cfgErr := config.Load(layout.ConfigFile(), config.DetectHost(), a.env.Getenv)
-	checks := []doctor.Check{doctor.HostArch(), doctor.KVM(kvmProbe)}
+	checks := []doctor.Check{doctor.HostArch()}
 	configCheck := doctor.Check{Name: "config", Run: func(ctx context.Context) doctor.Result {
 		if cfgErr != nil {
 			return doctor.Result{Status: doctor.Fail, Message: cfgErr.Error(), Hint: "fix " + layout.ConfigFile() + " (see docs/config.md)"}
@@ -94,6 +94,8 @@ func (a *app) doctorChecks() ([]doctor.Check, error) {
 	if cfgErr != nil {
 		cfg = config.Defaults(config.DetectHost())
 	}
+	kvmProbe := kvmProber(cfg.QEMU.Binary, cfg.QEMU.Machine)
+	checks = append(checks, doctor.KVM(kvmProbe))
 	checks = append(checks, doctor.Check{Name: "vm defaults", Run: func(ctx context.Context) doctor.Result {
 		p := cfg.Provenance
 		return doctor.Result{Status: doctor.Pass, Message: fmt.Sprintf("vcpu=%d (%s), memory=%s (%s), disk=%s (%s)",

@@ -80,7 +80,7 @@ if [ -e "$dest" ] || [ -L "$dest" ]; then
 mkdir -p -- "$(dirname -- "$dest")"
 tmp=$(mktemp -d -- "$dest.banger-XXXXXX")
 trap 'chmod -R u+w -- "$tmp" 2>/dev/null; rm -rf -- "$tmp"' EXIT
-tar -x -p -o -f - -C "$tmp"
+if ! tar -x -p -o -f - -C "$tmp"; then echo "banger: extracting the workspace failed (stream cut short, or guest disk full?); nothing was changed in $dest" >&2; exit 3; fi
 if [ ! -f "$tmp/` + completeMarker + `" ]; then echo "banger: the workspace stream ended early; nothing was changed in $dest" >&2; exit 3; fi
 cd -- "$tmp"
 git update-index -z --index-info < .git/banger/index-info
@@ -172,15 +172,14 @@ func Prepare(ctx context.Context, remote Remote, snap *Snapshot, guestPath strin
 		sr = <-streamed
 	}
 	sr.stats.Elapsed = time.Since(start)
+	// A failed stream is the cause of whatever the guest then did, unless
+	// it failed because the guest stopped reading.
 	switch {
-	case rr.err != nil && sr.err != nil && !errors.Is(sr.err, errGuestStopped):
+	case sr.err != nil && !errors.Is(sr.err, errGuestStopped):
 		return sr.stats, fmt.Errorf("workspace prepare: %w", sr.err)
 	case rr.err != nil:
 		return sr.stats, fmt.Errorf("workspace prepare: run in guest: %w", rr.err)
 	case rr.status != 0:
-		if sr.err != nil && !errors.Is(sr.err, errGuestStopped) && rr.status == 3 {
-			return sr.stats, fmt.Errorf("workspace prepare: %w", sr.err)
-		}
 		return sr.stats, &GuestError{Op: "prepare", Status: rr.status, Stderr: stderr.String()}
 	case sr.err != nil:
 		return sr.stats, fmt.Errorf("workspace prepare: %w", sr.err)

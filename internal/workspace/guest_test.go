@@ -1,0 +1,296 @@
+package workspace
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestExportRoundTrip(t *testing.T) {
+	e := newEnv(t)
+	repo := fixture(t, e, true)
+	ctx := context.Background()
+	snap, err := Inspect(ctx, e.runner(), repo, Options{IncludeUntracked: true, Depth: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	guest := filepath.Join(e.home, "repo")
+	if _, err := Prepare(ctx, e.remote(), snap, guest); err != nil {
+		t.Fatal(err)
+	}
+	// Work in the guest: change, add, delete, chmod, binary edit, retarget
+	// a symlink, new empty file, new file in a new directory, an ignored
+	// build output, and one staged change so the index has content.
+	write(t, guest, "run.sh", []byte("#!/bin/sh\necho changed in guest\n"), 0o755)
+	write(t, guest, "guest new.txt", []byte("added in guest\n"), 0o644)
+	write(t, guest, "new/nested dir/ü.txt", []byte("nested\n"), 0o644)
+	write(t, guest, "new-empty", nil, 0o644)
+	write(t, guest, "guest.bin", randomBytes(7, 300<<10), 0o644)
+	for _, p := range []string{"dir with space/file name.txt", "untracked.txt", "staged.txt"} {
+		if err := os.Remove(filepath.Join(guest, p)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Chmod(filepath.Join(guest, "empty"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(filepath.Join(guest, "run.sh"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(filepath.Join(guest, "bin", "other.bin"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte{0, 1, 2, 0xff, 0xfe}, 1000); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if err := os.Remove(filepath.Join(guest, "link")); err != nil {
+		t.Fatal(err)
+	}
+	symlink(t, guest, "link", "tool.sh")
+	write(t, guest, "build/guest-output.o", []byte("ignored"), 0o644)
+	write(t, guest, "unstaged.txt", []byte("staged in guest\n"), 0o644)
+	e.git(guest, "add", "unstaged.txt")
+
+	indexPath := filepath.Join(guest, ".git", "index")
+	before, err := os.ReadFile(indexPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	beforeStatus := e.git(guest, "status", "--porcelain")
+
+	var patch bytes.Buffer
+	if err := Export(ctx, e.remote(), guest, "", &patch); err != nil {
+		t.Fatal(err)
+	}
+	after, err := os.ReadFile(indexPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(before, after) {
+		t.Fatal("export changed the guest's index")
+	}
+	if s := e.git(guest, "status", "--porcelain"); s != beforeStatus {
+		t.Fatalf("export changed the guest's status:\n%s\nwas:\n%s", s, beforeStatus)
+	}
+	if strings.Contains(patch.String(), "guest-output.o") {
+		t.Fatal("patch contains an ignored file")
+	}
+	for _, want := range []string{"GIT binary patch", "new mode 100755", "old mode 100755", "deleted file mode", "new file mode 100644", "b/new-empty"} {
+		if !strings.Contains(patch.String(), want) {
+			t.Fatalf("patch lacks %q:\n%s", want, patch.String())
+		}
+	}
+	// No temporary index left behind in the guest.
+	if left, _ := filepath.Glob(filepath.Join(os.TempDir(), "tmp.*", "index")); len(left) > 0 {
+		t.Fatalf("temporary index left: %v", left)
+	}
+
+	// Apply on a fresh clone of the base commit: same tree as the guest.
+	clone := filepath.Join(t.TempDir(), "clone")
+	e.git("", "clone", "-q", repo, clone)
+	e.git(clone, "checkout", "-q", snap.Head)
+	patchFile := filepath.Join(t.TempDir(), "guest.patch")
+	if err := os.WriteFile(patchFile, patch.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.git(clone, "apply", patchFile)
+	// git records only the exec bit: compare that, not the full mode.
+	execOnly := func(m map[string]entry) map[string]entry {
+		for k, v := range m {
+			if v.Kind == "file" {
+				v.Mode &= 0o100
+				m[k] = v
+			}
+		}
+		return m
+	}
+	want := execOnly(keep(tree(t, guest), func(p string) bool { return !strings.HasPrefix(p, "build/") }))
+	if d := diffTrees(want, execOnly(tree(t, clone))); d != "" {
+		t.Fatalf("clone + patch differs from the guest:\n%s", d)
+	}
+
+	// An explicit base: the first commit (shipped with Depth 2).
+	first := strings.TrimSpace(e.git(repo, "rev-parse", "HEAD~1"))
+	patch.Reset()
+	if err := Export(ctx, e.remote(), guest, first, &patch); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(patch.String(), "b/history.txt") {
+		t.Fatal("patch against HEAD~1 lacks the second commit's file")
+	}
+	// A base the shallow guest does not have.
+	err = Export(ctx, e.remote(), guest, strings.Repeat("1", 40), io.Discard)
+	var ge *GuestError
+	if !errors.As(err, &ge) || !errors.Is(err, ErrGuest) || !strings.Contains(err.Error(), "not in the guest's repository") {
+		t.Fatalf("unknown base: got %v", err)
+	}
+	if err := Export(ctx, e.remote(), guest, "--output=/tmp/x", io.Discard); !errors.Is(err, ErrInvalidOptions) {
+		t.Fatalf("option-like base: got %v", err)
+	}
+	if err := Export(ctx, e.remote(), filepath.Join(e.home, "nothing"), "", io.Discard); !errors.As(err, &ge) || !strings.Contains(err.Error(), "no workspace") {
+		t.Fatalf("missing workspace: got %v", err)
+	}
+}
+
+func TestPrepareGuestDirectory(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	repo := t.TempDir()
+	e.git(repo, "init", "-q")
+	write(t, repo, "a.txt", []byte("one\n"), 0o644)
+	write(t, repo, "x/run", []byte("#!/bin/sh\n"), 0o755)
+	e.git(repo, "add", "-A")
+	e.git(repo, "commit", "-q", "-m", "one")
+	guest := filepath.Join(e.home, "w s", "repo")
+
+	snap, err := Inspect(ctx, e.runner(), repo, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Prepare(ctx, e.remote(), snap, guest); err != nil {
+		t.Fatal(err)
+	}
+	write(t, guest, "guest-work.txt", []byte("do not lose me"), 0o644)
+
+	t.Run("refuses a non-empty directory", func(t *testing.T) {
+		_, err := Prepare(ctx, e.remote(), snap, guest)
+		var ge *GuestError
+		if !errors.As(err, &ge) || ge.Status != 2 || !strings.Contains(err.Error(), "not empty") {
+			t.Fatalf("got %v", err)
+		}
+		if _, err := os.Stat(filepath.Join(guest, "guest-work.txt")); err != nil {
+			t.Fatal("guest work lost")
+		}
+	})
+
+	t.Run("replace and readonly", func(t *testing.T) {
+		write(t, repo, "a.txt", []byte("two\n"), 0o644)
+		snap, err := Inspect(ctx, e.runner(), repo, Options{Replace: true, ReadOnly: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Prepare(ctx, e.remote(), snap, guest); err != nil {
+			t.Fatal(err)
+		}
+		if data, _ := os.ReadFile(filepath.Join(guest, "a.txt")); string(data) != "two\n" {
+			t.Fatalf("a.txt = %q", data)
+		}
+		if _, err := os.Stat(filepath.Join(guest, "guest-work.txt")); !errors.Is(err, fs.ErrNotExist) {
+			t.Fatal("replace kept the old tree")
+		}
+		for _, p := range []string{".", "a.txt", "x", "x/run"} {
+			fi, err := os.Stat(filepath.Join(guest, p))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fi.Mode().Perm()&0o222 != 0 {
+				t.Fatalf("%s is writable: %v", p, fi.Mode())
+			}
+		}
+		if fi, _ := os.Stat(filepath.Join(guest, "x", "run")); fi.Mode().Perm() != 0o555 {
+			t.Fatalf("x/run mode %v, want r-xr-xr-x", fi.Mode())
+		}
+		// git still works: .git stays writable, and the guest sees the host's edit.
+		if s := e.git(guest, "status", "--porcelain"); s != " M a.txt\n" {
+			t.Fatalf("status %q", s)
+		}
+		// Replacing a read-only tree works too.
+		snap.Options.ReadOnly = false
+		if _, err := Prepare(ctx, e.remote(), snap, guest); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("truncated stream changes nothing", func(t *testing.T) {
+		dest := filepath.Join(e.home, "truncated")
+		for _, limit := range []int64{0, 700, 5000} {
+			_, err := Prepare(ctx, truncating{e.remote(), limit}, snap, dest)
+			var ge *GuestError
+			if !errors.As(err, &ge) || ge.Status != 3 {
+				t.Fatalf("limit %d: got %v", limit, err)
+			}
+			if _, err := os.Stat(dest); !errors.Is(err, fs.ErrNotExist) {
+				t.Fatalf("limit %d: destination created", limit)
+			}
+			if left, _ := filepath.Glob(dest + ".banger-*"); len(left) > 0 {
+				t.Fatalf("limit %d: leftovers %v", limit, left)
+			}
+		}
+	})
+
+	t.Run("bad guest paths", func(t *testing.T) {
+		for _, p := range []string{"", "relative", "/", "/a/../b", "/a/", "/a\nb"} {
+			if _, err := Prepare(ctx, e.remote(), snap, p); !errors.Is(err, ErrInvalidOptions) {
+				t.Errorf("%q: got %v", p, err)
+			}
+		}
+	})
+
+	t.Run("guest without git", func(t *testing.T) {
+		bin := t.TempDir()
+		for _, tool := range []string{"tar", "mktemp", "find", "sh", "ls", "dirname", "mkdir"} {
+			p, err := exec.LookPath(tool)
+			if err != nil {
+				t.Fatal(err)
+			}
+			symlink(t, bin, tool, p)
+		}
+		r := localRemote{dir: e.home, env: append(append([]string{}, e.vars...), "PATH="+bin)}
+		_, err := Prepare(ctx, r, snap, filepath.Join(e.home, "nogit"))
+		var ge *GuestError
+		if !errors.As(err, &ge) || ge.Status != 127 || !strings.Contains(err.Error(), "git is not installed in the guest") {
+			t.Fatalf("got %v", err)
+		}
+	})
+}
+
+// truncating passes only the first n bytes of stdin to the guest.
+type truncating struct {
+	r Remote
+	n int64
+}
+
+func (tr truncating) Run(ctx context.Context, cmd string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
+	return tr.r.Run(ctx, cmd, io.LimitReader(stdin, tr.n), stdout, stderr)
+}
+
+func TestStreamFailureReportsCause(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	repo := t.TempDir()
+	e.git(repo, "init", "-q")
+	write(t, repo, "a.txt", []byte("a"), 0o644)
+	write(t, repo, "b.txt", []byte("b"), 0o644)
+	e.git(repo, "add", "-A")
+	snap, err := Inspect(ctx, e.runner(), repo, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A file vanishes between Inspect and Prepare.
+	if err := os.Remove(filepath.Join(repo, "b.txt")); err != nil {
+		t.Fatal(err)
+	}
+	dest := filepath.Join(e.home, "changed")
+	_, err = Prepare(ctx, e.remote(), snap, dest)
+	if !errors.Is(err, ErrChanged) || !strings.Contains(err.Error(), "b.txt") {
+		t.Fatalf("got %v", err)
+	}
+	if _, err := os.Stat(dest); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatal("destination created from a failed stream")
+	}
+	// Cancelled context.
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := Prepare(cctx, e.remote(), snap, dest); err == nil {
+		t.Fatal("prepare with a cancelled context succeeded")
+	}
+}

@@ -333,7 +333,11 @@ func WaitForSSH(ctx context.Context, addr string, opts Options, serialLog string
 		if errors.Is(err, ErrHostKeyMismatch) {
 			return nil, err
 		}
-		last = err
+		if last == nil || wctx.Err() == nil {
+			// An attempt cut short by the overall deadline says less than
+			// the one before it.
+			last = err
+		}
 		opts.Logger.Debug("ssh not ready", "addr", addr, "attempt", attempts, "err", err)
 		select {
 		case <-wctx.Done():

@@ -4,6 +4,8 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"io/fs"
 	"os"
@@ -275,5 +277,20 @@ func TestCoalesce(t *testing.T) {
 	})
 	if strings.Join(order, ",") != "a,b" {
 		t.Errorf("order %v, want a then b", order)
+	}
+}
+
+func TestHashFileSparse(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "f")
+	f, _ := os.Create(p)
+	f.Truncate(5 << 20)
+	f.WriteAt([]byte("data in the middle"), 3<<20+17)
+	f.WriteAt([]byte("tail"), 5<<20-4)
+	f.Close()
+	want, _ := os.ReadFile(p)
+	sum := sha256.Sum256(want)
+	got, size, err := hashFile(context.Background(), p)
+	if err != nil || got != hex.EncodeToString(sum[:]) || size != 5<<20 {
+		t.Errorf("hashFile = %s %d %v, want %x", got, size, err, sum)
 	}
 }

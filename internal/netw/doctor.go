@@ -229,3 +229,28 @@ func linkValue(out string) []string {
 	}
 	return nil
 }
+
+// TunDevicePath is the tun/tap clone device.
+const TunDevicePath = "/dev/net/tun"
+
+// CheckTunDevice reports whether VMMs running as the owner user can open
+// taps through path (normally TunDevicePath): it must be a character device,
+// and readable and writable by everyone (the Debian default, mode 0666; the
+// kernel then checks each tap's owner). The Firecracker jailer makes its own
+// node inside the jail, so a restrictive mode only matters for VMMs started
+// without it.
+func CheckTunDevice(path string) CheckResult {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return CheckResult{Status: Fail, Message: fmt.Sprintf("%s: %v: the kernel has no tun/tap support loaded", path, err),
+			Fix: "sudo modprobe tun (and add tun to /etc/modules-load.d/)"}
+	}
+	if fi.Mode()&os.ModeCharDevice == 0 {
+		return CheckResult{Status: Fail, Message: path + " is not a character device", Fix: "sudo rm " + path + " && sudo mknod -m 0666 " + path + " c 10 200"}
+	}
+	if fi.Mode().Perm()&0o006 != 0o006 {
+		return CheckResult{Status: Warn, Message: fmt.Sprintf("%s has mode %04o: VMMs running as the owner cannot open their taps", path, fi.Mode().Perm()),
+			Fix: "sudo chmod 0666 " + path + " (the usual default; each tap still admits only its owner)"}
+	}
+	return pass("%s is usable by the VMMs", path)
+}

@@ -115,3 +115,24 @@ func TestCheckBridgeMissingInHostIsReported(t *testing.T) {
 		t.Fatalf("CheckBridge = %+v", r)
 	}
 }
+
+func TestCheckTunDevice(t *testing.T) {
+	dir := t.TempDir()
+	regular := filepath.Join(dir, "tun")
+	os.WriteFile(regular, nil, 0o666)
+	if r := CheckTunDevice(regular); r.Status != Fail {
+		t.Fatalf("regular file: %+v", r)
+	}
+	if r := CheckTunDevice(filepath.Join(dir, "missing")); r.Status != Fail || !strings.Contains(r.Fix, "modprobe tun") {
+		t.Fatalf("missing: %+v", r)
+	}
+	// /dev/null is a character device with mode 0666.
+	if r := CheckTunDevice("/dev/null"); r.Status != Pass {
+		t.Fatalf("/dev/null: %+v", r)
+	}
+	if fi, err := os.Stat(TunDevicePath); err == nil && fi.Mode().Perm()&0o006 != 0o006 {
+		if r := CheckTunDevice(TunDevicePath); r.Status != Warn || !strings.Contains(r.Fix, "chmod 0666") {
+			t.Fatalf("restrictive %s: %+v", TunDevicePath, r)
+		}
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -103,6 +104,18 @@ func TestBridgeTapPoolLifecycle(t *testing.T) {
 	}
 	t.Logf("AcquireTap from the pool: %v", time.Since(start))
 	checkTap(held)
+	// The VMM's uid/gid can open the tap without privileges; others cannot.
+	if err := ns.openTapAs(held, 4242, 4243); err != nil {
+		t.Fatalf("owner cannot open its tap: %v", err)
+	}
+	for _, ids := range [][2]int{{4244, 4243}, {4242, 4244}} {
+		if err := ns.openTapAs(held, ids[0], ids[1]); !errors.Is(err, syscall.EPERM) {
+			t.Fatalf("uid %d gid %d opening the tap: %v, want EPERM", ids[0], ids[1], err)
+		}
+	}
+	if ns.link(t, held) == nil {
+		t.Fatal("tap gone after the VMM closed it: not persistent")
+	}
 	// CreateTap is idempotent and DeleteTap of a missing tap is fine.
 	spec := privops.TapSpec{Name: held, Bridge: testBridge, Owner: 4242, Group: 4243}
 	if err := ops.CreateTap(ctx, spec); err != nil {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/bangerdev/banger/internal/hostexec"
 	"github.com/bangerdev/banger/internal/privops"
@@ -149,6 +150,50 @@ func (n *testNS) do(fn func() error) error {
 		}
 		runtime.UnlockOSThread()
 		errc <- ferr
+	}()
+	return <-errc
+}
+
+// openTapAs opens the tap name the way an unprivileged VMM would: on a
+// throw-away thread inside the namespace whose effective uid/gid are changed
+// (which also drops its capabilities). The thread is never reused.
+func (n *testNS) openTapAs(name string, uid, gid int) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread dies with this goroutine
+		if err := netns.Set(n.handle); err != nil {
+			errc <- err
+			return
+		}
+		// Open the device first: its node may be 0600 (then a jailer-made
+		// node or a passed fd gives the VMM access); TUNSETIFF is where the
+		// kernel checks the tap's owner.
+		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer unix.Close(fd)
+		keep := ^uintptr(0) // -1: leave unchanged
+		if _, _, e := syscall.RawSyscall(syscall.SYS_SETRESGID, keep, uintptr(gid), keep); e != 0 {
+			errc <- fmt.Errorf("setresgid: %w", e)
+			return
+		}
+		if _, _, e := syscall.RawSyscall(syscall.SYS_SETGROUPS, 0, 0, 0); e != 0 {
+			errc <- fmt.Errorf("setgroups: %w", e)
+			return
+		}
+		if _, _, e := syscall.RawSyscall(syscall.SYS_SETRESUID, keep, uintptr(uid), keep); e != 0 {
+			errc <- fmt.Errorf("setresuid: %w", e)
+			return
+		}
+		ifr, err := unix.NewIfreq(name)
+		if err != nil {
+			errc <- err
+			return
+		}
+		ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
+		errc <- unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr)
 	}()
 	return <-errc
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -242,7 +243,7 @@ func (l *Local) EnsureBridge(ctx context.Context, spec BridgeSpec) error {
 			return fmt.Errorf("add %s to %s: %w", spec.CIDR, spec.Name, err)
 		}
 	}
-	if link.Attrs().Flags&0x1 == 0 { // net.FlagUp
+	if link.Attrs().Flags&net.FlagUp == 0 {
 		if err := netlink.LinkSetUp(link); err != nil {
 			return fmt.Errorf("bring up %s: %w", spec.Name, err)
 		}
@@ -252,7 +253,7 @@ func (l *Local) EnsureBridge(ctx context.Context, spec BridgeSpec) error {
 			l.Logger.WarnContext(ctx, "neither nft nor iptables found: VMs are not isolated from the host's other networks and NAT is unavailable; install nftables", "bridge", spec.Name)
 			return nil
 		}
-		return err
+		return fmt.Errorf("install isolation rules for bridge %s: %w", spec.Name, err)
 	}
 	return nil
 }

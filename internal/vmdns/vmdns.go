@@ -27,6 +27,13 @@ import (
 	"github.com/miekg/dns"
 )
 
+// Defaults for the daemon's configuration. The port is high (no privilege
+// needed) and away from mDNS's 5353.
+const (
+	DefaultAddr   = "127.0.0.1:10053"
+	DefaultDomain = "vm"
+)
+
 // TTLs. Short, because records change when VMs start and stop, and negative
 // answers are cached for the SOA minimum.
 const (

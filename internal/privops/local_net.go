@@ -439,7 +439,7 @@ func (l *Local) ClearNAT(ctx context.Context, spec NATSpec) error {
 			return fmt.Errorf("clear NAT for %s: %w", spec.VMIP, err)
 		}
 		return nil
-	case errors.Is(err, hostexec.ErrNotFound):
+	case nftUnavailable(err):
 		return l.iptClearVM(ctx, spec.VMIP)
 	case nftNoSuchObject(err):
 		return nil
@@ -546,10 +546,10 @@ func nftBaseScript(bridge, uplink, vmIP string) string {
 // exists.
 func (l *Local) ensureFirewall(ctx context.Context, bridge, uplink, vmIP string) error {
 	err := l.nftApply(ctx, nftBaseScript(bridge, uplink, vmIP))
-	if err == nil || !errors.Is(err, hostexec.ErrNotFound) {
+	if err == nil || !nftUnavailable(err) {
 		return err
 	}
-	l.Logger.DebugContext(ctx, "nft not found, using iptables")
+	l.Logger.DebugContext(ctx, "nft unavailable, using iptables", "err", err)
 	return l.iptEnsure(ctx, bridge, uplink, vmIP)
 }
 
@@ -561,13 +561,23 @@ func (l *Local) nftApply(ctx context.Context, script string) error {
 // clearFirewall removes banger's table (nft) or chains (iptables).
 func (l *Local) clearFirewall(ctx context.Context) error {
 	err := l.nftApply(ctx, fmt.Sprintf("add table ip %[1]s\ndelete table ip %[1]s\n", NATTable))
-	if errors.Is(err, hostexec.ErrNotFound) {
+	if nftUnavailable(err) {
 		return l.iptClear(ctx)
 	}
 	if err != nil {
 		return fmt.Errorf("delete nft table ip %s: %w", NATTable, err)
 	}
 	return nil
+}
+
+// nftUnavailable reports that nft cannot be used on this host: not
+// installed, or the kernel lacks nf_tables. iptables is then the fallback.
+func nftUnavailable(err error) bool {
+	if errors.Is(err, hostexec.ErrNotFound) {
+		return true
+	}
+	var ee *hostexec.ExitError
+	return errors.As(err, &ee) && (strings.Contains(ee.Stderr, "Protocol not supported") || strings.Contains(ee.Stderr, "Operation not supported"))
 }
 
 func nftNoSuchObject(err error) bool {
@@ -806,7 +816,7 @@ func InspectNAT(ctx context.Context, runner hostexec.Runner, bridge string) (NAT
 		return st, nil
 	case nftNoSuchObject(err):
 		return NATState{Backend: "nft"}, nil
-	case errors.Is(err, hostexec.ErrNotFound):
+	case nftUnavailable(err):
 		return inspectIPT(ctx, runner, bridge)
 	default:
 		return NATState{Backend: "nft"}, fmt.Errorf("inspect nft table ip %s: %w", NATTable, err)

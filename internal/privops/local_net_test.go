@@ -491,3 +491,19 @@ func FuzzParseIPTRules(f *testing.F) {
 		}
 	})
 }
+
+func TestNftWithoutKernelSupportFallsBackToIptables(t *testing.T) {
+	rec := &hostexec.Recorder{Respond: func(c hostexec.Cmd) (hostexec.Result, error) {
+		if c.Name == "nft" {
+			return exit1(c, "Error: Could not process rule: Protocol not supported")
+		}
+		return hostexec.Result{}, nil
+	}}
+	if err := NewLocal(rec, nil).EnsureNAT(context.Background(), NATSpec{VMIP: "172.30.0.5", Bridge: "br-banger"}); err != nil {
+		t.Fatal(err)
+	}
+	lines := rec.Lines()
+	if len(lines) < 3 || lines[2] != "iptables -w -t filter -N BANGER-FWD" {
+		t.Fatalf("no iptables fallback: %q", lines)
+	}
+}

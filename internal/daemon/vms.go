@@ -113,7 +113,14 @@ func (d *Daemon) vmCreate(ctx context.Context, p api.VMCreateParams) (*model.VM,
 		if d.lifecycle == nil {
 			err = rpc.Errorf(rpc.CodeOperationFailed, "VM %s was recorded but cannot be started: this build has no VM lifecycle yet (use --no-start)", vm.Name)
 		} else {
-			vm, err = d.lifecycle.Start(ctx, vm)
+			// The record is visible from here on: hold its lock while it
+			// starts, like every other lifecycle call (lock order: the
+			// name lock was released by createRecord).
+			var unlock func()
+			if unlock, err = d.locks.Lock(ctx, "vm:"+vm.ID); err == nil {
+				vm, err = d.lifecycle.Start(ctx, vm)
+				unlock()
+			}
 		}
 	}
 	op.End(err)

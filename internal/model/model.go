@@ -62,6 +62,24 @@ type Runtime struct {
 	StartedAt time.Time       `json:"started_at,omitempty"`
 	CoW       string          `json:"cow,omitempty"` // CoW strategy of the root disk
 	Extra     json.RawMessage `json:"extra,omitempty"`
+
+	// RuntimeDir is the VM's directory of sockets and pidfiles while a VMM
+	// may exist (removed by teardown).
+	RuntimeDir string `json:"runtime_dir,omitempty"`
+	// Comm and Marker are the process evidence of PID (see package vmm):
+	// the VMM is only signalled while both still match.
+	Comm   string `json:"comm,omitempty"`
+	Marker string `json:"marker,omitempty"`
+	// Step is the lifecycle step in progress (create/start/stop); reconcile
+	// names it when it rolls back an operation a crash interrupted.
+	Step string `json:"step,omitempty"`
+	// Provisioned is set once the VM's disks were made and it booted once;
+	// an interrupted first start of an unprovisioned VM is rolled back
+	// completely (disks and lease released).
+	Provisioned bool `json:"provisioned,omitempty"`
+	// DiskHandle is the root disk's copy-on-write handle (disk.Handle as
+	// JSON), stored before the disk is created.
+	DiskHandle json.RawMessage `json:"disk_handle,omitempty"`
 }
 
 // Workspace is what `vm workspace prepare` recorded.

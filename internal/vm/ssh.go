@@ -1,0 +1,106 @@
+package vm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/bangerdev/banger/internal/guest"
+)
+
+// SSHGuests implements Guests with internal/guest: the managed key, banger's
+// known_hosts (the daemon pins each VM's injected host key before boot) and
+// x/crypto/ssh connections with keep-alives.
+type SSHGuests struct {
+	Signer     ssh.Signer
+	PubLine    string // authorized_keys line of Signer
+	KnownHosts *guest.KnownHosts
+	Logger     *slog.Logger
+	// Poll is the interval between TCP probes while a guest boots
+	// (default 100ms).
+	Poll time.Duration
+}
+
+// AuthorizedKey implements Guests.
+func (g *SSHGuests) AuthorizedKey() string { return g.PubLine }
+
+// PinHostKey implements Guests.
+func (g *SSHGuests) PinHostKey(hosts []string, key ssh.PublicKey) error {
+	return g.KnownHosts.Pin(hosts, key)
+}
+
+// Forget implements Guests.
+func (g *SSHGuests) Forget(hosts ...string) error { return g.KnownHosts.Forget(hosts...) }
+
+func (g *SSHGuests) opts(aliases []string, timeout time.Duration) guest.Options {
+	return guest.Options{Signer: g.Signer, KnownHosts: g.KnownHosts, Aliases: aliases,
+		ConnectTimeout: timeout, Logger: g.Logger}
+}
+
+// Dial implements Guests.
+func (g *SSHGuests) Dial(ctx context.Context, addr string, aliases []string, timeout time.Duration) (GuestConn, error) {
+	c, err := guest.Dial(ctx, addr, g.opts(aliases, timeout))
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// handshakeTimeout bounds one ssh handshake with a guest whose port is
+// open (a first connection costs about a second of guest crypto under TCG).
+const handshakeTimeout = 30 * time.Second
+
+// WaitReady implements Guests. While the guest boots it probes the TCP port
+// every Poll (cheap, so readiness is seen within ~Poll of sshd listening),
+// and only handshakes once the port accepts; the first successful handshake
+// is the returned connection. A changed host key fails at once.
+func (g *SSHGuests) WaitReady(ctx context.Context, addr string, aliases []string, serialLog string, timeout time.Duration) (GuestConn, error) {
+	poll := g.Poll
+	if poll <= 0 {
+		poll = 100 * time.Millisecond
+	}
+	start := time.Now()
+	wctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var last error
+	attempts := 0
+	for {
+		attempts++
+		var d net.Dialer
+		pctx, pcancel := context.WithTimeout(wctx, time.Second)
+		conn, err := d.DialContext(pctx, "tcp", addr)
+		pcancel()
+		if err == nil {
+			conn.Close()
+			c, err := guest.Dial(wctx, addr, g.opts(aliases, handshakeTimeout))
+			if err == nil {
+				return c, nil
+			}
+			if errors.Is(err, guest.ErrHostKeyMismatch) {
+				return nil, err
+			}
+			last = err
+		} else {
+			last = err
+		}
+		select {
+		case <-wctx.Done():
+			cause := guest.ErrNotReady
+			if ctx.Err() != nil {
+				cause = context.Cause(ctx)
+			}
+			msg := fmt.Errorf("ssh to %s not ready after %v (%d attempts): %w: last error: %v",
+				addr, time.Since(start).Round(100*time.Millisecond), attempts, cause, last)
+			if tail := guest.SerialTail(serialLog, 30); tail != "" {
+				msg = fmt.Errorf("%w\n--- last lines of the guest console (%s) ---\n%s", msg, serialLog, tail)
+			}
+			return nil, msg
+		case <-time.After(poll):
+		}
+	}
+}

@@ -1,0 +1,406 @@
+package vm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/bangerdev/banger/internal/disk"
+	"github.com/bangerdev/banger/internal/model"
+	"github.com/bangerdev/banger/internal/progress"
+	"github.com/bangerdev/banger/internal/vmm"
+)
+
+// hasTransient reports whether vm's runtime records resources that only
+// exist while a VMM may run (pid, tap, NAT, runtime dir, attached loops).
+func hasTransient(vm *model.VM) bool {
+	rt := vm.Runtime
+	return rt.PID > 0 || rt.Tap != "" || rt.NATActive || rt.RuntimeDir != "" || len(rt.Loops) > 0 && rt.CoW == string(disk.DM)
+}
+
+// vmmHandles returns the VM's VMM processes that are verifiably alive: the
+// one found by the driver through the pidfile in the runtime dir, and the
+// recorded pid when its evidence (comm + command-line marker) still
+// matches. A recycled pid matches neither and is never returned.
+func (m *Manager) vmmHandles(ctx context.Context, vm *model.VM) (vmm.Driver, []*vmm.Handle, error) {
+	d, err := m.driver(vm)
+	if err != nil {
+		return nil, nil, err
+	}
+	var out []*vmm.Handle
+	if h, err := d.Find(ctx, m.spec(vm, nil, nil)); err == nil {
+		out = append(out, h)
+	} else if !errors.Is(err, model.ErrNotRunning) {
+		m.o.Logger.WarnContext(ctx, "find vmm", "vm", vm.Name, "err", err)
+	}
+	if h := recordedHandle(vm); h != nil && h.Marker != "" && vmm.Alive(h.Identity()) {
+		if len(out) == 0 || out[0].PID != h.PID {
+			out = append(out, h)
+		}
+	}
+	return d, out, nil
+}
+
+// waitGone waits up to limit for every handle's process to exit.
+func (m *Manager) waitGone(ctx context.Context, d vmm.Driver, hs []*vmm.Handle, limit time.Duration) bool {
+	wctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	for _, h := range hs {
+		if err := d.Wait(wctx, h); err != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// releaseVMM makes sure the VM's VMM is gone (SIGKILL after re-verifying
+// its identity), runs the driver's cleanup (jailer chroot) and clears the
+// process fields of the runtime.
+func (m *Manager) releaseVMM(ctx context.Context, vm *model.VM) error {
+	d, hs, err := m.vmmHandles(ctx, vm)
+	if err != nil {
+		return err
+	}
+	for _, h := range hs {
+		if err := d.Kill(ctx, h, syscall.SIGKILL); err != nil {
+			return fmt.Errorf("kill VMM pid %d: %w", h.PID, err)
+		}
+	}
+	if !m.waitGone(ctx, d, hs, m.o.KillWait) {
+		return fmt.Errorf("VMM of %s still running %s after SIGKILL", vm.Name, m.o.KillWait)
+	}
+	if c, ok := d.(interface {
+		Cleanup(context.Context, vmm.Spec) error
+	}); ok {
+		if err := c.Cleanup(ctx, m.spec(vm, nil, nil)); err != nil {
+			return fmt.Errorf("vmm cleanup: %w", err)
+		}
+	}
+	rt := &vm.Runtime
+	rt.PID, rt.PIDFile, rt.APISocket, rt.Accel, rt.Chroot, rt.Comm, rt.Marker = 0, "", "", "", "", "", ""
+	rt.StartedAt = time.Time{}
+	return m.save(ctx, vm)
+}
+
+// detachRoot releases the live devices of a device-mapper root disk
+// (snapshot, loops) and keeps its files; other strategies have nothing
+// attached.
+func (m *Manager) detachRoot(ctx context.Context, vm *model.VM) error {
+	h, err := decodeHandle(vm.Runtime.DiskHandle)
+	if err != nil || h == nil || h.Strategy != disk.DM {
+		return err
+	}
+	cow, err := m.cowFor(h)
+	if err != nil {
+		return err
+	}
+	if dt, ok := cow.(interface {
+		Detach(context.Context, *disk.Handle) error
+	}); ok {
+		err = dt.Detach(ctx, h)
+	} else if m.o.Ops == nil {
+		err = errors.New("no privileged operations to release device-mapper devices")
+	} else {
+		var errs []error
+		if h.DMName != "" {
+			errs = append(errs, m.o.Ops.RemoveSnapshot(ctx, h.DMName))
+		}
+		for i := len(h.Loops) - 1; i >= 0; i-- {
+			errs = append(errs, m.o.Ops.DetachLoop(ctx, h.Loops[i]))
+		}
+		err = errors.Join(errs...)
+	}
+	if err != nil {
+		return err
+	}
+	h.Loops = nil
+	setHandle(vm, h)
+	return m.save(ctx, vm)
+}
+
+// teardown releases everything a running VM holds besides its disks and
+// lease: VMM, NAT, tap, DNS record, attached disk devices, runtime dir and
+// ssh connection. It runs every step even when one fails and joins the
+// errors; fields of released resources are cleared in the record, those of
+// resources it could not release are kept for a later attempt.
+func (m *Manager) teardown(ctx context.Context, vm *model.VM) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
+	defer cancel()
+	vmmGone := false
+	err := m.runAll(ctx, OpTeardown, vm, []step{
+		{name: StepRelease, do: func(ctx context.Context, _ *undoStack) error {
+			err := m.releaseVMM(ctx, vm)
+			vmmGone = err == nil
+			return err
+		}},
+		{name: StepUnNAT, do: func(ctx context.Context, _ *undoStack) error {
+			if !vm.Runtime.NATActive {
+				return nil
+			}
+			ip, err := netip.ParseAddr(vm.IP)
+			if err != nil {
+				return fmt.Errorf("NAT recorded without a valid address %q", vm.IP)
+			}
+			if err := m.o.Network.DisableNAT(ctx, ip, vm.Runtime.Tap); err != nil {
+				return err
+			}
+			vm.Runtime.NATActive = false
+			return m.save(ctx, vm)
+		}},
+		{name: StepUntap, do: func(ctx context.Context, _ *undoStack) error {
+			if vm.Runtime.Tap == "" {
+				return nil
+			}
+			if !vmmGone {
+				return errors.New("kept: the VMM may still hold it")
+			}
+			if err := m.o.Network.ReleaseTap(ctx, vm.Runtime.Tap); err != nil {
+				return err
+			}
+			vm.Runtime.Tap = ""
+			return m.save(ctx, vm)
+		}},
+		{name: StepUnDNS, do: func(ctx context.Context, _ *undoStack) error {
+			if m.o.DNS != nil {
+				m.o.DNS.Remove(vm.Name)
+			}
+			return nil
+		}},
+		{name: StepDetach, do: func(ctx context.Context, _ *undoStack) error {
+			if !vmmGone {
+				return errors.New("kept: the VMM may still use it")
+			}
+			return m.detachRoot(ctx, vm)
+		}},
+		{name: StepRunDir, do: func(ctx context.Context, _ *undoStack) error {
+			if !vmmGone {
+				return errors.New("kept: it holds the pidfile of a VMM that may still run")
+			}
+			dir := vm.Runtime.RuntimeDir
+			if dir == "" {
+				dir = m.o.Layout.VMRuntimeDir(vm.ID)
+			}
+			if err := os.RemoveAll(dir); err != nil {
+				return err
+			}
+			if vm.Runtime.RuntimeDir == "" {
+				return nil
+			}
+			vm.Runtime.RuntimeDir = ""
+			return m.save(ctx, vm)
+		}},
+	})
+	m.dropConn(vm.ID)
+	if err != nil {
+		return fmt.Errorf("teardown of %s: %w", vm.Name, err)
+	}
+	return nil
+}
+
+// poweroffCommand syncs, then powers the guest off in the background so the
+// ssh session returns before the guest goes away (an ssh session to a guest
+// that powers off under it would hang until keep-alives fail).
+const poweroffCommand = `sync; (sleep 0.3; if [ -x /usr/lib/banger/poweroff ]; then exec /usr/lib/banger/poweroff; fi; ` +
+	`exec systemctl poweroff || exec poweroff) </dev/null >/dev/null 2>&1 &`
+
+// shutdownGuest asks the guest to sync and power off over ssh. It returns
+// false when ssh is unreachable or the request failed.
+func (m *Manager) shutdownGuest(ctx context.Context, vm *model.VM) bool {
+	if vm.IP == "" {
+		return false
+	}
+	c := m.cachedConn(vm.ID)
+	if c == nil {
+		var err error
+		c, err = m.o.Guests.Dial(ctx, sshAddr(vm), m.aliases(vm), 10*time.Second)
+		if err != nil {
+			m.o.Logger.InfoContext(ctx, "stop: ssh unreachable, killing the VMM", "vm", vm.Name, "err", err)
+			return false
+		}
+	}
+	defer m.dropConn(vm.ID)
+	defer c.Close()
+	sctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	status, err := c.Run(sctx, poweroffCommand, nil, nil, nil)
+	if err != nil || status != 0 {
+		m.o.Logger.WarnContext(ctx, "stop: poweroff over ssh failed, killing the VMM", "vm", vm.Name, "status", status, "err", err)
+		return false
+	}
+	return true
+}
+
+// Stop stops a running VM: `sync` and a detached poweroff over ssh, then
+// waits up to the stop grace for the VMM to exit and kills it if it has not
+// (killing at once when ssh is unreachable; never Ctrl-Alt-Del); then every
+// teardown step runs. Disks and lease are kept. Stopping a VM that is not
+// running returns an error wrapping model.ErrNotRunning, unless the record
+// holds leftovers of a failed run, which are released.
+func (m *Manager) Stop(ctx context.Context, vm *model.VM) (*model.VM, error) {
+	if vm.State != model.StateRunning && vm.State != model.StateStopping && !hasTransient(vm) {
+		return vm, fmt.Errorf("VM %s is %s: %w", vm.Name, vm.State, model.ErrNotRunning)
+	}
+	vm.State, vm.Runtime.Step = model.StateStopping, StepShutdown
+	if err := m.save(ctx, vm); err != nil {
+		return vm, err
+	}
+	progress.Stage(ctx, StepShutdown, "sync and poweroff over ssh")
+	if h := m.o.StepHook; h != nil {
+		if err := h(ctx, vm.ID, OpStop, StepShutdown); err != nil {
+			return m.finishStop(ctx, vm, err)
+		}
+	}
+	d, hs, err := m.vmmHandles(ctx, vm)
+	if err != nil {
+		return m.finishStop(ctx, vm, err)
+	}
+	if len(hs) > 0 {
+		if m.shutdownGuest(ctx, vm) {
+			if !m.waitGone(ctx, d, hs, m.o.StopGrace) {
+				m.o.Logger.WarnContext(ctx, "stop: guest did not power off in time; killing the VMM", "vm", vm.Name, "grace", m.o.StopGrace)
+			}
+		} else {
+			for _, h := range hs {
+				_ = d.Kill(ctx, h, syscall.SIGTERM)
+			}
+			m.waitGone(ctx, d, hs, 5*time.Second)
+		}
+	}
+	progress.Stage(ctx, "teardown", "releasing VMM, NAT, tap, DNS and disk devices")
+	return m.finishStop(ctx, vm, nil)
+}
+
+// finishStop runs the teardown and records the outcome.
+func (m *Manager) finishStop(ctx context.Context, vm *model.VM, cause error) (*model.VM, error) {
+	err := errors.Join(cause, m.teardown(ctx, vm))
+	vm.Runtime.Step = ""
+	if err != nil {
+		vm.State, vm.Error = model.StateError, errorText(err)
+	} else {
+		vm.State, vm.Error = model.StateStopped, ""
+	}
+	if serr := m.save(ctx, vm); serr != nil {
+		err = errors.Join(err, serr)
+	}
+	return vm, err
+}
+
+// terminating lists the signals after which kill waits for the VMM to exit
+// and tears the VM down.
+var terminating = map[syscall.Signal]bool{
+	syscall.SIGKILL: true, syscall.SIGTERM: true, syscall.SIGINT: true,
+	syscall.SIGQUIT: true, syscall.SIGHUP: true, syscall.SIGABRT: true,
+}
+
+// Kill sends sig to the VM's VMM (after re-verifying its identity). For
+// terminating signals (KILL, TERM, INT, QUIT, HUP, ABRT) it waits for the
+// VMM to exit and runs the teardown, leaving the VM stopped; other signals
+// are only delivered. A VM without a VMM gives an error wrapping
+// model.ErrNotRunning (its leftovers, if any, are released).
+func (m *Manager) Kill(ctx context.Context, vm *model.VM, sig syscall.Signal) (*model.VM, error) {
+	d, hs, err := m.vmmHandles(ctx, vm)
+	if err != nil {
+		return vm, err
+	}
+	if len(hs) == 0 {
+		if vm.State == model.StateRunning || vm.State == model.StateStopping || hasTransient(vm) {
+			// The VMM is already gone: record that.
+			if _, err := m.finishStop(ctx, vm, nil); err != nil {
+				return vm, err
+			}
+		}
+		return vm, fmt.Errorf("VM %s has no running VMM: %w", vm.Name, model.ErrNotRunning)
+	}
+	for _, h := range hs {
+		if err := d.Kill(ctx, h, sig); err != nil {
+			return vm, fmt.Errorf("signal %v to VMM pid %d: %w", sig, h.PID, err)
+		}
+	}
+	if !terminating[sig] {
+		return vm, nil
+	}
+	if !m.waitGone(ctx, d, hs, m.o.KillWait) {
+		return vm, fmt.Errorf("the VMM of %s is still running %s after %v: try `banger vm kill --signal KILL %s`", vm.Name, m.o.KillWait, sig, vm.Name)
+	}
+	vm.State = model.StateStopping
+	return m.finishStop(ctx, vm, nil)
+}
+
+// Restart stops a running VM (as Stop) and starts it again (as Start); a VM
+// that is not running is just started.
+func (m *Manager) Restart(ctx context.Context, vm *model.VM) (*model.VM, error) {
+	if vm.State == model.StateRunning || vm.State == model.StateStopping || hasTransient(vm) {
+		var err error
+		if vm, err = m.Stop(ctx, vm); err != nil {
+			return vm, err
+		}
+	}
+	return m.Start(ctx, vm)
+}
+
+// Destroy releases everything the VM owns so its record can be deleted: it
+// kills a running VMM at once (no graceful stop: the disks are going away),
+// runs the teardown, removes the root and work disks, the VM's directories,
+// its known_hosts entries and its lease. Every step runs even when one
+// fails; on failure the VM is left in state "error" with the reason and the
+// joined error is returned (the caller keeps the record, so delete can be
+// retried).
+func (m *Manager) Destroy(ctx context.Context, vm *model.VM) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
+	defer cancel()
+	var errs []error
+	if err := m.teardown(ctx, vm); err != nil {
+		errs = append(errs, err)
+	}
+	err := m.runAll(ctx, OpDestroy, vm, []step{
+		{name: StepRemove, do: func(ctx context.Context, _ *undoStack) error {
+			var errs []error
+			if h, err := decodeHandle(vm.Runtime.DiskHandle); err != nil {
+				errs = append(errs, err)
+			} else if h != nil {
+				cow, err := m.cowFor(h)
+				if err == nil {
+					err = cow.Remove(ctx, h)
+				}
+				if err != nil {
+					errs = append(errs, fmt.Errorf("root disk: %w", err))
+				} else {
+					setHandle(vm, nil)
+				}
+			}
+			if err := removeWorkDisk(filepath.Join(m.o.Layout.VMDir(vm.ID), workDiskFile)); err != nil {
+				errs = append(errs, fmt.Errorf("work disk: %w", err))
+			}
+			if len(errs) == 0 {
+				if err := os.RemoveAll(m.o.Layout.VMDir(vm.ID)); err != nil {
+					errs = append(errs, err)
+				}
+			}
+			return errors.Join(errs...)
+		}},
+		{name: StepForgetKey, do: func(ctx context.Context, _ *undoStack) error {
+			hosts := m.aliases(vm)
+			if vm.IP != "" {
+				hosts = append(hosts, vm.IP)
+			}
+			return m.o.Guests.Forget(hosts...)
+		}},
+		{name: StepUnlease, do: func(ctx context.Context, _ *undoStack) error {
+			return m.o.Store.ReleaseLease(ctx, vm.ID)
+		}},
+	})
+	if err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		vm.State, vm.Error = model.StateError, "delete failed: "+errorText(err)
+		_ = m.save(ctx, vm)
+		return fmt.Errorf("delete %s: %w", vm.Name, err)
+	}
+	return nil
+}

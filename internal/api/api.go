@@ -40,7 +40,16 @@ const (
 	MethodKernelPull   = "kernel.pull"
 	MethodKernelImport = "kernel.import"
 	MethodKernelRemove = "kernel.rm"
+
+	MethodSSHConfig = "ssh.config"
 )
+
+// SSHConfig is the result of ssh.config: the ssh_config file the daemon
+// keeps current and its text.
+type SSHConfig struct {
+	Path string `json:"path"`
+	Text string `json:"text"`
+}
 
 // Empty is the params/result of methods that take or return nothing.
 type Empty struct{}

@@ -63,6 +63,7 @@ type Daemon struct {
 	lifecycle Lifecycle
 	images    *image.Store
 	kernels   kernelService
+	sshcfg    sshConfigWriter
 	rt        runtimeState // VM runtime services; see lifecycle.go
 	srv       *rpc.Server
 
@@ -192,11 +193,12 @@ func (d *Daemon) register() {
 		}
 		return &api.OperationsList{Operations: ops}, nil
 	}))
-	s.Handle(api.MethodVMCreate, rpc.Typed(d.vmCreate))
+	d.handleVM(api.MethodVMCreate, rpc.Typed(d.vmCreate))
 	s.Handle(api.MethodVMList, rpc.Typed(d.vmList))
 	s.Handle(api.MethodVMShow, rpc.Typed(d.vmShow))
-	s.Handle(api.MethodVMDelete, rpc.Typed(d.vmDelete))
-	s.Handle(api.MethodVMPrune, rpc.Typed(d.vmPrune))
+	d.handleVM(api.MethodVMDelete, rpc.Typed(d.vmDelete))
+	d.handleVM(api.MethodVMPrune, rpc.Typed(d.vmPrune))
+	d.registerSSHConfig()
 	d.registerImages()
 	d.registerKernels()
 	d.registerLifecycle()

@@ -244,6 +244,13 @@ func (l Layout) KernelsDir() string { return filepath.Join(l.StateDir, "kernels"
 // SSHDir holds banger's ssh key and known_hosts.
 func (l Layout) SSHDir() string { return filepath.Join(l.StateDir, "ssh") }
 
+// KnownHostsPath is banger's own known_hosts file (guest host keys).
+func (l Layout) KnownHostsPath() string { return filepath.Join(l.SSHDir(), "known_hosts") }
+
+// SSHConfigPath is the ssh_config file the daemon keeps current with one
+// block per VM; `banger ssh-config --install` includes it from ~/.ssh/config.
+func (l Layout) SSHConfigPath() string { return filepath.Join(l.SSHDir(), "config") }
+
 // LogDir holds daemon and VMM logs.
 func (l Layout) LogDir() string { return filepath.Join(l.StateDir, "logs") }
 

@@ -10,10 +10,16 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"net/netip"
+	"sync"
+
+	"github.com/bangerdev/banger/internal/api"
 	"github.com/bangerdev/banger/internal/config"
 	"github.com/bangerdev/banger/internal/doctor"
 	"github.com/bangerdev/banger/internal/hostexec"
 	"github.com/bangerdev/banger/internal/model"
+	"github.com/bangerdev/banger/internal/netw"
+	"github.com/bangerdev/banger/internal/paths"
 	"github.com/bangerdev/banger/internal/rpc"
 	"github.com/bangerdev/banger/internal/store"
 )
@@ -117,6 +123,7 @@ func (a *app) doctorChecks() ([]doctor.Check, error) {
 			return doctor.Result{Status: doctor.Fail, Message: detail, Hint: "this banger is older than the state store: upgrade banger (`banger update`)"}
 		}
 	}})
+	checks = append(checks, a.networkChecks(layout, cfg, runner)...)
 	checks = append(checks, doctor.Check{Name: "daemon", Run: func(ctx context.Context) doctor.Result {
 		p, err := a.ping(ctx, rpc.NewClient(layout.DaemonSocket()))
 		if errors.Is(err, rpc.ErrUnreachable) {
@@ -132,4 +139,56 @@ func (a *app) doctorChecks() ([]doctor.Check, error) {
 		return doctor.Result{Status: doctor.Pass, Message: fmt.Sprintf("running %s (pid %d)", strings.TrimSpace(p.Build.Version), p.PID)}
 	}})
 	return checks, nil
+}
+
+// networkChecks inspect the bridge, forwarding, banger's nft table, the DNS
+// server and resolver routing. The bridge and DNS server exist while the
+// daemon runs, so those checks only run then.
+func (a *app) networkChecks(layout paths.Layout, cfg *config.Config, runner hostexec.Runner) []doctor.Check {
+	ncfg := netw.Config{Bridge: cfg.Network.Bridge, CIDR: cfg.Network.CIDR, TapPoolSize: cfg.Network.TapPoolSize}.WithDefaults()
+	c := rpc.NewClient(layout.DaemonSocket())
+	var once sync.Once
+	var running bool
+	var natIPs []netip.Addr
+	probe := func(ctx context.Context) bool {
+		once.Do(func() {
+			var list api.VMList
+			if err := c.Call(ctx, api.MethodVMList, api.VMListParams{RunningOnly: true}, &list); err != nil {
+				return
+			}
+			running = true
+			for _, vm := range list.VMs {
+				if ip, err := netip.ParseAddr(vm.IP); err == nil && vm.NAT {
+					natIPs = append(natIPs, ip)
+				}
+			}
+		})
+		return running
+	}
+	notRunning := doctor.Result{Status: doctor.Pass, Message: "not checked: the daemon is not running (it sets this up when it starts)"}
+	whenRunning := func(name string, fn func(ctx context.Context) doctor.Result) doctor.Check {
+		return doctor.Check{Name: name, Run: func(ctx context.Context) doctor.Result {
+			if !probe(ctx) {
+				return notRunning
+			}
+			return fn(ctx)
+		}}
+	}
+	return []doctor.Check{
+		{Name: "tun device", Run: func(ctx context.Context) doctor.Result {
+			if os.Geteuid() == 0 {
+				return doctor.Result{Status: doctor.Pass, Message: "running as root: VMMs open their taps as root"}
+			}
+			return netw.CheckTunDevice(netw.TunDevicePath)
+		}},
+		whenRunning("bridge", func(ctx context.Context) doctor.Result { return netw.CheckBridge(ncfg) }),
+		whenRunning("ip forwarding", func(ctx context.Context) doctor.Result {
+			return netw.CheckIPForward(netw.IPForwardPath, len(natIPs) > 0)
+		}),
+		whenRunning("nat table", func(ctx context.Context) doctor.Result { return netw.CheckNATTable(ctx, runner, ncfg, natIPs) }),
+		whenRunning("dns server", func(ctx context.Context) doctor.Result { return netw.CheckDNS(ctx, cfg.Network.DNSAddr, "vm") }),
+		whenRunning("dns routing", func(ctx context.Context) doctor.Result {
+			return netw.CheckResolverRouting(ctx, runner, ncfg, cfg.Network.DNSAddr, "vm")
+		}),
+	}
 }

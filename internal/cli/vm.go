@@ -26,8 +26,8 @@ VMs are referred to by name, id, or a unique id prefix.`,
   banger vm show dev
   banger vm delete dev other`,
 	}
-	cmd.AddCommand(a.vmCreateCmd(), a.vmListCmd("list", false), a.vmListCmd("ps", true),
-		a.vmShowCmd(), a.vmDeleteCmd(), a.vmPruneCmd())
+	cmd.AddCommand(append([]*cobra.Command{a.vmCreateCmd(), a.vmListCmd("list", false), a.vmListCmd("ps", true),
+		a.vmShowCmd(), a.vmDeleteCmd(), a.vmPruneCmd()}, a.vmLifecycleCmds()...)...)
 	return cmd
 }
 

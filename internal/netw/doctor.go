@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/bangerdev/banger/internal/doctor"
 	"net"
 	"net/netip"
 	"os"
@@ -18,31 +19,13 @@ import (
 	"github.com/bangerdev/banger/internal/privops"
 )
 
-// Status is the outcome of a doctor check.
-type Status string
-
-// Check outcomes.
-const (
-	Pass Status = "PASS"
-	Warn Status = "WARN"
-	Fail Status = "FAIL"
-)
-
-// CheckResult is what a doctor check reports: a status, what was found, and
-// (unless it passed) what to do about it.
-type CheckResult struct {
-	Status  Status `json:"status"`
-	Message string `json:"message"`
-	Fix     string `json:"fix,omitempty"`
-}
-
-func pass(format string, a ...any) CheckResult {
-	return CheckResult{Status: Pass, Message: fmt.Sprintf(format, a...)}
+func pass(format string, a ...any) doctor.Result {
+	return doctor.Result{Status: doctor.Pass, Message: fmt.Sprintf(format, a...)}
 }
 
 // CheckBridge reports whether the configured bridge exists, is a bridge, is
 // up and carries the configured address (in the current network namespace).
-func CheckBridge(cfg Config) CheckResult {
+func CheckBridge(cfg Config) doctor.Result {
 	cfg = cfg.WithDefaults()
 	spec := cfg.BridgeSpec()
 	restart := "restart the daemon (it creates the bridge at start), or check bangerd's log"
@@ -50,17 +33,17 @@ func CheckBridge(cfg Config) CheckResult {
 	if err != nil {
 		var nf netlink.LinkNotFoundError
 		if errors.As(err, &nf) {
-			return CheckResult{Status: Fail, Message: fmt.Sprintf("bridge %s does not exist", cfg.Bridge), Fix: restart}
+			return doctor.Result{Status: doctor.Fail, Message: fmt.Sprintf("bridge %s does not exist", cfg.Bridge), Hint: restart}
 		}
-		return CheckResult{Status: Fail, Message: fmt.Sprintf("look up bridge %s: %v", cfg.Bridge, err), Fix: restart}
+		return doctor.Result{Status: doctor.Fail, Message: fmt.Sprintf("look up bridge %s: %v", cfg.Bridge, err), Hint: restart}
 	}
 	if link.Type() != "bridge" {
-		return CheckResult{Status: Fail, Message: fmt.Sprintf("%s is a %s, not a bridge", cfg.Bridge, link.Type()),
-			Fix: "set another bridge name under [network] in config.toml, or remove the interface"}
+		return doctor.Result{Status: doctor.Fail, Message: fmt.Sprintf("%s is a %s, not a bridge", cfg.Bridge, link.Type()),
+			Hint: "set another bridge name under [network] in config.toml, or remove the interface"}
 	}
 	addrs, err := netlink.AddrList(link, netlink.FAMILY_V4)
 	if err != nil {
-		return CheckResult{Status: Fail, Message: fmt.Sprintf("list addresses of %s: %v", cfg.Bridge, err), Fix: restart}
+		return doctor.Result{Status: doctor.Fail, Message: fmt.Sprintf("list addresses of %s: %v", cfg.Bridge, err), Hint: restart}
 	}
 	var have, extra []string
 	for _, a := range addrs {
@@ -71,15 +54,15 @@ func CheckBridge(cfg Config) CheckResult {
 		}
 	}
 	if !slices.Contains(have, spec.CIDR) {
-		return CheckResult{Status: Fail, Message: fmt.Sprintf("bridge %s lacks address %s (has %s)", cfg.Bridge, spec.CIDR, strings.Join(have, ", ")),
-			Fix: fmt.Sprintf("restart the daemon, or: sudo ip addr add %s dev %s", spec.CIDR, cfg.Bridge)}
+		return doctor.Result{Status: doctor.Fail, Message: fmt.Sprintf("bridge %s lacks address %s (has %s)", cfg.Bridge, spec.CIDR, strings.Join(have, ", ")),
+			Hint: fmt.Sprintf("restart the daemon, or: sudo ip addr add %s dev %s", spec.CIDR, cfg.Bridge)}
 	}
 	if link.Attrs().Flags&net.FlagUp == 0 {
-		return CheckResult{Status: Fail, Message: fmt.Sprintf("bridge %s is down", cfg.Bridge), Fix: "sudo ip link set " + cfg.Bridge + " up"}
+		return doctor.Result{Status: doctor.Fail, Message: fmt.Sprintf("bridge %s is down", cfg.Bridge), Hint: "sudo ip link set " + cfg.Bridge + " up"}
 	}
 	if len(extra) > 0 {
-		return CheckResult{Status: Warn, Message: fmt.Sprintf("bridge %s has extra addresses %s besides %s", cfg.Bridge, strings.Join(extra, ", "), spec.CIDR),
-			Fix: fmt.Sprintf("remove stale ones, e.g. sudo ip addr del %s dev %s", extra[0], cfg.Bridge)}
+		return doctor.Result{Status: doctor.Warn, Message: fmt.Sprintf("bridge %s has extra addresses %s besides %s", cfg.Bridge, strings.Join(extra, ", "), spec.CIDR),
+			Hint: fmt.Sprintf("remove stale ones, e.g. sudo ip addr del %s dev %s", extra[0], cfg.Bridge)}
 	}
 	return pass("bridge %s is up with %s", cfg.Bridge, spec.CIDR)
 }
@@ -89,18 +72,18 @@ const IPForwardPath = "/proc/sys/net/ipv4/ip_forward"
 
 // CheckIPForward reports whether IPv4 forwarding is on when it is needed
 // (anyNAT: some VM has NAT). path is normally IPForwardPath.
-func CheckIPForward(path string, anyNAT bool) CheckResult {
+func CheckIPForward(path string, anyNAT bool) doctor.Result {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return CheckResult{Status: Warn, Message: fmt.Sprintf("cannot read %s: %v", path, err)}
+		return doctor.Result{Status: doctor.Warn, Message: fmt.Sprintf("cannot read %s: %v", path, err)}
 	}
 	on := strings.TrimSpace(string(b)) == "1"
 	switch {
 	case on:
 		return pass("IPv4 forwarding is on")
 	case anyNAT:
-		return CheckResult{Status: Fail, Message: "IPv4 forwarding is off but VMs with --nat are running: they cannot reach the network",
-			Fix: "sudo sysctl -w net.ipv4.ip_forward=1 (banger sets it when a NAT VM starts; something turned it off)"}
+		return doctor.Result{Status: doctor.Fail, Message: "IPv4 forwarding is off but VMs with --nat are running: they cannot reach the network",
+			Hint: "sudo sysctl -w net.ipv4.ip_forward=1 (banger sets it when a NAT VM starts; something turned it off)"}
 	default:
 		return pass("IPv4 forwarding is off (no VM uses NAT)")
 	}
@@ -109,21 +92,21 @@ func CheckIPForward(path string, anyNAT bool) CheckResult {
 // CheckNATTable inspects banger's firewall table (or iptables chains) and
 // compares the addresses with NAT against natIPs, the running VMs created
 // with --nat. Inspecting needs CAP_NET_ADMIN; without it the check warns.
-func CheckNATTable(ctx context.Context, runner hostexec.Runner, cfg Config, natIPs []netip.Addr) CheckResult {
+func CheckNATTable(ctx context.Context, runner hostexec.Runner, cfg Config, natIPs []netip.Addr) doctor.Result {
 	cfg = cfg.WithDefaults()
 	st, err := privops.InspectNAT(ctx, runner, cfg.Bridge)
 	if err != nil {
 		if strings.Contains(err.Error(), "Operation not permitted") || strings.Contains(err.Error(), "Permission denied") {
-			return CheckResult{Status: Warn, Message: "cannot inspect the firewall without root", Fix: "run `sudo banger doctor` to check banger's nft table"}
+			return doctor.Result{Status: doctor.Warn, Message: "cannot inspect the firewall without root", Hint: "run `sudo banger doctor` to check banger's nft table"}
 		}
-		return CheckResult{Status: Fail, Message: fmt.Sprintf("inspect firewall: %v", err), Fix: "check that nft works: sudo nft list ruleset"}
+		return doctor.Result{Status: doctor.Fail, Message: fmt.Sprintf("inspect firewall: %v", err), Hint: "check that nft works: sudo nft list ruleset"}
 	}
 	if st.Backend == "" {
 		if len(natIPs) > 0 {
-			return CheckResult{Status: Fail, Message: "neither nft nor iptables is installed, but VMs use NAT", Fix: "sudo apt-get install nftables, then restart the NAT VMs"}
+			return doctor.Result{Status: doctor.Fail, Message: "neither nft nor iptables is installed, but VMs use NAT", Hint: "sudo apt-get install nftables, then restart the NAT VMs"}
 		}
-		return CheckResult{Status: Warn, Message: "neither nft nor iptables is installed: NAT is unavailable and VMs are not isolated from other networks",
-			Fix: "sudo apt-get install nftables, then restart the daemon"}
+		return doctor.Result{Status: doctor.Warn, Message: "neither nft nor iptables is installed: NAT is unavailable and VMs are not isolated from other networks",
+			Hint: "sudo apt-get install nftables, then restart the daemon"}
 	}
 	where := fmt.Sprintf("nft table ip %s", privops.NATTable)
 	if st.Backend == "iptables" {
@@ -131,10 +114,10 @@ func CheckNATTable(ctx context.Context, runner hostexec.Runner, cfg Config, natI
 	}
 	restart := "restart the daemon (it reinstalls the rules at start) and restart VMs with NAT"
 	if !st.Present {
-		return CheckResult{Status: Fail, Message: where + " is missing (something flushed the firewall?)", Fix: restart}
+		return doctor.Result{Status: doctor.Fail, Message: where + " is missing (something flushed the firewall?)", Hint: restart}
 	}
 	if len(st.Problems) > 0 {
-		return CheckResult{Status: Fail, Message: where + " is damaged: " + strings.Join(st.Problems, "; "), Fix: restart}
+		return doctor.Result{Status: doctor.Fail, Message: where + " is damaged: " + strings.Join(st.Problems, "; "), Hint: restart}
 	}
 	var missing, stale []string
 	for _, ip := range natIPs {
@@ -148,21 +131,21 @@ func CheckNATTable(ctx context.Context, runner hostexec.Runner, cfg Config, natI
 		}
 	}
 	if len(missing) > 0 {
-		return CheckResult{Status: Fail, Message: fmt.Sprintf("%s lacks NAT for running VMs %s", where, strings.Join(missing, ", ")), Fix: "restart those VMs (banger vm restart NAME)"}
+		return doctor.Result{Status: doctor.Fail, Message: fmt.Sprintf("%s lacks NAT for running VMs %s", where, strings.Join(missing, ", ")), Hint: "restart those VMs (banger vm restart NAME)"}
 	}
 	if len(stale) > 0 {
 		fix := fmt.Sprintf("sudo nft delete element ip %s %s { %s }", privops.NATTable, privops.NATSet, strings.Join(stale, ", "))
 		if st.Backend == "iptables" {
 			fix = "restart the daemon (reconcile clears NAT of stopped VMs)"
 		}
-		return CheckResult{Status: Warn, Message: fmt.Sprintf("%s has NAT for addresses of no running NAT VM: %s", where, strings.Join(stale, ", ")), Fix: fix}
+		return doctor.Result{Status: doctor.Warn, Message: fmt.Sprintf("%s has NAT for addresses of no running NAT VM: %s", where, strings.Join(stale, ", ")), Hint: fix}
 	}
 	return pass("%s intact (%d VM(s) with NAT)", where, len(st.VMs))
 }
 
 // CheckDNS asks the DNS server at addr for the SOA of domain and expects an
 // authoritative answer.
-func CheckDNS(ctx context.Context, addr, domain string) CheckResult {
+func CheckDNS(ctx context.Context, addr, domain string) doctor.Result {
 	fix := fmt.Sprintf("is bangerd running? check the dns address in config.toml; test with: dig @%s %s SOA", digAddr(addr), strings.TrimSuffix(domain, "."))
 	q := new(dns.Msg)
 	q.SetQuestion(dns.Fqdn(domain), dns.TypeSOA)
@@ -171,10 +154,10 @@ func CheckDNS(ctx context.Context, addr, domain string) CheckResult {
 	defer cancel()
 	r, _, err := c.ExchangeContext(ctx, q, addr)
 	if err != nil {
-		return CheckResult{Status: Fail, Message: fmt.Sprintf("DNS server %s does not answer: %v", addr, err), Fix: fix}
+		return doctor.Result{Status: doctor.Fail, Message: fmt.Sprintf("DNS server %s does not answer: %v", addr, err), Hint: fix}
 	}
 	if r.Rcode != dns.RcodeSuccess || !r.Authoritative || len(r.Answer) == 0 {
-		return CheckResult{Status: Fail, Message: fmt.Sprintf("DNS server %s answered %s (authoritative=%v) for %s SOA", addr, dns.RcodeToString[r.Rcode], r.Authoritative, domain), Fix: fix}
+		return doctor.Result{Status: doctor.Fail, Message: fmt.Sprintf("DNS server %s answered %s (authoritative=%v) for %s SOA", addr, dns.RcodeToString[r.Rcode], r.Authoritative, domain), Hint: fix}
 	}
 	return pass("DNS server %s answers for .%s", addr, strings.TrimSuffix(domain, "."))
 }
@@ -190,7 +173,7 @@ func digAddr(addr string) string {
 // CheckResolverRouting reports whether systemd-resolved sends queries for
 // domain to dnsAddr over the bridge. Where systemd-resolved is absent it
 // warns and explains the alternatives.
-func CheckResolverRouting(ctx context.Context, runner hostexec.Runner, cfg Config, dnsAddr, domain string) CheckResult {
+func CheckResolverRouting(ctx context.Context, runner hostexec.Runner, cfg Config, dnsAddr, domain string) doctor.Result {
 	cfg = cfg.WithDefaults()
 	domain = strings.TrimSuffix(strings.TrimPrefix(domain, "~"), ".")
 	ap, _ := netip.ParseAddrPort(dnsAddr)
@@ -198,24 +181,24 @@ func CheckResolverRouting(ctx context.Context, runner hostexec.Runner, cfg Confi
 		domain, ap.Addr(), ap.Port(), ap.Addr(), ap.Port(), domain)
 	res, err := runner.Run(ctx, hostexec.Cmd{Name: "resolvectl", Args: []string{"dns", cfg.Bridge}})
 	if errors.Is(err, hostexec.ErrNotFound) {
-		return CheckResult{Status: Warn, Message: fmt.Sprintf("systemd-resolved is not installed: NAME.%s does not resolve system-wide", domain), Fix: alternatives}
+		return doctor.Result{Status: doctor.Warn, Message: fmt.Sprintf("systemd-resolved is not installed: NAME.%s does not resolve system-wide", domain), Hint: alternatives}
 	}
 	if err != nil {
-		return CheckResult{Status: Warn, Message: fmt.Sprintf("systemd-resolved does not answer for %s: %v", cfg.Bridge, err),
-			Fix: "systemctl status systemd-resolved; then restart bangerd; " + alternatives}
+		return doctor.Result{Status: doctor.Warn, Message: fmt.Sprintf("systemd-resolved does not answer for %s: %v", cfg.Bridge, err),
+			Hint: "systemctl status systemd-resolved; then restart bangerd; " + alternatives}
 	}
 	servers := linkValue(string(res.Stdout))
 	res, err = runner.Run(ctx, hostexec.Cmd{Name: "resolvectl", Args: []string{"domain", cfg.Bridge}})
 	if err != nil {
-		return CheckResult{Status: Warn, Message: fmt.Sprintf("resolvectl domain %s: %v", cfg.Bridge, err), Fix: "restart bangerd"}
+		return doctor.Result{Status: doctor.Warn, Message: fmt.Sprintf("resolvectl domain %s: %v", cfg.Bridge, err), Hint: "restart bangerd"}
 	}
 	domains := linkValue(string(res.Stdout))
 	okServer := slices.Contains(servers, dnsAddr) || ap.Port() == 53 && slices.Contains(servers, ap.Addr().String())
 	okDomain := slices.Contains(domains, "~"+domain)
 	if !okServer || !okDomain {
-		return CheckResult{Status: Fail,
+		return doctor.Result{Status: doctor.Fail,
 			Message: fmt.Sprintf("systemd-resolved routes [%s] on %s to [%s], want ~%s to %s", strings.Join(domains, " "), cfg.Bridge, strings.Join(servers, " "), domain, dnsAddr),
-			Fix:     fmt.Sprintf("restart bangerd, or: sudo resolvectl dns %s %s && sudo resolvectl domain %s ~%s", cfg.Bridge, dnsAddr, cfg.Bridge, domain)}
+			Hint:    fmt.Sprintf("restart bangerd, or: sudo resolvectl dns %s %s && sudo resolvectl domain %s ~%s", cfg.Bridge, dnsAddr, cfg.Bridge, domain)}
 	}
 	return pass("systemd-resolved sends .%s queries to %s via %s", domain, dnsAddr, cfg.Bridge)
 }
@@ -239,18 +222,18 @@ const TunDevicePath = "/dev/net/tun"
 // kernel then checks each tap's owner). The Firecracker jailer makes its own
 // node inside the jail, so a restrictive mode only matters for VMMs started
 // without it.
-func CheckTunDevice(path string) CheckResult {
+func CheckTunDevice(path string) doctor.Result {
 	fi, err := os.Stat(path)
 	if err != nil {
-		return CheckResult{Status: Fail, Message: fmt.Sprintf("%s: %v: the kernel has no tun/tap support loaded", path, err),
-			Fix: "sudo modprobe tun (and add tun to /etc/modules-load.d/)"}
+		return doctor.Result{Status: doctor.Fail, Message: fmt.Sprintf("%s: %v: the kernel has no tun/tap support loaded", path, err),
+			Hint: "sudo modprobe tun (and add tun to /etc/modules-load.d/)"}
 	}
 	if fi.Mode()&os.ModeCharDevice == 0 {
-		return CheckResult{Status: Fail, Message: path + " is not a character device", Fix: "sudo rm " + path + " && sudo mknod -m 0666 " + path + " c 10 200"}
+		return doctor.Result{Status: doctor.Fail, Message: path + " is not a character device", Hint: "sudo rm " + path + " && sudo mknod -m 0666 " + path + " c 10 200"}
 	}
 	if fi.Mode().Perm()&0o006 != 0o006 {
-		return CheckResult{Status: Warn, Message: fmt.Sprintf("%s has mode %04o: VMMs running as the owner cannot open their taps", path, fi.Mode().Perm()),
-			Fix: "sudo chmod 0666 " + path + " (the usual default; each tap still admits only its owner)"}
+		return doctor.Result{Status: doctor.Warn, Message: fmt.Sprintf("%s has mode %04o: VMMs running as the owner cannot open their taps", path, fi.Mode().Perm()),
+			Hint: "sudo chmod 0666 " + path + " (the usual default; each tap still admits only its owner)"}
 	}
 	return pass("%s is usable by the VMMs", path)
 }

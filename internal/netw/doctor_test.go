@@ -3,6 +3,7 @@ package netw
 import (
 	"context"
 	"fmt"
+	"github.com/bangerdev/banger/internal/doctor"
 	"net"
 	"net/netip"
 	"os"
@@ -20,15 +21,15 @@ func TestCheckDNS(t *testing.T) {
 		t.Fatal(err)
 	}
 	addr := s.Addr()
-	if r := CheckDNS(context.Background(), addr, "vm"); r.Status != Pass {
+	if r := CheckDNS(context.Background(), addr, "vm"); r.Status != doctor.Pass {
 		t.Fatalf("CheckDNS = %+v", r)
 	}
-	if r := CheckDNS(context.Background(), addr, "other"); r.Status != Fail {
+	if r := CheckDNS(context.Background(), addr, "other"); r.Status != doctor.Fail {
 		t.Fatalf("CheckDNS for a zone it does not serve = %+v", r)
 	}
 	s.Close()
 	r := CheckDNS(context.Background(), addr, "vm")
-	if r.Status != Fail || !strings.Contains(r.Fix, "dig @127.0.0.1 -p") {
+	if r.Status != doctor.Fail || !strings.Contains(r.Hint, "dig @127.0.0.1 -p") {
 		t.Fatalf("CheckDNS with no server = %+v", r)
 	}
 }
@@ -41,14 +42,14 @@ func TestCheckIPForward(t *testing.T) {
 	for _, c := range []struct {
 		path   string
 		anyNAT bool
-		want   Status
-	}{{on, true, Pass}, {on, false, Pass}, {off, false, Pass}, {off, true, Fail}, {filepath.Join(dir, "missing"), true, Warn}} {
+		want   doctor.Status
+	}{{on, true, doctor.Pass}, {on, false, doctor.Pass}, {off, false, doctor.Pass}, {off, true, doctor.Fail}, {filepath.Join(dir, "missing"), true, doctor.Warn}} {
 		if r := CheckIPForward(c.path, c.anyNAT); r.Status != c.want {
 			t.Errorf("CheckIPForward(%s, %v) = %+v, want %s", filepath.Base(c.path), c.anyNAT, r, c.want)
 		}
 	}
-	if r := CheckIPForward(off, true); !strings.Contains(r.Fix, "sysctl -w net.ipv4.ip_forward=1") {
-		t.Errorf("fix hint %q", r.Fix)
+	if r := CheckIPForward(off, true); !strings.Contains(r.Hint, "sysctl -w net.ipv4.ip_forward=1") {
+		t.Errorf("fix hint %q", r.Hint)
 	}
 }
 
@@ -62,20 +63,20 @@ func TestCheckResolverRouting(t *testing.T) {
 		return hostexec.Result{Stdout: []byte(resp[c.Args[0]])}, nil
 	}}
 	ctx := context.Background()
-	if r := CheckResolverRouting(ctx, rec, cfg, "127.0.0.1:5353", "vm"); r.Status != Pass {
+	if r := CheckResolverRouting(ctx, rec, cfg, "127.0.0.1:5353", "vm"); r.Status != doctor.Pass {
 		t.Fatalf("routed: %+v", r)
 	}
 	if got := rec.Lines(); got[0] != "resolvectl dns br-banger" || got[1] != "resolvectl domain br-banger" {
 		t.Fatalf("commands %q", got)
 	}
 	resp["domain"] = "Link 7 (br-banger):\n"
-	if r := CheckResolverRouting(ctx, rec, cfg, "127.0.0.1:5353", "vm"); r.Status != Fail || !strings.Contains(r.Fix, "resolvectl domain br-banger ~vm") {
+	if r := CheckResolverRouting(ctx, rec, cfg, "127.0.0.1:5353", "vm"); r.Status != doctor.Fail || !strings.Contains(r.Hint, "resolvectl domain br-banger ~vm") {
 		t.Fatalf("unrouted: %+v", r)
 	}
 	rec.Respond = func(c hostexec.Cmd) (hostexec.Result, error) {
 		return hostexec.Result{ExitCode: -1}, fmt.Errorf("resolvectl: %w", hostexec.ErrNotFound)
 	}
-	if r := CheckResolverRouting(ctx, rec, cfg, "127.0.0.1:5353", "vm"); r.Status != Warn || !strings.Contains(r.Fix, "server=/vm/127.0.0.1#5353") {
+	if r := CheckResolverRouting(ctx, rec, cfg, "127.0.0.1:5353", "vm"); r.Status != doctor.Warn || !strings.Contains(r.Hint, "server=/vm/127.0.0.1#5353") {
 		t.Fatalf("no resolved: %+v", r)
 	}
 }
@@ -85,22 +86,22 @@ func TestCheckNATTableWithoutPrivilegeOrTools(t *testing.T) {
 	denied := &hostexec.Recorder{Respond: func(c hostexec.Cmd) (hostexec.Result, error) {
 		return hostexec.Result{ExitCode: 1}, &hostexec.ExitError{Cmd: c.String(), ExitCode: 1, Stderr: "Error: Operation not permitted"}
 	}}
-	if r := CheckNATTable(ctx, denied, Config{}, nil); r.Status != Warn || !strings.Contains(r.Fix, "sudo") {
+	if r := CheckNATTable(ctx, denied, Config{}, nil); r.Status != doctor.Warn || !strings.Contains(r.Hint, "sudo") {
 		t.Fatalf("unprivileged: %+v", r)
 	}
 	none := &hostexec.Recorder{Respond: func(c hostexec.Cmd) (hostexec.Result, error) {
 		return hostexec.Result{ExitCode: -1}, fmt.Errorf("%s: %w", c.Name, hostexec.ErrNotFound)
 	}}
-	if r := CheckNATTable(ctx, none, Config{}, nil); r.Status != Warn {
+	if r := CheckNATTable(ctx, none, Config{}, nil); r.Status != doctor.Warn {
 		t.Fatalf("no tools, no NAT VMs: %+v", r)
 	}
-	if r := CheckNATTable(ctx, none, Config{}, []netip.Addr{netip.MustParseAddr("172.30.0.2")}); r.Status != Fail {
+	if r := CheckNATTable(ctx, none, Config{}, []netip.Addr{netip.MustParseAddr("172.30.0.2")}); r.Status != doctor.Fail {
 		t.Fatalf("no tools, NAT VMs: %+v", r)
 	}
 	absent := &hostexec.Recorder{Respond: func(c hostexec.Cmd) (hostexec.Result, error) {
 		return hostexec.Result{ExitCode: 1}, &hostexec.ExitError{Cmd: c.String(), ExitCode: 1, Stderr: "Error: No such file or directory"}
 	}}
-	if r := CheckNATTable(ctx, absent, Config{}, nil); r.Status != Fail || !strings.Contains(r.Message, "missing") {
+	if r := CheckNATTable(ctx, absent, Config{}, nil); r.Status != doctor.Fail || !strings.Contains(r.Message, "missing") {
 		t.Fatalf("table missing: %+v", r)
 	}
 }
@@ -111,7 +112,7 @@ func TestCheckBridgeMissingInHostIsReported(t *testing.T) {
 	if _, err := net.InterfaceByName(name); err == nil {
 		t.Skip(name + " exists")
 	}
-	if r := CheckBridge(Config{Bridge: name}); r.Status != Fail || r.Fix == "" {
+	if r := CheckBridge(Config{Bridge: name}); r.Status != doctor.Fail || r.Hint == "" {
 		t.Fatalf("CheckBridge = %+v", r)
 	}
 }
@@ -120,18 +121,18 @@ func TestCheckTunDevice(t *testing.T) {
 	dir := t.TempDir()
 	regular := filepath.Join(dir, "tun")
 	os.WriteFile(regular, nil, 0o666)
-	if r := CheckTunDevice(regular); r.Status != Fail {
+	if r := CheckTunDevice(regular); r.Status != doctor.Fail {
 		t.Fatalf("regular file: %+v", r)
 	}
-	if r := CheckTunDevice(filepath.Join(dir, "missing")); r.Status != Fail || !strings.Contains(r.Fix, "modprobe tun") {
+	if r := CheckTunDevice(filepath.Join(dir, "missing")); r.Status != doctor.Fail || !strings.Contains(r.Hint, "modprobe tun") {
 		t.Fatalf("missing: %+v", r)
 	}
 	// /dev/null is a character device with mode 0666.
-	if r := CheckTunDevice("/dev/null"); r.Status != Pass {
+	if r := CheckTunDevice("/dev/null"); r.Status != doctor.Pass {
 		t.Fatalf("/dev/null: %+v", r)
 	}
 	if fi, err := os.Stat(TunDevicePath); err == nil && fi.Mode().Perm()&0o006 != 0o006 {
-		if r := CheckTunDevice(TunDevicePath); r.Status != Warn || !strings.Contains(r.Fix, "chmod 0666") {
+		if r := CheckTunDevice(TunDevicePath); r.Status != doctor.Warn || !strings.Contains(r.Hint, "chmod 0666") {
 			t.Fatalf("restrictive %s: %+v", TunDevicePath, r)
 		}
 	}

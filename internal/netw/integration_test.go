@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/bangerdev/banger/internal/doctor"
 	"net"
 	"net/netip"
 	"os/exec"
@@ -66,9 +67,9 @@ func TestBridgeTapPoolLifecycle(t *testing.T) {
 	if len(addrs) != 1 || addrs[0].IPNet.String() != "172.30.0.1/24" {
 		t.Fatalf("bridge addresses %v (EnsureBridge twice must add the address once)", addrs)
 	}
-	var res CheckResult
+	var res doctor.Result
 	_ = ns.do(func() error { res = CheckBridge(cfg); return nil })
-	if res.Status != Pass {
+	if res.Status != doctor.Pass {
 		t.Fatalf("CheckBridge = %+v", res)
 	}
 	st, err := privops.InspectNAT(ctx, nsRunner{ns: ns.name}, testBridge)
@@ -187,7 +188,7 @@ func TestBridgeTapPoolLifecycle(t *testing.T) {
 		t.Fatalf("second DeleteBridge: %v", err)
 	}
 	_ = ns.do(func() error { res = CheckBridge(cfg); return nil })
-	if res.Status != Fail || res.Fix == "" {
+	if res.Status != doctor.Fail || res.Hint == "" {
 		t.Fatalf("CheckBridge without a bridge = %+v", res)
 	}
 }
@@ -248,7 +249,7 @@ func TestResolverRoutingWithoutResolved(t *testing.T) {
 		t.Fatalf("disabling without resolved: %v", err)
 	}
 	res := CheckResolverRouting(ctx, nsRunner{ns: ns.name}, m.Config(), "127.0.0.1:5353", "vm")
-	if res.Status != Warn || !strings.Contains(res.Fix, "server=/vm/127.0.0.1#5353") {
+	if res.Status != doctor.Warn || !strings.Contains(res.Hint, "server=/vm/127.0.0.1#5353") {
 		t.Fatalf("CheckResolverRouting = %+v", res)
 	}
 }
@@ -401,18 +402,18 @@ func TestNATReachesUpstreamOnlyWithNAT(t *testing.T) {
 			}
 
 			// Doctor checks see the same thing.
-			var fwd CheckResult
+			var fwd doctor.Result
 			_ = tp.host.do(func() error { fwd = CheckIPForward(IPForwardPath, true); return nil })
-			if fwd.Status != Pass {
+			if fwd.Status != doctor.Pass {
 				t.Fatalf("CheckIPForward = %+v", fwd)
 			}
-			if r := CheckNATTable(ctx, tp.runner, tp.cfg, []netip.Addr{guest, other}); r.Status != Pass {
+			if r := CheckNATTable(ctx, tp.runner, tp.cfg, []netip.Addr{guest, other}); r.Status != doctor.Pass {
 				t.Fatalf("CheckNATTable = %+v", r)
 			}
-			if r := CheckNATTable(ctx, tp.runner, tp.cfg, []netip.Addr{guest}); r.Status != Warn || !strings.Contains(r.Message, "172.30.0.99") {
+			if r := CheckNATTable(ctx, tp.runner, tp.cfg, []netip.Addr{guest}); r.Status != doctor.Warn || !strings.Contains(r.Message, "172.30.0.99") {
 				t.Fatalf("CheckNATTable with a stale entry = %+v", r)
 			}
-			if r := CheckNATTable(ctx, tp.runner, tp.cfg, []netip.Addr{guest, other, netip.MustParseAddr("172.30.0.50")}); r.Status != Fail {
+			if r := CheckNATTable(ctx, tp.runner, tp.cfg, []netip.Addr{guest, other, netip.MustParseAddr("172.30.0.50")}); r.Status != doctor.Fail {
 				t.Fatalf("CheckNATTable with a missing entry = %+v", r)
 			}
 

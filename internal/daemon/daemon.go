@@ -62,7 +62,7 @@ type Daemon struct {
 	locks     *keyLocks
 	lifecycle Lifecycle
 	images    *image.Store
-	kernels   kernelService
+	kernels   *kernelService
 	sshcfg    sshConfigWriter
 	rt        runtimeState // VM runtime services; see lifecycle.go
 	srv       *rpc.Server

@@ -403,18 +403,3 @@ func ParseSignal(s string) (syscall.Signal, error) {
 	}
 	return 0, fmt.Errorf("unknown signal %q (use a name like KILL, TERM, INT or a number)", s)
 }
-
-// ensureKernel returns the kernel called name.
-//
-// TEMPORARY: the integrator replaces this with the kernel store's version
-// in kernels.go (which also pulls a missing default kernel).
-func (d *Daemon) ensureKernel(ctx context.Context, name string) (*model.Kernel, error) {
-	k, err := d.store.GetKernel(ctx, name)
-	if err != nil {
-		if errors.Is(err, model.ErrNotFound) {
-			return nil, rpc.Errorf(rpc.CodeNotFound, "kernel %q does not exist: pull or import it first (see `banger kernel --help`)", name)
-		}
-		return nil, err
-	}
-	return k, nil
-}

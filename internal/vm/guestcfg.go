@@ -99,6 +99,12 @@ func (m *Manager) guestNetwork(vm *model.VM) (guestNetwork, error) {
 	}, nil
 }
 
+// workDeviceDropIn is the systemd drop-in directory of the work disk's
+// device unit in the guest.
+const workDeviceDropIn = "/etc/systemd/system/dev-vdb.device.d"
+
+const workDeviceTimeout = "# banger: wait for the /root disk (udev is slow under emulation)\n[Unit]\nJobRunningTimeoutSec=120s\n"
+
 // hostsFile is the guest's /etc/hosts.
 func hostsFile(name, domain string) []byte {
 	return []byte(fmt.Sprintf("127.0.0.1\tlocalhost\n127.0.1.1\t%s.%s %s\n::1\tlocalhost ip6-localhost ip6-loopback\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n", name, domain, name))
@@ -117,6 +123,12 @@ func (m *Manager) guestConfigBatch(vm *model.VM, n guestNetwork, hostKeyPEM []by
 	pub := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(hostPub))) + " root@" + vm.Name + "\n"
 	b.WriteFile(image.GuestHostKey+".pub", []byte(pub), 0o644, 0, 0)
 	b.WriteFile(image.GuestAuthorizedKeys, []byte(m.o.Guests.AuthorizedKey()+"\n"), 0o644, 0, 0)
+	// The image's fstab gives /dev/vdb a 5 s device timeout; under
+	// emulation udev announces the disk later than that and /root would
+	// silently stay on the root disk. This drop-in has the generator's
+	// file name, so it replaces its timeout (ssh.service waits for /root).
+	b.Mkdir(workDeviceDropIn, 0o755, 0, 0)
+	b.WriteFile(workDeviceDropIn+"/50-device-timeout.conf", []byte(workDeviceTimeout), 0o644, 0, 0)
 	return b
 }
 

@@ -292,22 +292,22 @@ func (a daemonArtifacts) EnsureKernel(ctx context.Context, name string) (*model.
 // methods.
 func (d *Daemon) registerLifecycle() {
 	s := d.srv
-	s.Handle(api.MethodVMStart, rpc.Typed(func(ctx context.Context, p api.Ref) (*model.VM, error) {
+	d.handleVM(api.MethodVMStart, rpc.Typed(func(ctx context.Context, p api.Ref) (*model.VM, error) {
 		return d.lifecycleOp(ctx, "vm.start", p.Ref, func(ctx context.Context, m *vm.Manager, v *model.VM) (*model.VM, error) {
 			return m.Start(ctx, v)
 		})
 	}))
-	s.Handle(api.MethodVMStop, rpc.Typed(func(ctx context.Context, p api.Ref) (*model.VM, error) {
+	d.handleVM(api.MethodVMStop, rpc.Typed(func(ctx context.Context, p api.Ref) (*model.VM, error) {
 		return d.lifecycleOp(ctx, "vm.stop", p.Ref, func(ctx context.Context, m *vm.Manager, v *model.VM) (*model.VM, error) {
 			return m.Stop(ctx, v)
 		})
 	}))
-	s.Handle(api.MethodVMRestart, rpc.Typed(func(ctx context.Context, p api.Ref) (*model.VM, error) {
+	d.handleVM(api.MethodVMRestart, rpc.Typed(func(ctx context.Context, p api.Ref) (*model.VM, error) {
 		return d.lifecycleOp(ctx, "vm.restart", p.Ref, func(ctx context.Context, m *vm.Manager, v *model.VM) (*model.VM, error) {
 			return m.Restart(ctx, v)
 		})
 	}))
-	s.Handle(api.MethodVMKill, rpc.Typed(func(ctx context.Context, p api.VMKillParams) (*model.VM, error) {
+	d.handleVM(api.MethodVMKill, rpc.Typed(func(ctx context.Context, p api.VMKillParams) (*model.VM, error) {
 		sig, err := ParseSignal(p.Signal)
 		if err != nil {
 			return nil, rpc.Errorf(rpc.CodeBadRequest, "%w", err)
@@ -316,7 +316,7 @@ func (d *Daemon) registerLifecycle() {
 			return m.Kill(ctx, v, sig)
 		})
 	}))
-	s.Handle(api.MethodVMSet, rpc.Typed(func(ctx context.Context, p api.VMSetParams) (*model.VM, error) {
+	d.handleVM(api.MethodVMSet, rpc.Typed(func(ctx context.Context, p api.VMSetParams) (*model.VM, error) {
 		if p.VCPU == nil && p.MemoryMiB == nil && p.DiskSizeMiB == nil && p.NAT == nil {
 			return nil, rpc.Errorf(rpc.CodeBadRequest, "nothing to change: give --vcpu, --memory, --disk-size or --nat/--no-nat")
 		}

@@ -53,9 +53,16 @@ func CheckGuestPath(p string) error {
 //     permission bits, not owners), refuses it unless the completion
 //     marker arrived (so a truncated stream changes nothing);
 //   - builds the index from the shipped entries (`git update-index
-//     --index-info`), restores skip-worktree bits, refreshes it (`git
-//     update-index --refresh`, which hashes the work tree once), deletes
-//     the shipping files;
+//     --index-info`) and restores skip-worktree bits;
+//   - writes the clean files from the shipped objects with `git
+//     checkout-index -u` (one run per umask, so each file gets its host
+//     permission bits; -u records their stat data, so git never rehashes
+//     them). In work-tree mode a temporary info/attributes turns off every
+//     conversion, so each file gets its blob's exact bytes (Inspect only
+//     lists files whose host bytes are exactly that); with From the
+//     checkout applies the repository's attributes like `git checkout`;
+//   - refreshes the index (`git update-index --refresh`: hashes only the
+//     files that came as bytes) and deletes the shipping files;
 //   - with o.ReadOnly, `chmod a-w` on everything but .git;
 //   - renames the result to guestPath (replacing the old tree with
 //     o.Replace).
@@ -83,8 +90,15 @@ trap 'chmod -R u+w -- "$tmp" 2>/dev/null; rm -rf -- "$tmp"' EXIT
 if ! tar -x -p -o -f - -C "$tmp"; then echo "banger: extracting the workspace failed (stream cut short, or guest disk full?); nothing was changed in $dest" >&2; exit 3; fi
 if [ ! -f "$tmp/` + completeMarker + `" ]; then echo "banger: the workspace stream ended early; nothing was changed in $dest" >&2; exit 3; fi
 cd -- "$tmp"
-git update-index -z --index-info < .git/banger/index-info
-if [ -f .git/banger/skip-worktree ]; then git update-index -z --skip-worktree --stdin < .git/banger/skip-worktree; fi
+git update-index -z --index-info < ` + indexInfoFile + `
+if [ -f ` + skipWorktreeFile + ` ]; then git update-index -z --skip-worktree --stdin < ` + skipWorktreeFile + `; fi
+if [ -f ` + checkoutAttrs + ` ]; then mv ` + checkoutAttrs + ` .git/info/attributes; fi
+for list in ` + checkoutPrefix + `[0-7][0-7][0-7][0-7]; do
+  [ -f "$list" ] || continue
+  (umask "${list##*-}" && git -c checkout.workers=0 checkout-index -u -f -z --stdin < "$list")
+done
+rm -f .git/info/attributes
+if [ -f ` + attributesFile + ` ]; then mv ` + attributesFile + ` .git/info/attributes; fi
 git update-index -q --unmerged --refresh >/dev/null 2>&1 || true
 rm -rf .git/banger
 chmod 0755 .

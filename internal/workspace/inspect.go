@@ -1,9 +1,11 @@
 package workspace
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -68,19 +70,19 @@ func Inspect(ctx context.Context, r hostexec.Runner, path string, o Options) (*S
 		return nil, fmt.Errorf("%s is %w (run git init or pass a repository path)", abs, ErrNotGitRepo)
 	}
 
-	info, err := g.out(ctx, s.Root, "rev-parse", "--show-object-format", "--git-path", "objects", "--git-path", "info/exclude", "--git-path", "shallow")
+	info, err := g.out(ctx, s.Root, "rev-parse", "--show-object-format", "--git-path", "objects", "--git-path", "info/exclude", "--git-path", "shallow", "--git-path", "info/attributes")
 	if err != nil {
 		return nil, fmt.Errorf("inspect %s: %w", s.Root, err)
 	}
 	lines := strings.Split(strings.TrimSuffix(info, "\n"), "\n")
-	if len(lines) != 4 {
+	if len(lines) != 5 {
 		return nil, fmt.Errorf("inspect %s: unexpected rev-parse output %q", s.Root, info)
 	}
 	s.ObjectFormat = lines[0]
 	if s.ObjectFormat != "sha1" && s.ObjectFormat != "sha256" {
 		return nil, fmt.Errorf("inspect %s: unsupported object format %q", s.Root, s.ObjectFormat)
 	}
-	s.gitDirs = gitPaths{objects: s.abs(lines[1]), exclude: s.abs(lines[2]), shallow: s.abs(lines[3])}
+	s.gitDirs = gitPaths{objects: s.abs(lines[1]), exclude: s.abs(lines[2]), shallow: s.abs(lines[3]), attributes: s.abs(lines[4])}
 
 	head, err := g.maybe(ctx, s.Root, "rev-parse", "--verify", "-q", "HEAD^{commit}")
 	if err != nil {
@@ -93,6 +95,14 @@ func Inspect(ctx context.Context, r hostexec.Runner, path string, o Options) (*S
 	}
 	s.HostBranch = strings.TrimPrefix(strings.TrimSpace(ref), "refs/heads/")
 
+	if o.Branch != "" {
+		if _, err := g.out(ctx, "", "check-ref-format", "refs/heads/"+o.Branch); err != nil {
+			return nil, fmt.Errorf("branch name %q is not valid in git: %w", o.Branch, ErrInvalidOptions)
+		}
+	}
+	if err := s.readConfig(ctx, g); err != nil {
+		return nil, err
+	}
 	if o.From != "" {
 		err = s.inspectCommit(ctx, g)
 	} else {
@@ -103,13 +113,7 @@ func Inspect(ctx context.Context, r hostexec.Runner, path string, o Options) (*S
 		return nil, err
 	}
 	if o.Branch != "" {
-		if _, err := g.out(ctx, "", "check-ref-format", "refs/heads/"+o.Branch); err != nil {
-			return nil, fmt.Errorf("branch name %q is not valid in git: %w", o.Branch, ErrInvalidOptions)
-		}
 		s.Branch = o.Branch
-	}
-	if err := s.readConfig(ctx, g); err != nil {
-		return nil, err
 	}
 	return s, nil
 }
@@ -142,6 +146,12 @@ func (s *Snapshot) abs(p string) string {
 
 // inspectWorkTree lists the index and the work tree.
 func (s *Snapshot) inspectWorkTree(ctx context.Context, g gitCmd) error {
+	// Status first: a `git add` racing with us then at worst makes a file
+	// look dirty (shipped as bytes), never clean with a stale blob.
+	dirty, err := g.dirty(ctx, s.Root)
+	if err != nil {
+		return fmt.Errorf("read status of %s: %w", s.Root, err)
+	}
 	out, err := g.out(ctx, s.Root, "ls-files", "-z", "-s", "-t")
 	if err != nil {
 		return fmt.Errorf("list tracked files of %s: %w", s.Root, err)
@@ -154,16 +164,15 @@ func (s *Snapshot) inspectWorkTree(ctx context.Context, g gitCmd) error {
 	var gitlinks []string
 	hasGitmodules := false
 	lst := newLstater(s.Root)
-	var last string
-	for _, e := range entries {
+	var candidates []int // s.files indexes that may be checked out in the guest
+	for i, e := range entries {
 		if e.mode == gitlinkMode {
 			gitlinks = append(gitlinks, e.path)
 			continue
 		}
-		if e.path == last { // unmerged: one file, several stages
+		if i > 0 && e.path == entries[i-1].path { // unmerged: one file, several stages
 			continue
 		}
-		last = e.path
 		if e.path == ".gitmodules" {
 			hasGitmodules = true
 		}
@@ -178,6 +187,10 @@ func (s *Snapshot) inspectWorkTree(ctx context.Context, g gitCmd) error {
 			s.skipped = append(s.skipped, Skipped{Path: e.path, Reason: skip})
 			continue
 		}
+		unmerged := e.stage != "0" || (i+1 < len(entries) && entries[i+1].path == e.path)
+		if f.Kind == Regular && !unmerged && !dirty[e.path] && checkoutMode(e.mode, f.Mode) {
+			candidates = append(candidates, len(s.files))
+		}
 		s.files = append(s.files, f)
 	}
 	if hasGitmodules {
@@ -188,6 +201,9 @@ func (s *Snapshot) inspectWorkTree(ctx context.Context, g gitCmd) error {
 		gitlinks = append(gitlinks, declared...)
 	}
 	if err := s.refuseSubmodules(gitlinks); err != nil {
+		return err
+	}
+	if err := s.markCheckout(ctx, g, candidates); err != nil {
 		return err
 	}
 
@@ -250,6 +266,9 @@ func (s *Snapshot) inspectCommit(ctx context.Context, g gitCmd) error {
 			return fmt.Errorf("list files of %s: unexpected ls-tree record %q", commit, rec)
 		}
 		mode, typ, oid, size := fields[0], fields[1], fields[2], fields[3]
+		if !isHex(oid) {
+			return fmt.Errorf("list files of %s: unexpected ls-tree record %q", commit, rec)
+		}
 		if mode == gitlinkMode || typ == "commit" {
 			gitlinks = append(gitlinks, p)
 			continue
@@ -264,7 +283,7 @@ func (s *Snapshot) inspectCommit(ctx context.Context, g gitCmd) error {
 		if err != nil || typ != "blob" {
 			return fmt.Errorf("list files of %s: unexpected ls-tree record %q", commit, rec)
 		}
-		f := File{Path: p, Size: n, oid: oid}
+		f := File{Path: p, Size: n, checkout: true}
 		switch mode {
 		case "120000":
 			f.Kind = Symlink
@@ -333,6 +352,114 @@ func configValueOK(v string) bool {
 		}
 	}
 	return true
+}
+
+// checkoutMode reports whether `git checkout-index` under some umask
+// writes a file of index mode indexMode with exactly the permission bits
+// perm: 0666&^umask for 100644, 0777&^umask for 100755; never setuid,
+// setgid or sticky bits.
+func checkoutMode(indexMode string, perm fs.FileMode) bool {
+	switch indexMode {
+	case "100644":
+		return perm&^0o666 == 0
+	case "100755":
+		return perm&^0o777 == 0
+	}
+	return false
+}
+
+// checkoutUmask is the umask under which checkout-index writes perm.
+func checkoutUmask(perm fs.FileMode) fs.FileMode { return 0o777 &^ perm }
+
+// conversionAttrs are the attributes under which a work-tree file may
+// differ from its blob although git calls it clean.
+var conversionAttrs = []string{"filter", "ident", "working-tree-encoding", "text", "eol", "crlf"}
+
+// markCheckout decides which clean files the guest writes from the
+// shipped blobs (git checkout-index) instead of receiving their bytes: only
+// those whose work-tree bytes are exactly the blob's, i.e. no clean/smudge
+// filter, no ident, no working-tree-encoding, and no CR byte in a file
+// subject to end-of-line normalisation.
+func (s *Snapshot) markCheckout(ctx context.Context, g gitCmd, candidates []int) error {
+	if len(candidates) == 0 {
+		return nil
+	}
+	var in strings.Builder
+	for _, i := range candidates {
+		in.WriteString(s.files[i].Path)
+		in.WriteByte(0)
+	}
+	res, err := g.r.Run(ctx, hostexec.Cmd{Name: "git", Args: append([]string{"-C", s.Root, "check-attr", "-z", "--stdin"}, conversionAttrs...),
+		Stdin: strings.NewReader(in.String())})
+	if err != nil {
+		return fmt.Errorf("read attributes of %s: %w", s.Root, err)
+	}
+	attrs, err := parseCheckAttr(string(res.Stdout))
+	if err != nil {
+		return fmt.Errorf("read attributes of %s: %w", s.Root, err)
+	}
+	eolByConfig := false
+	for _, c := range s.config {
+		if c.key == "core.autocrlf" && (strings.EqualFold(c.value, "true") || strings.EqualFold(c.value, "input")) {
+			eolByConfig = true
+		}
+	}
+	for _, i := range candidates {
+		f := &s.files[i]
+		a := attrs[f.Path]
+		specified := func(name string) bool { v := a[name]; return v != "" && v != "unspecified" && v != "unset" }
+		if specified("filter") || specified("ident") || specified("working-tree-encoding") {
+			continue
+		}
+		eol := a["text"] != "unset" && a["crlf"] != "unset" && (specified("text") || specified("eol") || specified("crlf") || eolByConfig)
+		if eol {
+			hasCR, err := containsCR(filepath.Join(s.Root, filepath.FromSlash(f.Path)))
+			if err != nil || hasCR {
+				continue // ship the bytes; Stream reports a read error
+			}
+		}
+		f.checkout = true
+	}
+	return nil
+}
+
+// parseCheckAttr parses `git check-attr -z` output: path, attribute, value
+// triples, each NUL-terminated.
+func parseCheckAttr(out string) (map[string]map[string]string, error) {
+	recs := splitZ(out)
+	if len(recs)%3 != 0 {
+		return nil, fmt.Errorf("unexpected check-attr output (%d fields)", len(recs))
+	}
+	m := map[string]map[string]string{}
+	for i := 0; i < len(recs); i += 3 {
+		p, a, v := recs[i], recs[i+1], recs[i+2]
+		if m[p] == nil {
+			m[p] = map[string]string{}
+		}
+		m[p][a] = v
+	}
+	return m, nil
+}
+
+func containsCR(p string) (bool, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := f.Read(buf)
+		if bytes.IndexByte(buf[:n], '\r') >= 0 {
+			return true, nil
+		}
+		if err == io.EOF {
+			return false, nil
+		}
+		if err != nil {
+			return false, err
+		}
+	}
 }
 
 // parseLsFiles parses `git ls-files -z -s -t` output:
@@ -431,13 +558,13 @@ func (l *lstater) file(p string) (File, SkipReason, error) {
 	}
 	switch {
 	case fi.Mode().IsRegular():
-		return File{Path: p, Kind: Regular, Mode: permBits(fi.Mode()), Size: fi.Size(), mtime: fi.ModTime()}, "", nil
+		return File{Path: p, Kind: Regular, Mode: permBits(fi.Mode()), Size: fi.Size()}, "", nil
 	case fi.Mode()&fs.ModeSymlink != 0:
 		target, err := os.Readlink(full)
 		if err != nil {
 			return File{}, "", fmt.Errorf("read symlink %s: %w", full, err)
 		}
-		return File{Path: p, Kind: Symlink, Size: int64(len(target)), Target: target, mtime: fi.ModTime()}, "", nil
+		return File{Path: p, Kind: Symlink, Size: int64(len(target)), Target: target}, "", nil
 	default:
 		return File{}, SkipSpecial, nil
 	}
@@ -489,6 +616,36 @@ func (g gitCmd) maybe(ctx context.Context, dir string, args ...string) (string, 
 		return "", nil
 	}
 	return out, err
+}
+
+// dirty returns the tracked paths whose work-tree state differs from the
+// index (or that are unmerged), as `git status` sees them. It does not
+// write the host's index (GIT_OPTIONAL_LOCKS=0).
+func (g gitCmd) dirty(ctx context.Context, dir string) (map[string]bool, error) {
+	c := g.cmd(dir, "status", "--porcelain=v1", "-z", "--untracked-files=no", "--no-renames", "--ignore-submodules=none")
+	c.Env = []string{"GIT_OPTIONAL_LOCKS=0"}
+	res, err := g.r.Run(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	return parseStatus(string(res.Stdout))
+}
+
+// parseStatus parses `git status --porcelain=v1 -z --no-renames` output
+// ("XY path\0") into the set of paths whose work tree differs from the
+// index or that are unmerged.
+func parseStatus(out string) (map[string]bool, error) {
+	dirty := map[string]bool{}
+	for _, rec := range splitZ(out) {
+		if len(rec) < 4 || rec[2] != ' ' {
+			return nil, fmt.Errorf("unexpected status record %q", rec)
+		}
+		x, y := rec[0], rec[1]
+		if y != ' ' || x == 'U' || (x == 'A' && y == 'A') || (x == 'D' && y == 'D') {
+			dirty[rec[3:]] = true
+		}
+	}
+	return dirty, nil
 }
 
 // configPaths returns the submodule paths a .gitmodules declares.

@@ -91,7 +91,9 @@ func TestInspectCommands(t *testing.T) {
 		case strings.HasSuffix(line, "rev-parse --show-toplevel"):
 			return hostexec.Result{Stdout: []byte(repo + "\n")}, nil
 		case strings.Contains(line, "--show-object-format"):
-			return hostexec.Result{Stdout: []byte("sha1\n.git/objects\n.git/info/exclude\n.git/shallow\n")}, nil
+			return hostexec.Result{Stdout: []byte("sha1\n.git/objects\n.git/info/exclude\n.git/shallow\n.git/info/attributes\n")}, nil
+		case strings.Contains(line, " status "):
+			return hostexec.Result{Stdout: []byte(" M missing.txt\x00")}, nil
 		case strings.Contains(line, "HEAD^{commit}"):
 			return hostexec.Result{Stdout: []byte(head + "\n")}, nil
 		case strings.Contains(line, "symbolic-ref"):
@@ -111,13 +113,14 @@ func TestInspectCommands(t *testing.T) {
 	}
 	want := []string{
 		"git -C " + repo + " rev-parse --show-toplevel",
-		"git -C " + repo + " rev-parse --show-object-format --git-path objects --git-path info/exclude --git-path shallow",
+		"git -C " + repo + " rev-parse --show-object-format --git-path objects --git-path info/exclude --git-path shallow --git-path info/attributes",
 		"git -C " + repo + " rev-parse --verify -q 'HEAD^{commit}'",
 		"git -C " + repo + " symbolic-ref -q HEAD",
-		"git -C " + repo + " ls-files -z -s -t",
-		"git -C " + repo + " ls-files -z -o --exclude-standard",
 		"git check-ref-format refs/heads/topic",
 		"git -C " + repo + " config -z --get-regexp '^core\\.(autocrlf|eol|filemode|symlinks|ignorecase)$'",
+		"git -C " + repo + " status --porcelain=v1 -z --untracked-files=no --no-renames --ignore-submodules=none",
+		"git -C " + repo + " ls-files -z -s -t",
+		"git -C " + repo + " ls-files -z -o --exclude-standard",
 	}
 	got := rec.Lines()
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {

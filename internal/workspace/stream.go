@@ -24,55 +24,87 @@ import (
 	"github.com/bangerdev/banger/internal/progress"
 )
 
-// completeMarker is the last entry of every stream. GuestScript refuses to
-// install a tree without it, so a truncated stream never becomes a
-// workspace.
-const completeMarker = ".git/banger/complete"
+// Names inside the shipped .git that GuestScript consumes and removes.
+const (
+	completeMarker   = ".git/banger/complete" // last entry of every stream
+	indexInfoFile    = ".git/banger/index-info"
+	skipWorktreeFile = ".git/banger/skip-worktree"
+	attributesFile   = ".git/banger/info-attributes"
+	checkoutPrefix   = ".git/banger/checkout-" // + 4-digit octal umask
+	// checkoutAttrs, when shipped, is the info/attributes in force while
+	// the guest checks files out: it turns off every conversion, so a
+	// checked-out file gets its blob's exact bytes (work-tree mode, where
+	// Inspect verified those equal the host's file).
+	checkoutAttrs = ".git/banger/checkout-attributes"
+)
 
 // Stream writes the workspace of snap to w as one tar stream (PAX where a
-// name needs it): the files (see Snapshot.Files) first, then the shallow
-// .git (see the package documentation), then a completion marker. The git
-// objects are collected concurrently while the files stream. Stream reads
-// the work tree again: a file that vanished or changed type since Inspect,
-// or whose size changed while it was read, fails with ErrChanged. On error,
-// w has received a truncated stream that GuestScript refuses.
+// name needs it). In order: the directories; the files whose bytes must
+// travel (dirty, untracked, symlinks, files with end-of-line or filter
+// conversions, unusual modes); the .git metadata with the lists of clean
+// files the guest checks out from the shipped objects; the loose objects;
+// the pack (made concurrently by `git pack-objects` while the rest
+// streams); a completion marker. Stream reads the work tree again: a file
+// that vanished or changed type since Inspect, or whose size changed while
+// it was read, fails with ErrChanged. On error, w has received a truncated
+// stream that GuestScript refuses.
 func Stream(ctx context.Context, snap *Snapshot, w io.Writer) (Stats, error) {
 	start := time.Now()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	tmp, err := os.MkdirTemp("", "banger-workspace-")
-	if err != nil {
-		return Stats{}, fmt.Errorf("workspace stream: %w", err)
-	}
-	defer os.RemoveAll(tmp)
-	metaCh := make(chan metaResult, 1)
-	go func() {
-		m, err := snap.gitMeta(ctx, tmp)
-		metaCh <- metaResult{m, err}
-	}()
-	waitMeta := func() metaResult {
-		cancel()
-		return <-metaCh
-	}
-
 	cw := &countingWriter{w: w}
 	bw := bufio.NewWriterSize(cw, 1<<20)
-	sw := &streamWriter{tw: tar.NewWriter(bw), dirs: map[string]bool{}, snap: snap, buf: make([]byte, 1<<20), ctx: ctx, total: snap.Bytes()}
-	if snap.Options.From != "" {
-		err = sw.commitFiles()
-	} else {
-		err = sw.workTreeFiles()
+	sw := &streamWriter{tw: tar.NewWriter(bw), dirs: map[string]bool{}, snap: snap, buf: make([]byte, 1<<20), ctx: ctx}
+	for _, f := range snap.files {
+		if f.Kind == Regular {
+			sw.stats.Files++
+			sw.stats.FileBytes += f.Size
+		} else {
+			sw.stats.Symlinks++
+		}
+		if !f.checkout {
+			sw.total += f.Size
+		}
 	}
+
+	plan, err := snap.plan(ctx)
 	if err != nil {
-		waitMeta()
 		return sw.stats, err
 	}
-	mr := <-metaCh
-	if mr.err != nil {
-		return sw.stats, mr.err
+	tmp, err := os.MkdirTemp("", "banger-workspace-")
+	if err != nil {
+		return sw.stats, fmt.Errorf("workspace stream: %w", err)
 	}
-	if err := sw.gitDir(mr.meta); err != nil {
+	defer os.RemoveAll(tmp)
+	packCh := make(chan packResult, 1)
+	go func() {
+		files, err := snap.pack(ctx, tmp, plan.packed)
+		packCh <- packResult{files, err}
+	}()
+	fail := func(err error) (Stats, error) {
+		cancel()
+		<-packCh
+		return sw.stats, err
+	}
+
+	if err := sw.workspace(); err != nil {
+		return fail(err)
+	}
+	if err := sw.gitFiles(plan); err != nil {
+		return fail(err)
+	}
+	pr := <-packCh
+	if pr.err != nil {
+		return sw.stats, pr.err
+	}
+	for _, p := range pr.files {
+		if err := sw.packFile(p); err != nil {
+			return sw.stats, err
+		}
+	}
+	sw.stats.GitObjects = plan.objects
+	if err := sw.metaFile(completeMarker, []byte("ok\n"), 0o644); err != nil {
 		return sw.stats, err
 	}
 	if err := sw.tw.Close(); err != nil {
@@ -86,9 +118,9 @@ func Stream(ctx context.Context, snap *Snapshot, w io.Writer) (Stats, error) {
 	return sw.stats, nil
 }
 
-type metaResult struct {
-	meta *gitMeta
-	err  error
+type packResult struct {
+	files []string
+	err   error
 }
 
 type countingWriter struct {
@@ -109,43 +141,17 @@ type streamWriter struct {
 	dirs  map[string]bool
 	buf   []byte
 	stats Stats
-	total int64
+	total int64 // raw bytes to send
 	sent  int64
 	next  int64 // next progress report threshold
 }
 
-func (sw *streamWriter) progress() {
+func (sw *streamWriter) progress(msg string) {
 	if sw.sent < sw.next || sw.total == 0 {
 		return
 	}
 	sw.next = sw.sent + max(sw.total/50, 8<<20)
-	progress.Report(sw.ctx, progress.Event{Stage: "workspace", Message: "copying files", Fraction: float64(sw.sent) / float64(sw.total)})
-}
-
-// parents emits directory entries for the parents of p not yet emitted.
-func (sw *streamWriter) parents(p string, fromHost bool) error {
-	d := path.Dir(p)
-	if d == "." || sw.dirs[d] {
-		return nil
-	}
-	if err := sw.parents(d, fromHost); err != nil {
-		return err
-	}
-	sw.dirs[d] = true
-	hdr := &tar.Header{Typeflag: tar.TypeDir, Name: d + "/", Mode: 0o755, ModTime: sw.snap.inspectedAt.Truncate(time.Second)}
-	if fromHost {
-		fi, err := os.Lstat(filepath.Join(sw.snap.Root, filepath.FromSlash(d)))
-		if err != nil || !fi.IsDir() {
-			return fmt.Errorf("directory %s: %w (run again)", d, ErrChanged)
-		}
-		hdr.Mode = int64(permBits(fi.Mode()) | 0o700)
-		hdr.ModTime = fi.ModTime().Truncate(time.Second)
-	}
-	if strings.HasPrefix(d, ".git/") || d == ".git" {
-		return sw.tw.WriteHeader(hdr)
-	}
-	sw.stats.Dirs++
-	return sw.write(hdr)
+	progress.Report(sw.ctx, progress.Event{Stage: "workspace", Message: msg, Fraction: min(1, float64(sw.sent)/float64(sw.total))})
 }
 
 func (sw *streamWriter) write(hdr *tar.Header) error {
@@ -155,14 +161,46 @@ func (sw *streamWriter) write(hdr *tar.Header) error {
 	return nil
 }
 
-func (sw *streamWriter) workTreeFiles() error {
+// parents emits directory entries for the parents of p not yet emitted,
+// with the host's modes (plus u+rwx) for work-tree directories.
+func (sw *streamWriter) parents(p string) error {
+	d := path.Dir(p)
+	if d == "." || sw.dirs[d] {
+		return nil
+	}
+	if err := sw.parents(d); err != nil {
+		return err
+	}
+	sw.dirs[d] = true
+	hdr := &tar.Header{Typeflag: tar.TypeDir, Name: d + "/", Mode: 0o755, ModTime: sw.snap.inspectedAt.Truncate(time.Second)}
+	if d == ".git" || strings.HasPrefix(d, ".git/") {
+		return sw.write(hdr)
+	}
+	sw.stats.Dirs++
+	if sw.snap.Options.From == "" {
+		fi, err := os.Lstat(filepath.Join(sw.snap.Root, filepath.FromSlash(d)))
+		if err != nil || !fi.IsDir() {
+			return fmt.Errorf("directory %s: %w (run again)", d, ErrChanged)
+		}
+		hdr.Mode = int64(permBits(fi.Mode()) | 0o700)
+		hdr.ModTime = fi.ModTime().Truncate(time.Second)
+	}
+	return sw.write(hdr)
+}
+
+// workspace writes every directory, and the bytes of the raw files.
+func (sw *streamWriter) workspace() error {
 	for _, f := range sw.snap.files {
 		if err := sw.ctx.Err(); err != nil {
 			return err
 		}
-		if err := sw.parents(f.Path, true); err != nil {
+		if err := sw.parents(f.Path); err != nil {
 			return err
 		}
+		if f.checkout {
+			continue
+		}
+		sw.stats.RawFiles++
 		full := filepath.Join(sw.snap.Root, filepath.FromSlash(f.Path))
 		if f.Kind == Symlink {
 			fi, err := os.Lstat(full)
@@ -173,27 +211,23 @@ func (sw *streamWriter) workTreeFiles() error {
 			if err != nil {
 				return fmt.Errorf("read symlink %s: %w", full, err)
 			}
-			if err := sw.symlink(f.Path, target, fi.ModTime()); err != nil {
+			if target == "" || strings.ContainsRune(target, 0) {
+				return fmt.Errorf("%w: symlink %q has an invalid target %q", ErrUnsupportedName, f.Path, target)
+			}
+			sw.stats.RawBytes += int64(len(target))
+			if err := sw.write(&tar.Header{Typeflag: tar.TypeSymlink, Name: f.Path, Linkname: target, Mode: 0o777, ModTime: fi.ModTime().Truncate(time.Second)}); err != nil {
 				return err
 			}
 			continue
 		}
-		if err := sw.regularFromHost(f.Path, full); err != nil {
+		if err := sw.regular(f.Path, full); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func (sw *streamWriter) symlink(name, target string, mtime time.Time) error {
-	if target == "" || strings.ContainsRune(target, 0) {
-		return fmt.Errorf("%w: symlink %q has an invalid target %q", ErrUnsupportedName, name, target)
-	}
-	sw.stats.Symlinks++
-	return sw.write(&tar.Header{Typeflag: tar.TypeSymlink, Name: name, Linkname: target, Mode: 0o777, ModTime: mtime.Truncate(time.Second)})
-}
-
-func (sw *streamWriter) regularFromHost(name, full string) error {
+func (sw *streamWriter) regular(name, full string) error {
 	fd, err := unix.Open(full, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 	if err != nil {
 		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
@@ -216,126 +250,36 @@ func (sw *streamWriter) regularFromHost(name, full string) error {
 	}
 	n, err := io.CopyBuffer(sw.tw, io.LimitReader(onlyReader{file}, fi.Size()), sw.buf)
 	sw.sent += n
-	sw.stats.FileBytes += n
+	sw.stats.RawBytes += n
 	if err != nil {
 		return fmt.Errorf("copy %s: %w", full, err)
 	}
 	if n != fi.Size() {
 		return fmt.Errorf("%s shrank while it was copied: %w (run again)", name, ErrChanged)
 	}
-	sw.stats.Files++
-	sw.progress()
+	sw.progress("sending files")
 	return nil
 }
 
 // onlyReader hides WriterTo/ReaderFrom so CopyBuffer uses our buffer.
 type onlyReader struct{ io.Reader }
 
-// commitFiles streams the blobs of Options.From through one
-// `git cat-file --batch`.
-func (sw *streamWriter) commitFiles() error {
-	if len(sw.snap.files) == 0 {
-		return nil
-	}
-	var list strings.Builder
-	for _, f := range sw.snap.files {
-		list.WriteString(f.oid)
-		list.WriteByte('\n')
-	}
-	ctx, cancel := context.WithCancel(sw.ctx)
-	defer cancel()
-	pr, pw := io.Pipe()
-	done := make(chan error, 1)
-	go func() {
-		_, err := sw.snap.runner.Run(ctx, hostexec.Cmd{Name: "git", Args: []string{"-C", sw.snap.Root, "cat-file", "--batch"},
-			Stdin: strings.NewReader(list.String()), Stdout: pw})
-		pw.CloseWithError(err)
-		done <- err
-	}()
-	err := sw.readBatch(bufio.NewReaderSize(pr, 1<<20))
-	if err != nil {
-		cancel()
-		pr.CloseWithError(err)
-		<-done
-		return err
-	}
-	if err := <-done; err != nil {
-		return fmt.Errorf("read files of %s: %w", sw.snap.Head, err)
-	}
-	return nil
-}
-
-func (sw *streamWriter) readBatch(br *bufio.Reader) error {
-	mtime := sw.snap.inspectedAt
-	for _, f := range sw.snap.files {
-		if err := sw.ctx.Err(); err != nil {
-			return err
-		}
-		line, err := br.ReadString('\n')
-		if err != nil {
-			return fmt.Errorf("read blob %s (%s): %w", f.oid, f.Path, err)
-		}
-		fields := strings.Fields(line)
-		if len(fields) != 3 || fields[0] != f.oid || fields[1] != "blob" {
-			return fmt.Errorf("read blob %s (%s): unexpected %q", f.oid, f.Path, strings.TrimSpace(line))
-		}
-		size, err := strconv.ParseInt(fields[2], 10, 64)
-		if err != nil || size < 0 {
-			return fmt.Errorf("read blob %s (%s): unexpected %q", f.oid, f.Path, strings.TrimSpace(line))
-		}
-		if err := sw.parents(f.Path, false); err != nil {
-			return err
-		}
-		if f.Kind == Symlink {
-			if size > 4096 {
-				return fmt.Errorf("%w: symlink %q target longer than 4096 bytes", ErrUnsupportedName, f.Path)
-			}
-			target := make([]byte, size)
-			if _, err := io.ReadFull(br, target); err != nil {
-				return fmt.Errorf("read blob %s (%s): %w", f.oid, f.Path, err)
-			}
-			if err := sw.symlink(f.Path, string(target), mtime); err != nil {
-				return err
-			}
-		} else {
-			if err := sw.write(&tar.Header{Typeflag: tar.TypeReg, Name: f.Path, Mode: int64(f.Mode), Size: size, ModTime: mtime.Truncate(time.Second)}); err != nil {
-				return err
-			}
-			n, err := io.CopyBuffer(sw.tw, io.LimitReader(br, size), sw.buf)
-			sw.sent += n
-			sw.stats.FileBytes += n
-			if err == nil && n != size {
-				err = io.ErrUnexpectedEOF
-			}
-			if err != nil {
-				return fmt.Errorf("read blob %s (%s): %w", f.oid, f.Path, err)
-			}
-			sw.stats.Files++
-			sw.progress()
-		}
-		if b, err := br.ReadByte(); err != nil || b != '\n' {
-			return fmt.Errorf("read blob %s (%s): missing record terminator", f.oid, f.Path)
-		}
-	}
-	return nil
-}
-
-// gitMeta is the content of the shipped .git directory.
-type gitMeta struct {
+// plan is the content of the shipped .git.
+type plan struct {
 	files   []metaFile // small files, in order
-	loose   []string   // object ids shipped as loose objects from the host
-	packs   []string   // absolute paths of pack files to ship (.pack, .idx)
+	loose   []string   // object ids shipped as the host's loose object files
+	packed  []string   // object ids that go into the pack
 	objects int
 }
 
 type metaFile struct {
-	name string // relative to .git
+	name string // tar name, under .git/
 	data []byte
 	mode int64
 }
 
 // emptyBlob returns the id of the empty blob, which intent-to-add index
-// entries refer to and which git never writes.
+// entries refer to and which git may never have written.
 func emptyBlob(format string) string {
 	if format == "sha256" {
 		return "473a0f4c3be8a93681a267e3b1e9a7dcda1185436fe141f7749120a303721813"
@@ -343,19 +287,128 @@ func emptyBlob(format string) string {
 	return "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
 }
 
-// gitMeta collects the .git content; pack files go to tmp.
-func (s *Snapshot) gitMeta(ctx context.Context, tmp string) (*gitMeta, error) {
+// plan decides the .git content: refs, config, shallow list, index
+// entries, checkout lists, and which objects travel loose or packed.
+func (s *Snapshot) plan(ctx context.Context) (*plan, error) {
 	g := gitCmd{r: s.runner}
-	m := &gitMeta{}
-	var head, config strings.Builder
+	m := &plan{}
+	add := func(name string, data []byte, mode int64) {
+		m.files = append(m.files, metaFile{name: ".git/" + name, data: data, mode: mode})
+	}
 	switch {
 	case s.Branch != "":
-		fmt.Fprintf(&head, "ref: refs/heads/%s\n", s.Branch)
+		add("HEAD", []byte("ref: refs/heads/"+s.Branch+"\n"), 0o644)
 	case s.Head != "":
-		head.WriteString(s.Head + "\n")
+		add("HEAD", []byte(s.Head+"\n"), 0o644)
 	default:
-		head.WriteString("ref: refs/heads/main\n")
+		add("HEAD", []byte("ref: refs/heads/main\n"), 0o644)
 	}
+	add("config", []byte(s.gitConfig()), 0o644)
+	if exclude, err := os.ReadFile(s.gitDirs.exclude); err == nil {
+		add("info/exclude", exclude, 0o644)
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("read %s: %w", s.gitDirs.exclude, err)
+	}
+	if attrs, err := os.ReadFile(s.gitDirs.attributes); err == nil {
+		add(strings.TrimPrefix(attributesFile, ".git/"), attrs, 0o644)
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("read %s: %w", s.gitDirs.attributes, err)
+	}
+
+	want := map[string]bool{}
+	var order []string
+	need := func(oid string) {
+		if !want[oid] {
+			want[oid] = true
+			order = append(order, oid)
+		}
+	}
+	if s.Head != "" {
+		if s.Branch != "" {
+			add("refs/heads/"+s.Branch, []byte(s.Head+"\n"), 0o644)
+		}
+		add("refs/banger/base", []byte(s.Head+"\n"), 0o644)
+		commits, shallow, err := s.history(ctx, g)
+		if err != nil {
+			return nil, err
+		}
+		if len(shallow) > 0 {
+			add("shallow", []byte(strings.Join(shallow, "\n")+"\n"), 0o644)
+		}
+		res, err := s.runner.Run(ctx, hostexec.Cmd{Name: "git", Args: []string{"-C", s.Root, "rev-list", "--objects", "--no-object-names", "--no-walk", "--stdin"},
+			Stdin: strings.NewReader(strings.Join(commits, "\n") + "\n")})
+		if err != nil {
+			return nil, fmt.Errorf("list objects of %s: %w", s.Head, err)
+		}
+		for _, oid := range strings.Fields(string(res.Stdout)) {
+			need(oid)
+		}
+	}
+
+	var info, skip bytes.Buffer
+	empty := emptyBlob(s.ObjectFormat)
+	synthEmpty := false
+	for _, e := range s.index {
+		fmt.Fprintf(&info, "%s %s %s\t%s\x00", e.mode, e.oid, e.stage, e.path)
+		if e.skipWorktree {
+			skip.WriteString(e.path + "\x00")
+		}
+		if e.oid == empty && !want[e.oid] && !s.loose(e.oid) {
+			synthEmpty = true
+			continue
+		}
+		need(e.oid)
+	}
+	add(strings.TrimPrefix(indexInfoFile, ".git/"), info.Bytes(), 0o644)
+	if skip.Len() > 0 {
+		add(strings.TrimPrefix(skipWorktreeFile, ".git/"), skip.Bytes(), 0o644)
+	}
+	lists := map[fs.FileMode]*bytes.Buffer{}
+	for _, f := range s.files {
+		if !f.checkout {
+			continue
+		}
+		u := checkoutUmask(f.Mode)
+		if f.Kind == Symlink {
+			u = 0o022
+		}
+		if lists[u] == nil {
+			lists[u] = &bytes.Buffer{}
+		}
+		lists[u].WriteString(f.Path + "\x00")
+	}
+	if s.Options.From == "" && len(lists) > 0 {
+		add(strings.TrimPrefix(checkoutAttrs, ".git/"), []byte("* -text -filter -ident -working-tree-encoding\n"), 0o644)
+	}
+	umasks := make([]fs.FileMode, 0, len(lists))
+	for u := range lists {
+		umasks = append(umasks, u)
+	}
+	sort.Slice(umasks, func(i, j int) bool { return umasks[i] < umasks[j] })
+	for _, u := range umasks {
+		add(strings.TrimPrefix(checkoutPrefix, ".git/")+fmt.Sprintf("%04o", u), lists[u].Bytes(), 0o644)
+	}
+	if synthEmpty {
+		var z bytes.Buffer
+		zw := zlib.NewWriter(&z)
+		zw.Write([]byte("blob 0\x00"))
+		zw.Close()
+		add("objects/"+empty[:2]+"/"+empty[2:], z.Bytes(), 0o444)
+		m.objects++
+	}
+	for _, oid := range order {
+		if s.loose(oid) {
+			m.loose = append(m.loose, oid)
+		} else {
+			m.packed = append(m.packed, oid)
+		}
+	}
+	m.objects += len(order)
+	return m, nil
+}
+
+// gitConfig is the guest repository's config.
+func (s *Snapshot) gitConfig() string {
 	version := "0"
 	if s.ObjectFormat == "sha256" {
 		version = "1"
@@ -373,100 +426,33 @@ func (s *Snapshot) gitMeta(ctx context.Context, tmp string) (*gitMeta, error) {
 			settings = append(settings, configItem{key, c.value})
 		}
 	}
-	config.WriteString("[core]\n")
+	var b strings.Builder
+	b.WriteString("[core]\n")
 	for _, c := range settings {
-		fmt.Fprintf(&config, "\t%s = %s\n", c.key, c.value)
+		fmt.Fprintf(&b, "\t%s = %s\n", c.key, c.value)
 	}
 	if s.ObjectFormat == "sha256" {
-		config.WriteString("[extensions]\n\tobjectformat = sha256\n")
+		b.WriteString("[extensions]\n\tobjectformat = sha256\n")
 	}
-	m.files = append(m.files, metaFile{name: "HEAD", data: []byte(head.String())}, metaFile{name: "config", data: []byte(config.String())})
-	if exclude, err := os.ReadFile(s.gitDirs.exclude); err == nil {
-		m.files = append(m.files, metaFile{name: "info/exclude", data: exclude})
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("read %s: %w", s.gitDirs.exclude, err)
-	}
+	return b.String()
+}
 
-	want := map[string]bool{}
-	var order []string
-	add := func(oid string) {
-		if !want[oid] {
-			want[oid] = true
-			order = append(order, oid)
-		}
+// pack writes the objects that are not loose on the host into one pack in
+// tmp, reusing the host's packed data, and returns the .pack and .idx.
+func (s *Snapshot) pack(ctx context.Context, tmp string, oids []string) ([]string, error) {
+	if len(oids) == 0 {
+		return nil, nil
 	}
-	if s.Head != "" {
-		if s.Branch != "" {
-			m.files = append(m.files, metaFile{name: "refs/heads/" + s.Branch, data: []byte(s.Head + "\n")})
-		}
-		m.files = append(m.files, metaFile{name: "refs/banger/base", data: []byte(s.Head + "\n")})
-		commits, shallow, err := s.history(ctx, g)
-		if err != nil {
-			return nil, err
-		}
-		if len(shallow) > 0 {
-			m.files = append(m.files, metaFile{name: "shallow", data: []byte(strings.Join(shallow, "\n") + "\n")})
-		}
-		res, err := s.runner.Run(ctx, hostexec.Cmd{Name: "git", Args: []string{"-C", s.Root, "rev-list", "--objects", "--no-object-names", "--no-walk", "--stdin"},
-			Stdin: strings.NewReader(strings.Join(commits, "\n") + "\n")})
-		if err != nil {
-			return nil, fmt.Errorf("list objects of %s: %w", s.Head, err)
-		}
-		for _, oid := range strings.Fields(string(res.Stdout)) {
-			add(oid)
-		}
+	res, err := s.runner.Run(ctx, hostexec.Cmd{Name: "git", Args: []string{"-C", s.Root, "pack-objects", "-q", filepath.Join(tmp, "pack")},
+		Stdin: strings.NewReader(strings.Join(oids, "\n") + "\n")})
+	if err != nil {
+		return nil, fmt.Errorf("pack objects of %s: %w", s.Root, err)
 	}
-	var info, skip bytes.Buffer
-	empty := emptyBlob(s.ObjectFormat)
-	synthEmpty := false
-	for _, e := range s.index {
-		fmt.Fprintf(&info, "%s %s %s\t%s\x00", e.mode, e.oid, e.stage, e.path)
-		if e.skipWorktree {
-			skip.WriteString(e.path + "\x00")
-		}
-		if e.oid == empty && !want[e.oid] && !s.loose(e.oid) {
-			synthEmpty = true
-			continue
-		}
-		add(e.oid)
+	sum := strings.TrimSpace(string(res.Stdout))
+	if !isHex(sum) {
+		return nil, fmt.Errorf("pack objects of %s: unexpected output %q", s.Root, sum)
 	}
-	m.files = append(m.files, metaFile{name: "banger/index-info", data: info.Bytes()})
-	if skip.Len() > 0 {
-		m.files = append(m.files, metaFile{name: "banger/skip-worktree", data: skip.Bytes()})
-	}
-	if synthEmpty {
-		var z bytes.Buffer
-		zw := zlib.NewWriter(&z)
-		zw.Write([]byte("blob 0\x00"))
-		zw.Close()
-		m.files = append(m.files, metaFile{name: "objects/" + empty[:2] + "/" + empty[2:], data: z.Bytes(), mode: 0o444})
-		m.objects++
-	}
-
-	var packed []string
-	for _, oid := range order {
-		if s.loose(oid) {
-			m.loose = append(m.loose, oid)
-		} else {
-			packed = append(packed, oid)
-		}
-	}
-	m.objects += len(order)
-	if len(packed) > 0 {
-		res, err := s.runner.Run(ctx, hostexec.Cmd{Name: "git", Args: []string{"-C", s.Root, "pack-objects", "-q", filepath.Join(tmp, "pack")},
-			Stdin: strings.NewReader(strings.Join(packed, "\n") + "\n")})
-		if err != nil {
-			return nil, fmt.Errorf("pack objects of %s: %w", s.Root, err)
-		}
-		sum := strings.TrimSpace(string(res.Stdout))
-		if !isHex(sum) {
-			return nil, fmt.Errorf("pack objects of %s: unexpected output %q", s.Root, sum)
-		}
-		for _, ext := range []string{".pack", ".idx"} {
-			m.packs = append(m.packs, filepath.Join(tmp, "pack-"+sum+ext))
-		}
-	}
-	return m, nil
+	return []string{filepath.Join(tmp, "pack-"+sum+".pack"), filepath.Join(tmp, "pack-"+sum+".idx")}, nil
 }
 
 func (s *Snapshot) loose(oid string) bool {
@@ -517,8 +503,8 @@ func (s *Snapshot) history(ctx context.Context, g gitCmd) (commits, shallow []st
 	return commits, shallow, nil
 }
 
-// gitDir writes the .git entries and the completion marker.
-func (sw *streamWriter) gitDir(m *gitMeta) error {
+// gitFiles writes the .git directories, small files and loose objects.
+func (sw *streamWriter) gitFiles(m *plan) error {
 	for _, d := range []string{".git", ".git/objects", ".git/objects/info", ".git/objects/pack", ".git/refs", ".git/refs/heads", ".git/refs/tags", ".git/info", ".git/banger"} {
 		sw.dirs[d] = true
 		if err := sw.write(&tar.Header{Typeflag: tar.TypeDir, Name: d + "/", Mode: 0o755, ModTime: sw.snap.inspectedAt.Truncate(time.Second)}); err != nil {
@@ -541,32 +527,22 @@ func (sw *streamWriter) gitDir(m *gitMeta) error {
 			}
 			return fmt.Errorf("read object %s: %w", oid, err)
 		}
-		if err := sw.metaFile("objects/"+oid[:2]+"/"+oid[2:], data, 0o444); err != nil {
+		if err := sw.metaFile(".git/objects/"+oid[:2]+"/"+oid[2:], data, 0o444); err != nil {
 			return err
 		}
 	}
-	for _, p := range m.packs {
-		if err := sw.packFile(p); err != nil {
-			return err
-		}
-	}
-	sw.stats.GitObjects = m.objects
-	return sw.metaFile("banger/complete", []byte("ok\n"), 0)
+	return nil
 }
 
 func (sw *streamWriter) metaFile(name string, data []byte, mode int64) error {
-	if mode == 0 {
-		mode = 0o644
-	}
-	full := ".git/" + name
-	if err := sw.parents(full, false); err != nil {
+	if err := sw.parents(name); err != nil {
 		return err
 	}
-	if err := sw.write(&tar.Header{Typeflag: tar.TypeReg, Name: full, Mode: mode, Size: int64(len(data)), ModTime: sw.snap.inspectedAt.Truncate(time.Second)}); err != nil {
+	if err := sw.write(&tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: mode, Size: int64(len(data)), ModTime: sw.snap.inspectedAt.Truncate(time.Second)}); err != nil {
 		return err
 	}
 	if _, err := sw.tw.Write(data); err != nil {
-		return fmt.Errorf("workspace stream: %s: %w", full, err)
+		return fmt.Errorf("workspace stream: %s: %w", name, err)
 	}
 	sw.stats.GitBytes += int64(len(data))
 	return nil

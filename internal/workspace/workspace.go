@@ -20,22 +20,32 @@
 // files keep their exact permission bits, symlinks stay symlinks (never
 // followed), directories keep their mode (with u+rwx added), modification
 // times are kept to the second, owners are not (files belong to the user
-// that extracts them). With Options.From the files are the blobs of that
-// commit, byte for byte as committed (no checkout filters such as eol
-// conversion or LFS smudge are applied).
+// that extracts them). With Options.From the files are a `git
+// checkout-index` of that commit in the guest (the repository's
+// .gitattributes apply, e.g. end-of-line conversion; filters whose drivers
+// the guest lacks, such as LFS, leave the blob as is).
+//
+// Transport: a file whose host bytes are exactly its index blob (git calls
+// it clean, and no filter, ident, working-tree-encoding or CR-carrying
+// end-of-line normalisation applies) is not sent as bytes: the guest writes
+// it from the shipped objects with `git checkout-index`, which also records
+// its stat data so the guest never rehashes it. Only dirty and untracked
+// files, symlinks and files under conversions travel as bytes. Since the
+// objects are shipped anyway (the guest repository is complete), this
+// sends each clean file once, compressed, instead of twice.
 //
 // Git metadata: a fresh .git holding HEAD's commit (plus Options.Depth-1
 // ancestors), all trees and blobs reachable from them (a complete shallow
 // repository: `git log`, `git show`, `git blame`, `git fsck` all work), the
 // blobs the host's index refers to, the host index's entries (so staged and
 // unstaged changes stay distinct in the guest), the host's info/exclude and
-// the few core.* settings that change how git reads the work tree
-// (autocrlf, eol, filemode, symlinks, ignorecase). Objects that are loose on
-// the host are shipped as they are (no recompression); the others go in one
-// pack made by `git pack-objects`, which reuses the host's packed data.
-// The guest builds its index from the shipped entries and runs `git
-// update-index --refresh` once, which hashes the work tree (the only
-// per-byte work in the guest). The HEAD shipped is also recorded as
+// info/attributes and the few core.* settings that change how git reads
+// the work tree (autocrlf, eol, filemode, symlinks, ignorecase). Objects
+// that are loose on the host are shipped as they are (no recompression);
+// the others go in one pack made by `git pack-objects`, which reuses the
+// host's packed data. The guest builds its index from the shipped entries,
+// checks the clean files out and refreshes the index (hashing only the
+// files that came as bytes). The HEAD shipped is also recorded as
 // refs/banger/base, the default base of Export.
 //
 // # Guest requirements
@@ -175,8 +185,9 @@ type File struct {
 	Target    string      // symlink target, as stored (never resolved)
 	Untracked bool        // shipped because of IncludeUntracked
 
-	mtime time.Time // work-tree mode: host mtime
-	oid   string    // From mode: blob id
+	// checkout: the guest writes this file from the shipped blob (git
+	// checkout-index) instead of receiving its bytes.
+	checkout bool
 }
 
 // SkipReason says why a path was not shipped.
@@ -239,9 +250,10 @@ type Snapshot struct {
 type configItem struct{ key, value string }
 
 type gitPaths struct {
-	objects string // absolute
-	exclude string // absolute
-	shallow string // absolute
+	objects    string // absolute
+	exclude    string // absolute
+	shallow    string // absolute
+	attributes string // absolute: info/attributes
 }
 
 // Files returns the files Stream will ship, in shipping order. The CLI's
@@ -276,12 +288,14 @@ func (s *Snapshot) Bytes() int64 {
 
 // Stats describes one Stream or Prepare.
 type Stats struct {
-	Files       int           // regular files shipped
-	Symlinks    int           // symlinks shipped
-	Dirs        int           // directory entries (work tree only)
-	FileBytes   int64         // content bytes of the shipped files
+	Files       int           // regular files in the workspace
+	Symlinks    int           // symlinks in the workspace
+	Dirs        int           // directories in the workspace
+	FileBytes   int64         // content bytes of the workspace's files
+	RawFiles    int           // files (and symlinks) sent as bytes; the others are checked out in the guest from the shipped objects
+	RawBytes    int64         // content bytes of the raw files
 	GitObjects  int           // git objects shipped (loose + packed)
-	GitBytes    int64         // bytes of .git content (objects, refs, index info)
+	GitBytes    int64         // bytes of .git content (objects, refs, index info, checkout lists)
 	StreamBytes int64         // total bytes of the tar stream
 	Elapsed     time.Duration // wall time of Stream/Prepare
 }

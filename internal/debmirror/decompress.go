@@ -17,8 +17,10 @@ import (
 // named by the file name's extension (.xz, .gz, .zst; anything else is read
 // as is). With a runner it pipes through the host's xz/gzip/zstd (several
 // times faster than the pure-Go xz decoder on kernel-sized archives) and
-// falls back to Go decoders when the tool is not installed. The caller must
-// Close the reader; closing early stops the decompressor.
+// falls back to Go decoders when the tool is not installed (this relies on
+// the runner's contract that a program missing from PATH fails, wrapping
+// hostexec.ErrNotFound, before its stdin is read, as hostexec.Real does).
+// The caller must Close the reader; closing early stops the decompressor.
 func Decompress(ctx context.Context, runner hostexec.Runner, name string, r io.Reader) (io.ReadCloser, error) {
 	var tool string
 	switch {

@@ -104,12 +104,15 @@ func elfNote(name string, typ uint32, desc []byte) []byte {
 }
 
 // testVmlinux is a synthetic kernel ELF with a recognizable payload.
-func testVmlinux(pvh bool) []byte {
+func testVmlinux(pvh bool) []byte { return testVmlinuxN(pvh, 2000) }
+
+// testVmlinuxN is testVmlinux with reps copies of the payload text.
+func testVmlinuxN(pvh bool, reps int) []byte {
 	notes := elfNote("GNU", 3, []byte("build-id"))
 	if pvh {
 		notes = append(notes, elfNote("Xen", XenElfnotePhys32Entry, []byte{0, 0, 0, 1})...)
 	}
-	payload := bytes.Repeat([]byte("kernel text Linux version 6.1.0-test-amd64 (x@y) #1 SMP "), 2000)
+	payload := bytes.Repeat([]byte("kernel text Linux version 6.1.0-test-amd64 (x@y) #1 SMP "), reps)
 	return buildELF(elf.ET_EXEC, notes, payload, []testSection{{".notes", elf.SHT_NOTE, notes}})
 }
 

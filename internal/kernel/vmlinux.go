@@ -56,7 +56,15 @@ var formats = []payloadFormat{
 		return lz4.NewReader(r), nil
 	}},
 	{"lzma", []byte{0x5d, 0x00, 0x00, 0x00}, func(r io.Reader) (io.Reader, error) {
-		return lzma.NewReader(r)
+		// refuse dictionaries the kernel never uses before the decoder allocates them
+		hdr := make([]byte, 13)
+		if _, err := io.ReadFull(r, hdr); err != nil {
+			return nil, err
+		}
+		if dict := binary.LittleEndian.Uint32(hdr[1:5]); dict > 256<<20 {
+			return nil, fmt.Errorf("lzma dictionary of %d bytes is implausible", dict)
+		}
+		return lzma.NewReader(io.MultiReader(bytes.NewReader(hdr), r))
 	}},
 	{"bzip2", []byte{'B', 'Z', 'h'}, func(r io.Reader) (io.Reader, error) {
 		return bzip2.NewReader(r), nil

@@ -158,7 +158,7 @@ func TestExtractVmlinuxBombLimited(t *testing.T) {
 }
 
 func FuzzExtractVmlinux(f *testing.F) {
-	vm := testVmlinux(true)
+	vm := testVmlinuxN(true, 4)
 	for _, format := range []string{"gzip", "xz", "zstd", "lz4", "lzma"} {
 		f.Add(fakeBzImage(compressWith(f, format, vm), len(vm), true))
 	}

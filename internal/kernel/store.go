@@ -49,8 +49,38 @@ type Store struct {
 	Busybox string
 	Now     func() time.Time // nil = time.Now
 
-	mu      sync.Mutex
-	flights map[string]*flight
+	mu        sync.Mutex
+	flights   map[string]*flight   // running pulls, by name
+	nameLocks map[string]*nameLock // serializes pull/import/remove of one name
+}
+
+type nameLock struct {
+	mu   sync.Mutex
+	refs int
+}
+
+// lockName serializes all writers of one kernel name.
+func (s *Store) lockName(name string) func() {
+	s.mu.Lock()
+	if s.nameLocks == nil {
+		s.nameLocks = map[string]*nameLock{}
+	}
+	l := s.nameLocks[name]
+	if l == nil {
+		l = &nameLock{}
+		s.nameLocks[name] = l
+	}
+	l.refs++
+	s.mu.Unlock()
+	l.mu.Lock()
+	return func() {
+		l.mu.Unlock()
+		s.mu.Lock()
+		if l.refs--; l.refs == 0 {
+			delete(s.nameLocks, name)
+		}
+		s.mu.Unlock()
+	}
 }
 
 type flight struct {
@@ -89,8 +119,8 @@ func (s *Store) now() time.Time {
 	return time.Now()
 }
 
-// coalesce runs fn once per name at a time; concurrent callers for the same
-// name wait for the running call and share its result.
+// coalesce runs fn once per name at a time; concurrent pulls of the same
+// name wait for the running one and share its result.
 func (s *Store) coalesce(ctx context.Context, name string, fn func() (*model.Kernel, error)) (*model.Kernel, error) {
 	s.mu.Lock()
 	if s.flights == nil {
@@ -131,6 +161,7 @@ func (s *Store) Pull(ctx context.Context, name string) (*model.Kernel, error) {
 		return nil, errors.New("kernel pull: no Debian mirror configured (set the mirror in banger's config)")
 	}
 	return s.coalesce(ctx, name, func() (*model.Kernel, error) {
+		defer s.lockName(name)()
 		tmp, err := s.tempDir()
 		if err != nil {
 			return nil, err
@@ -174,7 +205,9 @@ func (s *Store) Import(ctx context.Context, name string, src ImportSource) (*mod
 	if src.Deb != "" && (src.Initrd != "" || src.ModulesDir != "") {
 		return nil, errors.New("kernel import: --initrd and --modules go with --vmlinux, not --deb")
 	}
-	return s.coalesce(ctx, name, func() (*model.Kernel, error) {
+	unlock := s.lockName(name)
+	defer unlock()
+	return func() (*model.Kernel, error) {
 		if _, err := s.Catalog.GetKernel(ctx, name); err == nil {
 			return nil, fmt.Errorf("kernel %s: %w (remove it first with `banger kernel rm %s`)", name, model.ErrAlreadyExists, name)
 		}
@@ -188,7 +221,7 @@ func (s *Store) Import(ctx context.Context, name string, src ImportSource) (*mod
 			return s.importDeb(ctx, name, src.Deb, tmp, out)
 		}
 		return s.importFiles(ctx, name, src, tmp, out)
-	})
+	}()
 }
 
 func (s *Store) importDeb(ctx context.Context, name, deb, tmp, out string) (*model.Kernel, error) {
@@ -472,27 +505,25 @@ func (s *Store) Manifest(ctx context.Context, name string) (*Manifest, error) {
 // Remove deletes a kernel unless inUse (may be nil) reports a user; then
 // it fails wrapping model.ErrInUse and naming the user.
 func (s *Store) Remove(ctx context.Context, name string, inUse func(name string) (bool, string)) error {
-	_, err := s.coalesce(ctx, name, func() (*model.Kernel, error) {
-		k, err := s.Get(ctx, name)
-		if err != nil {
-			return nil, err
+	defer s.lockName(name)()
+	k, err := s.Get(ctx, name)
+	if err != nil {
+		return err
+	}
+	if inUse != nil {
+		if used, by := inUse(name); used {
+			return fmt.Errorf("kernel %s is used by %s: %w (remove or change that first)", name, by, model.ErrInUse)
 		}
-		if inUse != nil {
-			if used, by := inUse(name); used {
-				return nil, fmt.Errorf("kernel %s is used by %s: %w (remove or change that first)", name, by, model.ErrInUse)
-			}
+	}
+	if err := s.Catalog.DeleteKernel(ctx, name); err != nil {
+		return fmt.Errorf("kernel %s: %w", name, err)
+	}
+	if strings.HasPrefix(k.Dir, filepath.Clean(s.Dir)+string(os.PathSeparator)) {
+		if err := os.RemoveAll(k.Dir); err != nil {
+			return fmt.Errorf("kernel %s: remove files: %w", name, err)
 		}
-		if err := s.Catalog.DeleteKernel(ctx, name); err != nil {
-			return nil, fmt.Errorf("kernel %s: %w", name, err)
-		}
-		if strings.HasPrefix(k.Dir, filepath.Clean(s.Dir)+string(os.PathSeparator)) {
-			if err := os.RemoveAll(k.Dir); err != nil {
-				return nil, fmt.Errorf("kernel %s: remove files: %w", name, err)
-			}
-		}
-		return nil, nil
-	})
-	return err
+	}
+	return nil
 }
 
 // KernelVersion returns the kernel release string of a bzImage (from the

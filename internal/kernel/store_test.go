@@ -390,3 +390,34 @@ func TestPullTamperedKernelRejected(t *testing.T) {
 		t.Errorf("left behind after rejected pull: %v", ents)
 	}
 }
+
+func TestConcurrentImportsOfOneName(t *testing.T) {
+	vmPath := filepath.Join(t.TempDir(), "vmlinux")
+	os.WriteFile(vmPath, testVmlinux(false), 0o644)
+	cat := newMemCatalog()
+	s := &Store{Dir: t.TempDir(), Catalog: cat}
+	var wg sync.WaitGroup
+	var ok, exists atomic.Int32
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := s.Import(context.Background(), "k", ImportSource{Vmlinux: vmPath})
+			switch {
+			case err == nil:
+				ok.Add(1)
+			case errors.Is(err, model.ErrAlreadyExists):
+				exists.Add(1)
+			default:
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if ok.Load() != 1 || exists.Load() != 3 || cat.puts.Load() != 1 {
+		t.Fatalf("ok=%d exists=%d puts=%d; want 1, 3, 1", ok.Load(), exists.Load(), cat.puts.Load())
+	}
+	if len(s.nameLocks) != 0 {
+		t.Errorf("name locks leak: %v", s.nameLocks)
+	}
+}

@@ -6,10 +6,10 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
-	"os/exec"
 	"testing"
 
 	"github.com/bangerdev/banger/internal/hostexec"
+	"github.com/bangerdev/banger/internal/testreq"
 	"github.com/klauspost/compress/zstd"
 	"github.com/pierrec/lz4/v4"
 	"github.com/ulikunitz/xz"
@@ -51,9 +51,7 @@ func compressWith(t testing.TB, format string, data []byte) []byte {
 		w.Write(data)
 		w.Close()
 	case "bzip2":
-		if _, err := exec.LookPath("bzip2"); err != nil {
-			t.Skip("bzip2 not installed (only needed to make the bzip2 test payload)")
-		}
+		testreq.Tools(t, "bzip2") // only to make the bzip2 test payload
 		res, err := hostexec.Real{}.Run(context.Background(), hostexec.Cmd{Name: "bzip2", Args: []string{"-c"}, Stdin: bytes.NewReader(data)})
 		if err != nil {
 			t.Fatal(err)

@@ -652,3 +652,25 @@ func (e *env) waitState(ref string, state model.VMState, limit time.Duration) *m
 }
 
 var errNoVM = errors.New("no such vm")
+
+// logTimings logs the duration of the daemon's slow steps (ssh, vmm, disks)
+// and of each VM start, from its debug log.
+func (e *env) logTimings() {
+	e.t.Helper()
+	for _, l := range strings.Split(e.daemonLog(), "\n") {
+		var rec struct {
+			Msg  string `json:"msg"`
+			VM   string `json:"vm"`
+			Op   string `json:"op"`
+			Step string `json:"step"`
+			Took int64  `json:"took"`
+		}
+		if json.Unmarshal([]byte(l), &rec) != nil || (rec.Msg != "step done" && rec.Msg != "vm running") {
+			continue
+		}
+		if rec.Msg == "step done" && time.Duration(rec.Took) < 100*time.Millisecond {
+			continue
+		}
+		e.t.Logf("  %s %s %s %s: %s", rec.VM, rec.Op, rec.Msg, rec.Step, time.Duration(rec.Took).Round(time.Millisecond))
+	}
+}

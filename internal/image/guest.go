@@ -17,7 +17,7 @@ package image
 // Disks
 //   - /dev/vda: the root filesystem (a copy-on-write view of the image).
 //   - /dev/vdb: the VM's work disk, mounted on /root by fstab
-//     (`/dev/vdb /root ext4 defaults,nofail,x-systemd.device-timeout=5s 0 2`)
+//     (`/dev/vdb /root ext4 defaults,nofail,x-systemd.device-timeout=30s 0 2`)
 //     or by banger's init. The daemon creates it seeded from the image's
 //     /usr/share/banger/work-seed (a copy of the image's /root, taken at
 //     build time), e.g. with ext4.Extract + ext4.Build.
@@ -185,6 +185,10 @@ if [ -n "$DNS" ]; then
 	[ -L /etc/resolv.conf ] && rm -f /etc/resolv.conf
 	{ for s in $(printf '%s' "$DNS" | tr ',' ' '); do echo "nameserver $s"; done; } > /etc/resolv.conf.banger &&
 		mv -f /etc/resolv.conf.banger /etc/resolv.conf
+fi
+h=$(cat /etc/hostname 2>/dev/null)
+if [ -n "$h" ] && ! grep -q "[[:space:]]$h\([[:space:]]\|\$\)" /etc/hosts 2>/dev/null; then
+	echo "127.0.1.1	$h" >> /etc/hosts
 fi
 echo "banger-network: $IFACE $ADDRESS${GATEWAY:+ via $GATEWAY}${DNS:+ dns $DNS}"
 `
@@ -356,9 +360,12 @@ Before=shutdown.target
 Conflicts=shutdown.target
 `
 
+// The device timeout is 30 s, not less: under TCG emulation udev announces
+// /dev/vdb ~5 s after systemd starts waiting for it (measured), and ssh
+// waits for the /root mount.
 const fstab = `# banger: / is mounted by the kernel (root=/dev/vda rw).
 # /root lives on the VM's work disk.
-/dev/vdb /root ext4 defaults,nofail,x-systemd.device-timeout=5s 0 2
+/dev/vdb /root ext4 defaults,nofail,x-systemd.device-timeout=30s 0 2
 `
 
 const hostsFile = `127.0.0.1	localhost

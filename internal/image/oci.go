@@ -202,7 +202,7 @@ func (s *Store) pull(ctx context.Context, ref name.Reference, o PullOptions) (*m
 	if err := os.Mkdir(root, 0o755); err != nil {
 		return nil, fmt.Errorf("image pull: %w", err)
 	}
-	asRoot := os.Geteuid() == 0
+	asRoot := os.Geteuid() == 0 && !s.unprivileged
 	u, err := newUnpacker(root, asRoot)
 	if err != nil {
 		return nil, fmt.Errorf("image pull: %w", err)

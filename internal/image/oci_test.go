@@ -584,3 +584,50 @@ func mkCorrupt(t testing.TB, img v1.Image) []byte {
 	data[len(data)/2] ^= 0xff
 	return data
 }
+
+// TestPullUnprivilegedStaging exercises the path of a daemon that is not
+// root: the staging tree has the daemon's ownership and relaxed modes, and
+// the layers' real ownership and modes are set in the ext4 with debugfs.
+func TestPullUnprivilegedStaging(t *testing.T) {
+	pullTools(t)
+	ctx := context.Background()
+	reg := newTestRegistry(t)
+	ref := reg.push(t, "test/unpriv:v1", mkImage(t, []tarEntry{
+		{name: "etc/", typ: tar.TypeDir},
+		{name: "etc/shadow", mode: 0o640, gid: 42, body: "s"},
+		{name: "usr/bin/sudo", mode: 0o4755, body: "sudo"},
+		{name: "ro/", typ: tar.TypeDir, mode: 0o555, uid: 5, gid: 6},
+		{name: "ro/f", mode: 0o400, uid: 1000, gid: 1000, body: "f"},
+		{name: "ro/l", typ: tar.TypeSymlink, link: "f", uid: 7, gid: 7},
+		{name: "root/", typ: tar.TypeDir, mode: 0o700},
+		{name: "root/.profile", mode: 0o600, body: "p"},
+	}))
+	s := newTestStore(t)
+	s.unprivileged = true
+	img, err := s.Pull(ctx, ref, PullOptions{Name: "unpriv", Insecure: true, SizeMiB: 32})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := hostexec.Real{}
+	if err := ext4.Check(ctx, r, img.Path); err != nil {
+		t.Fatal(err)
+	}
+	for p, want := range map[string]ext4.FileInfo{
+		"/etc/shadow":               {Mode: 0o640, GID: 42},
+		"/usr/bin/sudo":             {Mode: 0o755 | os.ModeSetuid},
+		"/usr/bin":                  {Mode: os.ModeDir | 0o755},
+		"/ro":                       {Mode: os.ModeDir | 0o555, UID: 5, GID: 6},
+		"/ro/f":                     {Mode: 0o400, UID: 1000, GID: 1000},
+		"/ro/l":                     {Mode: os.ModeSymlink | 0o777, UID: 7, GID: 7},
+		GuestWorkSeed + "/.profile": {Mode: 0o600},
+	} {
+		fi, err := ext4.Stat(ctx, r, img.Path, p)
+		if err != nil {
+			t.Errorf("%s: %v", p, err)
+			continue
+		}
+		if fi.Mode != want.Mode || fi.UID != want.UID || fi.GID != want.GID {
+			t.Errorf("%s: mode %v %d:%d, want %v %d:%d", p, fi.Mode, fi.UID, fi.GID, want.Mode, want.UID, want.GID)
+		}
+	}
+}

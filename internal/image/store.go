@@ -65,6 +65,9 @@ type Store struct {
 
 	mu      sync.Mutex
 	flights map[string]*flight
+	// unprivileged makes Pull stage as a non-root daemon would even when
+	// running as root (tests of the ownership fix-up path).
+	unprivileged bool
 }
 
 // ErrNeedsRoot is returned by operations that must run as root.

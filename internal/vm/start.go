@@ -231,6 +231,9 @@ func (r *startRun) rootDisk(ctx context.Context, u *undoStack) error {
 	if vm.Runtime.Provisioned {
 		return fmt.Errorf("the root disk of VM %s is gone (%w); delete and recreate the VM", vm.Name, disk.ErrMissing)
 	}
+	// A failed first start leaves nothing in the VM's directory but its
+	// console log (for `banger vm logs`); this undo runs after the others.
+	u.push("clean VM directory", func(ctx context.Context) error { return cleanVMDir(dir) })
 	if old != nil { // a create that crashed or failed before: start over
 		if cow, err := m.cowFor(old); err == nil {
 			if err := cow.Remove(ctx, old); err != nil {
@@ -503,4 +506,29 @@ func removeFile(p string) error {
 		return err
 	}
 	return nil
+}
+
+// cleanVMDir removes everything in a VM's directory except its console
+// log, and the directory itself when nothing is left.
+func cleanVMDir(dir string) error {
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range ents {
+		if e.Name() == consoleFile {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := os.Remove(dir); err != nil && !errors.Is(err, fs.ErrNotExist) && len(ents) == 0 {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
 }

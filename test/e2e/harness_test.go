@@ -580,11 +580,14 @@ func (e *env) leakReport() []string {
 	if ents, err := os.ReadDir(filepath.Join(e.layout.StateDir, "vms")); err == nil {
 		for _, d := range ents {
 			vm := byID[d.Name()]
+			files, _ := os.ReadDir(filepath.Join(e.layout.StateDir, "vms", d.Name()))
+			if vm != nil && !vm.Runtime.Provisioned && vm.Runtime.LogPath != "" && len(files) == 1 && files[0].Name() == "console.log" {
+				continue // a failed first start keeps its console log for `vm logs`
+			}
 			if vm == nil || !vm.Runtime.Provisioned {
 				problems = append(problems, "leaked VM dir vms/"+d.Name())
 				continue
 			}
-			files, _ := os.ReadDir(filepath.Join(e.layout.StateDir, "vms", d.Name()))
 			for _, f := range files {
 				if strings.HasSuffix(f.Name(), ".new") || strings.HasSuffix(f.Name(), ".tmp") || strings.HasPrefix(f.Name(), ".") {
 					problems = append(problems, "leaked scratch file vms/"+d.Name()+"/"+f.Name())

@@ -145,3 +145,41 @@ func TestCLIVersionAndHelp(t *testing.T) {
 		t.Fatalf("completion: %d", code)
 	}
 }
+
+// buildVersion builds banger and bangerd stamped with version into a new
+// directory.
+func buildVersion(t *testing.T, version string) string {
+	t.Helper()
+	dir := t.TempDir()
+	ld := "-X github.com/bangerdev/banger/internal/buildinfo.Version=" + version
+	cmd := exec.Command("go", "build", "-ldflags", ld, "-o", dir+"/", "../../cmd/banger", "../../cmd/bangerd")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build %s: %v\n%s", version, err, out)
+	}
+	return dir
+}
+
+func TestCLIRestartsDaemonOfAnotherVersion(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds two versions of the binaries")
+	}
+	old := &env{t: t, bin: buildVersion(t, "v-old"), dir: t.TempDir()}
+	cur := &env{t: t, bin: buildVersion(t, "v-new"), dir: old.dir}
+	t.Cleanup(func() { _, _, _ = cur.run("daemon", "stop") })
+	if _, errOut, code := old.run("vm", "create", "--no-start", "--name", "keep"); code != 0 {
+		t.Fatalf("old create: %s", errOut)
+	}
+	out, _, _ := old.run("daemon", "status", "--json")
+	if !strings.Contains(out, `"version": "v-old"`) {
+		t.Fatalf("old daemon not running: %s", out)
+	}
+	// The new CLI finds the old daemon, restarts it, and the VM record survives.
+	out, errOut, code := cur.run("vm", "list", "--json")
+	if code != 0 || !strings.Contains(out, `"keep"`) {
+		t.Fatalf("new list: exit %d: %s %s", code, out, errOut)
+	}
+	out, _, _ = cur.run("daemon", "status", "--json")
+	if !strings.Contains(out, `"version": "v-new"`) {
+		t.Fatalf("daemon was not restarted at the new version: %s", out)
+	}
+}

@@ -63,7 +63,8 @@ func CheckGuestPath(p string) error {
 //     checkout applies the repository's attributes like `git checkout`;
 //   - refreshes the index (`git update-index --refresh`: hashes only the
 //     files that came as bytes) and deletes the shipping files;
-//   - with o.ReadOnly, `chmod a-w` on everything but .git;
+//   - with o.ReadOnly, `chmod a-w` on the directories (files arrive
+//     without write bits), except .git;
 //   - renames the result to guestPath (replacing the old tree with
 //     o.Replace).
 //
@@ -104,7 +105,10 @@ rm -rf .git/banger
 chmod 0755 .
 `)
 	if o.ReadOnly {
-		b.WriteString(`find . -path ./.git -prune -o ! -type l -exec chmod a-w {} +
+		// Files arrive without write bits already (tar modes, checkout
+		// umask), so their stat data in the index stays valid; only the
+		// directories are left.
+		b.WriteString(`find . -path ./.git -prune -o -type d -exec chmod a-w {} +
 `)
 	}
 	b.WriteString(`cd /

@@ -202,7 +202,12 @@ func TestPrepareGuestDirectory(t *testing.T) {
 		if fi, _ := os.Stat(filepath.Join(guest, "x", "run")); fi.Mode().Perm() != 0o555 {
 			t.Fatalf("x/run mode %v, want r-xr-xr-x", fi.Mode())
 		}
-		// git still works: .git stays writable, and the guest sees the host's edit.
+		// The index's stat data is valid (no file was touched after its
+		// checkout), git still works (.git stays writable), and the guest
+		// sees the host's edit.
+		if s := e.git(guest, "diff-files", "--name-only"); s != "a.txt\n" {
+			t.Fatalf("diff-files %q", s)
+		}
 		if s := e.git(guest, "status", "--porcelain"); s != " M a.txt\n" {
 			t.Fatalf("status %q", s)
 		}

@@ -244,7 +244,11 @@ func (sw *streamWriter) regular(name, full string) error {
 	if !fi.Mode().IsRegular() {
 		return fmt.Errorf("%s: %w (run again)", name, ErrChanged)
 	}
-	hdr := &tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: int64(permBits(fi.Mode())), Size: fi.Size(), ModTime: fi.ModTime().Truncate(time.Second)}
+	mode := permBits(fi.Mode())
+	if sw.snap.Options.ReadOnly {
+		mode &^= 0o222
+	}
+	hdr := &tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: int64(mode), Size: fi.Size(), ModTime: fi.ModTime().Truncate(time.Second)}
 	if err := sw.write(hdr); err != nil {
 		return err
 	}
@@ -368,7 +372,11 @@ func (s *Snapshot) plan(ctx context.Context) (*plan, error) {
 		if !f.checkout {
 			continue
 		}
-		u := checkoutUmask(f.Mode)
+		perm := f.Mode
+		if s.Options.ReadOnly {
+			perm &^= 0o222
+		}
+		u := checkoutUmask(perm)
 		if f.Kind == Symlink {
 			u = 0o022
 		}

@@ -147,10 +147,11 @@ type Options struct {
 	// --depth`, counted in `git rev-list` order from HEAD). 0 means 1.
 	Depth int
 
-	// ReadOnly makes the guest's work tree read-only after extraction
-	// (chmod a-w on every file and directory except .git, so git itself
-	// keeps working). It guards against accidental writes; root in the
-	// guest can still write (permission bits do not bind root).
+	// ReadOnly makes the guest's work tree read-only: files arrive without
+	// write bits and the directories get chmod a-w, except .git, so git
+	// itself keeps working (status, diff, export). It guards against
+	// accidental writes; root in the guest can still write (permission
+	// bits do not bind root).
 	ReadOnly bool
 
 	// Replace lets Prepare replace a non-empty guest directory (for

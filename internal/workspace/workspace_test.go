@@ -167,6 +167,11 @@ func TestWorkspaceFidelity(t *testing.T) {
 				if got := status(guest); got != hostStatus {
 					t.Fatalf("guest status\n%q\nhost status\n%q", got, hostStatus)
 				}
+				// The guest index is fresh: no entry is stat-dirty (checked-out
+				// files have their stat data, files sent as bytes were hashed).
+				if g, h := e.git(guest, "diff-files", "--name-only"), e.git(guest, "diff", "--name-only"); g != h {
+					t.Fatalf("stat-dirty entries in the guest index:\ndiff-files: %q\ndiff: %q", g, h)
+				}
 				for _, args := range [][]string{
 					{"diff", "--binary"},
 					{"diff", "--cached", "--binary"},

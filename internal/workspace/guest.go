@@ -15,11 +15,13 @@ import (
 //
 // Contract: Run runs cmd with the guest user's login shell (`sh -c`
 // semantics, as ssh does), feeds it stdin until stdin returns EOF or an
-// error (then closes the command's stdin), copies its stdout and stderr to
-// the writers (nil = discard), and returns the command's exit status.
-// A command killed by a signal returns a non-zero status. err is non-nil
-// only when the command could not be run or the transport failed; it must
-// return promptly when ctx ends.
+// error (then closes the command's stdin; a nil stdin is empty), copies its
+// stdout and stderr to the writers (nil = discard), and returns the
+// command's exit status once the command has exited and its output is
+// copied — without waiting for stdin to be exhausted (it stops reading
+// stdin then). A command killed by a signal returns a non-zero status. err
+// is non-nil only when the command could not be run or the transport
+// failed; Run must return promptly when ctx ends.
 type Remote interface {
 	Run(ctx context.Context, cmd string, stdin io.Reader, stdout, stderr io.Writer) (int, error)
 }

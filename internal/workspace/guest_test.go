@@ -121,8 +121,17 @@ func TestExportRoundTrip(t *testing.T) {
 		t.Fatalf("clone + patch differs from the guest:\n%s", d)
 	}
 
+	// The host moves on: Head tells.
+	if h, err := Head(ctx, e.runner(), repo); err != nil || h != snap.Head {
+		t.Fatalf("Head = %s, %v; want %s", h, err, snap.Head)
+	}
+	e.git(repo, "commit", "-q", "-m", "host moved on")
+	if h, err := Head(ctx, e.runner(), repo); err != nil || h == snap.Head || h == "" {
+		t.Fatalf("Head after a commit = %s, %v", h, err)
+	}
+
 	// An explicit base: the first commit (shipped with Depth 2).
-	first := strings.TrimSpace(e.git(repo, "rev-parse", "HEAD~1"))
+	first := strings.TrimSpace(e.git(repo, "rev-parse", snap.Head+"~1"))
 	patch.Reset()
 	if err := Export(ctx, e.remote(), guest, first, &patch); err != nil {
 		t.Fatal(err)

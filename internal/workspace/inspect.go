@@ -84,11 +84,9 @@ func Inspect(ctx context.Context, r hostexec.Runner, path string, o Options) (*S
 	}
 	s.gitDirs = gitPaths{objects: s.abs(lines[1]), exclude: s.abs(lines[2]), shallow: s.abs(lines[3]), attributes: s.abs(lines[4])}
 
-	head, err := g.maybe(ctx, s.Root, "rev-parse", "--verify", "-q", "HEAD^{commit}")
-	if err != nil {
-		return nil, fmt.Errorf("read HEAD of %s: %w", s.Root, err)
+	if s.Head, err = Head(ctx, r, s.Root); err != nil {
+		return nil, err
 	}
-	s.Head = strings.TrimSpace(head)
 	ref, err := g.maybe(ctx, s.Root, "symbolic-ref", "-q", "HEAD")
 	if err != nil {
 		return nil, fmt.Errorf("read branch of %s: %w", s.Root, err)
@@ -116,6 +114,17 @@ func Inspect(ctx context.Context, r hostexec.Runner, path string, o Options) (*S
 		s.Branch = o.Branch
 	}
 	return s, nil
+}
+
+// Head returns the commit HEAD points to in the repository at root, or ""
+// when it has no commit yet. `vm exec` compares it with the HEAD recorded
+// at prepare to warn that the host moved on.
+func Head(ctx context.Context, r hostexec.Runner, root string) (string, error) {
+	out, err := gitCmd{r: r}.maybe(ctx, root, "rev-parse", "--verify", "-q", "HEAD^{commit}")
+	if err != nil {
+		return "", fmt.Errorf("read HEAD of %s: %w", root, err)
+	}
+	return strings.TrimSpace(out), nil
 }
 
 func checkOptions(o *Options) error {

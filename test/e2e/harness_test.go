@@ -60,7 +60,7 @@ var (
 )
 
 // binaries returns the directory holding banger and bangerd.
-func binaries(t *testing.T) string {
+func binaries(t testing.TB) string {
 	t.Helper()
 	binOnce.Do(func() {
 		if d := os.Getenv("BANGER_BIN"); d != "" {
@@ -98,7 +98,7 @@ func binaries(t *testing.T) string {
 // on first use with the production image recipe (debootstrap minbase +
 // banger's guest pieces; the debootstrap tree is shared with the image
 // package's tests through the same cache).
-func minbaseImage(t *testing.T) string {
+func minbaseImage(t testing.TB) string {
 	t.Helper()
 	imgOnce.Do(func() {
 		dir := testreq.CacheDir(t, "e2e-image")
@@ -150,7 +150,7 @@ type envOptions struct {
 // env is one isolated banger installation: its own netns, directories and
 // daemon.
 type env struct {
-	t      *testing.T
+	t      testing.TB
 	ns     string
 	dir    string // short: unix socket paths must stay under 108 bytes
 	layout paths.Layout
@@ -169,7 +169,7 @@ func randHex(n int) string {
 }
 
 // run runs a host command and fails the test on error.
-func run(t *testing.T, name string, args ...string) string {
+func run(t testing.TB, name string, args ...string) string {
 	t.Helper()
 	out, err := exec.Command(name, args...).CombinedOutput()
 	if err != nil {
@@ -180,7 +180,7 @@ func run(t *testing.T, name string, args ...string) string {
 
 // newEnv makes a netns, directories, a config and a store holding the test
 // image and kernel, and starts the daemon inside the netns.
-func newEnv(t *testing.T, o envOptions) *env {
+func newEnv(t testing.TB, o envOptions) *env {
 	t.Helper()
 	testreq.E2E(t)
 	testreq.Tools(t, "ip", "nft", "ssh", "mkfs.ext4", "debugfs", "e2fsck")

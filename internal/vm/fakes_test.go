@@ -510,7 +510,7 @@ func (g *fakeGuests) Dial(_ context.Context, addr string, _ []string, _ time.Dur
 // copy CoW strategy (ext4 edits run the real e2fsprogs on regular files; no
 // root needed).
 type rig struct {
-	t      *testing.T
+	t      testing.TB
 	m      *Manager
 	store  *fakeStore
 	drv    *fakeDriver
@@ -535,7 +535,7 @@ var (
 
 // testImage builds a 16 MiB ext4 image with the parts of the guest
 // contract the lifecycle touches (shared by all tests of the package).
-func testImage(t *testing.T) string {
+func testImage(t testing.TB) string {
 	t.Helper()
 	testreq.Tools(t, "mkfs.ext4", "debugfs", "e2fsck", "resize2fs")
 	imgOnce.Do(func() {
@@ -562,7 +562,7 @@ func testImage(t *testing.T) string {
 	return imgFile
 }
 
-func newRig(t *testing.T) *rig {
+func newRig(t testing.TB) *rig {
 	t.Helper()
 	img := testImage(t)
 	dir := t.TempDir()

@@ -197,7 +197,7 @@ func (s *Snapshot) inspectWorkTree(ctx context.Context, g gitCmd) error {
 			continue
 		}
 		unmerged := e.stage != "0" || (i+1 < len(entries) && entries[i+1].path == e.path)
-		if f.Kind == Regular && !unmerged && !dirty[e.path] && checkoutMode(e.mode, f.Mode) {
+		if f.Kind == Regular && !unmerged && !e.skipWorktree && !dirty[e.path] && checkoutMode(e.mode, f.Mode) {
 			candidates = append(candidates, len(s.files))
 		}
 		s.files = append(s.files, f)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -447,4 +448,47 @@ func TestRefusals(t *testing.T) {
 			}
 		}
 	})
+}
+
+func TestSparseAndSkipWorktree(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	repo := t.TempDir()
+	e.git(repo, "init", "-q")
+	write(t, repo, "in/x.txt", []byte("in\n"), 0o644)
+	write(t, repo, "out/y.txt", []byte("out\n"), 0o644)
+	write(t, repo, "kept.txt", []byte("kept\n"), 0o644)
+	e.git(repo, "add", "-A")
+	e.git(repo, "commit", "-q", "-m", "x")
+	// A skip-worktree file still present in the work tree and locally
+	// edited (git status hides it): its bytes must travel.
+	other := t.TempDir()
+	e.git("", "clone", "-q", repo, other)
+	e.git(other, "update-index", "--skip-worktree", "kept.txt")
+	write(t, other, "kept.txt", []byte("kept, edited locally\n"), 0o644)
+	// A sparse checkout: out/ is not in the work tree.
+	e.git(repo, "sparse-checkout", "set", "in")
+
+	for i, dir := range []string{repo, other} {
+		snap, err := Inspect(ctx, e.runner(), dir, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := 1 - i; snap.SkippedCount(SkipSparse) != want {
+			t.Fatalf("%s: skipped %v", dir, snap.Skipped())
+		}
+		guest := filepath.Join(e.home, fmt.Sprintf("sparse-%d", i))
+		if _, err := Prepare(ctx, e.remote(), snap, guest); err != nil {
+			t.Fatal(err)
+		}
+		if d := diffTrees(tree(t, dir), tree(t, guest)); d != "" {
+			t.Fatalf("%s: guest differs:\n%s", dir, d)
+		}
+		if g, h := e.git(guest, "status", "--porcelain"), e.git(dir, "status", "--porcelain"); g != h {
+			t.Fatalf("%s: status: guest %q host %q", dir, g, h)
+		}
+		if g, h := e.git(guest, "ls-files", "-t"), e.git(dir, "ls-files", "-t"); g != h {
+			t.Fatalf("%s: ls-files -t: guest %q host %q", dir, g, h)
+		}
+	}
 }

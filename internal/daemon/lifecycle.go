@@ -13,6 +13,9 @@ package daemon
 //	BANGER_TEST_CRASH_AT=OP:STEP  (tests only) SIGKILL the daemon itself when
 //	                            operation OP (create, start, stop) reaches
 //	                            STEP, to test crash recovery.
+//	FAKEFC_*                    (tests only) passed to the firecracker
+//	                            driver's processes: options of the
+//	                            Firecracker test double.
 
 import (
 	"bufio"
@@ -141,7 +144,7 @@ func (d *Daemon) newDrivers() (map[string]vmm.Driver, string, error) {
 		return nil, "", fmt.Errorf("qemu driver (%s=%q): %w", EnvQEMUAccel, accel, err)
 	}
 	drivers := map[string]vmm.Driver{q.Name(): q}
-	fcCfg := firecracker.Config{Binary: cfg.Firecracker.Binary}
+	fcCfg := firecracker.Config{Binary: cfg.Firecracker.Binary, Env: envWithPrefix(os.Environ(), fakeFCEnvPrefix)}
 	fcBin, fcErr := exec.LookPath(cfg.Firecracker.Binary)
 	if cfg.Firecracker.UseJailer && fcErr == nil {
 		jailer, err := exec.LookPath(cfg.Firecracker.Jailer)
@@ -169,6 +172,31 @@ func (d *Daemon) newDrivers() (map[string]vmm.Driver, string, error) {
 		}
 	}
 	return drivers, def, nil
+}
+
+// fakeFCEnvPrefix marks environment variables passed through to the
+// firecracker driver's processes: the options of banger's Firecracker test
+// double (internal/vmm/fakefc), which end-to-end tests run as the
+// firecracker binary. A real Firecracker ignores them.
+const fakeFCEnvPrefix = "FAKEFC_"
+
+// envWithPrefix returns the entries of env starting with prefix, plus PATH
+// when there are any (a VMM given an environment gets only that).
+func envWithPrefix(env []string, prefix string) []string {
+	var out []string
+	path := ""
+	for _, kv := range env {
+		if strings.HasPrefix(kv, prefix) {
+			out = append(out, kv)
+		}
+		if strings.HasPrefix(kv, "PATH=") {
+			path = kv
+		}
+	}
+	if len(out) > 0 && path != "" {
+		out = append(out, path)
+	}
+	return out
 }
 
 // chooseCoW resolves disk.cow: probe on auto, else the configured strategy.

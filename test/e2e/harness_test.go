@@ -143,8 +143,13 @@ func minbaseImage(t testing.TB) string {
 
 // envOptions tune a test environment.
 type envOptions struct {
-	TapPool int // tap_pool_size (default 0 here: leak checks count taps exactly)
+	TapPool int // tap_pool_size
 	Cow     string
+	// Driver sets vm.driver; FirecrackerBinary sets firecracker.binary.
+	Driver            string
+	FirecrackerBinary string
+	// DaemonEnv is added to every daemon start.
+	DaemonEnv []string
 }
 
 // env is one isolated banger installation: its own netns, directories and
@@ -156,6 +161,8 @@ type env struct {
 	layout paths.Layout
 	bin    string
 	vars   []string
+
+	daemonEnv []string
 
 	mu     sync.Mutex
 	daemon *exec.Cmd
@@ -208,6 +215,10 @@ func newEnv(t testing.TB, o envOptions) *env {
 	if cow == "" {
 		cow = "auto"
 	}
+	driver := o.Driver
+	if driver == "" {
+		driver = "auto"
+	}
 	conf := fmt.Sprintf(`log_level = "debug"
 [vm]
 image = %q
@@ -215,12 +226,16 @@ kernel = %q
 vcpu = 1
 memory = "512M"
 disk_size = "1G"
+driver = %q
 [network]
 tap_pool_size = %d
 dns_listen = "127.0.0.1:53"
 [disk]
 cow = %q
-`, imageName, kernelName, o.TapPool, cow)
+`, imageName, kernelName, driver, o.TapPool, cow)
+	if o.FirecrackerBinary != "" {
+		conf += fmt.Sprintf("[firecracker]\nbinary = %q\n", o.FirecrackerBinary)
+	}
 	if err := os.WriteFile(e.layout.ConfigFile(), []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -232,6 +247,7 @@ cow = %q
 		"BANGER_DAEMON=/nonexistent/bangerd-started-by-the-test",
 		"HOME=" + filepath.Join(dir, "home"),
 	}
+	e.daemonEnv = o.DaemonEnv
 	if err := os.MkdirAll(filepath.Join(dir, "home"), 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -278,7 +294,7 @@ func (e *env) startDaemon(extra ...string) {
 	}
 	defer logf.Close()
 	cmd := exec.Command("ip", "netns", "exec", e.ns, filepath.Join(e.bin, "bangerd"))
-	cmd.Env = e.environ(extra...)
+	cmd.Env = e.environ(append(append([]string(nil), e.daemonEnv...), extra...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
@@ -526,7 +542,9 @@ func (e *env) leakReport() []string {
 		wantPIDs[vm.Runtime.PID] = true
 	}
 	for pid, comm := range e.nsPIDs() {
-		if strings.HasPrefix(comm, "qemu") && !wantPIDs[pid] {
+		isVMM := strings.HasPrefix(comm, "qemu") || strings.HasPrefix(comm, "firecracker") || strings.HasPrefix(comm, "fakefc")
+		// a running VM's VMM may have children (the Firecracker double's qemu)
+		if isVMM && !wantPIDs[pid] && !wantPIDs[ppid(pid)] {
 			problems = append(problems, fmt.Sprintf("leaked VMM pid %d (%s)", pid, comm))
 		}
 	}
@@ -676,4 +694,25 @@ func (e *env) logTimings() {
 		}
 		e.t.Logf("  %s %s %s %s: %s", rec.VM, rec.Op, rec.Msg, rec.Step, time.Duration(rec.Took).Round(time.Millisecond))
 	}
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
+
+// ppid returns the parent pid of pid (0 if unknown).
+func ppid(pid int) int {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(data)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 2 {
+		return 0
+	}
+	n, _ := strconv.Atoi(f[1])
+	return n
 }

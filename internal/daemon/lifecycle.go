@@ -262,9 +262,6 @@ func (d *Daemon) startRuntime(ctx context.Context) {
 		}
 		return
 	}
-	if err := rt.net.EnsureBridge(ctx); err != nil {
-		d.logger.Error("bridge", "err", err)
-	}
 	if err := rt.dns.Start(ctx); err != nil {
 		d.logger.Error("dns server disabled", "addr", d.cfg.Network.DNSAddr, "err", err)
 	} else if err := rt.net.RouteDNS(ctx, rt.dns.Addr(), DNSDomain, true); err != nil {
@@ -276,6 +273,11 @@ func (d *Daemon) startRuntime(ctx context.Context) {
 	}
 	if _, err := rt.mgr.Reconcile(ctx); err != nil {
 		d.logger.Error("reconcile", "err", err)
+	}
+	// After reconcile, so its reclaim of stale taps never races the pool
+	// filling up.
+	if err := rt.net.EnsureBridge(ctx); err != nil {
+		d.logger.Error("bridge", "err", err)
 	}
 }
 

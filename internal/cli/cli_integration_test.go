@@ -183,3 +183,14 @@ func TestCLIRestartsDaemonOfAnotherVersion(t *testing.T) {
 		t.Fatalf("daemon was not restarted at the new version: %s", out)
 	}
 }
+
+func TestCLICompletesLiveVMNames(t *testing.T) {
+	e := newEnv(t)
+	if _, errOut, code := e.run("vm", "create", "--no-start", "--name", "zeta"); code != 0 {
+		t.Fatal(errOut)
+	}
+	out, _, code := e.run("__complete", "vm", "show", "")
+	if code != 0 || !strings.Contains(out, "zeta\tstopped") {
+		t.Fatalf("completion: %d %q", code, out)
+	}
+}

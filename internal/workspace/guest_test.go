@@ -4,13 +4,17 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+
+	"github.com/bangerdev/banger/internal/progress"
 )
 
 func TestExportRoundTrip(t *testing.T) {
@@ -168,9 +172,22 @@ func TestPrepareGuestDirectory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Prepare(ctx, e.remote(), snap, guest); err != nil {
+	var mu sync.Mutex
+	var events []progress.Event
+	pctx := progress.WithSink(ctx, func(ev progress.Event) { mu.Lock(); events = append(events, ev); mu.Unlock() })
+	if _, err := Prepare(pctx, e.remote(), snap, guest); err != nil {
 		t.Fatal(err)
 	}
+	mu.Lock()
+	if len(events) == 0 {
+		t.Fatal("no progress reported")
+	}
+	for i, ev := range events {
+		if ev.Stage != "workspace" || ev.Fraction < 0 || ev.Fraction > 1 || (i > 0 && ev.Fraction < events[i-1].Fraction) {
+			t.Fatalf("progress events %+v", events)
+		}
+	}
+	mu.Unlock()
 	write(t, guest, "guest-work.txt", []byte("do not lose me"), 0o644)
 
 	t.Run("refuses a non-empty directory", func(t *testing.T) {
@@ -310,5 +327,66 @@ func TestStreamFailureReportsCause(t *testing.T) {
 	cancel()
 	if _, err := Prepare(cctx, e.remote(), snap, dest); err == nil {
 		t.Fatal("prepare with a cancelled context succeeded")
+	}
+}
+
+// repackOnFirstRead runs fn once, after the first bytes of the stream
+// arrived (Stream has planned which objects travel loose by then).
+type repackOnFirstRead struct {
+	r    Remote
+	once *sync.Once
+	fn   func()
+}
+
+func (h repackOnFirstRead) Run(ctx context.Context, cmd string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
+	return h.r.Run(ctx, cmd, readHook{stdin, h.once, h.fn}, stdout, stderr)
+}
+
+type readHook struct {
+	r    io.Reader
+	once *sync.Once
+	fn   func()
+}
+
+func (h readHook) Read(p []byte) (int, error) {
+	n, err := h.r.Read(p)
+	if n > 0 {
+		h.once.Do(h.fn)
+	}
+	return n, err
+}
+
+func TestLooseObjectsPackedWhileStreaming(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	repo := t.TempDir()
+	e.git(repo, "init", "-q")
+	for i := 0; i < 20; i++ {
+		write(t, repo, fmt.Sprintf("f%02d.txt", i), []byte(strings.Repeat(fmt.Sprint(i), 1000)), 0o644)
+	}
+	e.git(repo, "add", "-A")
+	e.git(repo, "commit", "-q", "-m", "loose")
+	write(t, repo, "big-untracked.bin", randomBytes(3, 3<<20), 0o644) // > Stream's buffer
+	snap, err := Inspect(ctx, e.runner(), repo, Options{IncludeUntracked: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := repackOnFirstRead{r: e.remote(), once: &sync.Once{}, fn: func() { e.git(repo, "repack", "-a", "-d", "-q") }}
+	guest := filepath.Join(e.home, "repacked")
+	if _, err := Prepare(ctx, r, snap, guest); err != nil {
+		t.Fatal(err)
+	}
+	if loose, _ := filepath.Glob(filepath.Join(repo, ".git", "objects", "??", "*")); len(loose) != 0 {
+		t.Fatalf("the host still has loose objects: %v", loose)
+	}
+	if packs, _ := filepath.Glob(filepath.Join(guest, ".git", "objects", "pack", "*.pack")); len(packs) != 1 {
+		t.Fatalf("guest packs: %v", packs)
+	}
+	e.git(guest, "fsck", "--no-progress")
+	if d := diffTrees(tree(t, repo), tree(t, guest)); d != "" {
+		t.Fatalf("guest differs:\n%s", d)
+	}
+	if s := e.git(guest, "status", "--porcelain"); s != "?? big-untracked.bin\n" {
+		t.Fatalf("status %q", s)
 	}
 }

@@ -44,7 +44,8 @@ const (
 // conversions, unusual modes); the .git metadata with the lists of clean
 // files the guest checks out from the shipped objects; the loose objects;
 // the pack (made concurrently by `git pack-objects` while the rest
-// streams); a completion marker. Stream reads the work tree again: a file
+// streams; loose objects that the host packs meanwhile, e.g. by a
+// background `git gc --auto`, go into a second pack); a completion marker. Stream reads the work tree again: a file
 // that vanished or changed type since Inspect, or whose size changed while
 // it was read, fails with ErrChanged. On error, w has received a truncated
 // stream that GuestScript refuses.
@@ -72,6 +73,7 @@ func Stream(ctx context.Context, snap *Snapshot, w io.Writer) (Stats, error) {
 	if err != nil {
 		return sw.stats, err
 	}
+	sw.total += plan.looseBytes
 	tmp, err := os.MkdirTemp("", "banger-workspace-")
 	if err != nil {
 		return sw.stats, fmt.Errorf("workspace stream: %w", err)
@@ -97,6 +99,18 @@ func Stream(ctx context.Context, snap *Snapshot, w io.Writer) (Stats, error) {
 	pr := <-packCh
 	if pr.err != nil {
 		return sw.stats, pr.err
+	}
+	if len(sw.vanished) > 0 {
+		more, err := snap.pack(ctx, tmp, sw.vanished)
+		if err != nil {
+			return sw.stats, err
+		}
+		pr.files = append(pr.files, more...)
+	}
+	for _, p := range pr.files {
+		if fi, err := os.Stat(p); err == nil {
+			sw.total += fi.Size()
+		}
 	}
 	for _, p := range pr.files {
 		if err := sw.packFile(p); err != nil {
@@ -141,11 +155,15 @@ type streamWriter struct {
 	dirs  map[string]bool
 	buf   []byte
 	stats Stats
-	total int64 // raw bytes to send
-	sent  int64
+	total int64 // bytes expected: raw files, loose objects, then the pack
+	sent  int64 // of those, sent
 	next  int64 // next progress report threshold
+
+	vanished []string // loose objects packed by the host while we streamed
 }
 
+// progress reports the share of the expected bytes sent, every 2% (or
+// 8 MiB, whichever is more).
 func (sw *streamWriter) progress(msg string) {
 	if sw.sent < sw.next || sw.total == 0 {
 		return
@@ -274,6 +292,8 @@ type plan struct {
 	loose   []string   // object ids shipped as the host's loose object files
 	packed  []string   // object ids that go into the pack
 	objects int
+
+	looseBytes int64
 }
 
 type metaFile struct {
@@ -405,8 +425,9 @@ func (s *Snapshot) plan(ctx context.Context) (*plan, error) {
 		m.objects++
 	}
 	for _, oid := range order {
-		if s.loose(oid) {
+		if n := s.looseSize(oid); n >= 0 {
 			m.loose = append(m.loose, oid)
+			m.looseBytes += n
 		} else {
 			m.packed = append(m.packed, oid)
 		}
@@ -463,9 +484,15 @@ func (s *Snapshot) pack(ctx context.Context, tmp string, oids []string) ([]strin
 	return []string{filepath.Join(tmp, "pack-"+sum+".pack"), filepath.Join(tmp, "pack-"+sum+".idx")}, nil
 }
 
-func (s *Snapshot) loose(oid string) bool {
-	_, err := os.Lstat(filepath.Join(s.gitDirs.objects, oid[:2], oid[2:]))
-	return err == nil
+func (s *Snapshot) loose(oid string) bool { return s.looseSize(oid) >= 0 }
+
+// looseSize is the size of the host's loose object file, or -1.
+func (s *Snapshot) looseSize(oid string) int64 {
+	fi, err := os.Lstat(filepath.Join(s.gitDirs.objects, oid[:2], oid[2:]))
+	if err != nil {
+		return -1
+	}
+	return fi.Size()
 }
 
 // history returns the commits shipped (Depth of them, in rev-list order
@@ -529,15 +556,20 @@ func (sw *streamWriter) gitFiles(m *plan) error {
 			return err
 		}
 		data, err := os.ReadFile(filepath.Join(sw.snap.gitDirs.objects, oid[:2], oid[2:]))
+		if errors.Is(err, fs.ErrNotExist) {
+			// Packed meanwhile (a background `git gc --auto`): it goes
+			// into a second pack.
+			sw.vanished = append(sw.vanished, oid)
+			continue
+		}
 		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				return fmt.Errorf("object %s vanished from %s (git gc?): %w (run again)", oid, sw.snap.Root, ErrChanged)
-			}
 			return fmt.Errorf("read object %s: %w", oid, err)
 		}
 		if err := sw.metaFile(".git/objects/"+oid[:2]+"/"+oid[2:], data, 0o444); err != nil {
 			return err
 		}
+		sw.sent += int64(len(data))
+		sw.progress("sending git objects")
 	}
 	return nil
 }
@@ -570,10 +602,23 @@ func (sw *streamWriter) packFile(p string) error {
 	if err := sw.write(&tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: 0o444, Size: fi.Size(), ModTime: sw.snap.inspectedAt.Truncate(time.Second)}); err != nil {
 		return err
 	}
-	n, err := io.CopyBuffer(sw.tw, io.LimitReader(onlyReader{f}, fi.Size()), sw.buf)
+	n, err := io.CopyBuffer(sw.tw, io.LimitReader(progressReader{f, sw}, fi.Size()), sw.buf)
 	sw.stats.GitBytes += n
 	if err != nil {
 		return fmt.Errorf("workspace stream: %s: %w", name, err)
 	}
 	return nil
+}
+
+// progressReader counts a pack's bytes as sent and reports progress.
+type progressReader struct {
+	r  io.Reader
+	sw *streamWriter
+}
+
+func (p progressReader) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
+	p.sw.sent += int64(n)
+	p.sw.progress("sending git objects")
+	return n, err
 }

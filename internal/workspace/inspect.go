@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -318,14 +319,8 @@ func (s *Snapshot) refuseSubmodules(paths []string) error {
 	if len(paths) == 0 {
 		return nil
 	}
-	sort.Strings(paths)
-	uniq := paths[:0]
-	for i, p := range paths {
-		if i == 0 || p != paths[i-1] {
-			uniq = append(uniq, p)
-		}
-	}
-	return &SubmoduleError{Root: s.Root, Paths: uniq}
+	slices.Sort(paths)
+	return &SubmoduleError{Root: s.Root, Paths: slices.Compact(paths)}
 }
 
 // readConfig reads the core.* settings that change how git reads a work
@@ -598,11 +593,13 @@ func permBits(m fs.FileMode) fs.FileMode {
 // gitCmd runs git through the runner.
 type gitCmd struct{ r hostexec.Runner }
 
+// cmd is `git [-C dir] args...` with untranslated messages (Inspect
+// recognises some of them).
 func (g gitCmd) cmd(dir string, args ...string) hostexec.Cmd {
 	if dir != "" {
 		args = append([]string{"-C", dir}, args...)
 	}
-	return hostexec.Cmd{Name: "git", Args: args}
+	return hostexec.Cmd{Name: "git", Args: args, Env: []string{"LC_ALL=C", "LANGUAGE="}}
 }
 
 // out runs git and returns its stdout.
@@ -632,7 +629,7 @@ func (g gitCmd) maybe(ctx context.Context, dir string, args ...string) (string, 
 // write the host's index (GIT_OPTIONAL_LOCKS=0).
 func (g gitCmd) dirty(ctx context.Context, dir string) (map[string]bool, error) {
 	c := g.cmd(dir, "status", "--porcelain=v1", "-z", "--untracked-files=no", "--no-renames", "--ignore-submodules=none")
-	c.Env = []string{"GIT_OPTIONAL_LOCKS=0"}
+	c.Env = append(c.Env, "GIT_OPTIONAL_LOCKS=0")
 	res, err := g.r.Run(ctx, c)
 	if err != nil {
 		return nil, err

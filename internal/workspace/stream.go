@@ -45,10 +45,12 @@ const (
 // files the guest checks out from the shipped objects; the loose objects;
 // the pack (made concurrently by `git pack-objects` while the rest
 // streams; loose objects that the host packs meanwhile, e.g. by a
-// background `git gc --auto`, go into a second pack); a completion marker. Stream reads the work tree again: a file
-// that vanished or changed type since Inspect, or whose size changed while
-// it was read, fails with ErrChanged. On error, w has received a truncated
-// stream that GuestScript refuses.
+// background `git gc --auto`, go into a second pack); a completion marker.
+//
+// Stream reads the work tree again: a file sent as bytes that vanished or
+// changed type since Inspect, or whose size changed while it was read,
+// fails with ErrChanged. Clean files come from the index as Inspect saw it.
+// On error, w has received a truncated stream that GuestScript refuses.
 func Stream(ctx context.Context, snap *Snapshot, w io.Writer) (Stats, error) {
 	start := time.Now()
 	ctx, cancel := context.WithCancel(ctx)

@@ -33,14 +33,21 @@ func TestE2ELifecycle(t *testing.T) {
 	marker := "marker-" + randHex(8)
 	e.mustSSH(vm.IP, "echo "+marker+" > /root/marker && test -s /root/.ssh/authorized_keys && sync")
 
+	t0 := time.Now()
 	e.must("vm", "stop", "t1")
+	t.Logf("stop (sync + poweroff): %s", time.Since(t0).Round(time.Millisecond))
+	if log := e.daemonLog(); strings.Contains(log, "did not power off in time") || strings.Contains(log, "killing the VMM") {
+		t.Errorf("the guest did not power off by itself:\n%s", tail(log, 3000))
+	}
 	stopped := e.show("t1")
 	if stopped.State != model.StateStopped || stopped.Runtime.PID != 0 || stopped.Runtime.Tap != "" || stopped.IP != vm.IP {
 		t.Fatalf("after stop: %+v", stopped)
 	}
 	e.assertNoLeaks("after stop")
 
+	t0 = time.Now()
 	e.must("vm", "start", "t1")
+	t.Logf("start of the stopped VM -> ssh ready: %s", time.Since(t0).Round(time.Millisecond))
 	again := e.show("t1")
 	if again.IP != vm.IP || again.MAC != vm.MAC || again.State != model.StateRunning {
 		t.Fatalf("after start: %+v (before: ip %s mac %s)", again, vm.IP, vm.MAC)

@@ -22,12 +22,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -61,7 +63,7 @@ const DNSDomain = "vm"
 // the VM manager). Owned by the lifecycle wiring in this file.
 type runtimeState struct {
 	mgr      *vm.Manager
-	net      *netw.Manager
+	net      *lazyNet
 	dns      *vmdns.Server
 	guests   *vm.SSHGuests
 	cow      disk.Strategy
@@ -116,9 +118,10 @@ func (d *Daemon) initRuntime(ctx context.Context) error {
 	}
 	guests := &vm.SSHGuests{Signer: signer, PubLine: pub, KnownHosts: kh, Logger: d.logger}
 	dns := vmdns.New(cfg.Network.DNSAddr, DNSDomain, d.logger)
+	net := &lazyNet{Manager: nm, dns: dns, logger: d.logger}
 	mgr, err := vm.New(vm.Options{
 		Store: d.store, Artifacts: daemonArtifacts{d}, Drivers: drivers, DefaultDriver: def,
-		Network: nm, Ops: d.privops, CoW: cow, Runner: d.runner, DNS: dns, Guests: guests,
+		Network: net, Ops: d.privops, CoW: cow, Runner: d.runner, DNS: dns, Guests: guests,
 		Layout: d.layout, Logger: d.logger, Now: d.now, Domain: DNSDomain,
 		DNSServers: hostResolvers("/etc/resolv.conf"),
 		VMMUID:     uid, VMMGID: gid,
@@ -127,7 +130,7 @@ func (d *Daemon) initRuntime(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	d.rt = runtimeState{mgr: mgr, net: nm, dns: dns, guests: guests, cow: strategy, cowWhy: why, driver: def}
+	d.rt = runtimeState{mgr: mgr, net: net, dns: dns, guests: guests, cow: strategy, cowWhy: why, driver: def}
 	d.logger.Info("vm runtime", "driver", def, "cow", strategy, "cow_reason", why, "bridge", cfg.Network.Bridge, "dns", cfg.Network.DNSAddr)
 	d.SetLifecycle(mgr)
 	return nil
@@ -264,21 +267,57 @@ func (d *Daemon) startRuntime(ctx context.Context) {
 	}
 	if err := rt.dns.Start(ctx); err != nil {
 		d.logger.Error("dns server disabled", "addr", d.cfg.Network.DNSAddr, "err", err)
-	} else if err := rt.net.RouteDNS(ctx, rt.dns.Addr(), DNSDomain, true); err != nil {
-		if errors.Is(err, privops.ErrNotSupported) {
-			d.logger.Info("resolver routing unavailable; use the DNS server directly", "addr", rt.dns.Addr(), "reason", err)
-		} else {
-			d.logger.Warn("resolver routing", "err", err)
-		}
 	}
 	if _, err := rt.mgr.Reconcile(ctx); err != nil {
 		d.logger.Error("reconcile", "err", err)
 	}
-	// After reconcile, so its reclaim of stale taps never races the pool
-	// filling up.
-	if err := rt.net.EnsureBridge(ctx); err != nil {
-		d.logger.Error("bridge", "err", err)
+	// The bridge (and with it the tap pool and resolver routing) is set up
+	// when a VM first needs it; here only when VMs already run. A daemon
+	// that only keeps records never touches the host's network. After
+	// reconcile, so its reclaim of stale taps never races the pool.
+	if vms, err := d.store.ListVMs(ctx); err == nil {
+		for _, v := range vms {
+			if v.State == model.StateRunning {
+				if err := rt.net.EnsureBridge(ctx); err != nil {
+					d.logger.Error("bridge", "err", err)
+				}
+				break
+			}
+		}
 	}
+}
+
+// lazyNet is the network manager as the VM manager sees it: the first
+// successful EnsureBridge also routes the DNS domain to the daemon's DNS
+// server through systemd-resolved where present.
+type lazyNet struct {
+	*netw.Manager
+	dns    *vmdns.Server
+	logger *slog.Logger
+
+	mu     sync.Mutex
+	routed bool
+}
+
+// EnsureBridge implements vm.Network.
+func (n *lazyNet) EnsureBridge(ctx context.Context) error {
+	if err := n.Manager.EnsureBridge(ctx); err != nil {
+		return err
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.routed {
+		return nil
+	}
+	n.routed = true
+	if err := n.RouteDNS(ctx, n.dns.Addr(), DNSDomain, true); err != nil {
+		if errors.Is(err, privops.ErrNotSupported) {
+			n.logger.Info("resolver routing unavailable; use the DNS server directly", "addr", n.dns.Addr(), "reason", err)
+		} else {
+			n.logger.Warn("resolver routing", "err", err)
+		}
+	}
+	return nil
 }
 
 // stopRuntime stops background services; running VMs keep running.

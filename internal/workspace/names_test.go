@@ -244,3 +244,46 @@ func FuzzParseLsFiles(f *testing.F) {
 		}
 	})
 }
+
+func FuzzParseStatusAndAttrs(f *testing.F) {
+	f.Add(" M a\x00MM b c\x00UU conflict\x00A  new\x00")
+	f.Add("a\x00text\x00auto\x00a\x00eol\x00crlf\x00")
+	f.Add("x")
+	f.Fuzz(func(t *testing.T, out string) {
+		if dirty, err := parseStatus(out); err == nil {
+			for p := range dirty {
+				if !strings.Contains(out, p) {
+					t.Fatalf("dirty path %q not in input", p)
+				}
+			}
+		}
+		if attrs, err := parseCheckAttr(out); err == nil {
+			n := 0
+			for _, a := range attrs {
+				n += len(a)
+			}
+			if n > len(splitZ(out))/3 {
+				t.Fatalf("%d attributes from %d records", n, len(splitZ(out)))
+			}
+		}
+	})
+}
+
+func TestParseStatus(t *testing.T) {
+	got, err := parseStatus(" M wt\x00M  staged\x00MM both\x00UU conflict\x00AA added-both\x00 A ita\x00D  rm\x00 T type\x00")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]bool{"wt": true, "both": true, "conflict": true, "added-both": true, "ita": true, "type": true}
+	if len(got) != len(want) {
+		t.Fatalf("got %v", got)
+	}
+	for p := range want {
+		if !got[p] {
+			t.Fatalf("got %v, want %v", got, want)
+		}
+	}
+	if _, err := parseStatus("garbage"); err == nil {
+		t.Fatal("accepted garbage")
+	}
+}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/bangerdev/banger/internal/api"
 	"github.com/bangerdev/banger/internal/model"
+	"github.com/bangerdev/banger/internal/rpc"
 )
 
 // vmLifecycleCmds are the VM lifecycle commands: start, stop, restart,
@@ -28,11 +29,12 @@ concurrently; the command continues past failures and exits 1 if any failed.`,
   banger vm start a1 a2`,
 		}),
 		a.vmRefsCmd(refsCmd{
-			use: "stop", method: api.MethodVMStop, short: "Stop VMs (sync and power off)",
+			use: "stop", method: api.MethodVMStop, short: "Stop VMs (sync and power off)", idempotentNotRunning: true,
 			long: `Stop one or more running VMs: banger runs sync and a poweroff in the guest
 over ssh, waits for the VM to exit and kills it if it does not (at once when
 ssh does not answer). The /root disk, the root disk and the address are kept:
-` + "`banger vm start`" + ` brings the VM back with its data.`,
+` + "`banger vm start`" + ` brings the VM back with its data. Stopping a VM that
+is not running is not an error.`,
 			example: `  banger vm stop dev
   banger vm stop $(banger vm ps --json | jq -r '.[].name')`,
 		}),
@@ -51,6 +53,9 @@ ssh does not answer). The /root disk, the root disk and the address are kept:
 // refsCmd describes a command that runs one method on several VMs.
 type refsCmd struct {
 	use, method, short, long, example string
+	// idempotentNotRunning reports a VM that is not running as done
+	// (stop), not as a failure.
+	idempotentNotRunning bool
 }
 
 func (a *app) vmRefsCmd(c refsCmd) *cobra.Command {
@@ -70,6 +75,9 @@ func (a *app) vmRefsCmd(c refsCmd) *cobra.Command {
 					err = a.call(ctx, c.method, api.Ref{Ref: ref}, &vm)
 				}
 				if err != nil {
+					if c.idempotentNotRunning && rpc.CodeOf(err) == rpc.CodeNotRunning {
+						return ref + " is not running", nil
+					}
 					return "", err
 				}
 				return vmLine(&vm), nil

@@ -39,6 +39,9 @@ func TestE2ELifecycle(t *testing.T) {
 	if log := e.daemonLog(); strings.Contains(log, "did not power off in time") || strings.Contains(log, "killing the VMM") {
 		t.Errorf("the guest did not power off by itself:\n%s", tail(log, 3000))
 	}
+	if out := e.must("vm", "stop", "t1"); !strings.Contains(out, "t1 is not running") {
+		t.Errorf("second stop: %q", out)
+	}
 	stopped := e.show("t1")
 	if stopped.State != model.StateStopped || stopped.Runtime.PID != 0 || stopped.Runtime.Tap != "" || stopped.IP != vm.IP {
 		t.Fatalf("after stop: %+v", stopped)

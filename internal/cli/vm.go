@@ -28,6 +28,7 @@ VMs are referred to by name, id, or a unique id prefix.`,
 	}
 	cmd.AddCommand(append([]*cobra.Command{a.vmCreateCmd(), a.vmListCmd("list", false), a.vmListCmd("ps", true),
 		a.vmShowCmd(), a.vmDeleteCmd(), a.vmPruneCmd()}, a.vmLifecycleCmds()...)...)
+	cmd.AddCommand(a.vmWorkspaceCmds()...)
 	return cmd
 }
 

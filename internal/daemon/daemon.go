@@ -202,4 +202,5 @@ func (d *Daemon) register() {
 	d.registerImages()
 	d.registerKernels()
 	d.registerLifecycle()
+	d.registerWorkspace()
 }

@@ -89,6 +89,13 @@ type Workspace struct {
 	HeadCommit string    `json:"head_commit,omitempty"`
 	Branch     string    `json:"branch,omitempty"`
 	PreparedAt time.Time `json:"prepared_at"`
+	// Subdir is the directory given to prepare, relative to the
+	// repository's top level ("" = the top): commands run in
+	// GuestPath/Subdir. The options below are reused by a re-sync.
+	Subdir           string `json:"subdir,omitempty"`
+	IncludeUntracked bool   `json:"include_untracked,omitempty"`
+	ReadOnly         bool   `json:"readonly,omitempty"`
+	From             string `json:"from,omitempty"`
 }
 
 // Image is a root filesystem image in the image store.

@@ -1,0 +1,200 @@
+package cli
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/internal/model"
+	"github.com/bangerdev/banger/internal/workspace"
+)
+
+func (a *app) vmWorkspaceCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "workspace",
+		Short: "Copy a repository into a VM, or bring the guest's changes back",
+		Long: `Workspaces are git repositories copied into a VM: ` + "`prepare`" + ` copies one in
+(` + "`vm run`" + ` does this for you), ` + "`export`" + ` turns everything changed in the guest
+into a patch that ` + "`git apply`" + ` takes on the host.`,
+		Example: `  banger vm workspace prepare dev .
+  banger vm workspace export dev > guest.patch && git apply guest.patch`,
+	}
+	cmd.AddCommand(a.vmWorkspacePrepareCmd(), a.vmWorkspaceExportCmd())
+	return cmd
+}
+
+func (a *app) vmWorkspacePrepareCmd() *cobra.Command {
+	var p api.WorkspacePrepareParams
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "prepare VM PATH",
+		Short: "Copy a git repository into a running VM",
+		Long: `Copy the git repository at PATH into a running VM (default /root/repo), as
+one tar stream over ssh, and record it as the VM's workspace (host path,
+guest path, HEAD) for ` + "`vm exec`" + ` and ` + "`vm workspace export`" + `.
+
+Copied: tracked files as they are in the work tree (uncommitted changes
+included); untracked files that are not ignored only with
+--include-untracked (banger says how many it left out); ignored files never.
+A shallow .git comes along so git status, diff and log work in the guest and
+show the host's staged and unstaged changes as such. Exec bits, symlinks,
+empty and binary files and names with spaces or unicode are kept. A
+repository with submodules is refused; PATH must be inside a git work tree
+(a subdirectory copies the whole repository and ` + "`vm exec`" + ` then runs in that
+subdirectory). --from REV copies a clean checkout of a commit instead of the
+work tree; --branch names the branch checked out in the guest.
+
+Preparing again replaces the workspace banger recorded at the same guest path
+(a re-sync: changes made in the guest there are lost; export them first).
+Any other non-empty guest directory is refused unless --replace is given.
+The guest directory changes only when the whole copy arrived.`,
+		Example: `  banger vm workspace prepare dev .
+  banger vm workspace prepare dev ~/src/app --include-untracked
+  banger vm workspace prepare dev . --readonly --guest-path /srv/app
+  banger vm workspace prepare dev . --from v1.2.0 --branch release`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			abs, err := filepath.Abs(args[1])
+			if err != nil {
+				return err
+			}
+			p.Ref, p.Path = args[0], abs
+			if p.GuestPath != "" {
+				if err := workspace.CheckGuestPath(p.GuestPath); err != nil {
+					return err
+				}
+			}
+			if err := p.Validate(); err != nil {
+				return err
+			}
+			var res api.WorkspacePrepareResult
+			if err := a.callWithStages(cmd.Context(), api.MethodVMWorkspacePrepare, p, &res); err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(a.env.Stdout, res)
+			}
+			name := p.Ref
+			if res.VM != nil {
+				name = res.VM.Name
+			}
+			verb := "copied"
+			if res.Replaced {
+				verb = "re-synced"
+			}
+			fmt.Fprintf(a.env.Stdout, "%s %s -> %s:%s (%d files, %d symlinks, %s; %s sent in %s)\n", verb, res.Root, name, res.GuestPath,
+				res.Files, res.Symlinks, humanBytes(res.FileBytes), humanBytes(res.StreamBytes),
+				(time.Duration(res.ElapsedMS) * time.Millisecond).Round(10*time.Millisecond))
+			if res.Subdir != "" {
+				fmt.Fprintf(a.env.Stdout, "commands run in %s (`banger vm exec %s -- CMD`)\n", res.WorkDir, name)
+			}
+			if res.SkippedUntracked > 0 {
+				fmt.Fprintf(a.env.Stderr, "banger: %d untracked file(s) not copied (add --include-untracked to copy them)\n", res.SkippedUntracked)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&p.IncludeUntracked, "include-untracked", false, "also copy untracked files that are not ignored")
+	cmd.Flags().BoolVar(&p.ReadOnly, "readonly", false, "make the guest's copy read-only (git still works)")
+	cmd.Flags().StringVar(&p.GuestPath, "guest-path", "", "where the repository goes in the guest (default "+workspace.DefaultGuestPath+")")
+	cmd.Flags().StringVar(&p.Branch, "branch", "", "branch checked out in the guest (default: the host's current branch)")
+	cmd.Flags().StringVar(&p.From, "from", "", "copy a clean checkout of this commit, branch or tag instead of the work tree")
+	cmd.Flags().BoolVar(&p.Replace, "replace", false, "replace a non-empty guest directory that is not banger's workspace")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
+	return cmd
+}
+
+func (a *app) vmWorkspaceExportCmd() *cobra.Command {
+	var output, base, guestPath string
+	cmd := &cobra.Command{
+		Use:   "export VM",
+		Short: "Print a git patch of everything changed in the guest's workspace",
+		Long: `Write a binary-safe git patch of everything changed in a VM's workspace:
+modified, new (not ignored), deleted and binary files and mode changes,
+relative to the commit the workspace was prepared from (or --base-commit,
+which must be in the guest's shallow history). The guest's index and work
+tree are not touched. Apply it on the host with ` + "`git apply`" + ` in a checkout of
+that commit (` + "`git apply --index`" + ` to stage it too).
+
+The patch goes to stdout, or to --output F (written only when the export
+succeeded). An empty patch means nothing changed.`,
+		Example: `  banger vm workspace export dev > guest.patch
+  banger vm workspace export dev --output guest.patch && git apply guest.patch
+  banger vm workspace export dev --base-commit HEAD~1`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			if guestPath != "" {
+				if err := workspace.CheckGuestPath(guestPath); err != nil {
+					return err
+				}
+			}
+			vm, err := a.showVM(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			if vm.State != model.StateRunning {
+				return notRunning(vm)
+			}
+			gp := guestPath
+			if gp == "" {
+				gp = workspace.DefaultGuestPath
+				if vm.Workspace != nil && vm.Workspace.GuestPath != "" {
+					gp = vm.Workspace.GuestPath
+				}
+			}
+			c, err := a.dialVM(ctx, vm)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			// Spool to a temporary file so a failed export never leaves
+			// half a patch in F or on stdout.
+			dir := os.TempDir()
+			if output != "" && output != "-" {
+				dir = filepath.Dir(output)
+			}
+			tmp, err := os.CreateTemp(dir, ".banger-export-*")
+			if err != nil {
+				return fmt.Errorf("temporary file for the patch: %w", err)
+			}
+			defer os.Remove(tmp.Name())
+			defer tmp.Close()
+			if err := workspace.Export(ctx, c, gp, base, tmp); err != nil {
+				return fmt.Errorf("export from %s:%s: %w", vm.Name, gp, err)
+			}
+			if output != "" && output != "-" {
+				if err := tmp.Chmod(0o644); err != nil {
+					return err
+				}
+				if err := tmp.Close(); err != nil {
+					return err
+				}
+				if err := os.Rename(tmp.Name(), output); err != nil {
+					return fmt.Errorf("write %s: %w", output, err)
+				}
+				st, _ := os.Stat(output)
+				var n int64
+				if st != nil {
+					n = st.Size()
+				}
+				fmt.Fprintf(a.env.Stderr, "banger: wrote %s (%s); apply it with `git apply %s`\n", output, humanBytes(n), output)
+				return nil
+			}
+			if _, err := tmp.Seek(0, io.SeekStart); err != nil {
+				return err
+			}
+			_, err = io.Copy(a.env.Stdout, tmp)
+			return err
+		},
+	}
+	cmd.Flags().StringVarP(&output, "output", "o", "", "write the patch to this file instead of stdout")
+	cmd.Flags().StringVar(&base, "base-commit", "", "commit to diff against (default: the one the workspace was prepared from)")
+	cmd.Flags().StringVar(&guestPath, "guest-path", "", "the workspace's directory in the guest (default: the recorded one, else "+workspace.DefaultGuestPath+")")
+	return cmd
+}

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/bangerdev/banger/internal/model"
+	"github.com/bangerdev/banger/internal/testreq"
 	"github.com/bangerdev/banger/internal/vmm/fakefc"
 	"github.com/bangerdev/banger/internal/vmm/vmmtest"
 )
@@ -18,6 +19,7 @@ import (
 // kept, a daemon SIGKILL with the VM running (re-found through its
 // pidfile), kill, delete, no leaks. Two boots.
 func TestE2EFirecrackerFakeFC(t *testing.T) {
+	testreq.E2E(t)
 	specDir, err := fakefc.DefaultSpecDir()
 	if err != nil {
 		t.Fatalf("firecracker API specs: %v", err)

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -8,8 +9,14 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/internal/model"
+	"github.com/bangerdev/banger/internal/rpc"
 
 	"github.com/bangerdev/banger/internal/testguest"
 	"github.com/bangerdev/banger/internal/vm"
@@ -135,5 +142,53 @@ func (e *env) bareBoot(name string, k *testguest.Artifacts) time.Duration {
 			t.Fatalf("bare qemu: no ssh after 5 minutes\n%s", tail(string(log), 3000))
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// BenchmarkDaemonRecords measures the real bangerd: 100 `vm.create
+// --no-start` calls over its socket, 8 at a time (creates per second of the
+// record path: validation, name lock, store), then the daemon's RSS with
+// 100 VMs recorded.
+//
+//	BANGER_E2E=1 go test -run '^$' -bench DaemonRecords -benchtime 1x ./test/e2e
+func BenchmarkDaemonRecords(b *testing.B) {
+	for i := 0; i < b.N; i++ {
+		e := newEnv(b, envOptions{})
+		c := rpc.NewClient(e.layout.DaemonSocket())
+		const n, parallel = 100, 8
+		sem := make(chan struct{}, parallel)
+		var wg sync.WaitGroup
+		errs := make(chan error, n)
+		start := time.Now()
+		for j := 0; j < n; j++ {
+			wg.Add(1)
+			sem <- struct{}{}
+			go func(j int) {
+				defer wg.Done()
+				defer func() { <-sem }()
+				var v model.VM
+				errs <- c.Call(context.Background(), api.MethodVMCreate, api.VMCreateParams{Name: fmt.Sprintf("r%d", j), NoStart: true}, &v)
+			}(j)
+		}
+		wg.Wait()
+		took := time.Since(start)
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+		status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", e.daemonPID()))
+		var rss int64
+		for _, l := range strings.Split(string(status), "\n") {
+			if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+				fmt.Sscan(strings.TrimSpace(v), &rss)
+			}
+		}
+		rate := float64(n) / took.Seconds()
+		b.ReportMetric(rate, "creates/s")
+		b.ReportMetric(float64(rss)/1024, "daemon-rss-MiB")
+		b.Logf("%d record creates (%d at a time) in %s: %.0f/s; bangerd RSS with %d VMs: %.1f MiB", n, parallel,
+			took.Round(time.Millisecond), rate, n, float64(rss)/1024)
 	}
 }

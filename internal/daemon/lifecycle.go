@@ -289,7 +289,8 @@ func (d *Daemon) startRuntime(ctx context.Context) {
 
 // lazyNet is the network manager as the VM manager sees it: the first
 // successful EnsureBridge also routes the DNS domain to the daemon's DNS
-// server through systemd-resolved where present.
+// server through systemd-resolved where present. Its mutex is a leaf lock
+// (taken inside a VM's lock, never the other way round).
 type lazyNet struct {
 	*netw.Manager
 	dns    *vmdns.Server
@@ -299,13 +300,14 @@ type lazyNet struct {
 	routed bool
 }
 
-// EnsureBridge implements vm.Network.
+// EnsureBridge implements vm.Network. Calls are serialised: creating the
+// bridge is not safe to race (two concurrent first starts would both try).
 func (n *lazyNet) EnsureBridge(ctx context.Context) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
 	if err := n.Manager.EnsureBridge(ctx); err != nil {
 		return err
 	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
 	if n.routed {
 		return nil
 	}

@@ -21,7 +21,7 @@ import (
 // VMM driver, network and ssh: the control plane's own cost per create.
 // It reports creates per second and the process's RSS with 100 running VMs
 // recorded (the daemon's footprint: manager, store, caches). With
-// BANGER_BENCH_OUT=FILE the figures are also written there as JSON.
+// BANGER_BENCH_JSON=FILE the figures are also written there as JSON.
 //
 //	go test -run '^$' -bench ControlPlane -benchtime 1x ./internal/vm
 func BenchmarkControlPlane(b *testing.B) {
@@ -83,7 +83,7 @@ func BenchmarkControlPlane(b *testing.B) {
 		b.ReportMetric(float64(rss)/(1<<20), "rss-MiB")
 		b.Logf("%d creates (%d at a time) in %s: %.1f creates/s; process RSS with %d running VMs: %.1f MiB",
 			n, parallel, took.Round(time.Millisecond), rate, n, float64(rss)/(1<<20))
-		if out := os.Getenv("BANGER_BENCH_OUT"); out != "" {
+		if out := os.Getenv("BANGER_BENCH_JSON"); out != "" {
 			data, _ := json.MarshalIndent(map[string]any{"benchmark": "control_plane", "vms": n, "parallel": parallel,
 				"seconds": took.Seconds(), "creates_per_s": rate, "rss_bytes": rss}, "", "  ")
 			_ = os.WriteFile(out, data, 0o644)

@@ -38,7 +38,7 @@ import (
 //
 // The ratio start/bare is banger's overhead on a boot (goal ≤ 1.05).
 // Rounds: BANGER_BENCH_ROUNDS (default 2). A table is logged and, with
-// BANGER_BENCH_OUT=FILE, JSON is written there. Run it with
+// BANGER_BENCH_JSON=FILE, JSON is written there. Run it with
 //
 //	BANGER_E2E=1 go test -run '^$' -bench CreateVsBareQEMU -benchtime 1x ./test/e2e
 func BenchmarkCreateVsBareQEMU(b *testing.B) {
@@ -92,7 +92,7 @@ func benchCreateVsBare(b *testing.B, rounds int) {
 	b.ReportMetric(s/bb, "start/bare")
 	b.ReportMetric(c/bb, "create/bare")
 	b.ReportMetric(bb, "bare-s")
-	if out := os.Getenv("BANGER_BENCH_OUT"); out != "" {
+	if out := os.Getenv("BANGER_BENCH_JSON"); out != "" {
 		data, _ := json.MarshalIndent(map[string]any{
 			"benchmark": "create_vs_bare_qemu", "rounds": rounds, "samples": bt,
 			"median_create_s": c, "median_start_s": s, "median_bare_s": bb,

@@ -46,6 +46,9 @@ type Options struct {
 	Ops    privops.Ops
 	Build  buildinfo.Info
 	Now    func() time.Time
+	// LockWait is how long New waits for a stopping daemon to release the
+	// layout's lock (default 10s).
+	LockWait time.Duration
 }
 
 // Daemon is a running bangerd.
@@ -86,7 +89,10 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 	if err := o.Layout.Ensure(); err != nil {
 		return nil, fmt.Errorf("prepare state directories: %w", err)
 	}
-	lf, err := lockDaemon(filepath.Join(o.Layout.RuntimeDir, "bangerd.lock"))
+	if o.LockWait == 0 {
+		o.LockWait = 10 * time.Second
+	}
+	lf, err := lockDaemon(filepath.Join(o.Layout.RuntimeDir, "bangerd.lock"), o.LockWait)
 	if err != nil {
 		return nil, err
 	}
@@ -121,16 +127,25 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 }
 
 // lockDaemon takes an exclusive lock so only one daemon serves a layout.
-func lockDaemon(path string) (*os.File, error) {
+func lockDaemon(path string, wait time.Duration) (*os.File, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open daemon lock: %w", err)
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("another bangerd is already running for %s (stop it with `banger daemon stop`)", filepath.Dir(path))
+	// A daemon that was just asked to stop may still be releasing its
+	// resources: give it a few seconds before declaring a conflict.
+	deadline := time.Now().Add(wait)
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return f, nil
+		}
+		if time.Now().After(deadline) {
+			f.Close()
+			return nil, fmt.Errorf("another bangerd is already running for %s (stop it with `banger daemon stop`)", filepath.Dir(path))
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
-	return f, nil
 }
 
 // SetLifecycle wires the VM lifecycle service.

@@ -164,7 +164,7 @@ func TestParallelCreatesSameNameOneWins(t *testing.T) {
 
 func TestSecondDaemonRefused(t *testing.T) {
 	d, _ := startDaemon(t)
-	_, err := New(context.Background(), Options{Layout: d.layout, Config: d.cfg})
+	_, err := New(context.Background(), Options{Layout: d.layout, Config: d.cfg, LockWait: 100 * time.Millisecond})
 	if err == nil {
 		t.Fatal("second daemon on the same layout started")
 	}

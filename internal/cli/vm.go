@@ -101,7 +101,7 @@ is reachable as <name>.vm.`,
 			if asJSON {
 				return printJSON(a.env.Stdout, vm)
 			}
-			fmt.Fprintf(a.env.Stdout, "%s %s (%s)\n", vm.Name, vm.State, vm.ID)
+			fmt.Fprintln(a.env.Stdout, vmLine(&vm))
 			return nil
 		},
 	}

@@ -118,7 +118,12 @@ func (r result) String() string {
 // stdin (may be nil) and extra environment, and returns its outputs and
 // exit status. It never fails the test by itself.
 func (e *env) bangerIn(dir string, stdin []byte, args ...string) result {
-	e.t.Helper()
+	return e.bangerT(e.t, dir, stdin, args...)
+}
+
+// bangerT is bangerIn reporting to t (a subtest).
+func (e *env) bangerT(t testing.TB, dir string, stdin []byte, args ...string) result {
+	t.Helper()
 	cmd := exec.Command("ip", append([]string{"netns", "exec", e.ns, filepath.Join(e.bin, "banger")}, args...)...)
 	cmd.Env = e.environ()
 	cmd.Dir = dir
@@ -133,7 +138,7 @@ func (e *env) bangerIn(dir string, stdin []byte, args ...string) result {
 	if err != nil {
 		ee, ok := err.(*exec.ExitError)
 		if !ok {
-			e.t.Fatalf("banger %s: %v", strings.Join(args, " "), err)
+			t.Fatalf("banger %s: %v", strings.Join(args, " "), err)
 		}
 		r.code = ee.ExitCode()
 		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
@@ -170,4 +175,14 @@ func TestE2EDevImage(t *testing.T) {
 	if fi, err := os.Stat(p); err != nil || fi.Size() != 1024<<20 {
 		t.Fatalf("dev image %s: %v %v", p, fi, err)
 	}
+}
+
+// mustT runs the CLI and fails t unless it exits 0; it returns stdout.
+func (e *env) mustT(t testing.TB, args ...string) string {
+	t.Helper()
+	r := e.bangerT(t, "", nil, args...)
+	if r.code != 0 {
+		t.Fatalf("banger %s: %s", strings.Join(args, " "), r)
+	}
+	return r.stdout
 }

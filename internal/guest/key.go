@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/bangerdev/banger/internal/atomicfile"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -52,7 +53,7 @@ func EnsureKey(dir string) (signer ssh.Signer, pubLine string, err error) {
 	pubLine = strings.TrimSpace(string(ssh.MarshalAuthorizedKey(signer.PublicKey()))) + " " + KeyComment
 	pubPath := path + ".pub"
 	if cur, err := os.ReadFile(pubPath); err != nil || strings.TrimSpace(string(cur)) != pubLine {
-		if err := writeFileAtomic(pubPath, []byte(pubLine+"\n"), 0o644); err != nil {
+		if err := atomicfile.Write(pubPath, []byte(pubLine+"\n"), 0o644); err != nil {
 			return nil, "", fmt.Errorf("write public key: %w", err)
 		}
 	}
@@ -116,29 +117,4 @@ func generateKey(path string) error {
 		return fmt.Errorf("install ssh key %s: %w", path, err)
 	}
 	return nil
-}
-
-// writeFileAtomic replaces path with data (temporary file + rename).
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+"-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(perm); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }

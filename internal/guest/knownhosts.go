@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/bangerdev/banger/internal/atomicfile"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
 	"golang.org/x/sys/unix"
@@ -147,7 +148,7 @@ func (k *KnownHosts) write(lines []khLine) error {
 		b.WriteString(l.raw)
 		b.WriteByte('\n')
 	}
-	if err := writeFileAtomic(k.path, []byte(b.String()), 0o600); err != nil {
+	if err := atomicfile.Write(k.path, []byte(b.String()), 0o600); err != nil {
 		return fmt.Errorf("write %s: %w", k.path, err)
 	}
 	return nil

@@ -12,13 +12,14 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/bangerdev/banger/internal/atomicfile"
 	"github.com/bangerdev/banger/internal/model"
 )
 
 // Cache layout under Store.CacheDir:
 //
 //	blobs/sha256/<hex>        OCI blobs (compressed layers, configs), verified against their digest
-//	blobs/sha256/<hex>.part-* downloads in progress
+//	blobs/sha256/<hex>.part-* layer downloads in progress (.<hex>.tmp-* for small blobs)
 //	refs/<image>.json         the blob digests image <image> was made from
 //	debootstrap/<recipe>/     debootstrap trees keyed by recipe hash (rootfs/ + complete marker)
 
@@ -56,11 +57,7 @@ func (s *Store) writeRefs(name string, refs []string) error {
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 		return fmt.Errorf("image cache: %w", err)
 	}
-	tmp := p + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o644); err != nil {
-		return fmt.Errorf("image cache: %w", err)
-	}
-	if err := os.Rename(tmp, p); err != nil {
+	if err := atomicfile.Write(p, data, 0o644); err != nil {
 		return fmt.Errorf("image cache: %w", err)
 	}
 	return nil

@@ -25,6 +25,7 @@ import (
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 
+	"github.com/bangerdev/banger/internal/atomicfile"
 	"github.com/bangerdev/banger/internal/ext4"
 	"github.com/bangerdev/banger/internal/model"
 	"github.com/bangerdev/banger/internal/progress"
@@ -296,11 +297,7 @@ func (s *Store) cachedBlob(d v1.Hash, fetch func() ([]byte, error)) ([]byte, err
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 		return nil, err
 	}
-	tmp := fmt.Sprintf("%s.part-%d", p, time.Now().UnixNano())
-	if err := os.WriteFile(tmp, data, 0o644); err != nil {
-		return nil, err
-	}
-	return data, os.Rename(tmp, p)
+	return data, atomicfile.Write(p, data, 0o644)
 }
 
 // fetchLayers downloads missing layer blobs into the cache, three at a

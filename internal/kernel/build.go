@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/bangerdev/banger/internal/atomicfile"
 	"github.com/bangerdev/banger/internal/debmirror"
 	"github.com/bangerdev/banger/internal/hostexec"
 	"github.com/bangerdev/banger/internal/progress"
@@ -210,5 +211,5 @@ func WriteVmlinux(ctx context.Context, src, dst string) error {
 	if err != nil {
 		return fmt.Errorf("extract vmlinux from %s: %w", filepath.Base(src), err)
 	}
-	return writeFileAtomic(dst, elfImg, 0o644)
+	return atomicfile.Write(dst, elfImg, 0o644)
 }

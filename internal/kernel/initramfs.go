@@ -46,6 +46,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/bangerdev/banger/internal/atomicfile"
 	"github.com/bangerdev/banger/internal/progress"
 )
 
@@ -176,7 +177,7 @@ func BuildInitramfs(ctx context.Context, opts InitramfsOptions) (*InitramfsResul
 	if err := gz.Close(); err != nil {
 		return nil, fmt.Errorf("build initramfs: %w", err)
 	}
-	if err := writeFileAtomic(opts.Output, buf.Bytes(), 0o644); err != nil {
+	if err := atomicfile.Write(opts.Output, buf.Bytes(), 0o644); err != nil {
 		return nil, fmt.Errorf("build initramfs: %w", err)
 	}
 	return res, nil

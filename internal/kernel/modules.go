@@ -14,6 +14,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/bangerdev/banger/internal/atomicfile"
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
 )
@@ -294,38 +295,5 @@ func (idx *ModuleIndex) WriteModulesDep() error {
 		}
 		buf.WriteString("\n")
 	}
-	return writeFileAtomic(filepath.Join(idx.Dir, "modules.dep"), buf.Bytes(), 0o644)
-}
-
-// writeFileAtomic writes data to a temp file next to path, fsyncs and renames.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path)+"-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		os.Remove(tmp)
-		return err
-	}
-	if err := f.Chmod(perm); err != nil {
-		f.Close()
-		os.Remove(tmp)
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		os.Remove(tmp)
-		return err
-	}
-	if err := f.Close(); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return nil
+	return atomicfile.Write(filepath.Join(idx.Dir, "modules.dep"), buf.Bytes(), 0o644)
 }

@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/bangerdev/banger/internal/atomicfile"
 	"github.com/bangerdev/banger/internal/debmirror"
 	"github.com/bangerdev/banger/internal/hostexec"
 	"github.com/bangerdev/banger/internal/model"
@@ -256,7 +257,7 @@ func (s *Store) importFiles(ctx context.Context, name string, src ImportSource, 
 	} else if !validELF(img) {
 		return nil, fmt.Errorf("kernel import %s: %s is a truncated or invalid ELF file", name, src.Vmlinux)
 	}
-	if err := writeFileAtomic(filepath.Join(out, FileVmlinux), elfImg, 0o644); err != nil {
+	if err := atomicfile.Write(filepath.Join(out, FileVmlinux), elfImg, 0o644); err != nil {
 		return nil, err
 	}
 	version := KernelVersion(img)
@@ -380,7 +381,7 @@ func (s *Store) publish(ctx context.Context, name, source, version string, pvh b
 	if err != nil {
 		return nil, err
 	}
-	if err := writeFileAtomic(filepath.Join(out, "manifest.json"), data, 0o644); err != nil {
+	if err := atomicfile.Write(filepath.Join(out, "manifest.json"), data, 0o644); err != nil {
 		return nil, err
 	}
 	if err := syncTree(out); err != nil {

@@ -25,6 +25,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/bangerdev/banger/internal/atomicfile"
 )
 
 // Defaults for Options.
@@ -135,7 +137,7 @@ func Write(path string, opts Options) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("ssh config directory: %w", err)
 	}
-	if err := writeAtomic(path, []byte(Render(opts)), 0o600); err != nil {
+	if err := atomicfile.Write(path, []byte(Render(opts)), 0o600); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil
@@ -246,7 +248,7 @@ func Install(sshDir, includePath string) (changed bool, err error) {
 	if fi, err := os.Stat(path); err == nil {
 		mode = fi.Mode().Perm()
 	}
-	if err := writeAtomic(path, []byte(next), mode); err != nil {
+	if err := atomicfile.Write(path, []byte(next), mode); err != nil {
 		return false, fmt.Errorf("write %s: %w", path, err)
 	}
 	return true, nil
@@ -282,7 +284,7 @@ func Uninstall(sshDir string) (changed bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	if err := writeAtomic(path, []byte(rest), fi.Mode().Perm()); err != nil {
+	if err := atomicfile.Write(path, []byte(rest), fi.Mode().Perm()); err != nil {
 		return false, fmt.Errorf("write %s: %w", path, err)
 	}
 	return true, nil
@@ -303,28 +305,4 @@ func Installed(sshDir string) (bool, error) {
 	}
 	ranges, _ := findBlocks(string(data))
 	return len(ranges) > 0, nil
-}
-
-func writeAtomic(path string, data []byte, perm os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".banger-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(perm); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }

@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/bangerdev/banger/internal/atomicfile"
 	"github.com/bangerdev/banger/internal/ext4"
 	"github.com/bangerdev/banger/internal/hostexec"
 	"github.com/bangerdev/banger/internal/image"
@@ -51,11 +52,7 @@ func hostKey(dir string) (ssh.Signer, []byte, error) {
 			return nil, nil, fmt.Errorf("encode host key: %w", gerr)
 		}
 		data = pem.EncodeToMemory(block)
-		tmp := p + ".tmp"
-		if werr := os.WriteFile(tmp, data, 0o600); werr != nil {
-			return nil, nil, fmt.Errorf("write host key: %w", werr)
-		}
-		if werr := os.Rename(tmp, p); werr != nil {
+		if werr := atomicfile.Write(p, data, 0o600); werr != nil {
 			return nil, nil, fmt.Errorf("write host key: %w", werr)
 		}
 		err = nil

@@ -135,7 +135,7 @@ func TestCopyRangeFallback(t *testing.T) {
 
 func TestReflinkUnsupported(t *testing.T) {
 	dir := t.TempDir()
-	if fs := filesystemName(dir); fs == "btrfs" || fs == "xfs" {
+	if fs := FilesystemName(dir); fs == "btrfs" || fs == "xfs" {
 		t.Skipf("temp dir is on %s, which may reflink", fs)
 	}
 	base := filepath.Join(dir, "base.img")
@@ -171,7 +171,7 @@ func fakeHost(t *testing.T, dm, loop bool) prober {
 func TestProbe(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	noReflink := filesystemName(dir) != "btrfs" && filesystemName(dir) != "xfs"
+	noReflink := FilesystemName(dir) != "btrfs" && FilesystemName(dir) != "xfs"
 	version := func(hostexec.Cmd) (hostexec.Result, error) {
 		return hostexec.Result{Stdout: []byte("Library version:   1.02.185\nDriver version:    4.48.0\n")}, nil
 	}

@@ -88,7 +88,7 @@ func (p prober) dmUsable(ctx context.Context, ops privops.Ops, r hostexec.Runner
 
 // reflinkWorks clones a scratch file in dir and names dir's filesystem.
 func reflinkWorks(dir string) (fsName string, err error) {
-	fsName = filesystemName(dir)
+	fsName = FilesystemName(dir)
 	src, err := os.CreateTemp(dir, ".banger-reflink-probe-*")
 	if err != nil {
 		return fsName, err
@@ -108,8 +108,10 @@ func reflinkWorks(dir string) (fsName string, err error) {
 	return fsName, clone(dst, src)
 }
 
-// filesystemName names the filesystem dir lives on, for messages.
-func filesystemName(dir string) string {
+// FilesystemName names the filesystem dir lives on ("btrfs", "xfs",
+// "ext4", "tmpfs", "overlayfs", else "filesystem 0x<magic>"), for
+// messages and reports.
+func FilesystemName(dir string) string {
 	var st unix.Statfs_t
 	if err := unix.Statfs(dir, &st); err != nil {
 		return "unknown filesystem"

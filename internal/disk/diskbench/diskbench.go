@@ -18,8 +18,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/bangerdev/banger/internal/disk"
 	"github.com/bangerdev/banger/internal/hostexec"
 	"github.com/bangerdev/banger/internal/privops"
@@ -243,9 +241,9 @@ func Targets(ctx context.Context, workdir string, ops privops.Ops, r hostexec.Ru
 		}
 		return c
 	}
-	targets = append(targets, Target{Name: "copy", FS: fsName(workdir), CoW: mk(disk.Copy), Dir: workdir})
+	targets = append(targets, Target{Name: "copy", FS: disk.FilesystemName(workdir), CoW: mk(disk.Copy), Dir: workdir})
 	if _, why := disk.DMStatus(ctx, ops, r); why == nil {
-		targets = append(targets, Target{Name: "dm", FS: fsName(workdir), CoW: mk(disk.DM), Dir: workdir})
+		targets = append(targets, Target{Name: "dm", FS: disk.FilesystemName(workdir), CoW: mk(disk.DM), Dir: workdir})
 	} else {
 		notes = append(notes, "dm not measured: "+why.Error())
 	}
@@ -271,23 +269,4 @@ func Targets(ctx context.Context, workdir string, ops privops.Ops, r hostexec.Ru
 		return nil, nil, nil, errors.Join(err, cleanup())
 	}
 	return targets, notes, cleanup, nil
-}
-
-func fsName(dir string) string {
-	var st unix.Statfs_t
-	if err := unix.Statfs(dir, &st); err != nil {
-		return "?"
-	}
-	switch int64(st.Type) {
-	case unix.BTRFS_SUPER_MAGIC:
-		return "btrfs"
-	case unix.XFS_SUPER_MAGIC:
-		return "xfs"
-	case unix.EXT4_SUPER_MAGIC:
-		return "ext4"
-	case unix.TMPFS_MAGIC:
-		return "tmpfs"
-	default:
-		return fmt.Sprintf("0x%x", st.Type)
-	}
 }

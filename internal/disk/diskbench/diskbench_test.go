@@ -101,7 +101,7 @@ func TestWriteImage(t *testing.T) {
 func TestRunSmall(t *testing.T) {
 	ctx := context.Background()
 	cp, _ := disk.New(disk.Copy, nil, nil)
-	targets := []Target{{Name: "copy", FS: fsName(t.TempDir()), CoW: cp, Dir: t.TempDir()}}
+	targets := []Target{{Name: "copy", FS: disk.FilesystemName(t.TempDir()), CoW: cp, Dir: t.TempDir()}}
 	if os.Geteuid() == 0 {
 		r := hostexec.Real{}
 		s, err := MountScratch(ctx, r, privops.NewLocal(r, nil), "btrfs", t.TempDir(), 512<<20)

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"sort"
 	"sync"
 
@@ -165,30 +164,8 @@ func (m *Manager) reconcileOne(ctx context.Context, vm *model.VM, rep *Reconcile
 // started".
 func (m *Manager) unprovision(ctx context.Context, vm *model.VM) error {
 	var errs []error
-	if h, err := decodeHandle(vm.Runtime.DiskHandle); err != nil {
+	if err := m.removeDisks(ctx, vm); err != nil {
 		errs = append(errs, err)
-	} else if h != nil {
-		cow, err := m.cowFor(h)
-		if err == nil {
-			err = cow.Remove(ctx, h)
-		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("root disk: %w", err))
-		} else {
-			setHandle(vm, nil)
-		}
-	}
-	dir := m.o.Layout.VMDir(vm.ID)
-	if err := removeWorkDisk(dir + "/" + workDiskFile); err != nil {
-		errs = append(errs, fmt.Errorf("work disk: %w", err))
-	} else {
-		vm.Runtime.WorkDisk = ""
-	}
-	if len(errs) == 0 {
-		if err := os.RemoveAll(dir); err != nil {
-			errs = append(errs, err)
-		}
-		vm.Runtime.LogPath = ""
 	}
 	if err := m.o.Store.ReleaseLease(ctx, vm.ID); err != nil {
 		errs = append(errs, err)

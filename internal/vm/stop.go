@@ -359,29 +359,7 @@ func (m *Manager) Destroy(ctx context.Context, vm *model.VM) error {
 	}
 	err := m.runAll(ctx, OpDestroy, vm, []step{
 		{name: StepRemove, do: func(ctx context.Context, _ *undoStack) error {
-			var errs []error
-			if h, err := decodeHandle(vm.Runtime.DiskHandle); err != nil {
-				errs = append(errs, err)
-			} else if h != nil {
-				cow, err := m.cowFor(h)
-				if err == nil {
-					err = cow.Remove(ctx, h)
-				}
-				if err != nil {
-					errs = append(errs, fmt.Errorf("root disk: %w", err))
-				} else {
-					setHandle(vm, nil)
-				}
-			}
-			if err := removeWorkDisk(filepath.Join(m.o.Layout.VMDir(vm.ID), workDiskFile)); err != nil {
-				errs = append(errs, fmt.Errorf("work disk: %w", err))
-			}
-			if len(errs) == 0 {
-				if err := os.RemoveAll(m.o.Layout.VMDir(vm.ID)); err != nil {
-					errs = append(errs, err)
-				}
-			}
-			return errors.Join(errs...)
+			return m.removeDisks(ctx, vm)
 		}},
 		{name: StepForgetKey, do: func(ctx context.Context, _ *undoStack) error {
 			hosts := m.aliases(vm)
@@ -403,4 +381,37 @@ func (m *Manager) Destroy(ctx context.Context, vm *model.VM) error {
 		return fmt.Errorf("delete %s: %w", vm.Name, err)
 	}
 	return nil
+}
+
+// removeDisks removes the VM's root disk, its work disk and, when both are
+// gone, its directory, clearing the runtime fields of what it removed. Every
+// step that can run does; the errors are joined.
+func (m *Manager) removeDisks(ctx context.Context, vm *model.VM) error {
+	var errs []error
+	if h, err := decodeHandle(vm.Runtime.DiskHandle); err != nil {
+		errs = append(errs, err)
+	} else if h != nil {
+		cow, err := m.cowFor(h)
+		if err == nil {
+			err = cow.Remove(ctx, h)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("root disk: %w", err))
+		} else {
+			setHandle(vm, nil)
+		}
+	}
+	dir := m.o.Layout.VMDir(vm.ID)
+	if err := removeWorkDisk(filepath.Join(dir, workDiskFile)); err != nil {
+		errs = append(errs, fmt.Errorf("work disk: %w", err))
+	} else {
+		vm.Runtime.WorkDisk = ""
+	}
+	if len(errs) == 0 {
+		if err := os.RemoveAll(dir); err != nil {
+			errs = append(errs, err)
+		}
+		vm.Runtime.LogPath = ""
+	}
+	return errors.Join(errs...)
 }

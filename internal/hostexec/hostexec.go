@@ -31,14 +31,19 @@ type Cmd struct {
 // String renders the command line shell-quoted, for logs and test asserts.
 func (c Cmd) String() string {
 	parts := make([]string, 0, len(c.Args)+1)
-	parts = append(parts, quote(c.Name))
+	parts = append(parts, Quote(c.Name))
 	for _, a := range c.Args {
-		parts = append(parts, quote(a))
+		parts = append(parts, Quote(a))
 	}
 	return strings.Join(parts, " ")
 }
 
-func quote(s string) string {
+// Quote returns s as one POSIX shell word: unchanged when it is non-empty
+// and consists only of letters, digits and -_./=:,+@%, else wrapped in
+// single quotes, each embedded single quote written as close-quote,
+// backslash-quote, open-quote. A word with = in command position would be
+// read as an assignment; Quote is meant for arguments and values.
+func Quote(s string) string {
 	if s == "" {
 		return "''"
 	}

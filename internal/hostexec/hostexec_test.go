@@ -37,3 +37,23 @@ func TestRecorderAndQuoting(t *testing.T) {
 		t.Fatalf("got %q want %q", got, want)
 	}
 }
+
+// FuzzQuote checks that /bin/sh reads Quote(s) back as exactly s, one word.
+func FuzzQuote(f *testing.F) {
+	for _, s := range []string{"", "plain-word_1.2/x=y:z,a+b@c%d", "a b", "it's", "''", `\`, "$HOME", "`id`", "*", "~", "#c", "!x", "a\nb", "-n", "é"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if strings.ContainsRune(s, 0) {
+			t.Skip("a NUL cannot be passed in an argument")
+		}
+		q := Quote(s)
+		res, err := Real{}.Run(context.Background(), Cmd{Name: "sh", Args: []string{"-c", `printf '%s|' ` + q}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := string(res.Stdout); got != s+"|" {
+			t.Fatalf("Quote(%q) = %s, sh read it as %q", s, q, got)
+		}
+	})
+}

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bangerdev/banger/internal/hostexec"
 	"github.com/bangerdev/banger/internal/testreq"
 )
 
@@ -90,7 +91,7 @@ func sourceRepo(b *testing.B, e *env) string {
 	if err := os.MkdirAll(tmp, 0o755); err != nil {
 		b.Fatal(err)
 	}
-	e.sh(tmp, "cp -a "+shellQuote(src+"/.")+" .")
+	e.sh(tmp, "cp -a "+hostexec.Quote(src+"/.")+" .")
 	e.git(tmp, "init", "-q")
 	e.git(tmp, "config", "gc.auto", "0")
 	e.git(tmp, "add", "-A")

@@ -9,6 +9,8 @@ import (
 	"path"
 	"strings"
 	"time"
+
+	"github.com/bangerdev/banger/internal/hostexec"
 )
 
 // Remote runs one shell command in the guest. *guest.Client implements it.
@@ -75,7 +77,7 @@ func CheckGuestPath(p string) error {
 func GuestScript(guestPath string, o Options) string {
 	var b strings.Builder
 	b.WriteString("set -eu\numask 022\n")
-	fmt.Fprintf(&b, "dest=%s\n", shellQuote(guestPath))
+	fmt.Fprintf(&b, "dest=%s\n", hostexec.Quote(guestPath))
 	b.WriteString(`for t in git tar mktemp find; do
   command -v "$t" >/dev/null 2>&1 || { echo "banger: $t is not installed in the guest; install it in the image (the default image has it)" >&2; exit 127; }
 done
@@ -220,7 +222,7 @@ var errGuestStopped = errors.New("the guest stopped reading the workspace stream
 func ExportScript(guestPath, baseCommit string) string {
 	var b strings.Builder
 	b.WriteString("set -eu\n")
-	fmt.Fprintf(&b, "dest=%s\nbase=%s\n", shellQuote(guestPath), shellQuote(baseCommit))
+	fmt.Fprintf(&b, "dest=%s\nbase=%s\n", hostexec.Quote(guestPath), hostexec.Quote(baseCommit))
 	b.WriteString(`command -v git >/dev/null 2>&1 || { echo "banger: git is not installed in the guest" >&2; exit 127; }
 cd -- "$dest" 2>/dev/null || { echo "banger: no workspace at $dest (prepare one first)" >&2; exit 2; }
 [ "$(git rev-parse --show-toplevel 2>/dev/null)" = "$(pwd -P)" ] || { echo "banger: $dest is not the top of a git work tree" >&2; exit 2; }
@@ -264,11 +266,6 @@ func Export(ctx context.Context, remote Remote, guestPath string, baseCommit str
 		return &GuestError{Op: "export", Status: status, Stderr: stderr.String()}
 	}
 	return nil
-}
-
-// shellQuote quotes s for a POSIX shell.
-func shellQuote(s string) string {
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 // tailBuffer keeps the last max bytes written.

@@ -124,6 +124,16 @@ func WithLogTail(err error, path string) error {
 	return fmt.Errorf("%w\n--- last lines of %s ---\n%s", err, path, tail)
 }
 
+// Wait blocks until the VMM of h exits or ctx ends (the Driver.Wait
+// contract shared by the drivers): a nil handle or one without a pid has
+// nothing to wait for.
+func Wait(ctx context.Context, h *Handle) error {
+	if h == nil || h.PID <= 0 {
+		return nil
+	}
+	return WaitExit(ctx, h.Identity())
+}
+
 // KillAndReap SIGKILLs the identified process through the launcher and waits
 // (up to 10 s) for it to exit. A process already gone is success. Drivers use
 // it to leave nothing running after a failed Start.

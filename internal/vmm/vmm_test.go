@@ -153,3 +153,13 @@ func TestLogTail(t *testing.T) {
 		t.Errorf("%v", err)
 	}
 }
+
+func TestWaitWithoutProcessReturnsAtOnce(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // a wait that had to block would fail with ctx.Err()
+	for _, h := range []*Handle{nil, {PID: 0, Comm: "x", Marker: "y"}} {
+		if err := Wait(ctx, h); err != nil {
+			t.Errorf("Wait(%+v) = %v, want nil", h, err)
+		}
+	}
+}

@@ -520,10 +520,7 @@ func (d *Driver) Kill(ctx context.Context, h *vmm.Handle, sig syscall.Signal) er
 
 // Wait implements vmm.Driver.
 func (d *Driver) Wait(ctx context.Context, h *vmm.Handle) error {
-	if h == nil || h.PID <= 0 {
-		return nil
-	}
-	return vmm.WaitExit(ctx, h.Identity())
+	return vmm.Wait(ctx, h)
 }
 
 // Find implements vmm.Driver: pidfile → /proc → comm + the VM's socket path

@@ -154,6 +154,26 @@ func (k *KnownHosts) write(lines []khLine) error {
 	return nil
 }
 
+// update runs change on the current lines while holding the lock and
+// writes the lines it returns when it says so; change's error is returned
+// as is and nothing is written.
+func (k *KnownHosts) update(change func(lines []khLine) (next []khLine, write bool, err error)) error {
+	unlock, err := k.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	lines, err := k.read()
+	if err != nil {
+		return err
+	}
+	next, write, err := change(lines)
+	if err != nil || !write {
+		return err
+	}
+	return k.write(next)
+}
+
 // lock serialises writers in this process and across processes.
 func (k *KnownHosts) lock() (unlock func(), err error) {
 	k.mu.Lock()
@@ -217,30 +237,20 @@ func (k *KnownHosts) Check(hosts []string, key ssh.PublicKey) error {
 	if len(hosts) == 0 {
 		return errors.New("known_hosts check: no host name")
 	}
-	unlock, err := k.lock()
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	lines, err := k.read()
-	if err != nil {
-		return err
-	}
-	var unknown []string
-	for _, h := range hosts {
-		pinned := keysFor(lines, h)
-		if len(pinned) == 0 {
-			unknown = append(unknown, h)
-			continue
+	return k.update(func(lines []khLine) ([]khLine, bool, error) {
+		var unknown []string
+		for _, h := range hosts {
+			pinned := keysFor(lines, h)
+			if len(pinned) == 0 {
+				unknown = append(unknown, h)
+				continue
+			}
+			if !slices.ContainsFunc(pinned, func(p ssh.PublicKey) bool { return bytes.Equal(p.Marshal(), key.Marshal()) }) {
+				return nil, false, &HostKeyMismatchError{Host: h, Hosts: hosts, Got: key, Pinned: pinned, File: k.path}
+			}
 		}
-		if !slices.ContainsFunc(pinned, func(p ssh.PublicKey) bool { return bytes.Equal(p.Marshal(), key.Marshal()) }) {
-			return &HostKeyMismatchError{Host: h, Hosts: hosts, Got: key, Pinned: pinned, File: k.path}
-		}
-	}
-	if len(unknown) == 0 {
-		return nil
-	}
-	return k.write(appendPins(lines, unknown, key))
+		return appendPins(lines, unknown, key), len(unknown) > 0, nil
+	})
 }
 
 // Pin records key as the only key of hosts, replacing what was pinned (for
@@ -250,36 +260,19 @@ func (k *KnownHosts) Pin(hosts []string, key ssh.PublicKey) error {
 	if len(hosts) == 0 {
 		return errors.New("known_hosts pin: no host name")
 	}
-	unlock, err := k.lock()
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	lines, err := k.read()
-	if err != nil {
-		return err
-	}
-	return k.write(appendPins(forget(lines, hosts), hosts, key))
+	return k.update(func(lines []khLine) ([]khLine, bool, error) {
+		return appendPins(forget(lines, hosts), hosts, key), true, nil
+	})
 }
 
 // Forget removes every entry for hosts (a deleted VM's address and name).
 // Other hosts sharing a line keep it. Forgetting unknown hosts is a no-op.
 func (k *KnownHosts) Forget(hosts ...string) error {
 	hosts = normHosts(hosts)
-	unlock, err := k.lock()
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	lines, err := k.read()
-	if err != nil {
-		return err
-	}
-	next := forget(lines, hosts)
-	if len(next) == len(lines) && slices.EqualFunc(next, lines, func(a, b khLine) bool { return a.raw == b.raw }) {
-		return nil
-	}
-	return k.write(next)
+	return k.update(func(lines []khLine) ([]khLine, bool, error) {
+		next := forget(lines, hosts)
+		return next, !slices.EqualFunc(next, lines, func(a, b khLine) bool { return a.raw == b.raw }), nil
+	})
 }
 
 // appendPins adds one line per host, so that `ssh-keygen -R` of one name

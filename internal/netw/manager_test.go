@@ -108,6 +108,21 @@ func (f *fakeOps) tapNames() []string {
 	return names
 }
 
+// bridgedManager returns a Manager over ops with its bridge ensured (which
+// starts the pool filler); it is closed when the test ends.
+func bridgedManager(t *testing.T, ops *fakeOps, cfg Config) *Manager {
+	t.Helper()
+	m, err := NewManager(ops, cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Close() })
+	if err := m.EnsureBridge(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
@@ -121,14 +136,8 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 
 func TestPoolFillAcquireRelease(t *testing.T) {
 	ops := newFakeOps()
-	m, err := NewManager(ops, Config{TapPoolSize: 3, TapOwner: 1000, TapGroup: -1}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := bridgedManager(t, ops, Config{TapPoolSize: 3, TapOwner: 1000, TapGroup: -1})
 	ctx := context.Background()
-	if err := m.EnsureBridge(ctx); err != nil {
-		t.Fatal(err)
-	}
 	if err := m.EnsureBridge(ctx); err != nil { // idempotent, one filler
 		t.Fatal(err)
 	}
@@ -186,15 +195,8 @@ func TestPoolFillAcquireRelease(t *testing.T) {
 
 func TestNoPoolUsesDeterministicName(t *testing.T) {
 	ops := newFakeOps()
-	m, err := NewManager(ops, Config{TapPoolSize: 0}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
+	m := bridgedManager(t, ops, Config{TapPoolSize: 0})
 	ctx := context.Background()
-	if err := m.EnsureBridge(ctx); err != nil {
-		t.Fatal(err)
-	}
 	got, err := m.AcquireTap(ctx, "vm-a")
 	if err != nil {
 		t.Fatal(err)
@@ -211,15 +213,8 @@ func TestNoPoolUsesDeterministicName(t *testing.T) {
 func TestPoolRetriesAfterFailures(t *testing.T) {
 	ops := newFakeOps()
 	ops.failCreate = 2
-	m, err := NewManager(ops, Config{TapPoolSize: 1}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
 	start := time.Now()
-	if err := m.EnsureBridge(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	m := bridgedManager(t, ops, Config{TapPoolSize: 1})
 	waitFor(t, "pool after failures", func() bool { return len(m.IdleTaps()) == 1 })
 	if d := time.Since(start); d < 250*time.Millisecond+500*time.Millisecond-50*time.Millisecond {
 		t.Fatalf("filled in %v: expected exponential backoff (250ms + 500ms)", d)
@@ -228,15 +223,8 @@ func TestPoolRetriesAfterFailures(t *testing.T) {
 
 func TestConcurrentAcquireDistinct(t *testing.T) {
 	ops := newFakeOps()
-	m, err := NewManager(ops, Config{TapPoolSize: 4}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
+	m := bridgedManager(t, ops, Config{TapPoolSize: 4})
 	ctx := context.Background()
-	if err := m.EnsureBridge(ctx); err != nil {
-		t.Fatal(err)
-	}
 	waitFor(t, "pool", func() bool { return len(m.IdleTaps()) == 4 })
 	var wg sync.WaitGroup
 	names := make([]string, 20)
@@ -263,15 +251,8 @@ func TestConcurrentAcquireDistinct(t *testing.T) {
 
 func TestReclaim(t *testing.T) {
 	ops := newFakeOps()
-	m, err := NewManager(ops, Config{TapPoolSize: 1}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
+	m := bridgedManager(t, ops, Config{TapPoolSize: 1})
 	ctx := context.Background()
-	if err := m.EnsureBridge(ctx); err != nil {
-		t.Fatal(err)
-	}
 	waitFor(t, "pool", func() bool { return len(m.IdleTaps()) == 1 })
 	held, _ := m.AcquireTap(ctx, "vm-a")
 	waitFor(t, "pool", func() bool { return len(m.IdleTaps()) == 1 })

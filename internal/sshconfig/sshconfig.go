@@ -174,6 +174,23 @@ func target(path string) (string, error) {
 	return real, err
 }
 
+// readConfig reads sshDir/config through symlinks: path is the file
+// written to, exists is false (and data nil) when it does not exist yet.
+func readConfig(sshDir string) (path string, data []byte, exists bool, err error) {
+	path, err = target(ConfigPath(sshDir))
+	if err != nil {
+		return "", nil, false, err
+	}
+	data, err = os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return path, nil, false, nil
+	}
+	if err != nil {
+		return "", nil, false, fmt.Errorf("read %s: %w", path, err)
+	}
+	return path, data, true, nil
+}
+
 // findBlocks returns the byte ranges [start, end) of banger blocks in data,
 // and whether any of them says the file was created by banger.
 func findBlocks(data string) (ranges [][2]int, created bool) {
@@ -228,14 +245,9 @@ func Install(sshDir, includePath string) (changed bool, err error) {
 	if err := os.MkdirAll(sshDir, 0o700); err != nil {
 		return false, fmt.Errorf("create %s: %w", sshDir, err)
 	}
-	path, err := target(ConfigPath(sshDir))
+	path, data, exists, err := readConfig(sshDir)
 	if err != nil {
 		return false, err
-	}
-	data, err := os.ReadFile(path)
-	exists := err == nil
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return false, fmt.Errorf("read %s: %w", path, err)
 	}
 	ranges, created := findBlocks(string(data))
 	created = created || !exists
@@ -258,16 +270,9 @@ func Install(sshDir, includePath string) (changed bool, err error) {
 // as it was before Install (deleting it if Install created it and nothing
 // else was added since). changed reports whether anything was removed.
 func Uninstall(sshDir string) (changed bool, err error) {
-	path, err := target(ConfigPath(sshDir))
-	if err != nil {
+	path, data, exists, err := readConfig(sshDir)
+	if err != nil || !exists {
 		return false, err
-	}
-	data, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("read %s: %w", path, err)
 	}
 	ranges, created := findBlocks(string(data))
 	if len(ranges) == 0 {
@@ -292,14 +297,7 @@ func Uninstall(sshDir string) (changed bool, err error) {
 
 // Installed reports whether sshDir/config includes banger's block.
 func Installed(sshDir string) (bool, error) {
-	path, err := target(ConfigPath(sshDir))
-	if err != nil {
-		return false, err
-	}
-	data, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return false, nil
-	}
+	_, data, _, err := readConfig(sshDir)
 	if err != nil {
 		return false, err
 	}

@@ -115,19 +115,23 @@ func (r Real) Run(ctx context.Context, c Cmd) (Result, error) {
 	}
 	cmd.Stdin = c.Stdin
 	var stdout, stderr bytes.Buffer
+	stderrTail := TailBuffer{Max: 64 << 10}
 	if c.Stdout != nil {
 		cmd.Stdout = c.Stdout
 	} else {
 		cmd.Stdout = &stdout
 	}
 	if c.Stderr != nil {
-		cmd.Stderr = io.MultiWriter(c.Stderr, &tailWriter{buf: &stderr, max: 64 << 10})
+		cmd.Stderr = io.MultiWriter(c.Stderr, &stderrTail)
 	} else {
 		cmd.Stderr = &stderr
 	}
 	start := time.Now()
 	err = cmd.Run()
 	res := Result{Stdout: stdout.Bytes(), Stderr: stderr.Bytes(), ExitCode: cmd.ProcessState.ExitCode()}
+	if c.Stderr != nil {
+		res.Stderr = stderrTail.Bytes()
+	}
 	if r.Logger != nil {
 		r.Logger.LogAttrs(ctx, slog.LevelDebug, "exec", slog.String("cmd", c.String()),
 			slog.Duration("took", time.Since(start)), slog.Int("exit", res.ExitCode))
@@ -145,21 +149,37 @@ func (r Real) Run(ctx context.Context, c Cmd) (Result, error) {
 	return res, nil
 }
 
-type tailWriter struct {
-	buf *bytes.Buffer
-	max int
+// TailBuffer is an io.Writer that keeps only the last Max bytes written
+// (the end of a command's stderr, where the reason for a failure is).
+// Writes never fail. The zero value keeps nothing; set Max before the first
+// Write. A TailBuffer is not safe for concurrent use.
+type TailBuffer struct {
+	Max int
+	buf bytes.Buffer
 }
 
-func (t *tailWriter) Write(p []byte) (int, error) {
+// Write implements io.Writer. Memory stays below 2*Max + len(p).
+func (t *TailBuffer) Write(p []byte) (int, error) {
 	t.buf.Write(p)
-	if t.buf.Len() > t.max {
-		b := t.buf.Bytes()
-		keep := append([]byte{}, b[len(b)-t.max:]...)
+	if t.buf.Len() > 2*t.Max {
+		keep := append([]byte(nil), t.buf.Bytes()[t.buf.Len()-t.Max:]...)
 		t.buf.Reset()
 		t.buf.Write(keep)
 	}
 	return len(p), nil
 }
+
+// Bytes returns the last Max bytes written (fewer if fewer were written).
+func (t *TailBuffer) Bytes() []byte {
+	b := t.buf.Bytes()
+	if len(b) > t.Max {
+		b = b[len(b)-max(t.Max, 0):]
+	}
+	return b
+}
+
+// String returns Bytes as a string.
+func (t *TailBuffer) String() string { return string(t.Bytes()) }
 
 // Recorder is a Runner for tests: it records every command and answers from
 // Respond (nil = success with empty output).

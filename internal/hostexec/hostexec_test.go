@@ -57,3 +57,46 @@ func FuzzQuote(f *testing.F) {
 		}
 	})
 }
+
+func TestTailBufferKeepsTheEnd(t *testing.T) {
+	tb := TailBuffer{Max: 8}
+	var all strings.Builder
+	for i := range 100 {
+		s := strings.Repeat(string(rune('a'+i%26)), i%5)
+		all.WriteString(s)
+		if n, err := tb.Write([]byte(s)); n != len(s) || err != nil {
+			t.Fatalf("Write = %d, %v", n, err)
+		}
+		want := all.String()
+		if len(want) > 8 {
+			want = want[len(want)-8:]
+		}
+		if got := tb.String(); got != want {
+			t.Fatalf("after %d writes: %q, want %q", i+1, got, want)
+		}
+		if tb.buf.Len() > 2*8+4 {
+			t.Fatalf("buffer grew to %d bytes", tb.buf.Len())
+		}
+	}
+	var zero TailBuffer
+	zero.Write([]byte("x"))
+	if zero.String() != "" {
+		t.Errorf("zero TailBuffer kept %q", zero.String())
+	}
+}
+
+func TestRealRunStreamedStderrKeepsTail(t *testing.T) {
+	var streamed strings.Builder
+	script := `i=0; while [ $i -lt 20000 ]; do echo line-$i >&2; i=$((i+1)); done; echo last-line >&2; exit 1`
+	res, err := Real{}.Run(context.Background(), Cmd{Name: "sh", Args: []string{"-c", script}, Stderr: &streamed})
+	var ee *ExitError
+	if !errors.As(err, &ee) {
+		t.Fatalf("want ExitError, got %v", err)
+	}
+	if !strings.HasSuffix(string(res.Stderr), "last-line\n") || len(res.Stderr) != 64<<10 {
+		t.Errorf("captured stderr: %d bytes ending %q; want the last 64 KiB", len(res.Stderr), res.Stderr[max(0, len(res.Stderr)-20):])
+	}
+	if !strings.HasPrefix(streamed.String(), "line-0\n") || !strings.HasSuffix(streamed.String(), "last-line\n") {
+		t.Error("streamed stderr is not complete")
+	}
+}

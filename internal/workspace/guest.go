@@ -1,7 +1,6 @@
 package workspace
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -168,7 +167,7 @@ func Prepare(ctx context.Context, remote Remote, snap *Snapshot, guestPath strin
 		err    error
 	}
 	ran := make(chan runResult, 1)
-	stderr := &tailBuffer{max: 16 << 10}
+	stderr := &hostexec.TailBuffer{Max: 16 << 10}
 	go func() {
 		status, err := remote.Run(rctx, GuestScript(guestPath, snap.Options), pr, io.Discard, stderr)
 		// Unblock Stream if the guest stopped reading early.
@@ -257,7 +256,7 @@ func Export(ctx context.Context, remote Remote, guestPath string, baseCommit str
 	if strings.ContainsAny(baseCommit, "\x00\n") || strings.HasPrefix(baseCommit, "-") {
 		return fmt.Errorf("base commit %q is not a commit: %w", baseCommit, ErrInvalidOptions)
 	}
-	stderr := &tailBuffer{max: 16 << 10}
+	stderr := &hostexec.TailBuffer{Max: 16 << 10}
 	status, err := remote.Run(ctx, ExportScript(guestPath, baseCommit), nil, w, stderr)
 	if err != nil {
 		return fmt.Errorf("workspace export: run in guest: %w", err)
@@ -266,28 +265,4 @@ func Export(ctx context.Context, remote Remote, guestPath string, baseCommit str
 		return &GuestError{Op: "export", Status: status, Stderr: stderr.String()}
 	}
 	return nil
-}
-
-// tailBuffer keeps the last max bytes written.
-type tailBuffer struct {
-	buf bytes.Buffer
-	max int
-}
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.buf.Write(p)
-	if t.buf.Len() > 2*t.max {
-		keep := append([]byte(nil), t.buf.Bytes()[t.buf.Len()-t.max:]...)
-		t.buf.Reset()
-		t.buf.Write(keep)
-	}
-	return len(p), nil
-}
-
-func (t *tailBuffer) String() string {
-	b := t.buf.Bytes()
-	if len(b) > t.max {
-		b = b[len(b)-t.max:]
-	}
-	return string(b)
 }

@@ -2,6 +2,7 @@ package privops
 
 import (
 	"log/slog"
+	"sync"
 
 	"github.com/bangerdev/banger/internal/hostexec"
 )
@@ -10,10 +11,16 @@ import (
 // daemon when it runs as root, and behind the root helper's server. Its
 // methods live in files by area: local_net.go (bridge, tap, NAT, resolver),
 // local_disk.go (loop, device-mapper), local_process.go (VMM launch/signal,
-// chown).
+// chown). A Local is safe for concurrent use; use it through a pointer.
 type Local struct {
 	Runner hostexec.Runner
 	Logger *slog.Logger
+
+	// bridgeMu serialises EnsureBridge and DeleteBridge in this process, so
+	// concurrent first starts do not interleave the bridge's steps (the
+	// iptables fallback's check-then-add is not atomic). Other processes are
+	// handled by tolerating "already exists" (see EnsureBridge).
+	bridgeMu sync.Mutex
 }
 
 // NewLocal returns a Local using runner for host tools.

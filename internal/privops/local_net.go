@@ -198,7 +198,10 @@ func isLinkNotFound(err error) bool {
 // EnsureBridge creates the bridge if missing, adds its address if missing,
 // brings it up and installs banger's isolation rules (see the firewall notes
 // above). Calling it again is a no-op. Other addresses already on the bridge
-// are left alone (the doctor reports them).
+// are left alone (the doctor reports them). Concurrent calls are safe: in
+// one process they are serialised, and a bridge or address that another
+// process created in the meantime ("file exists") counts as present once the
+// link is re-read and verified to be a bridge.
 func (l *Local) EnsureBridge(ctx context.Context, spec BridgeSpec) error {
 	if err := ValidateBridgeSpec(spec); err != nil {
 		return err
@@ -207,15 +210,21 @@ func (l *Local) EnsureBridge(ctx context.Context, spec BridgeSpec) error {
 	if err != nil {
 		return fmt.Errorf("bridge address %q: %w", spec.CIDR, err)
 	}
+	l.bridgeMu.Lock()
+	defer l.bridgeMu.Unlock()
 	link, err := netlink.LinkByName(spec.Name)
 	switch {
 	case isLinkNotFound(err):
 		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: spec.Name, MTU: spec.MTU}}
-		if err := netlink.LinkAdd(br); err != nil {
+		err := netlink.LinkAdd(br)
+		if err != nil && !errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("create bridge %s: %w", spec.Name, err)
 		}
 		if link, err = netlink.LinkByName(spec.Name); err != nil {
 			return fmt.Errorf("find new bridge %s: %w", spec.Name, err)
+		}
+		if link.Type() != "bridge" {
+			return fmt.Errorf("%w: %s exists but is a %s, not a bridge; pick another bridge name in config.toml", ErrInvalidArgument, spec.Name, link.Type())
 		}
 		l.Logger.InfoContext(ctx, "bridge created", "bridge", spec.Name)
 	case err != nil:
@@ -239,7 +248,7 @@ func (l *Local) EnsureBridge(ctx context.Context, spec BridgeSpec) error {
 		}
 	}
 	if !have {
-		if err := netlink.AddrAdd(link, addr); err != nil {
+		if err := netlink.AddrAdd(link, addr); err != nil && !errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("add %s to %s: %w", spec.CIDR, spec.Name, err)
 		}
 	}
@@ -265,6 +274,8 @@ func (l *Local) DeleteBridge(ctx context.Context, name string) error {
 	if err := ValidateIfName(name); err != nil {
 		return err
 	}
+	l.bridgeMu.Lock()
+	defer l.bridgeMu.Unlock()
 	link, err := netlink.LinkByName(name)
 	if isLinkNotFound(err) {
 		return l.clearFirewall(ctx)

@@ -168,7 +168,7 @@ func TestIntegrationDebianMinbase(t *testing.T) {
 			t.Errorf("sshd drop-in lacks %q", want)
 		}
 	}
-	if !strings.Contains(read("/etc/fstab"), "/dev/vdb /root ext4 defaults,nofail,x-systemd.device-timeout=30s 0 2") {
+	if !strings.Contains(read("/etc/fstab"), "/dev/vdb /root ext4 defaults,nofail,x-systemd.device-timeout=120s 0 2") {
 		t.Error("fstab lacks the /root line")
 	}
 	if read("/etc/hostname") != "banger\n" {

@@ -17,7 +17,7 @@ package image
 // Disks
 //   - /dev/vda: the root filesystem (a copy-on-write view of the image).
 //   - /dev/vdb: the VM's work disk, mounted on /root by fstab
-//     (`/dev/vdb /root ext4 defaults,nofail,x-systemd.device-timeout=30s 0 2`)
+//     (`/dev/vdb /root ext4 defaults,nofail,x-systemd.device-timeout=120s 0 2`)
 //     or by banger's init. The daemon creates it seeded from the image's
 //     /usr/share/banger/work-seed (a copy of the image's /root, taken at
 //     build time), e.g. with ext4.Extract + ext4.Build.
@@ -360,12 +360,18 @@ Before=shutdown.target
 Conflicts=shutdown.target
 `
 
-// The device timeout is 30 s, not less: under TCG emulation udev announces
-// /dev/vdb ~5 s after systemd starts waiting for it (measured), and ssh
-// waits for the /root mount.
+// FstabWorkDeviceTimeout is how long systemd waits for /dev/vdb before
+// booting without /root on the work disk (fstab's x-systemd.device-timeout).
+// It is generous on purpose: under TCG emulation on a busy host udev
+// announces /dev/vdb seconds after systemd starts waiting for it (5 s and
+// 30 s were both too short), and ssh waits for the /root mount anyway, so a
+// present disk costs nothing extra. The VM lifecycle also writes a per-VM
+// drop-in with the same timeout, for images built before this value.
+const FstabWorkDeviceTimeout = "120s"
+
 const fstab = `# banger: / is mounted by the kernel (root=/dev/vda rw).
 # /root lives on the VM's work disk.
-/dev/vdb /root ext4 defaults,nofail,x-systemd.device-timeout=30s 0 2
+/dev/vdb /root ext4 defaults,nofail,x-systemd.device-timeout=` + FstabWorkDeviceTimeout + ` 0 2
 `
 
 const hostsFile = `127.0.0.1	localhost

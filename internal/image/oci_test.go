@@ -342,6 +342,9 @@ func TestPullFlattensLayers(t *testing.T) {
 	if read(GuestWorkSeed+"/.profile") != "PS1=x\n" {
 		t.Error("work seed lacks /root/.profile")
 	}
+	if !strings.Contains(read("/etc/fstab"), "/dev/vdb /root ext4 defaults,nofail,x-systemd.device-timeout=120s 0 2") {
+		t.Error("fstab lacks the /root line with a 120 s device timeout")
+	}
 	if !strings.Contains(read("/etc/ssh/sshd_config.d/banger.conf"), "PermitRootLogin prohibit-password") {
 		t.Error("sshd drop-in missing")
 	}

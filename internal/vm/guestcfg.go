@@ -100,7 +100,7 @@ func (m *Manager) guestNetwork(vm *model.VM) (guestNetwork, error) {
 // device unit in the guest.
 const workDeviceDropIn = "/etc/systemd/system/dev-vdb.device.d"
 
-const workDeviceTimeout = "# banger: wait for the /root disk (udev is slow under emulation)\n[Unit]\nJobRunningTimeoutSec=120s\n"
+const workDeviceTimeout = "# banger: wait for the /root disk (udev is slow under emulation)\n[Unit]\nJobRunningTimeoutSec=" + image.FstabWorkDeviceTimeout + "\n"
 
 // hostsFile is the guest's /etc/hosts.
 func hostsFile(name, domain string) []byte {
@@ -120,10 +120,11 @@ func (m *Manager) guestConfigBatch(vm *model.VM, n guestNetwork, hostKeyPEM []by
 	pub := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(hostPub))) + " root@" + vm.Name + "\n"
 	b.WriteFile(image.GuestHostKey+".pub", []byte(pub), 0o644, 0, 0)
 	b.WriteFile(image.GuestAuthorizedKeys, []byte(m.o.Guests.AuthorizedKey()+"\n"), 0o644, 0, 0)
-	// The image's fstab gives /dev/vdb a 5 s device timeout; under
-	// emulation udev announces the disk later than that and /root would
-	// silently stay on the root disk. This drop-in has the generator's
-	// file name, so it replaces its timeout (ssh.service waits for /root).
+	// Current images' fstab already gives /dev/vdb this timeout; images
+	// built earlier had 5 s or 30 s, which under emulation is shorter than
+	// udev takes to announce the disk, and /root would silently stay on the
+	// root disk. This drop-in has the generator's file name, so it replaces
+	// the fstab timeout (ssh.service waits for /root).
 	b.Mkdir(workDeviceDropIn, 0o755, 0, 0)
 	b.WriteFile(workDeviceDropIn+"/50-device-timeout.conf", []byte(workDeviceTimeout), 0o644, 0, 0)
 	return b

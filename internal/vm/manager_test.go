@@ -90,7 +90,7 @@ func TestCreateRunsStepsInOrderAndConfiguresTheGuest(t *testing.T) {
 	if fi, err := ext4.Stat(ctx, r.runner, root, image.GuestHostKey); err != nil || fi.Mode.Perm() != 0o600 || fi.UID != 0 {
 		t.Errorf("host key: %+v %v", fi, err)
 	}
-	if !strings.Contains(read(root, "/etc/systemd/system/dev-vdb.device.d/50-device-timeout.conf"), "JobRunningTimeoutSec=") {
+	if !strings.Contains(read(root, "/etc/systemd/system/dev-vdb.device.d/50-device-timeout.conf"), "JobRunningTimeoutSec=120s\n") {
 		t.Error("work disk device timeout drop-in")
 	}
 	// The work disk: seeded, authorized key, git identity, root-owned.

@@ -16,6 +16,7 @@ import (
 	"github.com/bangerdev/banger/internal/config"
 	"github.com/bangerdev/banger/internal/hostexec"
 	"github.com/bangerdev/banger/internal/model"
+	"github.com/bangerdev/banger/internal/progress"
 	"github.com/bangerdev/banger/internal/rpc"
 	"github.com/bangerdev/banger/internal/workspace"
 )
@@ -234,7 +235,15 @@ func (a *app) vmRun(ctx context.Context, f *runFlags, r runArgs) error {
 	}
 	a.printRunSpec(f, p)
 
-	vm, err := a.createForRun(ctx, f, p)
+	// With a command, the CLI's own ssh connection is opened while the
+	// daemon waits for ssh (see predial).
+	pre := &predial{}
+	defer pre.close()
+	var hook func(progress.Event)
+	if r.argv != nil {
+		hook = pre.hook(a, ctx, p.params.Name)
+	}
+	vm, err := a.createForRun(ctx, f, p, hook)
 	if err != nil {
 		return bangerFailure(err)
 	}
@@ -252,7 +261,7 @@ func (a *app) vmRun(ctx context.Context, f *runFlags, r runArgs) error {
 	}
 	var status int
 	if r.argv != nil {
-		status, err = a.runCommand(ctx, vm, p.workDir, r.argv, a.wantPTY(f.tty, f.noTTY))
+		status, err = a.runCommandOn(ctx, pre.take(30*time.Second), vm, p.workDir, r.argv, a.wantPTY(f.tty, f.noTTY))
 	} else {
 		status, err = a.interactiveShell(ctx, vm, p.workDir)
 	}
@@ -326,10 +335,10 @@ func (a *app) freshName(ctx context.Context) (string, error) {
 // createForRun creates and starts the VM (live stages). When the VM was
 // recorded but did not come up it is kept, even with --rm, and the error
 // says how to see why — except after Ctrl-C with --rm, which deletes it.
-func (a *app) createForRun(ctx context.Context, f *runFlags, p *runPlan) (*model.VM, error) {
+func (a *app) createForRun(ctx context.Context, f *runFlags, p *runPlan, hook func(progress.Event)) (*model.VM, error) {
 	for attempt := 0; ; attempt++ {
 		var vm model.VM
-		err := a.callWithStages(ctx, api.MethodVMCreate, p.params, &vm)
+		err := a.callWithStagesHook(ctx, api.MethodVMCreate, p.params, &vm, hook)
 		if err == nil {
 			return &vm, nil
 		}

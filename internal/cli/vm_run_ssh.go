@@ -204,9 +204,17 @@ func exitStatus(err error) (int, error) {
 // exit status. Ctrl-C (SIGINT), SIGTERM and SIGHUP are forwarded to the
 // command's whole process group; a second one stops waiting.
 func (a *app) runCommand(ctx context.Context, vm *model.VM, dir string, argv []string, pty bool) (int, error) {
-	c, err := a.dialVM(ctx, vm)
-	if err != nil {
-		return -1, err
+	return a.runCommandOn(ctx, nil, vm, dir, argv, pty)
+}
+
+// runCommandOn is runCommand on c when it is not nil (an early connection,
+// see predial), else on a new connection; c is closed afterwards.
+func (a *app) runCommandOn(ctx context.Context, c *guest.Client, vm *model.VM, dir string, argv []string, pty bool) (int, error) {
+	if c == nil {
+		var err error
+		if c, err = a.dialVM(ctx, vm); err != nil {
+			return -1, err
+		}
 	}
 	defer c.Close()
 	return a.runOn(c, dir, argv, pty)

@@ -40,7 +40,15 @@ func devImage(t testing.TB) string {
 	t.Helper()
 	devOnce.Do(func() {
 		dir := testreq.CacheDir(t, "e2e-image")
-		marker := filepath.Join(dir, devImageName+".json")
+		mirror, err := image.HostMirror("/etc/apt")
+		if err != nil {
+			devErr = err
+			return
+		}
+		opts := image.BuildOptions{Name: devImageName, Recipe: image.RecipeDebianBookworm, Suite: "bookworm", Variant: "minbase",
+			Mirror: mirror, Packages: []string{"sudo", "git", "make"}, SizeMiB: 1024}
+		// Keyed by the recipe, so a changed recipe builds a new image.
+		marker := filepath.Join(dir, devImageName+"-"+opts.RecipeHash()+".json")
 		if data, err := os.ReadFile(marker); err == nil {
 			var rec model.Image
 			if json.Unmarshal(data, &rec) == nil {
@@ -50,18 +58,12 @@ func devImage(t testing.TB) string {
 				}
 			}
 		}
-		mirror, err := image.HostMirror("/etc/apt")
-		if err != nil {
-			devErr = err
-			return
-		}
 		s := &image.Store{Dir: filepath.Join(dir, "images"), CacheDir: testreq.CacheDir(t, "image"),
 			Catalog: &image.MemCatalog{}, Runner: hostexec.Real{}, Mirror: mirror}
 		ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 		defer cancel()
 		start := time.Now()
-		img, err := s.Build(ctx, image.BuildOptions{Name: devImageName, Variant: "minbase",
-			Packages: []string{"sudo", "git", "make"}, SizeMiB: 1024})
+		img, err := s.Build(ctx, opts)
 		if err != nil {
 			devErr = err
 			return

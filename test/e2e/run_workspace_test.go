@@ -255,7 +255,7 @@ func TestE2EVMRunWorkspace(t *testing.T) {
 			want int
 		}{
 			{"exit 0", 0}, {"exit 1", 1}, {"exit 2", 2}, {"no-such-command-xyz", 127}, {"exit 255", 255},
-			{"kill -TERM $$", 128 + 15},       // the shell itself killed
+			{"kill -TERM $$", 128 + 15},        // the shell itself killed
 			{"sh -c 'kill -KILL $$'", 128 + 9}, // a child killed
 		} {
 			if r := e.exec(t, "ws", tc.cmd); r.code != tc.want {

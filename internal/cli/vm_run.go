@@ -359,9 +359,13 @@ func (a *app) createForRun(ctx context.Context, f *runFlags, p *runPlan, hook fu
 		if a.call(cctx, api.MethodVMShow, api.Ref{Ref: p.params.Name}, &left) != nil {
 			return nil, err // nothing was recorded
 		}
-		if ctx.Err() != nil && f.rm {
-			a.deleteVM(cctx, &left)
-			return nil, fmt.Errorf("interrupted while creating VM %s: %w", left.Name, err)
+		if ctx.Err() != nil {
+			if f.rm {
+				a.deleteVM(cctx, &left)
+				return nil, fmt.Errorf("interrupted while creating VM %s: %w", left.Name, err)
+			}
+			return nil, fmt.Errorf("interrupted while creating VM %s (kept, %s: start it with `banger vm start %s` or delete it with `banger vm delete %s`): %w",
+				left.Name, left.State, left.Name, left.Name, err)
 		}
 		return nil, fmt.Errorf("%w\nVM %s was kept so you can see why it did not come up: `banger vm logs %s` (then `banger vm delete %s`)",
 			err, left.Name, left.Name, left.Name)

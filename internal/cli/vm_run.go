@@ -566,18 +566,11 @@ func commandLine(argv []string) string {
 	}
 	q := make([]string, len(argv))
 	for i, s := range argv {
-		q[i] = shellWord(s)
+		q[i] = hostexec.Quote(s)
 	}
 	return strings.Join(q, " ")
 }
 
-// shellWord quotes s for a POSIX shell unless it is plainly safe.
-func shellWord(s string) string {
-	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./=:,+@%") == "" {
-		return s
-	}
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
-}
 
 // wantPTY decides whether a command gets a pty: forced by -t, refused by
 // -T, else only when stdin and stdout are terminals.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/bangerdev/banger/internal/hostexec"
 	"io"
 	"net"
 	"os"
@@ -80,13 +81,12 @@ func remoteScript(dir string, argv []string, marker bool) string {
 		b.WriteString(`printf '` + strings.ReplaceAll(pgidMarker, "\x1e", `\036`) + `%s\036\n' "$$" >&2; `)
 	}
 	fmt.Fprintf(&b, `cd -- %s || { echo "banger: cannot enter %s in the guest (is the workspace prepared? `+"`banger vm workspace prepare`"+`)" >&2; exit 1; }; `,
-		shellQuote(dir), strings.ReplaceAll(dir, `"`, ``))
-	fmt.Fprintf(&b, `if command -v bash >/dev/null 2>&1; then exec bash -lc %s; else exec sh -lc %s; fi`, shellQuote(user), shellQuote(user))
+		hostexec.Quote(dir), strings.ReplaceAll(dir, `"`, ``))
+	fmt.Fprintf(&b, `if command -v bash >/dev/null 2>&1; then exec bash -lc %s; else exec sh -lc %s; fi`, hostexec.Quote(user), hostexec.Quote(user))
 	return b.String()
 }
 
 // shellQuote always quotes s for a POSIX shell.
-func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
 // pgidFilter passes stderr through, removing the wrapper's pgid marker
 // line (the first thing the wrapper writes) and recording the id.
@@ -435,7 +435,7 @@ func (a *app) runSystemSSH(vm *model.VM, opts []string, command []string) (int, 
 // system ssh client: with a pty when stdin is a terminal; otherwise the
 // shell reads commands from stdin.
 func (a *app) interactiveShell(ctx context.Context, vm *model.VM, dir string) (int, error) {
-	remote := fmt.Sprintf(`cd -- %s && exec "${SHELL:-/bin/sh}" -l`, shellQuote(dir))
+	remote := fmt.Sprintf(`cd -- %s && exec "${SHELL:-/bin/sh}" -l`, hostexec.Quote(dir))
 	opt := "-T"
 	if in, ok := a.env.Stdin.(*os.File); ok && isTTY(in) {
 		opt = "-t"

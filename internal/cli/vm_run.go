@@ -571,7 +571,6 @@ func commandLine(argv []string) string {
 	return strings.Join(q, " ")
 }
 
-
 // wantPTY decides whether a command gets a pty: forced by -t, refused by
 // -T, else only when stdin and stdout are terminals.
 func (a *app) wantPTY(force, never bool) bool {

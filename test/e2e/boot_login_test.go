@@ -69,4 +69,3 @@ func TestE2EKernelAndImageBootToLoginPrompt(t *testing.T) {
 		}
 	}
 }
-

@@ -288,35 +288,13 @@ func (a *app) inspectRun(ctx context.Context, f *runFlags, p *runPlan) error {
 	if err != nil {
 		return err
 	}
-	sub, err := subdirOf(snap.Root, abs)
+	sub, err := workspace.Subdir(snap.Root, abs)
 	if err != nil {
 		return err
 	}
 	p.abs, p.snap, p.subdir = abs, snap, sub
 	p.workDir = path.Join(workspace.DefaultGuestPath, sub)
 	return nil
-}
-
-// subdirOf returns dir relative to the repository root (slash-separated,
-// "" for the root itself). Both are compared with symlinks resolved, as git
-// reports the root.
-func subdirOf(root, dir string) (string, error) {
-	realDir, err := filepath.EvalSymlinks(dir)
-	if err != nil {
-		return "", fmt.Errorf("workspace path %s: %w", dir, err)
-	}
-	realRoot, err := filepath.EvalSymlinks(root)
-	if err != nil {
-		realRoot = root
-	}
-	rel, err := filepath.Rel(realRoot, realDir)
-	if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
-		return "", fmt.Errorf("workspace path %s is not inside its repository %s", dir, root)
-	}
-	if rel == "." {
-		return "", nil
-	}
-	return filepath.ToSlash(rel), nil
 }
 
 // freshName generates a VM name not in use.

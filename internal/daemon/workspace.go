@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"path"
-	"path/filepath"
-	"strings"
 
 	"github.com/bangerdev/banger/internal/api"
 	"github.com/bangerdev/banger/internal/model"
@@ -64,7 +62,7 @@ func (d *Daemon) prepareLocked(ctx context.Context, vm *model.VM, p api.Workspac
 	if err != nil {
 		return nil, workspaceError(err)
 	}
-	subdir, err := repoSubdir(snap.Root, p.Path)
+	subdir, err := workspace.Subdir(snap.Root, p.Path)
 	if err != nil {
 		return nil, rpc.Errorf(rpc.CodeBadRequest, "%w", err)
 	}
@@ -103,26 +101,4 @@ func workspaceError(err error) error {
 		return rpc.Errorf(rpc.CodeBadRequest, "%w", err)
 	}
 	return err
-}
-
-// repoSubdir returns dir relative to the repository root root
-// (slash-separated, "" for the root), comparing with symlinks resolved as
-// git reports the root.
-func repoSubdir(root, dir string) (string, error) {
-	realDir, err := filepath.EvalSymlinks(dir)
-	if err != nil {
-		return "", fmt.Errorf("workspace path %s: %w", dir, err)
-	}
-	realRoot, err := filepath.EvalSymlinks(root)
-	if err != nil {
-		realRoot = root
-	}
-	rel, err := filepath.Rel(realRoot, realDir)
-	if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
-		return "", fmt.Errorf("workspace path %s is not inside its repository %s", dir, root)
-	}
-	if rel == "." {
-		return "", nil
-	}
-	return filepath.ToSlash(rel), nil
 }

@@ -235,7 +235,15 @@ func Run(t *testing.T, newDriver func(t *testing.T) vmm.Driver, env Env) {
 		if err := d.Shutdown(ctx, hC); err != nil {
 			t.Errorf("second Shutdown: %v", err)
 		}
-		if pids := ProcessesMentioning(specC.RuntimeDir); len(pids) > 0 {
+		// Children of the VMM (fakefc's qemu) die by their parent-death
+		// signal, asynchronously: give them a moment.
+		deadline := time.Now().Add(10 * time.Second)
+		pids := ProcessesMentioning(specC.RuntimeDir)
+		for len(pids) > 0 && time.Now().Before(deadline) {
+			time.Sleep(100 * time.Millisecond)
+			pids = ProcessesMentioning(specC.RuntimeDir)
+		}
+		if len(pids) > 0 {
 			t.Errorf("processes left after stop: %v", pids)
 		}
 	})

@@ -151,14 +151,24 @@ func TestReflinkUnsupported(t *testing.T) {
 	}
 }
 
-// fakeHost builds sysfs and /dev trees for the prober.
+// fakeHost builds procfs and /dev trees for the prober. Every host gets a
+// /dev/mapper/control node: dmsetup makes one on its first run even where
+// the kernel has no device-mapper, so it must never count.
 func fakeHost(t *testing.T, dm, loop bool) prober {
 	t.Helper()
-	p := prober{sys: t.TempDir(), dev: t.TempDir(), euid: 0}
+	p := prober{proc: t.TempDir(), dev: t.TempDir(), euid: 0}
+	misc := "237 loop-control\n200 tun\n"
 	if dm {
-		if err := os.MkdirAll(filepath.Join(p.sys, "class", "misc", "device-mapper"), 0o755); err != nil {
-			t.Fatal(err)
-		}
+		misc += "236 device-mapper\n"
+	}
+	if err := os.WriteFile(filepath.Join(p.proc, "misc"), []byte(misc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(p.dev, "mapper"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(p.dev, "mapper", "control"), nil, 0o600); err != nil {
+		t.Fatal(err)
 	}
 	if loop {
 		if err := os.WriteFile(filepath.Join(p.dev, "loop-control"), nil, 0o600); err != nil {
@@ -185,8 +195,8 @@ func TestProbe(t *testing.T) {
 		commands []string
 	}{
 		{"dm", fakeHost(t, true, true), &fakeOps{}, version, DM, "driver 4.48.0", []string{"dmsetup version"}},
-		{"no kernel dm", fakeHost(t, false, true), &fakeOps{}, version, Copy, "no device-mapper", nil},
-		{"no loop", fakeHost(t, true, false), &fakeOps{}, version, Copy, "loop-control", nil},
+		{"no kernel dm", fakeHost(t, false, true), &fakeOps{}, version, Copy, "no device-mapper", []string{"dmsetup version"}},
+		{"no loop", fakeHost(t, true, false), &fakeOps{}, version, Copy, "loop-control", []string{"dmsetup version"}},
 		{"no privops", fakeHost(t, true, true), nil, version, Copy, "no privileged operations", nil},
 		{"no dmsetup", fakeHost(t, true, true), &fakeOps{}, func(hostexec.Cmd) (hostexec.Result, error) {
 			return hostexec.Result{ExitCode: -1}, fmt.Errorf("dmsetup: %w", hostexec.ErrNotFound)
@@ -194,6 +204,9 @@ func TestProbe(t *testing.T) {
 		{"driver refuses root", fakeHost(t, true, true), &fakeOps{}, func(c hostexec.Cmd) (hostexec.Result, error) {
 			return hostexec.Result{ExitCode: 1}, &hostexec.ExitError{Cmd: c.String(), ExitCode: 1, Stderr: "Failure to communicate"}
 		}, Copy, "Failure to communicate", []string{"dmsetup version"}},
+		{"no driver version", fakeHost(t, true, true), &fakeOps{}, func(hostexec.Cmd) (hostexec.Result, error) {
+			return hostexec.Result{Stdout: []byte("Library version:   1.02.185\n")}, nil
+		}, Copy, "no driver version", []string{"dmsetup version"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -213,13 +226,12 @@ func TestProbe(t *testing.T) {
 			}
 		})
 	}
-	// As non-root the driver cannot be asked; the root helper will.
+	// A daemon that is not root cannot open the snapshot devices, so dm is
+	// never chosen for it, whatever the kernel offers.
 	p := fakeHost(t, true, true)
 	p.euid = 1000
-	rec := &hostexec.Recorder{Respond: func(c hostexec.Cmd) (hostexec.Result, error) {
-		return hostexec.Result{ExitCode: 1}, &hostexec.ExitError{Cmd: c.String(), ExitCode: 1, Stderr: "permission denied"}
-	}}
-	if got, reason := p.probe(ctx, dir, &fakeOps{}, rec); got != DM {
-		t.Errorf("non-root probe = %s (%s), want dm", got, reason)
+	rec := &hostexec.Recorder{Respond: version}
+	if got, reason := p.probe(ctx, dir, &fakeOps{}, rec); got == DM || !strings.Contains(reason, "not run as root") {
+		t.Errorf("non-root probe = %s (%s), want no dm", got, reason)
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 
 	"golang.org/x/sys/unix"
 
@@ -17,25 +16,26 @@ import (
 // Probe picks the best strategy this host can run for disks kept in dir,
 // and says why in a sentence for `banger doctor`:
 //
-//   - dm when the kernel has device-mapper, loop devices exist, dmsetup is
-//     installed (and, as root, talks to the driver) and ops is given;
+//   - dm when the daemon runs as root, the kernel lists device-mapper,
+//     loop devices exist, `dmsetup version` reports a driver version and
+//     ops is given (see privops.DeviceMapper);
 //   - reflink when a FICLONE between two scratch files in dir works;
 //   - copy otherwise.
 //
 // Probe leaves nothing behind in dir.
 func Probe(ctx context.Context, dir string, ops privops.Ops, r hostexec.Runner) (choice Strategy, reason string) {
-	return prober{sys: "/sys", dev: "/dev", euid: os.Geteuid()}.probe(ctx, dir, ops, r)
+	return prober{proc: "/proc", dev: "/dev", euid: os.Geteuid()}.probe(ctx, dir, ops, r)
 }
 
 // DMStatus reports whether the dm strategy can run here: nil with a detail
 // (the driver version) when it can, the reason when it cannot.
 func DMStatus(ctx context.Context, ops privops.Ops, r hostexec.Runner) (detail string, err error) {
-	return prober{sys: "/sys", dev: "/dev", euid: os.Geteuid()}.dmUsable(ctx, ops, r)
+	return prober{proc: "/proc", dev: "/dev", euid: os.Geteuid()}.dmUsable(ctx, ops, r)
 }
 
 type prober struct {
-	sys, dev string // sysfs and devtmpfs mount points
-	euid     int
+	proc, dev string // procfs and devtmpfs mount points
+	euid      int
 }
 
 func (p prober) probe(ctx context.Context, dir string, ops privops.Ops, r hostexec.Runner) (Strategy, string) {
@@ -51,39 +51,26 @@ func (p prober) probe(ctx context.Context, dir string, ops privops.Ops, r hostex
 		"Put banger's state dir on btrfs or xfs (reflink=1) for constant-time disks", dmErr, dir, fsName, rlErr)
 }
 
-var driverVersionRE = regexp.MustCompile(`Driver version:\s*(\S+)`)
-
 // dmUsable reports whether the dm strategy can run, with the driver
-// version when known.
+// version. The kernel check and the driver query are
+// privops.DeviceMapper's, the one answer banger uses everywhere.
 func (p prober) dmUsable(ctx context.Context, ops privops.Ops, r hostexec.Runner) (string, error) {
 	if ops == nil {
 		return "", errors.New("no privileged operations available")
 	}
-	_, errMisc := os.Stat(filepath.Join(p.sys, "class", "misc", "device-mapper"))
-	_, errCtl := os.Stat(filepath.Join(p.dev, "mapper", "control"))
-	if errMisc != nil && errCtl != nil {
-		return "", errors.New("the kernel has no device-mapper driver (load dm-mod / dm-snapshot)")
+	if p.euid != 0 {
+		// The daemon itself reads and writes the snapshot device
+		// (debugfs, the VMM opens it): an owner daemon cannot.
+		return "", errors.New("the daemon does not run as root, and device-mapper devices are root's")
+	}
+	driver, err := privops.DeviceMapper{Proc: p.proc, Runner: r}.Status(ctx)
+	if err != nil {
+		return "", err
 	}
 	if _, err := os.Stat(filepath.Join(p.dev, "loop-control")); err != nil {
 		return "", errors.New("no loop devices (/dev/loop-control missing; load the loop module)")
 	}
-	if r == nil {
-		return "", errors.New("no runner for dmsetup")
-	}
-	res, err := r.Run(ctx, hostexec.Cmd{Name: "dmsetup", Args: []string{"version"}})
-	switch {
-	case errors.Is(err, hostexec.ErrNotFound):
-		return "", errors.New("dmsetup is not installed (apt-get install dmsetup)")
-	case err != nil && p.euid == 0:
-		return "", fmt.Errorf("dmsetup cannot talk to the driver: %w", err)
-	case err != nil:
-		// Talking to the driver needs root; the root helper does that.
-		return "dmsetup installed (driver version needs root to read)", nil
-	}
-	if m := driverVersionRE.FindSubmatch(res.Stdout); m != nil {
-		return "driver " + string(m[1]), nil
-	}
-	return "driver present", nil
+	return "driver " + driver, nil
 }
 
 // reflinkWorks clones a scratch file in dir and names dir's filesystem.

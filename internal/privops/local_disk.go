@@ -138,20 +138,6 @@ func (l *Local) DetachLoop(ctx context.Context, device string) error {
 	return fmt.Errorf("detach loop %s: %w", device, err)
 }
 
-// dmSupported reports whether the kernel offers device-mapper. The control
-// node alone is no proof (dmsetup creates it even when the kernel has no
-// driver), so the misc device registration is checked first; an existing
-// /dev/mapper/control still counts because opening it autoloads dm-mod.
-func dmSupported() error {
-	if _, err := os.Stat("/sys/class/misc/device-mapper"); err == nil {
-		return nil
-	}
-	if _, err := os.Stat("/dev/mapper/control"); err == nil {
-		return nil
-	}
-	return fmt.Errorf("%w: the kernel has no device-mapper (/sys/class/misc/device-mapper and /dev/mapper/control are missing; load dm-mod or use the reflink/copy disk strategy)", ErrNotSupported)
-}
-
 // CreateSnapshot creates the device-mapper snapshot spec.Name over
 // spec.Origin with spec.COW as a persistent exception store in 4 KiB chunks:
 //
@@ -163,7 +149,10 @@ func dmSupported() error {
 // too. It returns an error wrapping ErrNotSupported when the kernel has no
 // device-mapper or dmsetup is not installed.
 func (l *Local) CreateSnapshot(ctx context.Context, spec SnapshotSpec) (string, error) {
-	return l.createSnapshot(ctx, spec, dmSupported)
+	return l.createSnapshot(ctx, spec, func() error {
+		_, err := DeviceMapper{Runner: l.Runner}.Status(ctx)
+		return err
+	})
 }
 
 func (l *Local) createSnapshot(ctx context.Context, spec SnapshotSpec, supported func() error) (dev string, err error) {
@@ -221,7 +210,7 @@ func (l *Local) createSnapshot(ctx context.Context, spec SnapshotSpec, supported
 // if there is one. Devices that do not exist, or a kernel without
 // device-mapper, are not errors.
 func (l *Local) RemoveSnapshot(ctx context.Context, name string) error {
-	return l.removeSnapshot(ctx, name, dmSupported)
+	return l.removeSnapshot(ctx, name, DeviceMapper{}.KernelListed)
 }
 
 func (l *Local) removeSnapshot(ctx context.Context, name string, supported func() error) error {

@@ -54,6 +54,7 @@ type runFlags struct {
 	branch           string
 	from             string
 	dryRun           bool
+	apply            bool
 	tty, noTTY       bool
 }
 
@@ -106,6 +107,10 @@ func (f *runFlags) validate(cmd *cobra.Command, r runArgs) error {
 		return errors.New("-t/--tty and -T/--no-tty contradict each other")
 	case f.dryRun && f.detach:
 		return errors.New("--dry-run creates nothing, so -d/--detach has nothing to leave running: drop one of them")
+	case f.apply && r.path == "":
+		return errors.New("--apply brings the guest's changes back into a workspace: give the PATH of a git repository")
+	case f.apply && f.detach:
+		return errors.New("--apply applies the guest's changes when the command ends, -d/--detach returns at once: drop --apply and run `banger vm workspace apply NAME` later")
 	}
 	if f.create.Name != "" {
 		if err := model.ValidateName(f.create.Name); err != nil {
@@ -155,11 +160,15 @@ delete the VM.
 --rm deletes the VM when the command or session ends, also after Ctrl-C; a
 VM whose ssh never came up is kept (and banger says so) so that
 ` + "`banger vm logs NAME`" + ` can show why. -d/--detach prepares everything and
-returns (it prints the VM's name on stdout). --dry-run prints the settings
+returns (it prints the VM's name on stdout). --apply brings the guest's
+changes back into the host work tree when the command or session ends (see
+` + "`banger vm workspace apply`" + `: all or nothing, the patch is kept on a conflict,
+and the exit status stays the command's unless the apply fails). --dry-run prints the settings
 and the files that would be copied, and creates nothing.`,
 		Example: `  banger vm run ./myrepo -- make test          # exits with make's status
   banger vm run . -- 'go test ./... && go vet ./...'
   banger vm run --rm . -- pytest -x            # throwaway VM
+  banger vm run --rm --apply . -- make fmt     # run in a VM, keep the changes
   banger vm run ./examples/hello -- make test  # runs in /root/repo/examples/hello
   banger vm run .                              # a shell in /root/repo
   banger vm run                                # a bare sandbox shell
@@ -191,6 +200,7 @@ and the files that would be copied, and creates nothing.`,
 	fl.StringVar(&f.branch, "branch", "", "name of the branch checked out in the guest (default: the host's current branch)")
 	fl.StringVar(&f.from, "from", "", "copy a clean checkout of this commit, branch or tag instead of the work tree")
 	fl.BoolVar(&f.dryRun, "dry-run", false, "print the settings and the files that would be copied; create nothing")
+	fl.BoolVar(&f.apply, "apply", false, "when the command or session ends, apply the guest's changes to the host tree (all or nothing)")
 	fl.BoolVarP(&f.tty, "tty", "t", false, "run CMD with a pty even when stdin/stdout are not terminals")
 	fl.BoolVarP(&f.noTTY, "no-tty", "T", false, "never use a pty for CMD (keeps stdout and stderr apart on a terminal)")
 	return cmd
@@ -265,12 +275,40 @@ func (a *app) vmRun(ctx context.Context, f *runFlags, r runArgs) error {
 	} else {
 		status, err = a.interactiveShell(ctx, vm, p.workDir)
 	}
-	a.finishRun(cleanupCtx, vm, f.rm, r.argv == nil)
+	rm := f.rm
+	if f.apply && err == nil {
+		if applyErr := a.applyAfterRun(ctx, cleanupCtx, vm, p); applyErr != nil {
+			a.printError(applyErr)
+			if !errors.Is(applyErr, workspace.ErrApplyConflict) && rm {
+				// The guest's changes exist only in the VM now: keep it.
+				rm = false
+				fmt.Fprintf(a.env.Stderr, "banger: VM %s was kept (not deleted despite --rm) so its changes are not lost: `banger vm workspace apply %s`\n", vm.Name, vm.Name)
+			}
+			if status == 0 {
+				status = exitBanger
+			}
+		}
+	}
+	a.finishRun(cleanupCtx, vm, rm, r.argv == nil)
 	if err != nil {
 		return bangerFailure(err)
 	}
 	if status != 0 {
 		return silentExit(status)
+	}
+	return nil
+}
+
+// applyAfterRun applies the guest's changes to the host tree the workspace
+// came from (--apply). After Ctrl-C it applies nothing.
+func (a *app) applyAfterRun(ctx, cleanupCtx context.Context, vm *model.VM, p *runPlan) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("--apply: interrupted, nothing applied (later: `banger vm workspace apply %s`)", vm.Name)
+	}
+	actx, cancel := context.WithTimeout(cleanupCtx, 10*time.Minute)
+	defer cancel()
+	if err := a.applyWorkspace(actx, vm, "", p.snap.Root); err != nil {
+		return fmt.Errorf("--apply: %w", err)
 	}
 	return nil
 }
@@ -401,7 +439,7 @@ func (a *app) printReach(vm *model.VM, workDir string, verbose bool) {
 	fmt.Fprintf(w, "  banger vm ssh %-18s # a shell\n", vm.Name)
 	fmt.Fprintf(w, "  banger vm exec %s -- CMD%s # run a command%s\n", vm.Name, strings.Repeat(" ", max(0, 10-len(vm.Name))), where)
 	if verbose {
-		fmt.Fprintf(w, "  banger vm workspace export %s > changes.patch  # bring the guest's changes back\n", vm.Name)
+		fmt.Fprintf(w, "  banger vm workspace apply %s  # bring the guest's changes back\n", vm.Name)
 	}
 	fmt.Fprintf(w, "  banger vm stop %-17s # stop it (keeps /root)\n", vm.Name)
 	fmt.Fprintf(w, "  banger vm delete %-15s # delete it\n", vm.Name)

@@ -52,6 +52,8 @@ func TestVMRunFlagValidation(t *testing.T) {
 		{[]string{"vm", "run", "--memory", "-1G", "--", "true"}, "--memory"},
 		{[]string{"vm", "run", "--disk-size", "lots", "--", "true"}, "--disk-size"},
 		{[]string{"vm", "run", "--dry-run", "-d", "."}, "--dry-run creates nothing"},
+		{[]string{"vm", "run", "--apply", "--", "true"}, "give the PATH"},
+		{[]string{"vm", "run", "--apply", "-d", "."}, "banger vm workspace apply NAME"},
 		{[]string{"vm", "run", "--no-such-flag"}, "unknown flag"},
 		{[]string{"vm", "exec", "dev"}, "no command"},
 		{[]string{"vm", "exec", "dev", "ls", "--", "x"}, "put the command after `--`"},
@@ -88,6 +90,8 @@ func TestVMSSHAndWorkspaceArgs(t *testing.T) {
 		{[]string{"vm", "workspace", "prepare", "dev", ".", "--from", "v1", "--include-untracked"}, 1, "drop --include-untracked"},
 		{[]string{"vm", "workspace", "prepare", "dev", ".", "--guest-path", "/"}, 1, "pick a directory"},
 		{[]string{"vm", "workspace", "export", "dev", "--guest-path", "a/b"}, 1, "must be absolute"},
+		{[]string{"vm", "workspace", "apply"}, 1, "accepts between 1 and 2 arg"},
+		{[]string{"vm", "workspace", "apply", "--guest-path", "rel", "dev"}, 1, "must be absolute"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			_, stderr, code := runMain(t, tc.args...)

@@ -1,15 +1,18 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/internal/hostexec"
 	"github.com/bangerdev/banger/internal/model"
 	"github.com/bangerdev/banger/internal/workspace"
 )
@@ -20,11 +23,12 @@ func (a *app) vmWorkspaceCmd() *cobra.Command {
 		Short: "Copy a repository into a VM, or bring the guest's changes back",
 		Long: `Workspaces are git repositories copied into a VM: ` + "`prepare`" + ` copies one in
 (` + "`vm run`" + ` does this for you), ` + "`export`" + ` turns everything changed in the guest
-into a patch that ` + "`git apply`" + ` takes on the host.`,
+into a patch that ` + "`git apply`" + ` takes on the host, and ` + "`apply`" + ` does both.`,
 		Example: `  banger vm workspace prepare dev .
-  banger vm workspace export dev > guest.patch && git apply guest.patch`,
+  banger vm workspace export dev > guest.patch && git apply guest.patch
+  banger vm workspace apply dev`,
 	}
-	cmd.AddCommand(a.vmWorkspacePrepareCmd(), a.vmWorkspaceExportCmd())
+	cmd.AddCommand(a.vmWorkspacePrepareCmd(), a.vmWorkspaceExportCmd(), a.vmWorkspaceApplyCmd())
 	return cmd
 }
 
@@ -114,18 +118,26 @@ func (a *app) vmWorkspaceExportCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "export VM",
 		Short: "Print a git patch of everything changed in the guest's workspace",
-		Long: `Write a binary-safe git patch of everything changed in a VM's workspace:
-modified, new (not ignored), deleted and binary files and mode changes,
-relative to the commit the workspace was prepared from (or --base-commit,
-which must be in the guest's shallow history). The guest's index and work
-tree are not touched. Apply it on the host with ` + "`git apply`" + ` in a checkout of
-that commit (` + "`git apply --index`" + ` to stage it too).
+		Long: `Write a binary-safe git patch of what changed in a VM's workspace since it
+was prepared: modified, new (not ignored), deleted and binary files and mode
+changes. The patch holds only the guest's changes, so ` + "`git apply`" + ` takes it
+on the host tree exactly as it was prepared — uncommitted, staged and
+untracked changes included (the tree as prepared is recorded in the guest's
+repository as ` + workspace.PreparedRef + `, so this survives VM stop/start and
+daemon restarts). ` + "`banger vm workspace apply`" + ` does the export and the apply
+in one step, refusing cleanly when the host changed in a conflicting way.
+
+--base-commit C instead writes everything changed since commit C (which must
+be in the guest's shallow history, e.g. the HEAD the workspace was prepared
+from), for ` + "`git apply`" + ` in a clean checkout of C. The guest's index and work
+tree are not touched.
 
 The patch goes to stdout, or to --output F (written only when the export
 succeeded). An empty patch means nothing changed.`,
-		Example: `  banger vm workspace export dev > guest.patch
-  banger vm workspace export dev --output guest.patch && git apply guest.patch
-  banger vm workspace export dev --base-commit HEAD~1`,
+		Example: `  banger vm workspace export dev -o changes.patch && git apply changes.patch
+  banger vm workspace export dev > guest.patch
+  banger vm workspace export dev --base-commit HEAD   # everything since the commit
+`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
@@ -148,26 +160,18 @@ succeeded). An empty patch means nothing changed.`,
 					gp = vm.Workspace.GuestPath
 				}
 			}
-			c, err := a.dialVM(ctx, vm)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
 			// Spool to a temporary file so a failed export never leaves
 			// half a patch in F or on stdout.
-			dir := os.TempDir()
+			dir := ""
 			if output != "" && output != "-" {
 				dir = filepath.Dir(output)
 			}
-			tmp, err := os.CreateTemp(dir, ".banger-export-*")
+			tmp, err := a.exportPatch(ctx, vm, gp, base, dir)
 			if err != nil {
-				return fmt.Errorf("temporary file for the patch: %w", err)
+				return err
 			}
 			defer os.Remove(tmp.Name())
 			defer tmp.Close()
-			if err := workspace.Export(ctx, c, gp, base, tmp); err != nil {
-				return fmt.Errorf("export from %s:%s: %w", vm.Name, gp, err)
-			}
 			if output != "" && output != "-" {
 				if err := tmp.Chmod(0o644); err != nil {
 					return err
@@ -194,7 +198,133 @@ succeeded). An empty patch means nothing changed.`,
 		},
 	}
 	cmd.Flags().StringVarP(&output, "output", "o", "", "write the patch to this file instead of stdout")
-	cmd.Flags().StringVar(&base, "base-commit", "", "commit to diff against (default: the one the workspace was prepared from)")
+	cmd.Flags().StringVar(&base, "base-commit", "", "diff against this commit instead of the tree as prepared (everything since the commit)")
 	cmd.Flags().StringVar(&guestPath, "guest-path", "", "the workspace's directory in the guest (default: the recorded one, else "+workspace.DefaultGuestPath+")")
 	return cmd
+}
+
+// exportPatch exports the workspace at guestPath of a running VM (see
+// workspace.Export; base "" = the guest's changes since prepare) into a
+// new temporary file in dir ("" = the temp dir), rewound to its start.
+// The caller closes and removes it.
+func (a *app) exportPatch(ctx context.Context, vm *model.VM, guestPath, base, dir string) (*os.File, error) {
+	if dir == "" {
+		dir = os.TempDir()
+	}
+	c, err := a.dialVM(ctx, vm)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	tmp, err := os.CreateTemp(dir, ".banger-export-*")
+	if err != nil {
+		return nil, fmt.Errorf("temporary file for the patch: %w", err)
+	}
+	fail := func(err error) (*os.File, error) {
+		tmp.Close()
+		os.Remove(tmp.Name())
+		return nil, err
+	}
+	if err := workspace.Export(ctx, c, guestPath, base, tmp); err != nil {
+		return fail(fmt.Errorf("export from %s:%s: %w", vm.Name, guestPath, err))
+	}
+	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
+		return fail(err)
+	}
+	return tmp, nil
+}
+
+func (a *app) vmWorkspaceApplyCmd() *cobra.Command {
+	var guestPath string
+	cmd := &cobra.Command{
+		Use:   "apply VM [PATH]",
+		Short: "Bring the guest's changes into the host's work tree",
+		Long: `Export what changed in the VM's workspace since it was prepared (see
+` + "`banger vm workspace export`" + `) and apply it to the host work tree at PATH
+(default: the repository the workspace was prepared from).
+
+All or nothing: when the host tree changed since prepare in a way that
+conflicts with the guest's changes, nothing is changed on the host, the patch
+is kept under the repository's .git/banger/patches/ and banger says where, so
+no change on either side is ever lost. Changes on the host that do not
+conflict stay as they are.`,
+		Example: `  banger vm run -d --name dev . && banger vm exec dev -- make fmt
+  banger vm workspace apply dev
+  banger vm workspace apply dev ~/src/app-copy`,
+		Args: cobra.RangeArgs(1, 2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			if guestPath != "" {
+				if err := workspace.CheckGuestPath(guestPath); err != nil {
+					return err
+				}
+			}
+			vm, err := a.showVM(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			if vm.State != model.StateRunning {
+				return notRunning(vm)
+			}
+			host := ""
+			if len(args) == 2 {
+				if host, err = filepath.Abs(args[1]); err != nil {
+					return err
+				}
+			}
+			return a.applyWorkspace(ctx, vm, guestPath, host)
+		},
+	}
+	cmd.Flags().StringVar(&guestPath, "guest-path", "", "the workspace's directory in the guest (default: the recorded one, else "+workspace.DefaultGuestPath+")")
+	return cmd
+}
+
+// applyWorkspace exports the guest's changes since prepare and applies
+// them to host ("" = the recorded host path), all or nothing.
+func (a *app) applyWorkspace(ctx context.Context, vm *model.VM, guestPath, host string) error {
+	if guestPath == "" {
+		guestPath = workspace.DefaultGuestPath
+		if vm.Workspace != nil && vm.Workspace.GuestPath != "" {
+			guestPath = vm.Workspace.GuestPath
+		}
+	}
+	if host == "" {
+		if vm.Workspace == nil || vm.Workspace.HostPath == "" {
+			return fmt.Errorf("VM %s has no recorded workspace: give the host PATH to apply to (`banger vm workspace apply %s PATH`)", vm.Name, vm.Name)
+		}
+		host = vm.Workspace.HostPath
+	}
+	tmp, err := a.exportPatch(ctx, vm, guestPath, "", "")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	defer tmp.Close()
+	res, err := workspace.Apply(ctx, hostexec.Real{}, host, tmp.Name(), vm.Name, time.Now())
+	if err != nil {
+		return err
+	}
+	if res.Empty {
+		fmt.Fprintf(a.env.Stderr, "banger: nothing changed in %s:%s; %s is unchanged\n", vm.Name, guestPath, host)
+		return nil
+	}
+	fmt.Fprintf(a.env.Stderr, "banger: applied the guest's changes to %s (%d file(s)):\n", host, len(res.Files))
+	for _, f := range res.Files {
+		fmt.Fprintf(a.env.Stderr, "  %s\n", sanitizeLine(f))
+	}
+	return nil
+}
+
+// sanitizeLine makes a guest-supplied string safe to print on a terminal:
+// control characters become \xNN.
+func sanitizeLine(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
+			fmt.Fprintf(&b, "\\x%02x", r)
+			continue
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }

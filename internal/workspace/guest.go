@@ -66,6 +66,12 @@ func CheckGuestPath(p string) error {
 //     checkout applies the repository's attributes like `git checkout`;
 //   - refreshes the index (`git update-index --refresh`: hashes only the
 //     files that came as bytes) and deletes the shipping files;
+//   - records the tree exactly as prepared — tracked files with the host's
+//     uncommitted changes, and the untracked files that were shipped — as
+//     PreparedRef (a ref to a tree, written through a copy of the index, so
+//     only the files that came as bytes are hashed), the default base of
+//     Export; it lives in the guest's repository, so it survives VM
+//     stop/start and daemon restarts;
 //   - with o.ReadOnly, `chmod a-w` on the directories (files arrive
 //     without write bits), except .git;
 //   - renames the result to guestPath (replacing the old tree with
@@ -104,6 +110,11 @@ done
 rm -f .git/info/attributes
 if [ -f ` + attributesFile + ` ]; then mv ` + attributesFile + ` .git/info/attributes; fi
 git update-index -q --unmerged --refresh >/dev/null 2>&1 || true
+pidx=.git/banger/prepared-index
+cp .git/index "$pidx"
+if GIT_INDEX_FILE=$pidx git add -A --ignore-errors >/dev/null 2>&1 || [ "$?" = 1 ]; then
+  git update-ref ` + PreparedRef + ` "$(GIT_INDEX_FILE=$pidx git write-tree)"
+fi
 rm -rf .git/banger
 chmod 0755 .
 `)
@@ -213,11 +224,19 @@ var errGuestStopped = errors.New("the guest stopped reading the workspace stream
 // ExportScript returns the shell command Export runs in the guest. It
 // prints `git diff --cached --binary` of the whole work tree (tracked
 // changes, deletions, mode changes and new files that are not ignored)
-// against baseCommit — "" means refs/banger/base, the HEAD shipped by
-// Prepare, or the empty tree when none was shipped. It stages into a
-// temporary copy of the index (GIT_INDEX_FILE), so the guest's own index,
-// and therefore its staged/unstaged state, is never touched; the temporary
-// copy is removed on exit.
+// against a base:
+//
+//   - baseCommit "" (the default): PreparedRef, the tree as Prepare left
+//     it, so the patch holds only what changed in the guest and applies to
+//     the host tree as it was prepared, uncommitted changes and all; a
+//     workspace prepared before PreparedRef existed falls back to
+//     refs/banger/base (the HEAD shipped), else the empty tree;
+//   - a commit: everything since that commit (it must be in the guest's
+//     shallow history).
+//
+// It stages into a temporary copy of the index (GIT_INDEX_FILE), so the
+// guest's own index, and therefore its staged/unstaged state, is never
+// touched; the temporary copy is removed on exit.
 func ExportScript(guestPath, baseCommit string) string {
 	var b strings.Builder
 	b.WriteString("set -eu\n")
@@ -229,7 +248,7 @@ if [ -n "$base" ]; then
   case "$base" in -*) echo "banger: base commit $base is not a commit" >&2; exit 2;; esac
   rev=$(git rev-parse --verify -q "$base^{commit}") || { echo "banger: base commit $base is not in the guest's repository (its history is shallow: pick a commit shipped with the workspace, e.g. the HEAD it was prepared from)" >&2; exit 2; }
 else
-  rev=$(git rev-parse --verify -q 'refs/banger/base^{commit}') || rev=$(git hash-object -t tree /dev/null)
+  rev=$(git rev-parse --verify -q '` + PreparedRef + `^{tree}') || rev=$(git rev-parse --verify -q 'refs/banger/base^{commit}') || rev=$(git hash-object -t tree /dev/null)
 fi
 tmp=$(mktemp -d)
 trap 'rm -rf -- "$tmp"' EXIT
@@ -244,9 +263,10 @@ git diff --cached --binary --full-index --no-color --no-ext-diff --no-textconv -
 }
 
 // Export writes to w a binary-safe git patch (see ExportScript) of
-// everything changed in the guest's workspace at guestPath relative to
-// baseCommit ("" = the HEAD recorded at prepare). `git apply` takes it on
-// the host in a checkout of the base commit. It does not modify the
+// everything changed in the guest's workspace at guestPath since it was
+// prepared (baseCommit "") or since baseCommit. `git apply` takes the
+// default patch on the host tree as it was prepared (see Apply), and a
+// baseCommit patch in a clean checkout of that commit. It does not modify the
 // guest's index or work tree. On error w may have received part of the
 // patch: write to a temporary file and rename on success.
 func Export(ctx context.Context, remote Remote, guestPath string, baseCommit string, w io.Writer) error {

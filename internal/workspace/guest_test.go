@@ -10,10 +10,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/bangerdev/banger/internal/hostexec"
 	"github.com/bangerdev/banger/internal/progress"
 )
 
@@ -98,15 +101,38 @@ func TestExportRoundTrip(t *testing.T) {
 		t.Fatalf("temporary index left: %v", left)
 	}
 
-	// Apply on a fresh clone of the base commit: same tree as the guest.
-	clone := filepath.Join(t.TempDir(), "clone")
-	e.git("", "clone", "-q", repo, clone)
-	e.git(clone, "checkout", "-q", snap.Head)
+	// The default patch holds only the guest's changes: it applies to the
+	// host tree as prepared (dirty, with untracked files), which then
+	// matches the guest.
+	for _, hostOnly := range []string{"both.txt", "added.txt", "gone.txt", "bin/blob.bin", "tool.sh"} {
+		if strings.Contains(patch.String(), "a/"+hostOnly+" ") || strings.Contains(patch.String(), "b/"+hostOnly+"\n") {
+			t.Fatalf("the default patch repeats the host's own uncommitted change to %s:\n%s", hostOnly, patch.String())
+		}
+	}
+	hostCopy := filepath.Join(t.TempDir(), "host")
+	e.sh("", "cp -a "+hostexec.Quote(repo)+" "+hostexec.Quote(hostCopy))
 	patchFile := filepath.Join(t.TempDir(), "guest.patch")
 	if err := os.WriteFile(patchFile, patch.Bytes(), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	e.git(clone, "apply", patchFile)
+	if res, err := Apply(ctx, e.runner(), hostCopy, patchFile, "t", time.Now()); err != nil || res.Empty || len(res.Files) == 0 {
+		t.Fatalf("Apply on the dirty host tree = %+v, %v", res, err)
+	}
+
+	// --base-commit HEAD: everything since the commit, for a clean clone
+	// of it.
+	var full bytes.Buffer
+	if err := Export(ctx, e.remote(), guest, snap.Head, &full); err != nil {
+		t.Fatal(err)
+	}
+	clone := filepath.Join(t.TempDir(), "clone")
+	e.git("", "clone", "-q", repo, clone)
+	e.git(clone, "checkout", "-q", snap.Head)
+	fullFile := filepath.Join(t.TempDir(), "full.patch")
+	if err := os.WriteFile(fullFile, full.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.git(clone, "apply", fullFile)
 	// git records only the exec bit: compare that, not the full mode.
 	execOnly := func(m map[string]entry) map[string]entry {
 		for k, v := range m {
@@ -123,6 +149,11 @@ func TestExportRoundTrip(t *testing.T) {
 	want := execOnly(keep(tree(t, guest), notOurs))
 	if d := diffTrees(want, execOnly(keep(tree(t, clone), notOurs))); d != "" {
 		t.Fatalf("clone + patch differs from the guest:\n%s", d)
+	}
+	// The host keeps its ignored files, which never travelled.
+	notIgnored := func(p string) bool { return notOurs(p) && p != "debug.log" && p != "excluded.tmp" }
+	if d := diffTrees(want, execOnly(keep(tree(t, hostCopy), notIgnored))); d != "" {
+		t.Fatalf("dirty host tree + default patch differs from the guest:\n%s", d)
 	}
 
 	// The host moves on: Head tells.
@@ -388,5 +419,79 @@ func TestLooseObjectsPackedWhileStreaming(t *testing.T) {
 	}
 	if s := e.git(guest, "status", "--porcelain"); s != "?? big-untracked.bin\n" {
 		t.Fatalf("status %q", s)
+	}
+}
+
+// TestApplyNeverLosesHostChanges: a host edit made while the VM runs that
+// touches what the guest changed is refused with the host tree untouched
+// and the patch kept; an edit elsewhere survives the apply.
+func TestApplyNeverLosesHostChanges(t *testing.T) {
+	e := newEnv(t)
+	repo := fixture(t, e, false)
+	ctx := context.Background()
+	snap, err := Inspect(ctx, e.runner(), repo, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	guest := filepath.Join(e.home, "repo")
+	if _, err := Prepare(ctx, e.remote(), snap, guest); err != nil {
+		t.Fatal(err)
+	}
+	write(t, guest, "run.sh", []byte("#!/bin/sh\necho guest\n"), 0o755)
+	write(t, guest, "from-guest.txt", []byte("guest\n"), 0o644)
+	patchFile := filepath.Join(t.TempDir(), "p.patch")
+	var patch bytes.Buffer
+	if err := Export(ctx, e.remote(), guest, "", &patch); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(patchFile, patch.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	// While the VM ran, the host changed the same line, and another file.
+	write(t, repo, "run.sh", []byte("#!/bin/sh\necho host\n"), 0o755)
+	write(t, repo, "host-only.txt", []byte("host\n"), 0o644)
+	before := tree(t, repo)
+	now := time.Date(2026, 12, 5, 1, 2, 3, 0, time.UTC)
+	_, err = Apply(ctx, e.runner(), filepath.Join(repo, "deep"), patchFile, "dev", now)
+	var ae *ApplyError
+	if !errors.As(err, &ae) || !errors.Is(err, ErrApplyConflict) {
+		t.Fatalf("conflicting apply = %v, want an ApplyError", err)
+	}
+	if d := diffTrees(keep(before, func(p string) bool { return true }), keep(tree(t, repo), func(p string) bool { return !strings.HasPrefix(p, ".git/") })); d != "" {
+		t.Fatalf("a refused apply changed the host tree:\n%s", d)
+	}
+	if want := filepath.Join(repo, ".git", "banger", "patches", "dev-20261205T010203Z.patch"); ae.Kept != want {
+		t.Fatalf("kept %q, want %q", ae.Kept, want)
+	}
+	if kept, err := os.ReadFile(ae.Kept); err != nil || !bytes.Equal(kept, patch.Bytes()) {
+		t.Fatalf("kept patch differs: %v", err)
+	}
+	if !strings.Contains(err.Error(), "run.sh") || !strings.Contains(err.Error(), ae.Kept) {
+		t.Fatalf("error does not name the file and the kept patch: %v", err)
+	}
+
+	// The host gives up its conflicting edit; the other one survives.
+	write(t, repo, "run.sh", []byte("#!/bin/sh\necho hi\n"), 0o755)
+	res, err := Apply(ctx, e.runner(), repo, patchFile, "dev", now.Add(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(res.Files, "run.sh") || !slices.Contains(res.Files, "from-guest.txt") {
+		t.Fatalf("files = %v", res.Files)
+	}
+	for rel, want := range map[string]string{"run.sh": "#!/bin/sh\necho guest\n", "from-guest.txt": "guest\n", "host-only.txt": "host\n"} {
+		if b, err := os.ReadFile(filepath.Join(repo, rel)); err != nil || string(b) != want {
+			t.Fatalf("%s = %q, %v; want %q", rel, b, err, want)
+		}
+	}
+
+	// An empty patch is nothing to do.
+	empty := filepath.Join(t.TempDir(), "empty.patch")
+	if err := os.WriteFile(empty, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := Apply(ctx, e.runner(), repo, empty, "dev", now); err != nil || !res.Empty {
+		t.Fatalf("empty patch: %+v, %v", res, err)
 	}
 }

@@ -45,8 +45,11 @@
 // the others go in one pack made by `git pack-objects`, which reuses the
 // host's packed data. The guest builds its index from the shipped entries,
 // checks the clean files out and refreshes the index (hashing only the
-// files that came as bytes). The HEAD shipped is also recorded as
-// refs/banger/base, the default base of Export.
+// files that came as bytes). The HEAD shipped is recorded as
+// refs/banger/base, and the tree exactly as prepared (uncommitted changes
+// included) as PreparedRef, the default base of Export: what Export
+// returns then is only what changed in the guest, and Apply puts it into
+// the host's tree, dirty or not.
 //
 // # Guest requirements
 //
@@ -119,6 +122,10 @@ func (e *GuestError) Error() string {
 
 // Unwrap makes errors.Is(err, ErrGuest) true.
 func (e *GuestError) Unwrap() error { return ErrGuest }
+
+// PreparedRef names, in the guest's repository, the tree of the workspace
+// as Prepare left it: the default base of Export.
+const PreparedRef = "refs/banger/prepared"
 
 // DefaultGuestPath is where `vm run` puts the workspace in the guest.
 const DefaultGuestPath = "/root/repo"

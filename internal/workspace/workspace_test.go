@@ -323,12 +323,21 @@ func TestUnbornAndSHA256(t *testing.T) {
 			if g, h := e.git(guest, "status", "--porcelain", "-uall"), e.git(repo, "status", "--porcelain", "-uall"); g != h {
 				t.Fatalf("guest status %q, host %q", g, h)
 			}
+			// Nothing changed in the guest: an empty patch; then only the
+			// guest's change.
 			var patch bytes.Buffer
 			if err := Export(ctx, e.remote(), guest, "", &patch); err != nil {
 				t.Fatal(err)
 			}
-			if !strings.Contains(patch.String(), "b/a.txt") || !strings.Contains(patch.String(), "b/ita.txt") {
-				t.Fatalf("patch of an unborn repo misses files:\n%s", patch.String())
+			if patch.Len() != 0 {
+				t.Fatalf("patch of an untouched unborn workspace:\n%s", patch.String())
+			}
+			write(t, guest, "a.txt", []byte("a\nfrom guest\n"), 0o644)
+			if err := Export(ctx, e.remote(), guest, "", &patch); err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(patch.String(), "b/a.txt") || strings.Contains(patch.String(), "b/ita.txt") || strings.Contains(patch.String(), "b/empty") {
+				t.Fatalf("patch of an unborn repo: want only a.txt:\n%s", patch.String())
 			}
 
 			e.git(repo, "commit", "-q", "-m", "one")

@@ -14,6 +14,7 @@ import (
 
 	"github.com/bangerdev/banger/internal/testguest"
 	"github.com/bangerdev/banger/internal/testreq"
+	"github.com/bangerdev/banger/internal/workspace/workspacebench"
 )
 
 // BenchmarkVMRun measures the one command against baselines measured in
@@ -23,11 +24,13 @@ import (
 //     (create, first boot, ssh, the command, delete) versus bare: a bare
 //     QEMU boot of the same kernel and disks until its first `ssh true`
 //     (bareBoot, shared with BenchmarkCreateVsBareQEMU). Goal ≤ 1.10×.
-//   - workspace: `banger vm workspace prepare` of a generated ~200 MB
-//     repository (half text in 2000 files, half incompressible binaries;
-//     work tree plus a shallow .git) versus `tar -c | ssh VM tar -x` of the
-//     same work tree (no .git) into the same guest. Throughput ratio
-//     banger/tar (goal ≥ 0.9).
+//   - workspace: `banger vm workspace prepare` (work tree plus a shallow
+//     .git) versus `tar -c | ssh VM tar -x` of the same work tree (no .git)
+//     into the same guest, on three corpora: a generated ~200 MB repository
+//     (half text in 2000 files, half incompressible binaries) and the
+//     mixed and source repositories of internal/workspace/workspacebench
+//     (the local BenchmarkPrepareVsTar's). Throughput ratio banger/tar per
+//     corpus (goal ≥ 1.0).
 //
 // Rounds: BANGER_BENCH_ROUNDS (default 3). A table is logged; JSON goes to
 // BANGER_BENCH_JSON (or BANGER_BENCH_OUT) when set. Run it with
@@ -44,8 +47,14 @@ func BenchmarkVMRun(b *testing.B) {
 }
 
 type vmRunBench struct {
-	RunTrue     []float64 `json:"vm_run_true_s"`
-	Bare        []float64 `json:"bare_qemu_ssh_s"`
+	RunTrue []float64   `json:"vm_run_true_s"`
+	Bare    []float64   `json:"bare_qemu_ssh_s"`
+	Copies  []copyBench `json:"workspace_copies"`
+}
+
+// copyBench is the workspace copy of one corpus against tar | ssh tar.
+type copyBench struct {
+	Corpus      string    `json:"corpus"`
 	Prepare     []float64 `json:"workspace_prepare_s"`
 	Tar         []float64 `json:"tar_ssh_s"`
 	RepoBytes   int64     `json:"repo_work_tree_bytes"`
@@ -75,68 +84,92 @@ func benchVMRun(b *testing.B, rounds int) {
 	}
 	e.must("vm", "delete", "bare")
 
-	repo := benchRepo200(b)
-	r.RepoBytes, r.RepoFiles = treeSize(b, repo)
 	e.must("vm", "create", "--name", "wsb", "--image", devImageName, "--disk-size", "3G", "--memory", "1G", "--vcpu", "2")
 	ip := e.show("wsb").IP
-	for i := 0; i < rounds; i++ {
-		e.mustSSH(ip, "rm -rf /root/bench-ws /root/bench-tar; sync")
-		start := time.Now()
-		out := e.must("vm", "workspace", "prepare", "wsb", repo, "--guest-path", "/root/bench-ws", "--json")
-		r.Prepare = append(r.Prepare, time.Since(start).Seconds())
-		var pr struct {
-			StreamBytes int64 `json:"stream_bytes"`
-			Files       int   `json:"files"`
+	corpora := []struct {
+		name string
+		repo string
+	}{{"e2e-200m", benchRepo200(b)}}
+	for _, c := range workspacebench.Corpora() {
+		corpora = append(corpora, struct {
+			name string
+			repo string
+		}{c.Name, c.Make(b, testreq.CacheDir(b, "workspace-bench"))})
+	}
+	for _, c := range corpora {
+		w := copyBench{Corpus: c.name}
+		w.RepoBytes, w.RepoFiles = treeSize(b, c.repo)
+		for i := 0; i < rounds; i++ {
+			prep, tar, stream := e.copyRound(b, ip, c.repo, w.RepoFiles)
+			w.Prepare, w.Tar, w.StreamBytes = append(w.Prepare, prep), append(w.Tar, tar), stream
 		}
-		if err := json.Unmarshal([]byte(out), &pr); err != nil || pr.Files != r.RepoFiles {
-			b.Fatalf("prepare result %q: %v (want %d files)", out, err, r.RepoFiles)
-		}
-		r.StreamBytes = pr.StreamBytes
-		e.mustSSH(ip, "sync")
-
-		start = time.Now()
-		args := append([]string{"netns", "exec", e.ns, "sh", "-c",
-			`r=$1; shift; tar -c -C "$r" --exclude=./.git . | ssh "$@" 'mkdir -p /root/bench-tar && tar -x -p -C /root/bench-tar'`, "sh", repo}, e.sshArgs()...)
-		args = append(args, "root@"+ip)
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-			b.Fatalf("tar | ssh tar: %v\n%s", err, out)
-		}
-		r.Tar = append(r.Tar, time.Since(start).Seconds())
-		// Same content either way.
-		sum := `cd "$1" && find . -path ./.git -prune -o -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum`
-		a := e.mustSSH(ip, "sh -c '"+sum+"' sh /root/bench-ws")
-		t := e.mustSSH(ip, "sh -c '"+sum+"' sh /root/bench-tar")
-		if a != t {
-			b.Fatalf("workspace and tar copies differ: %s vs %s", a, t)
-		}
+		r.Copies = append(r.Copies, w)
 	}
 	e.must("vm", "delete", "wsb")
 
 	run, bare := median(r.RunTrue), median(r.Bare)
-	prep, tar := median(r.Prepare), median(r.Tar)
-	mb := float64(r.RepoBytes) / 1e6
-	table := fmt.Sprintf("\n%-44s %10s %10s %8s\n", "", "banger", "baseline", "ratio") +
-		fmt.Sprintf("%-44s %9.2fs %9.2fs %7.3fx\n", "vm run --rm -- true  vs  bare qemu to ssh", run, bare, run/bare) +
-		fmt.Sprintf("%-44s %7.1fMB/s %7.1fMB/s %7.3fx\n", fmt.Sprintf("workspace copy %.0f MB  vs  tar | ssh tar", mb), mb/prep, mb/tar, tar/prep) +
-		fmt.Sprintf("(medians of %d rounds; workspace %.2fs, tar %.2fs; stream %.0f MB incl. .git)", rounds, prep, tar, float64(r.StreamBytes)/1e6)
-	b.Log(table)
+	table := fmt.Sprintf("\n%-48s %10s %10s %8s\n", "", "banger", "baseline", "ratio") +
+		fmt.Sprintf("%-48s %9.2fs %9.2fs %7.3fx\n", "vm run --rm -- true  vs  bare qemu to ssh", run, bare, run/bare)
+	summary := map[string]any{"benchmark": "vm_run", "rounds": rounds, "samples": r,
+		"median_vm_run_true_s": run, "median_bare_qemu_ssh_s": bare, "ratio_run_bare": run / bare}
 	b.ReportMetric(run/bare, "run/bare")
-	b.ReportMetric(tar/prep, "prepare/tar-throughput")
+	for _, w := range r.Copies {
+		prep, tar := median(w.Prepare), median(w.Tar)
+		mb := float64(w.RepoBytes) / 1e6
+		table += fmt.Sprintf("%-48s %7.1fMB/s %7.1fMB/s %7.3fx\n",
+			fmt.Sprintf("workspace copy %s (%.0f MB, %d files) vs tar|ssh", w.Corpus, mb, w.RepoFiles), mb/prep, mb/tar, tar/prep)
+		summary["ratio_throughput_prepare_tar_"+w.Corpus] = tar / prep
+		b.ReportMetric(tar/prep, "prepare/tar-"+w.Corpus)
+	}
+	table += fmt.Sprintf("(medians of %d rounds; copy ratio = banger throughput / tar|ssh throughput, goal >= 1.0)", rounds)
+	b.Log(table)
 	out := os.Getenv("BANGER_BENCH_JSON")
 	if out == "" {
 		out = os.Getenv("BANGER_BENCH_OUT")
 	}
 	if out != "" {
-		data, _ := json.MarshalIndent(map[string]any{
-			"benchmark": "vm_run", "rounds": rounds, "samples": r,
-			"median_vm_run_true_s": run, "median_bare_qemu_ssh_s": bare, "ratio_run_bare": run / bare,
-			"median_prepare_s": prep, "median_tar_ssh_s": tar,
-			"prepare_mb_s": mb / prep, "tar_mb_s": mb / tar, "ratio_throughput_prepare_tar": tar / prep,
-		}, "", "  ")
+		data, _ := json.MarshalIndent(summary, "", "  ")
 		if err := os.WriteFile(out, data, 0o644); err != nil {
 			b.Error(err)
 		}
 	}
+}
+
+// copyRound copies repo into the guest at ip once with `vm workspace
+// prepare` and once with `tar -c | ssh tar -x` (work tree only), checks
+// both copies hold the same files, and returns both wall times and the
+// prepare stream's size.
+func (e *env) copyRound(b *testing.B, ip, repo string, files int) (prep, tar float64, streamBytes int64) {
+	b.Helper()
+	e.mustSSH(ip, "rm -rf /root/bench-ws /root/bench-tar; sync; echo 3 > /proc/sys/vm/drop_caches")
+	start := time.Now()
+	out := e.must("vm", "workspace", "prepare", "wsb", repo, "--guest-path", "/root/bench-ws", "--json")
+	prep = time.Since(start).Seconds()
+	var pr struct {
+		StreamBytes int64 `json:"stream_bytes"`
+		Files       int   `json:"files"`
+	}
+	if err := json.Unmarshal([]byte(out), &pr); err != nil || pr.Files != files {
+		b.Fatalf("prepare result %q: %v (want %d files)", out, err, files)
+	}
+	e.mustSSH(ip, "sync")
+
+	start = time.Now()
+	args := append([]string{"netns", "exec", e.ns, "sh", "-c",
+		`r=$1; shift; tar -c -C "$r" --exclude=./.git . | ssh "$@" 'mkdir -p /root/bench-tar && tar -x -p -C /root/bench-tar'`, "sh", repo}, e.sshArgs()...)
+	args = append(args, "root@"+ip)
+	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+		b.Fatalf("tar | ssh tar: %v\n%s", err, out)
+	}
+	tar = time.Since(start).Seconds()
+	// Same content either way.
+	sum := `cd "$1" && find . -path ./.git -prune -o -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum`
+	a := e.mustSSH(ip, "sh -c '"+sum+"' sh /root/bench-ws")
+	t := e.mustSSH(ip, "sh -c '"+sum+"' sh /root/bench-tar")
+	if a != t {
+		b.Fatalf("workspace and tar copies of %s differ: %s vs %s", repo, a, t)
+	}
+	return prep, tar, pr.StreamBytes
 }
 
 // benchRepo200 returns a generated ~200 MB repository (2000 text files of

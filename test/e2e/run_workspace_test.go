@@ -391,13 +391,61 @@ git add "added file.txt"`)
 		if out := e.mustT(t, "vm", "workspace", "export", "ws"); out != string(data) {
 			t.Errorf("export to stdout differs from --output (%d vs %d bytes)", len(out), len(data))
 		}
+		// The default patch holds only the guest's changes: `git apply`
+		// succeeds on the still-dirty host tree (staged, unstaged and
+		// untracked changes) and gives exactly the guest's tree.
+		for _, hostOnly := range []string{"staged.txt", "unstaged.txt", "untracked.txt"} {
+			if bytes.Contains(data, []byte("b/"+hostOnly)) {
+				t.Errorf("the default patch repeats the host's own change to %s", hostOnly)
+			}
+		}
+		want := e.guestManifest(t, "ws", true)
+		ignored := func(rel string) bool { return strings.HasSuffix(rel, ".log") || strings.HasPrefix(rel, "build") }
+		copyRepo := func(name string) string {
+			dst := filepath.Join(t.TempDir(), name)
+			run(t, "cp", "-a", repo, dst)
+			return dst
+		}
+		dirty := copyRepo("dirty")
+		gitIn(t, dirty, "apply", patch)
+		if d := diffManifests(want, hostManifest(t, dirty, true, ignored)); len(d) > 0 {
+			t.Errorf("dirty host tree + patch differs from the guest:\n  %s", strings.Join(d, "\n  "))
+		}
+		// --base-commit: everything since the commit, for a clean clone.
+		full := filepath.Join(t.TempDir(), "full.patch")
+		e.mustT(t, "vm", "workspace", "export", "ws", "--base-commit", base, "--output", full)
 		clone := filepath.Join(t.TempDir(), "clone")
 		gitIn(t, filepath.Dir(clone), "clone", "-q", repo, clone)
 		gitIn(t, clone, "checkout", "-q", base)
-		gitIn(t, clone, "apply", patch)
-		want := e.guestManifest(t, "ws", true)
+		gitIn(t, clone, "apply", full)
 		if d := diffManifests(want, hostManifest(t, clone, true, nil)); len(d) > 0 {
-			t.Errorf("clone + patch differs from the guest:\n  %s", strings.Join(d, "\n  "))
+			t.Errorf("clone + --base-commit patch differs from the guest:\n  %s", strings.Join(d, "\n  "))
+		}
+		// vm workspace apply: the same in one step.
+		applied := copyRepo("applied")
+		r := e.bangerT(t, "", nil, "vm", "workspace", "apply", "ws", applied)
+		if r.code != 0 || !strings.Contains(r.stderr, "applied the guest's changes") {
+			t.Fatalf("workspace apply: %s", r)
+		}
+		if d := diffManifests(want, hostManifest(t, applied, true, ignored)); len(d) > 0 {
+			t.Errorf("workspace apply differs from the guest:\n  %s", strings.Join(d, "\n  "))
+		}
+		// A conflicting host edit made while the VM ran: refused, host
+		// untouched, the patch kept and named.
+		conflict := copyRepo("conflict")
+		writeFile(t, conflict, "name with space.txt", []byte("host rewrote this\n"), 0o644)
+		before := hostManifest(t, conflict, false, nil)
+		r = e.bangerT(t, "", nil, "vm", "workspace", "apply", "ws", conflict)
+		if r.code == 0 || !strings.Contains(r.stderr, ".git/banger/patches/ws-") || !strings.Contains(r.stderr, "nothing was changed") {
+			t.Fatalf("conflicting apply: %s", r)
+		}
+		if d := diffManifests(before, hostManifest(t, conflict, false, nil)); len(d) > 0 {
+			t.Errorf("a refused apply changed the host tree:\n  %s", strings.Join(d, "\n  "))
+		}
+		if kept, _ := filepath.Glob(filepath.Join(conflict, ".git", "banger", "patches", "ws-*.patch")); len(kept) != 1 {
+			t.Errorf("kept patches: %v", kept)
+		} else if b, _ := os.ReadFile(kept[0]); !bytes.Equal(b, data) {
+			t.Errorf("the kept patch differs from the export")
 		}
 	})
 
@@ -466,4 +514,48 @@ git add "added file.txt"`)
 	e.mustT(t, "vm", "delete", "ws")
 	e.assertNoLeaks("after delete")
 	t.Logf("total %s", time.Since(start).Round(time.Millisecond))
+}
+
+// TestE2EVMRunApply: `vm run --rm --apply` on a dirty repository brings the
+// command's changes (new, modified, deleted, binary, mode change) back into
+// the still-dirty host tree in one command, keeping the host's own
+// uncommitted changes.
+func TestE2EVMRunApply(t *testing.T) {
+	e := newRunEnv(t, envOptions{TapPool: 1})
+	repo := fidelityRepo(t)
+	r := e.bangerT(t, repo, nil, "vm", "run", "--rm", "--apply", "--name", "ap", "--image", devImageName, ".", "--", `set -e
+echo "from the guest" >> unstaged.txt
+echo new > "guest new.txt"
+rm "name with space.txt"
+chmod +x empty
+printf '\000\001\377' | dd of=blob.bin bs=1 seek=10 conv=notrunc 2>/dev/null
+exit 3`)
+	if r.code != 3 || !strings.Contains(r.stderr, "applied the guest's changes") || !strings.Contains(r.stderr, "deleted VM ap") {
+		t.Fatalf("vm run --rm --apply: %s", r)
+	}
+	if b, _ := os.ReadFile(filepath.Join(repo, "unstaged.txt")); string(b) != "v2 unstaged\nfrom the guest\n" {
+		t.Errorf("unstaged.txt = %q: the host's uncommitted change and the guest's must both be there", b)
+	}
+	if b, _ := os.ReadFile(filepath.Join(repo, "guest new.txt")); string(b) != "new\n" {
+		t.Errorf("guest new.txt = %q", b)
+	}
+	if _, err := os.Lstat(filepath.Join(repo, "name with space.txt")); !os.IsNotExist(err) {
+		t.Errorf("name with space.txt still there: %v", err)
+	}
+	if fi, err := os.Stat(filepath.Join(repo, "empty")); err != nil || fi.Mode()&0o100 == 0 {
+		t.Errorf("empty: mode change not applied (%v)", err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(repo, "blob.bin")); len(b) != 1<<20 || !bytes.Equal(b[10:13], []byte{0, 1, 0xff}) {
+		t.Errorf("blob.bin: binary change not applied")
+	}
+	if got := gitIn(t, repo, "diff", "--cached", "--name-only"); got != "staged.txt\n" {
+		t.Errorf("the host's staged changes changed: %q", got)
+	}
+	if b, _ := os.ReadFile(filepath.Join(repo, "untracked.txt")); string(b) != "untracked\n" {
+		t.Errorf("untracked.txt = %q", b)
+	}
+	if vms := e.list(); len(vms) != 0 {
+		t.Errorf("--rm left %d VM(s)", len(vms))
+	}
+	e.assertNoLeaks("after vm run --rm --apply")
 }

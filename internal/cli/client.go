@@ -15,9 +15,18 @@ import (
 	"github.com/bangerdev/banger/internal/paths"
 	"github.com/bangerdev/banger/internal/progress"
 	"github.com/bangerdev/banger/internal/rpc"
+	"github.com/bangerdev/banger/internal/system"
 )
 
+// layout is the installation this CLI talks to: the system one when
+// banger is installed as a system service (and the environment does not
+// point elsewhere), else the one BANGER_MODE and the BANGER_*_DIR
+// variables select (user mode by default). On a system install the CLI
+// never starts a user-mode daemon, for the owner and root alike.
 func (a *app) layout() (paths.Layout, error) {
+	if a.env.Getenv(paths.EnvMode) == "" && a.env.Getenv(paths.EnvRuntimeDir) == "" && system.Installed(a.env.SystemRoot) {
+		return paths.System(), nil
+	}
 	return paths.FromEnv()
 }
 
@@ -60,7 +69,7 @@ func (a *app) daemon(ctx context.Context) (*rpc.Client, error) {
 		a.client = c
 		return c, nil
 	case err == nil || rpc.CodeOf(err) == rpc.CodeBadVersion:
-		if layout.Mode == "system" {
+		if layout.Mode == paths.ModeSystem {
 			if err != nil {
 				return nil, err
 			}
@@ -74,8 +83,8 @@ func (a *app) daemon(ctx context.Context) (*rpc.Client, error) {
 			return nil, err
 		}
 	case errors.Is(err, rpc.ErrUnreachable):
-		if layout.Mode == "system" {
-			return nil, fmt.Errorf("bangerd is not running at %s: start it with `sudo systemctl start bangerd` (or `sudo banger system install`)", layout.DaemonSocket())
+		if layout.Mode == paths.ModeSystem {
+			return nil, fmt.Errorf("the system daemon (bangerd.service) is not answering at %s: start it with `sudo banger system restart` (see `banger system status`)", layout.DaemonSocket())
 		}
 	default:
 		return nil, err

@@ -11,8 +11,17 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/internal/paths"
 	"github.com/bangerdev/banger/internal/rpc"
 )
+
+// daemonKind says which daemon a layout's socket belongs to.
+func daemonKind(l paths.Layout) string {
+	if l.Mode == paths.ModeSystem {
+		return "system (bangerd.service, as the install's owner)"
+	}
+	return "user (started on demand by the CLI)"
+}
 
 func confirm(r io.Reader) bool {
 	if r == nil {
@@ -42,7 +51,7 @@ func (a *app) daemonStatusCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show whether the daemon runs, and its version",
-		Long:  "Show whether bangerd answers on its socket, with its version, pid and state directory. Does not start it.",
+		Long:  "Show which daemon this CLI talks to (the system service when banger is installed with `banger system install`, else the user-mode daemon) and whether it answers, with its version, pid and state directory. Does not start it.",
 		Example: `  banger daemon status
   banger daemon status --json`,
 		Args: cobra.NoArgs,
@@ -54,18 +63,23 @@ func (a *app) daemonStatusCmd() *cobra.Command {
 			p, err := a.ping(cmd.Context(), rpc.NewClient(layout.DaemonSocket()))
 			if errors.Is(err, rpc.ErrUnreachable) {
 				if asJSON {
-					return printJSON(a.env.Stdout, map[string]any{"running": false, "socket": layout.DaemonSocket()})
+					return printJSON(a.env.Stdout, map[string]any{"running": false, "socket": layout.DaemonSocket(), "kind": daemonKind(layout)})
 				}
-				fmt.Fprintf(a.env.Stdout, "bangerd is not running (socket %s); any banger command starts it\n", layout.DaemonSocket())
+				if layout.Mode == paths.ModeSystem {
+					fmt.Fprintf(a.env.Stdout, "the system daemon (bangerd.service) is not answering at %s: `sudo banger system restart`, and see `banger system status`\n", layout.DaemonSocket())
+				} else {
+					fmt.Fprintf(a.env.Stdout, "bangerd is not running (socket %s); any banger command starts it\n", layout.DaemonSocket())
+				}
 				return silentExit(3)
 			}
 			if err != nil {
 				return err
 			}
 			if asJSON {
-				return printJSON(a.env.Stdout, map[string]any{"running": true, "daemon": p, "cli": a.env.Build})
+				return printJSON(a.env.Stdout, map[string]any{"running": true, "daemon": p, "cli": a.env.Build, "kind": daemonKind(layout)})
 			}
 			t := newTable(a.env.Stdout, "Running:", "yes")
+			t.row("Daemon:", daemonKind(layout))
 			t.row("Version:", p.Build.String())
 			t.row("PID:", fmt.Sprint(p.PID))
 			t.row("Mode:", p.Mode)
@@ -73,7 +87,11 @@ func (a *app) daemonStatusCmd() *cobra.Command {
 			t.row("State:", p.StateDir)
 			t.flush()
 			if !p.Build.Same(a.env.Build) {
-				fmt.Fprintf(a.env.Stderr, "note: the CLI is %s; the next command restarts the daemon to match\n", a.env.Build)
+				if layout.Mode == paths.ModeSystem {
+					fmt.Fprintf(a.env.Stderr, "note: the CLI is %s; `sudo banger system install` from this build updates the system daemon\n", a.env.Build)
+				} else {
+					fmt.Fprintf(a.env.Stderr, "note: the CLI is %s; the next command restarts the daemon to match\n", a.env.Build)
+				}
 			}
 			return nil
 		},
@@ -93,6 +111,9 @@ func (a *app) daemonStopCmd() *cobra.Command {
 			layout, err := a.layout()
 			if err != nil {
 				return err
+			}
+			if layout.Mode == paths.ModeSystem {
+				return errors.New("the system daemon is managed by systemd: `sudo systemctl stop bangerd` (running VMs keep running), or `sudo banger system restart`")
 			}
 			c := rpc.NewClient(layout.DaemonSocket())
 			if err := c.Call(cmd.Context(), api.MethodShutdown, nil, nil); err != nil {

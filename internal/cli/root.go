@@ -14,6 +14,7 @@ import (
 
 	"github.com/bangerdev/banger/internal/buildinfo"
 	"github.com/bangerdev/banger/internal/rpc"
+	"github.com/bangerdev/banger/internal/system"
 )
 
 // Env is what the CLI needs from its process: streams, environment and
@@ -27,6 +28,11 @@ type Env struct {
 	// DaemonBinary is the bangerd executable to auto-start ("" = next to
 	// this executable, then PATH).
 	DaemonBinary string
+	// System manages the system-mode install (nil = this host's systemd).
+	System system.Manager
+	// SystemRoot is where the CLI looks for a system install record
+	// ("" = /); tests point it elsewhere.
+	SystemRoot string
 }
 
 // exitError carries a specific exit status out of a command.
@@ -107,7 +113,7 @@ The banger CLI talks to bangerd, the owner daemon, which it starts on demand.`,
 	}
 	root.SetVersionTemplate("banger {{.Version}}\n")
 	root.PersistentFlags().StringVar(&a.logLevel, "log-level", "", "daemon log level when auto-starting it (debug, info, warn, error)")
-	root.AddCommand(a.versionCmd(), a.doctorCmd(), a.daemonCmd(), a.vmCmd(), a.imageCmd(), a.kernelCmd(), a.sshConfigCmd())
+	root.AddCommand(a.versionCmd(), a.doctorCmd(), a.daemonCmd(), a.vmCmd(), a.imageCmd(), a.kernelCmd(), a.sshConfigCmd(), a.systemCmd())
 	a.withCompletion(root)
 	return root
 }

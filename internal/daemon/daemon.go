@@ -121,9 +121,20 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 		lf.Close()
 		return nil, err
 	}
-	d.srv = rpc.NewServer(rpc.ServerOptions{Logger: o.Logger, Version: o.Build.Version, Commit: o.Build.Commit})
+	d.srv = rpc.NewServer(rpc.ServerOptions{Logger: o.Logger, Version: o.Build.Version, Commit: o.Build.Commit, AllowUID: allowPeers(o.Layout)})
 	d.register()
 	return d, nil
+}
+
+// allowPeers decides who may call the daemon: its own uid; in system mode
+// also root, whose CLI talks to the system daemon (root could take the
+// owner's identity anyway).
+func allowPeers(l paths.Layout) func(uint32) bool {
+	euid := uint32(os.Geteuid())
+	if l.Mode != paths.ModeSystem {
+		return func(uid uint32) bool { return uid == euid }
+	}
+	return func(uid uint32) bool { return uid == euid || uid == 0 }
 }
 
 // lockDaemon takes an exclusive lock so only one daemon serves a layout.

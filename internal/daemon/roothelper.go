@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"os/user"
+	"path/filepath"
 	"strconv"
 
 	"github.com/bangerdev/banger/internal/buildinfo"
@@ -51,11 +52,15 @@ func runRootHelper(ctx context.Context, build buildinfo.Info, ownerUID int, logg
 	}
 	srv, err := privops.NewServer(privops.NewLocal(hostexec.Real{Logger: logger}, logger), privops.ServerConfig{
 		Policy: policy, Logger: logger, Version: build.Version, Commit: build.Commit,
+		// root (banger system status, doctor) may ping it too.
+		AllowedUIDs: []uint32{uint32(ownerUID), 0},
 	})
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(layout.RuntimeDir, 0o755); err != nil {
+	// The helper's own directory: root's, 0755 (under systemd it is the
+	// unit's RuntimeDirectory), never the owner's runtime dir.
+	if err := os.MkdirAll(filepath.Dir(layout.HelperSocket()), 0o755); err != nil {
 		return err
 	}
 	ln, err := privops.Listen(layout.HelperSocket(), ownerUID, ownerGID)

@@ -26,7 +26,16 @@ type Layout struct {
 	CacheDir   string // re-creatable downloads (OCI blobs, packages)
 	RuntimeDir string // sockets, pidfiles; 0700, owned by the daemon's uid
 	ConfigDir  string // config.toml
+	// HelperSock is the root helper's socket ("" = DefaultHelperSocket).
+	HelperSock string
 }
+
+// DefaultHelperSocket is where the root helper listens in both modes: one
+// helper per host, in a root-owned directory of its own (in system mode
+// bangerd-root.service's RuntimeDirectory). It is never below RuntimeDir:
+// that directory belongs to the owner, and systemd gives a unit's runtime
+// directory to the unit's user.
+const DefaultHelperSocket = "/run/banger-root/root-helper.sock"
 
 // User returns the user-mode layout from the XDG base directories:
 // $XDG_STATE_HOME (~/.local/state), $XDG_CACHE_HOME (~/.cache),
@@ -88,12 +97,15 @@ const (
 	EnvCacheDir   = "BANGER_CACHE_DIR"
 	EnvRuntimeDir = "BANGER_RUNTIME_DIR"
 	EnvConfigDir  = "BANGER_CONFIG_DIR"
+	// EnvHelperSocket replaces DefaultHelperSocket (tests).
+	EnvHelperSocket = "BANGER_HELPER_SOCKET"
 )
 
 // FromEnv returns the layout selected by the environment: BANGER_MODE
 // ("user", the default, or "system") picks User or System, then
 // BANGER_STATE_DIR, BANGER_CACHE_DIR, BANGER_RUNTIME_DIR and
-// BANGER_CONFIG_DIR (absolute paths) replace individual directories.
+// BANGER_CONFIG_DIR (absolute paths) replace individual directories, and
+// BANGER_HELPER_SOCKET the root helper's socket.
 func FromEnv() (Layout, error) {
 	overrides := []struct {
 		env string
@@ -137,6 +149,12 @@ func FromEnv() (Layout, error) {
 		if v := os.Getenv(o.env); v != "" {
 			*o.dst(&l) = filepath.Clean(v)
 		}
+	}
+	if v := os.Getenv(EnvHelperSocket); v != "" {
+		if !filepath.IsAbs(v) {
+			return Layout{}, fmt.Errorf("%s must be an absolute path, got %q", EnvHelperSocket, v)
+		}
+		l.HelperSock = filepath.Clean(v)
 	}
 	return l, nil
 }
@@ -220,8 +238,14 @@ func checkPrivateDir(dir string, fix bool) error {
 // DaemonSocket is the owner daemon's RPC socket.
 func (l Layout) DaemonSocket() string { return filepath.Join(l.RuntimeDir, "bangerd.sock") }
 
-// HelperSocket is the root helper's RPC socket.
-func (l Layout) HelperSocket() string { return filepath.Join(l.RuntimeDir, "root-helper.sock") }
+// HelperSocket is the root helper's RPC socket (DefaultHelperSocket unless
+// the layout says otherwise).
+func (l Layout) HelperSocket() string {
+	if l.HelperSock != "" {
+		return l.HelperSock
+	}
+	return DefaultHelperSocket
+}
 
 // DBPath is the state store.
 func (l Layout) DBPath() string { return filepath.Join(l.StateDir, "banger.db") }

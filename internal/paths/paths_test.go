@@ -95,7 +95,7 @@ func TestSystem(t *testing.T) {
 		l.RuntimeDir != "/run/banger" || l.ConfigDir != "/etc/banger" {
 		t.Fatalf("System() = %+v", l)
 	}
-	if l.DaemonSocket() != "/run/banger/bangerd.sock" || l.HelperSocket() != "/run/banger/root-helper.sock" ||
+	if l.DaemonSocket() != "/run/banger/bangerd.sock" || l.HelperSocket() != "/run/banger-root/root-helper.sock" ||
 		l.DBPath() != "/var/lib/banger/banger.db" || l.ConfigFile() != "/etc/banger/config.toml" ||
 		l.VMDir("abc") != "/var/lib/banger/vms/abc" || l.VMRuntimeDir("abc") != "/run/banger/vms/abc" ||
 		l.ImagesDir() != "/var/lib/banger/images" || l.KernelsDir() != "/var/lib/banger/kernels" ||

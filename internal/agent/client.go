@@ -1,0 +1,351 @@
+package agent
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+)
+
+// DialFunc opens a new byte stream to the agent (one session).
+type DialFunc func(ctx context.Context) (io.ReadWriteCloser, error)
+
+// Conn is the Client over any stream transport: it dials lazily, keeps one
+// session open, multiplexes calls over it by frame id and redials after the
+// session broke. Use NewConn.
+type Conn struct {
+	dial  DialFunc
+	token string
+	name  string // transport, for errors
+
+	mu     sync.Mutex
+	sess   *session
+	closed bool
+	nextID uint64
+}
+
+var _ Client = (*Conn)(nil)
+
+// NewConn returns a Client that reaches the agent with dial and
+// authenticates with token. name describes the transport in errors
+// ("virtio-serial /run/.../agent.sock").
+func NewConn(dial DialFunc, token, name string) *Conn {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	// Random start, top bit clear: ids never repeat across reconnects, so a
+	// late reply meant for an earlier host session matches nothing.
+	start := binary.BigEndian.Uint64(b[:])>>1 | 1
+	return &Conn{dial: dial, token: token, name: name, nextID: start}
+}
+
+type session struct {
+	rwc     io.ReadWriteCloser
+	w       *FrameWriter
+	mu      sync.Mutex
+	pending map[uint64]chan *Frame
+	done    chan struct{}
+	err     error // set before done is closed
+}
+
+func (s *session) fail(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	select {
+	case <-s.done:
+		return
+	default:
+	}
+	s.err = err
+	close(s.done)
+	_ = s.rwc.Close()
+}
+
+func (s *session) readLoop() {
+	fr := NewFrameReader(s.rwc, MaxFrame)
+	for {
+		f, err := fr.ReadFrame()
+		if errors.Is(err, ErrBadFrame) || errors.Is(err, ErrFrameTooLarge) {
+			continue // resynchronised at the next line
+		}
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = errors.New("connection closed by the guest")
+			}
+			s.fail(err)
+			return
+		}
+		s.mu.Lock()
+		ch := s.pending[f.ID]
+		s.mu.Unlock()
+		if ch == nil {
+			continue // an abandoned call, or a reply to an earlier host
+		}
+		select {
+		case ch <- f:
+		case <-s.done:
+			return
+		}
+	}
+}
+
+// session returns the open session, dialing a new one if needed.
+func (c *Conn) session(ctx context.Context) (*session, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, ErrClosed
+	}
+	if c.sess != nil {
+		select {
+		case <-c.sess.done:
+			c.sess = nil
+		default:
+			return c.sess, nil
+		}
+	}
+	rwc, err := c.dial(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrUnavailable, c.name, err)
+	}
+	s := &session{rwc: rwc, w: NewFrameWriter(rwc), pending: map[uint64]chan *Frame{}, done: make(chan struct{})}
+	go s.readLoop()
+	c.sess = s
+	return s, nil
+}
+
+// call is one request in flight.
+type call struct {
+	c  *Conn
+	s  *session
+	id uint64
+	ch chan *Frame
+}
+
+func (c *Conn) start(ctx context.Context, kind string, body any) (*call, error) {
+	s, err := c.session(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	id := c.nextID
+	c.nextID++
+	if c.nextID == 0 {
+		c.nextID = 1
+	}
+	c.mu.Unlock()
+	f := &Frame{V: Protocol, ID: id, Kind: kind, Token: c.token}
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return nil, fmt.Errorf("agent %s: encode: %w", kind, err)
+		}
+		f.Body = b
+	}
+	cl := &call{c: c, s: s, id: id, ch: make(chan *Frame, 64)}
+	s.mu.Lock()
+	s.pending[id] = cl.ch
+	s.mu.Unlock()
+	if err := s.w.WriteFrame(f); err != nil {
+		cl.end()
+		if errors.Is(err, ErrFrameTooLarge) {
+			return nil, fmt.Errorf("agent %s: %w", kind, err)
+		}
+		s.fail(err)
+		return nil, fmt.Errorf("%w: %s: %w", ErrUnavailable, c.name, err)
+	}
+	return cl, nil
+}
+
+func (cl *call) end() {
+	cl.s.mu.Lock()
+	delete(cl.s.pending, cl.id)
+	cl.s.mu.Unlock()
+}
+
+func (cl *call) send(f *Frame) error {
+	f.V, f.ID, f.Token = Protocol, cl.id, cl.c.token
+	if err := cl.s.w.WriteFrame(f); err != nil {
+		cl.s.fail(err)
+		return fmt.Errorf("%w: %s: %w", ErrUnavailable, cl.c.name, err)
+	}
+	return nil
+}
+
+// next returns the next frame of the call.
+func (cl *call) next(ctx context.Context) (*Frame, error) {
+	select {
+	case f := <-cl.ch:
+		return f, nil
+	default:
+	}
+	select {
+	case f := <-cl.ch:
+		return f, nil
+	case <-cl.s.done:
+		// Frames delivered before the session broke still count.
+		select {
+		case f := <-cl.ch:
+			return f, nil
+		default:
+		}
+		return nil, fmt.Errorf("%w: %s: %w", ErrUnavailable, cl.c.name, cl.s.err)
+	case <-ctx.Done():
+		_ = cl.send(&Frame{Kind: KindCancel})
+		return nil, fmt.Errorf("agent: %w", ctx.Err())
+	}
+}
+
+// do runs a request with a single result frame.
+func (c *Conn) do(ctx context.Context, kind string, body, result any) error {
+	cl, err := c.start(ctx, kind, body)
+	if err != nil {
+		return err
+	}
+	defer cl.end()
+	for {
+		f, err := cl.next(ctx)
+		if err != nil {
+			return err
+		}
+		switch f.Kind {
+		case KindResult:
+			if result == nil {
+				return nil
+			}
+			if err := json.Unmarshal(f.Body, result); err != nil {
+				return fmt.Errorf("agent %s: decode result: %w", kind, err)
+			}
+			return nil
+		case KindError:
+			return f.Error
+		}
+	}
+}
+
+// Ping implements Client.
+func (c *Conn) Ping(ctx context.Context) (Health, error) {
+	var h Health
+	err := c.do(ctx, KindPing, nil, &h)
+	return h, err
+}
+
+// ApplyIdentity implements Client.
+func (c *Conn) ApplyIdentity(ctx context.Context, id Identity) (IdentityResult, error) {
+	var r IdentityResult
+	err := c.do(ctx, KindIdentity, id, &r)
+	return r, err
+}
+
+// Ports implements Client.
+func (c *Conn) Ports(ctx context.Context) ([]Port, error) {
+	var p []Port
+	err := c.do(ctx, KindPorts, nil, &p)
+	return p, err
+}
+
+// Exec implements Client.
+func (c *Conn) Exec(ctx context.Context, req ExecRequest) (ExecResult, error) {
+	if len(req.Argv) == 0 {
+		return ExecResult{}, errors.New("agent exec: empty command")
+	}
+	body := struct {
+		ExecRequest
+		Stdin bool `json:"stdin"`
+	}{req, req.Stdin != nil}
+	cl, err := c.start(ctx, KindExec, body)
+	if err != nil {
+		return ExecResult{}, err
+	}
+	defer cl.end()
+	acks := make(chan int, StdinWindow/ChunkSize+8)
+	if req.Stdin != nil {
+		stdinCtx, stop := context.WithCancel(ctx)
+		defer stop()
+		go cl.copyStdin(stdinCtx, req.Stdin, acks)
+	}
+	var werr error
+	write := func(w io.Writer, p []byte) {
+		if w == nil || werr != nil {
+			return
+		}
+		if _, err := w.Write(p); err != nil {
+			werr = err
+			_ = cl.send(&Frame{Kind: KindCancel})
+		}
+	}
+	for {
+		f, err := cl.next(ctx)
+		if err != nil {
+			return ExecResult{}, err
+		}
+		switch f.Kind {
+		case KindStdout:
+			write(req.Stdout, f.Data)
+		case KindStderr:
+			write(req.Stderr, f.Data)
+		case KindAck:
+			select {
+			case acks <- f.N:
+			default: // more acks than chunks sent: a confused guest; ignore
+			}
+		case KindError:
+			if werr != nil {
+				return ExecResult{}, fmt.Errorf("agent exec: write output: %w", werr)
+			}
+			return ExecResult{}, f.Error
+		case KindResult:
+			if werr != nil {
+				return ExecResult{}, fmt.Errorf("agent exec: write output: %w", werr)
+			}
+			var r ExecResult
+			if err := json.Unmarshal(f.Body, &r); err != nil {
+				return ExecResult{}, fmt.Errorf("agent exec: decode result: %w", err)
+			}
+			return r, nil
+		}
+	}
+}
+
+func (cl *call) copyStdin(ctx context.Context, r io.Reader, acks <-chan int) {
+	buf := make([]byte, ChunkSize)
+	credit := StdinWindow
+	for ctx.Err() == nil {
+		for credit < ChunkSize {
+			select {
+			case a := <-acks:
+				credit += a
+			case <-ctx.Done():
+				return
+			}
+		}
+		n, err := r.Read(buf)
+		credit -= n
+		if n > 0 {
+			if cl.send(&Frame{Kind: KindStdin, Data: append([]byte(nil), buf[:n]...)}) != nil {
+				return
+			}
+		}
+		if err != nil {
+			if ctx.Err() == nil {
+				_ = cl.send(&Frame{Kind: KindStdin, EOF: true})
+			}
+			return
+		}
+	}
+}
+
+// Close implements Client.
+func (c *Conn) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closed = true
+	if c.sess != nil {
+		c.sess.fail(ErrClosed)
+		c.sess = nil
+	}
+	return nil
+}

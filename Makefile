@@ -5,7 +5,12 @@ PKG := github.com/bangerdev/banger
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 BUILD_TIME ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
-LDFLAGS := -X $(PKG)/internal/buildinfo.Version=$(VERSION) -X $(PKG)/internal/buildinfo.Commit=$(COMMIT) -X $(PKG)/internal/buildinfo.BuildTime=$(BUILD_TIME)
+# Release builds pin the update channel: UPDATE_URL (manifest.json) and
+# UPDATE_PUBKEY (base64 DER public key; see docs/update.md).
+UPDATE_URL ?=
+UPDATE_PUBKEY ?=
+LDFLAGS := -X $(PKG)/internal/buildinfo.Version=$(VERSION) -X $(PKG)/internal/buildinfo.Commit=$(COMMIT) -X $(PKG)/internal/buildinfo.BuildTime=$(BUILD_TIME) \
+	-X $(PKG)/internal/buildinfo.UpdateManifestURL=$(UPDATE_URL) -X $(PKG)/internal/buildinfo.UpdatePublicKey=$(UPDATE_PUBKEY)
 BIN := $(CURDIR)/bin
 PREFIX ?= /usr/local
 # CI=true makes every missing test requirement a failure instead of a skip.

@@ -9,6 +9,14 @@ var (
 	Version   = "dev"
 	Commit    = "unknown"
 	BuildTime = "unknown"
+
+	// UpdateManifestURL is the release channel `banger update` reads by
+	// default (its manifest.json); "" = none (config or --manifest-url).
+	UpdateManifestURL = ""
+	// UpdatePublicKey is the pinned release key: the base64 of a DER
+	// SubjectPublicKeyInfo (ECDSA P-256 or ed25519); "" = none. See
+	// docs/update.md.
+	UpdatePublicKey = ""
 )
 
 // Info is the build identity of a binary.

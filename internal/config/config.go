@@ -48,6 +48,7 @@ type Config struct {
 	Firecracker FirecrackerConfig
 	QEMU        QEMUConfig
 	Disk        DiskConfig
+	Update      UpdateConfig
 	// Provenance maps every key ("vm.vcpu") to where its value came from:
 	// "default", "host: 8 CPUs / 4", the config file path, or
 	// "env BANGER_LOG_LEVEL".
@@ -95,6 +96,13 @@ type QEMUConfig struct {
 // DiskConfig is [disk].
 type DiskConfig struct {
 	CoW string // cow: auto | dm | reflink | copy (default auto)
+}
+
+// UpdateConfig is [update]: the release channel `banger update` uses.
+// Empty values mean the defaults stamped into the build.
+type UpdateConfig struct {
+	ManifestURL string // manifest_url: the channel's manifest.json
+	PubKeyFile  string // pubkey_file: PEM public key releases must be signed with
 }
 
 // HostInfo is what the defaults are derived from.

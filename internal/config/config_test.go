@@ -71,7 +71,7 @@ func TestDefaultValues(t *testing.T) {
 		"network.dns_listen": `"127.0.0.1:5354"`, "network.uplink": `""`, "images.mirror": `""`,
 		"images.suite": `"bookworm"`, "firecracker.binary": `"firecracker"`, "firecracker.jailer": `"jailer"`,
 		"firecracker.use_jailer": "false", "qemu.binary": `"qemu-system-x86_64"`, "qemu.machine": `"microvm"`,
-		"disk.cow": `"auto"`,
+		"disk.cow": `"auto"`, "update.manifest_url": `""`, "update.pubkey_file": `""`,
 	}
 	if len(got) != len(want) {
 		t.Errorf("Settings has %d keys, want %d", len(got), len(want))
@@ -120,6 +120,9 @@ binary = "/usr/local/bin/qemu-system-x86_64"
 machine = "q35"
 [disk]
 cow = "reflink"
+[update]
+manifest_url = "http://127.0.0.1:8080/manifest.json"
+pubkey_file = "/etc/banger/release.pub"
 `)
 	c, err := Load(path, HostInfo{8, 16 * gib}, noEnv)
 	if err != nil {
@@ -133,6 +136,7 @@ cow = "reflink"
 		Firecracker: FirecrackerConfig{Binary: "/opt/fc/firecracker", Jailer: "/opt/fc/jailer", UseJailer: true},
 		QEMU:        QEMUConfig{Binary: "/usr/local/bin/qemu-system-x86_64", Machine: "q35"},
 		Disk:        DiskConfig{CoW: "reflink"},
+		Update:      UpdateConfig{ManifestURL: "http://127.0.0.1:8080/manifest.json", PubKeyFile: "/etc/banger/release.pub"},
 	}
 	got := *c
 	got.Provenance = nil
@@ -147,7 +151,7 @@ cow = "reflink"
 }
 
 func equalConfig(a, b Config) bool {
-	return a.LogLevel == b.LogLevel && a.VM == b.VM && a.Network == b.Network && a.Images == b.Images &&
+	return a.LogLevel == b.LogLevel && a.VM == b.VM && a.Network == b.Network && a.Images == b.Images && a.Update == b.Update &&
 		a.Firecracker == b.Firecracker && a.QEMU == b.QEMU && a.Disk == b.Disk
 }
 

@@ -91,7 +91,20 @@ func fields() []field {
 
 		{key: "disk.cow", accepted: strings.Join(cows, ", "),
 			ptr: func(c *Config) any { return &c.Disk.CoW }, check: func(c *Config) error { return oneOf(c.Disk.CoW, cows) }},
+
+		{key: "update.manifest_url", accepted: `"" (the URL built into banger) or an http, https or file URL`,
+			ptr: func(c *Config) any { return &c.Update.ManifestURL }, check: func(c *Config) error { return optional(c.Update.ManifestURL, mirrorURL) }},
+		{key: "update.pubkey_file", accepted: `"" (the key built into banger) or the absolute path of a PEM public key`,
+			ptr: func(c *Config) any { return &c.Update.PubKeyFile }, check: func(c *Config) error { return optional(c.Update.PubKeyFile, absPath) }},
 	}
+}
+
+// absPath accepts an absolute, clean path.
+func absPath(v string) error {
+	if !filepath.IsAbs(v) || filepath.Clean(v) != v {
+		return errors.New("not an absolute clean path")
+	}
+	return nil
 }
 
 // format renders the field's current value in TOML syntax.

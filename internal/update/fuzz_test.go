@@ -1,0 +1,62 @@
+package update
+
+import (
+	"bytes"
+	"testing"
+)
+
+// FuzzParseManifest: never panics; whatever it accepts has valid
+// versions, clean relative references and a Latest that Find returns.
+func FuzzParseManifest(f *testing.F) {
+	f.Add([]byte(`{"schema":1,"latest":"v1.0.0","releases":[{"version":"v1.0.0","tarball":"v1.0.0/banger_v1.0.0_linux_amd64.tar.gz","sha256sums":"v1.0.0/SHA256SUMS","signature":"v1.0.0/SHA256SUMS.sig","released_at":"2026-01-01T00:00:00Z"}]}`))
+	f.Add([]byte(`{"schema":1,"latest":"v1.0.0","releases":[{"version":"v1.0.0","tarball":"../x","sha256sums":"a","signature":"b"}]}`))
+	f.Add([]byte(`{"schema":2}`))
+	f.Add([]byte(`[]`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		m, err := ParseManifest(data)
+		if err != nil {
+			return
+		}
+		if _, err := m.Find(""); err != nil {
+			t.Fatalf("accepted manifest has no latest: %v", err)
+		}
+		for _, r := range m.Releases {
+			if !ValidVersion(r.Version) {
+				t.Fatalf("accepted version %q", r.Version)
+			}
+			for _, ref := range []string{r.Tarball, r.Sums, r.Signature} {
+				if checkRef(ref) != nil || bytes.Contains([]byte(ref), []byte("..")) && (ref == ".." || bytes.HasPrefix([]byte(ref), []byte("../"))) {
+					t.Fatalf("accepted reference %q", ref)
+				}
+			}
+		}
+	})
+}
+
+// FuzzParseSums: never panics; what it accepts round-trips through
+// Format and names only plain files.
+func FuzzParseSums(f *testing.F) {
+	f.Add([]byte("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855  banger_v1.0.0_linux_amd64.tar.gz\n"))
+	f.Add([]byte("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855 *a\ne3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855  ../b\n"))
+	f.Add([]byte("zz  a\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		s, err := ParseSums(data)
+		if err != nil {
+			return
+		}
+		for name := range s {
+			if name == "" || bytes.ContainsAny([]byte(name), "/\\\n") || name == ".." {
+				t.Fatalf("accepted name %q", name)
+			}
+		}
+		again, err := ParseSums(s.Format())
+		if err != nil || len(again) != len(s) {
+			t.Fatalf("Format does not round-trip: %v", err)
+		}
+		for k, v := range s {
+			if again[k] != v {
+				t.Fatalf("round trip changed %q", k)
+			}
+		}
+	})
+}

@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/BurntSushi/toml"
 	"github.com/spf13/cobra"
 
 	"github.com/bangerdev/banger/internal/api"
@@ -19,19 +18,14 @@ import (
 	"github.com/bangerdev/banger/internal/hostexec"
 	"github.com/bangerdev/banger/internal/paths"
 	"github.com/bangerdev/banger/internal/rpc"
+	"github.com/bangerdev/banger/internal/system"
 	"github.com/bangerdev/banger/internal/update"
 )
 
-// System install locations (internal/system owns them; repeated here
-// until it lands).
-const (
-	systemCLIPath    = "/usr/local/bin/banger"
-	systemDaemonPath = "/usr/local/lib/banger/bangerd"
-	systemRecordPath = "/etc/banger/install.toml"
-	// systemUpdateCache is root's own: the owner must not be able to
-	// plant anything root then installs.
-	systemUpdateCache = "/var/cache/banger-update"
-)
+// systemUpdateCache is root's own download and staging directory in
+// system mode: /var/cache/banger belongs to the owner, who must not be
+// able to plant anything root then installs.
+const systemUpdateCache = "/var/cache/banger-update"
 
 func (a *app) updateCmd() *cobra.Command {
 	var check, dryRun, force, rollback, asJSON bool
@@ -179,9 +173,9 @@ func (a *app) updater(manifestURL, pubkeyFile string, rollback bool) (*update.Up
 		Out:         a.env.Stderr,
 	}
 	if layout.Mode == paths.ModeSystem {
-		u.Install = update.Installation{Targets: []update.Target{{Name: "banger", Path: systemCLIPath}, {Name: "bangerd", Path: systemDaemonPath}}}
+		u.Install = update.Installation{Targets: []update.Target{{Name: system.CLIBinary, Path: system.CLIPath}, {Name: system.DaemonBinary, Path: system.DaemonPath}}}
 		u.CacheDir = systemUpdateCache
-		u.Services = &systemServices{a: a, layout: layout, runner: runner, cli: systemCLIPath}
+		u.Services = &systemServices{a: a, layout: layout, runner: runner, install: u.Install, cacheDir: systemUpdateCache}
 		return u, nil
 	}
 	self, err := os.Executable()
@@ -286,10 +280,11 @@ func (s *userServices) Running(ctx context.Context) (buildinfo.Info, error) {
 // systemServices drives the systemd units through the installed banger
 // CLI, so that unit templates come from the build now installed.
 type systemServices struct {
-	a      *app
-	layout paths.Layout
-	runner hostexec.Runner
-	cli    string
+	a        *app
+	layout   paths.Layout
+	runner   hostexec.Runner
+	install  update.Installation
+	cacheDir string
 }
 
 func (s *systemServices) Mode() update.Mode { return update.ModeSystem }
@@ -297,21 +292,42 @@ func (s *systemServices) InFlight(ctx context.Context) ([]string, error) {
 	return inFlight(ctx, s.layout)
 }
 
+// RefreshUnits runs the installed build's `banger system install
+// --no-start` for the recorded owner: it re-renders both units from that
+// build's templates, rewrites the install record (with that build's
+// version) and reloads systemd. Install takes bangerd from the directory
+// of the banger it runs, so both are linked into a private directory
+// first.
 func (s *systemServices) RefreshUnits(ctx context.Context) error {
-	var rec struct {
-		Owner struct {
-			User string `toml:"user"`
-		} `toml:"owner"`
+	rec, err := system.ReadRecord("")
+	if err != nil {
+		return err
 	}
-	if _, err := toml.DecodeFile(systemRecordPath, &rec); err != nil || rec.Owner.User == "" {
-		return fmt.Errorf("read the install record %s: %v (re-run `sudo banger system install --owner USER`)", systemRecordPath, err)
+	dir, err := os.MkdirTemp(s.cacheDir, "units-*")
+	if err != nil {
+		return fmt.Errorf("refresh units: %w", err)
 	}
-	_, err := s.runner.Run(ctx, hostexec.Cmd{Name: s.cli, Args: []string{"system", "install", "--owner", rec.Owner.User, "--no-start"}})
+	defer os.RemoveAll(dir)
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return err
+	}
+	for _, t := range s.install.Targets {
+		if err := os.Link(t.Path, filepath.Join(dir, t.Name)); err != nil {
+			data, rerr := os.ReadFile(t.Path)
+			if rerr != nil {
+				return fmt.Errorf("refresh units: %w", rerr)
+			}
+			if err := os.WriteFile(filepath.Join(dir, t.Name), data, 0o755); err != nil {
+				return fmt.Errorf("refresh units: %w", err)
+			}
+		}
+	}
+	_, err = s.runner.Run(ctx, hostexec.Cmd{Name: filepath.Join(dir, system.CLIBinary), Args: []string{"system", "install", "--owner", rec.Owner.User, "--no-start"}})
 	return err
 }
 
 func (s *systemServices) Restart(ctx context.Context) error {
-	_, err := s.runner.Run(ctx, hostexec.Cmd{Name: s.cli, Args: []string{"system", "restart"}})
+	_, err := s.runner.Run(ctx, hostexec.Cmd{Name: s.install.Path(system.CLIBinary), Args: []string{"system", "restart"}})
 	return err
 }
 

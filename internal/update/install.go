@@ -79,10 +79,19 @@ func (in Installation) HasPrevious() error {
 	return nil
 }
 
+// Swapped is an installed update that can still be undone.
+type Swapped struct {
+	in Installation
+	// saved holds, per target path, a temporary link to the .previous
+	// copy the swap replaced ("" when there was none).
+	saved map[string]string
+}
+
 // Swap installs the staged files: each target's current file becomes
-// <path>.previous and the staged file takes its place. On error every
-// target already swapped is put back.
-func (in Installation) Swap(st *Staged) (err error) {
+// <path>.previous and the staged file takes its place. The .previous
+// copies it replaces are kept aside until Commit, so Undo restores the
+// install exactly. On error the install is as it was.
+func (in Installation) Swap(st *Staged) (_ *Swapped, err error) {
 	// 1. Copy every staged file next to its target and check its hash.
 	tmps := map[string]string{}
 	defer func() {
@@ -93,43 +102,87 @@ func (in Installation) Swap(st *Staged) (err error) {
 	for _, t := range in.Targets {
 		src := st.Files[t.Name]
 		if src == "" {
-			return fmt.Errorf("%w: staged release lacks %s", ErrBadArchive, t.Name)
+			return nil, fmt.Errorf("%w: staged release lacks %s", ErrBadArchive, t.Name)
 		}
 		tmp, err := copyInto(src, filepath.Dir(t.Path), "."+filepath.Base(t.Path)+".new-*")
 		if err != nil {
-			return fmt.Errorf("install %s: %w", t.Path, err)
+			return nil, fmt.Errorf("install %s: %w", t.Path, err)
 		}
 		tmps[t.Name] = tmp
 		if got, err := hashFile(tmp); err != nil || got != st.Sums[t.Name] {
-			return fmt.Errorf("%w: %s changed while being installed", ErrHashMismatch, t.Name)
+			return nil, fmt.Errorf("%w: %s changed while being installed", ErrHashMismatch, t.Name)
+		}
+		if _, err := os.Lstat(t.Path); err != nil {
+			return nil, fmt.Errorf("install %s: %w (install banger first)", t.Path, err)
 		}
 	}
-	// 2. Keep the current files as .previous (atomically replacing an
-	// older .previous).
+	sw := &Swapped{in: in, saved: map[string]string{}}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, sw.Undo())
+		}
+	}()
+	// 2. Set the old .previous aside and keep the current file as the new
+	// .previous; 3. rename the new file into place.
 	for _, t := range in.Targets {
-		if _, err := os.Lstat(t.Path); errors.Is(err, fs.ErrNotExist) {
-			os.Remove(t.Path + PreviousSuffix)
-			continue
+		prev := t.Path + PreviousSuffix
+		sw.saved[t.Path] = ""
+		if _, err := os.Lstat(prev); err == nil {
+			saved, err := cloneInto(prev, filepath.Dir(t.Path), "."+filepath.Base(t.Path)+".saved-*")
+			if err != nil {
+				return sw, fmt.Errorf("keep %s: %w", prev, err)
+			}
+			sw.saved[t.Path] = saved
 		}
 		if err := keepPrevious(t.Path); err != nil {
-			return err
+			return sw, err
 		}
-	}
-	// 3. Rename the new files into place.
-	var done []Target
-	for _, t := range in.Targets {
 		if err := os.Rename(tmps[t.Name], t.Path); err != nil {
-			rerr := in.restore(done)
-			return errors.Join(fmt.Errorf("install %s: %w", t.Path, err), rerr)
+			return sw, fmt.Errorf("install %s: %w", t.Path, err)
 		}
 		delete(tmps, t.Name)
-		done = append(done, t)
 		if err := syncDir(filepath.Dir(t.Path)); err != nil {
-			rerr := in.restore(done)
-			return errors.Join(fmt.Errorf("install %s: %w", t.Path, err), rerr)
+			return sw, err
 		}
 	}
-	return nil
+	return sw, nil
+}
+
+// Commit forgets the .previous copies the swap replaced.
+func (s *Swapped) Commit() {
+	for _, saved := range s.saved {
+		if saved != "" {
+			os.Remove(saved)
+		}
+	}
+	s.saved = nil
+}
+
+// Undo puts back every binary the swap replaced, and the .previous copies
+// as they were before it.
+func (s *Swapped) Undo() error {
+	var errs []error
+	for _, t := range s.in.Targets {
+		saved, touched := s.saved[t.Path]
+		if !touched {
+			continue
+		}
+		prev := t.Path + PreviousSuffix
+		if err := os.Rename(prev, t.Path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("restore %s: %w", t.Path, err))
+			continue
+		}
+		if saved != "" {
+			if err := os.Rename(saved, prev); err != nil {
+				errs = append(errs, fmt.Errorf("restore %s: %w", prev, err))
+			}
+		}
+		if err := syncDir(filepath.Dir(t.Path)); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	s.saved = nil
+	return errors.Join(errs...)
 }
 
 // Restore swaps every target with its .previous copy, so running it twice
@@ -140,15 +193,6 @@ func (in Installation) Restore() error {
 		return err
 	}
 	return in.restore(in.Targets)
-}
-
-// DropPrevious removes the .previous copies (after an automatic rollback
-// they hold the build that failed).
-func (in Installation) DropPrevious() {
-	for _, t := range in.Targets {
-		os.Remove(t.Path + PreviousSuffix)
-		_ = syncDir(filepath.Dir(t.Path))
-	}
 }
 
 func (in Installation) restore(targets []Target) error {

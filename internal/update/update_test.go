@@ -540,6 +540,20 @@ func TestNewDaemonNotComingUpRollsBack(t *testing.T) {
 	if got := strings.Join(f.services.calls, ","); got != "inflight,refresh,restart v1.1.0,refresh,restart v1.0.0" {
 		t.Errorf("service calls %q", got)
 	}
+
+	// With a .previous from an earlier update, the rollback restores it
+	// too: --rollback still reaches the build before.
+	f.services.failVersion = ""
+	f.publish(fakeBinary{version: "v1.2.0"})
+	if _, err := f.updater().Update(context.Background(), Options{To: "v1.1.0"}); err != nil {
+		t.Fatal(err)
+	}
+	f.services.failVersion = "v1.2.0"
+	before = f.snapshot()
+	if _, err := f.updater().Update(context.Background(), Options{To: "v1.2.0"}); !errors.Is(err, ErrRolledBack) {
+		t.Fatalf("err = %v", err)
+	}
+	assertUnchanged(t, f, before)
 }
 
 func TestNewDoctorFailRollsBackButOldFailsDoNot(t *testing.T) {

@@ -276,15 +276,16 @@ func (u *Updater) Update(ctx context.Context, o Options) (*Result, error) {
 	}
 	baseline := u.doctorFails(ctx)
 	u.logf("installing %s", plan.Target)
-	if err := u.Install.Swap(st); err != nil {
+	sw, err := u.Install.Swap(st)
+	if err != nil {
 		return nil, fmt.Errorf("install: %w (the previous install is in place)", err)
 	}
-	res.Installed = true
 	daemon, err := u.activate(ctx, plan.Target, baseline)
 	if err != nil {
-		res.Installed = false
-		return res, u.rollback(ctx, err)
+		return nil, u.rollback(ctx, sw, err)
 	}
+	sw.Commit()
+	res.Installed = true
 	res.Daemon = daemon
 	u.logf("banger %s installed; %s kept as %s", plan.Target, plan.Current, PreviousSuffix)
 	return res, nil
@@ -327,14 +328,14 @@ func (u *Updater) activate(ctx context.Context, version string, baseline []strin
 	return b.Version, nil
 }
 
-// rollback restores .previous after a failed activation.
-func (u *Updater) rollback(ctx context.Context, cause error) error {
+// rollback undoes a swap whose activation failed, restoring the binaries
+// and .previous copies as they were, then restarts the old build.
+func (u *Updater) rollback(ctx context.Context, sw *Swapped, cause error) error {
 	u.logf("update failed: %v", cause)
 	u.logf("rolling back to the previous install")
-	if err := u.Install.Restore(); err != nil {
-		return fmt.Errorf("%w: %v; then: %v; restore by hand: mv each binary's %s copy back and run `banger update --rollback`", ErrRollbackFailed, cause, err, PreviousSuffix)
+	if err := sw.Undo(); err != nil {
+		return fmt.Errorf("%w: %v; then: %v; restore by hand: move each binary's %s copy back and restart (`banger system restart` or `banger daemon stop`)", ErrRollbackFailed, cause, err, PreviousSuffix)
 	}
-	u.Install.DropPrevious()
 	var errs []error
 	if err := u.Services.RefreshUnits(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("refresh units: %w", err))

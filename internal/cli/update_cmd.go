@@ -176,6 +176,12 @@ func (a *app) updater(manifestURL, pubkeyFile string, rollback bool) (*update.Up
 		u.Install = update.Installation{Targets: []update.Target{{Name: system.CLIBinary, Path: system.CLIPath}, {Name: system.DaemonBinary, Path: system.DaemonPath}}}
 		u.CacheDir = systemUpdateCache
 		u.Services = &systemServices{a: a, layout: layout, runner: runner, install: u.Install, cacheDir: systemUpdateCache}
+		u.Env = []string{paths.EnvMode + "=" + paths.ModeSystem}
+		if rec, err := system.ReadRecord(a.env.SystemRoot); err == nil {
+			u.RunAsOwner = []string{"setpriv", fmt.Sprintf("--reuid=%d", rec.Owner.UID), fmt.Sprintf("--regid=%d", rec.Owner.GID), "--clear-groups", "--"}
+		} else if !rollback {
+			return nil, err
+		}
 		return u, nil
 	}
 	self, err := os.Executable()
@@ -299,7 +305,7 @@ func (s *systemServices) InFlight(ctx context.Context) ([]string, error) {
 // of the banger it runs, so both are linked into a private directory
 // first.
 func (s *systemServices) RefreshUnits(ctx context.Context) error {
-	rec, err := system.ReadRecord("")
+	rec, err := system.ReadRecord(s.a.env.SystemRoot)
 	if err != nil {
 		return err
 	}

@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/bangerdev/banger/internal/buildinfo"
 	"github.com/bangerdev/banger/internal/hostexec"
+	"github.com/bangerdev/banger/internal/testreq"
 )
 
 // fakeBinary is a shell script standing in for banger and bangerd: it
@@ -753,6 +755,94 @@ func TestCompareVersions(t *testing.T) {
 	} {
 		if got := CompareVersions(c.a, c.b); got != c.want {
 			t.Errorf("CompareVersions(%s, %s) = %d, want %d", c.a, c.b, got, c.want)
+		}
+	}
+}
+
+func TestSharedCacheDirIsRefused(t *testing.T) {
+	f := newFixture(t)
+	f.publish(fakeBinary{version: "v1.1.0"})
+	u := f.updater()
+	if err := os.MkdirAll(u.CacheDir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(u.CacheDir, 0o777)
+	before := f.snapshot()
+	if _, err := u.Update(context.Background(), Options{}); err == nil || !strings.Contains(err.Error(), "writable only by it") {
+		t.Fatalf("err = %v", err)
+	}
+	assertUnchanged(t, f, before)
+}
+
+func TestCheckMigrationsRunsAsOwnerWithEnv(t *testing.T) {
+	f := newFixture(t)
+	f.publish(fakeBinary{version: "v1.1.0"})
+	u := f.updater()
+	rec := &hostexec.Recorder{Respond: func(c hostexec.Cmd) (hostexec.Result, error) {
+		if c.Name == "setpriv" { // run what it wraps, as this user
+			c = hostexec.Cmd{Name: c.Args[4], Args: c.Args[5:], Env: c.Env}
+		}
+		return hostexec.Real{}.Run(context.Background(), c)
+	}}
+	u.Runner = rec
+	u.Env = []string{"BANGER_MODE=system"}
+	u.RunAsOwner = []string{"setpriv", "--reuid=1000", "--regid=1000", "--clear-groups", "--"}
+	if _, err := u.Update(context.Background(), Options{DryRun: true}); err != nil {
+		t.Fatal(err)
+	}
+	var found bool
+	for _, c := range rec.Calls() {
+		if strings.HasSuffix(c.String(), "bangerd --check-migrations") {
+			found = true
+			if !strings.HasPrefix(c.String(), "setpriv --reuid=1000 --regid=1000 --clear-groups -- /") || strings.Join(c.Env, " ") != "BANGER_MODE=system" {
+				t.Errorf("check-migrations ran as %q env %v", c.String(), c.Env)
+			}
+		}
+	}
+	if !found {
+		t.Fatalf("no --check-migrations in %v", rec.Lines())
+	}
+}
+
+// TestOpenSSLSignaturesVerify: keys and signatures made with openssl (an
+// HSM or an operator's own tooling) are accepted, P-256 and ed25519.
+func TestOpenSSLSignaturesVerify(t *testing.T) {
+	testreq.Tools(t, "openssl")
+	dir := t.TempDir()
+	sums := filepath.Join(dir, "SHA256SUMS")
+	os.WriteFile(sums, []byte(strings.Repeat("a", 64)+"  banger_v1.0.0_linux_amd64.tar.gz\n"), 0o644)
+	openssl := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("openssl", args...).CombinedOutput(); err != nil {
+			t.Fatalf("openssl %v: %v\n%s", args, err, out)
+		}
+	}
+	for _, kind := range []struct{ name, sign string }{{"EC", "dgst"}, {"ED25519", "pkeyutl"}} {
+		key, pub, sig := filepath.Join(dir, kind.name+".key"), filepath.Join(dir, kind.name+".pub"), filepath.Join(dir, kind.name+".sig")
+		if kind.name == "EC" {
+			openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", key)
+			openssl("dgst", "-sha256", "-sign", key, "-out", sig, sums)
+		} else {
+			openssl("genpkey", "-algorithm", "ED25519", "-out", key)
+			openssl("pkeyutl", "-sign", "-rawin", "-inkey", key, "-in", sums, "-out", sig)
+		}
+		openssl("pkey", "-in", key, "-pubout", "-out", pub)
+		pubData, _ := os.ReadFile(pub)
+		p, err := ParsePublicKey(pubData)
+		if err != nil {
+			t.Fatalf("%s public key: %v", kind.name, err)
+		}
+		msg, _ := os.ReadFile(sums)
+		sigData, _ := os.ReadFile(sig)
+		if err := p.Verify(msg, sigData); err != nil {
+			t.Errorf("%s: %v", kind.name, err)
+		}
+		if err := p.Verify(append(msg, ' '), sigData); !errors.Is(err, ErrBadSignature) {
+			t.Errorf("%s: a changed SHA256SUMS verified: %v", kind.name, err)
+		}
+		keyData, _ := os.ReadFile(key)
+		if _, err := ParsePrivateKey(keyData); err != nil {
+			t.Errorf("%s private key: %v", kind.name, err)
 		}
 	}
 }

@@ -76,7 +76,14 @@ type Updater struct {
 	// Runner runs the staged and installed binaries (version,
 	// --check-migrations, doctor).
 	Runner hostexec.Runner
-	HTTP   *http.Client // nil = http.DefaultClient
+	// Env is added to the environment of the new binaries' checks (system
+	// mode: BANGER_MODE=system, so they look at the system state store).
+	Env []string
+	// RunAsOwner prefixes `bangerd --check-migrations` (system mode:
+	// setpriv to the owner), so root never opens the owner's state store
+	// and cannot leave root-owned files beside it.
+	RunAsOwner []string
+	HTTP       *http.Client // nil = http.DefaultClient
 	Out    io.Writer    // progress lines; nil = discard
 	Euid   func() int   // nil = os.Geteuid
 	GOOS   string       // "" = runtime.GOOS
@@ -391,7 +398,7 @@ func (u *Updater) Rollback(ctx context.Context, force bool) (string, error) {
 // release's version: a signed tarball cannot be replayed under another
 // version's name.
 func (u *Updater) checkBuild(ctx context.Context, st *Staged, version string) error {
-	res, err := u.Runner.Run(ctx, hostexec.Cmd{Name: st.Files["banger"], Args: []string{"version", "--json"}})
+	res, err := u.Runner.Run(ctx, hostexec.Cmd{Name: st.Files["banger"], Args: []string{"version", "--json"}, Env: u.Env})
 	if err != nil {
 		return fmt.Errorf("%w: the new banger does not run here: %v", ErrBadBuild, err)
 	}
@@ -399,7 +406,7 @@ func (u *Updater) checkBuild(ctx context.Context, st *Staged, version string) er
 	if err := json.Unmarshal(res.Stdout, &b); err != nil || b.Version != version {
 		return fmt.Errorf("%w: the new banger reports version %q, the release is %s", ErrBadBuild, b.Version, version)
 	}
-	res, err = u.Runner.Run(ctx, hostexec.Cmd{Name: st.Files["bangerd"], Args: []string{"--version"}})
+	res, err = u.Runner.Run(ctx, hostexec.Cmd{Name: st.Files["bangerd"], Args: []string{"--version"}, Env: u.Env})
 	if err != nil {
 		return fmt.Errorf("%w: the new bangerd does not run here: %v", ErrBadBuild, err)
 	}
@@ -417,7 +424,11 @@ const (
 )
 
 func (u *Updater) checkMigrations(ctx context.Context, bangerd string) (string, error) {
-	res, err := u.Runner.Run(ctx, hostexec.Cmd{Name: bangerd, Args: []string{"--check-migrations"}})
+	cmd := hostexec.Cmd{Name: bangerd, Args: []string{"--check-migrations"}, Env: u.Env}
+	if len(u.RunAsOwner) > 0 {
+		cmd = hostexec.Cmd{Name: u.RunAsOwner[0], Args: append(append(slices.Clone(u.RunAsOwner[1:]), bangerd), cmd.Args...), Env: u.Env}
+	}
+	res, err := u.Runner.Run(ctx, cmd)
 	detail := strings.TrimSpace(string(res.Stdout))
 	var ee *hostexec.ExitError
 	switch {
@@ -435,7 +446,7 @@ func (u *Updater) checkMigrations(ctx context.Context, bangerd string) (string, 
 // doctor runs the installed `banger doctor --json` and returns the
 // checks that FAIL ("name: message").
 func (u *Updater) doctor(ctx context.Context) ([]string, error) {
-	res, err := u.Runner.Run(ctx, hostexec.Cmd{Name: u.Install.Path("banger"), Args: []string{"doctor", "--json"}})
+	res, err := u.Runner.Run(ctx, hostexec.Cmd{Name: u.Install.Path("banger"), Args: []string{"doctor", "--json"}, Env: u.Env})
 	var outs []struct {
 		Name    string `json:"name"`
 		Status  string `json:"status"`
@@ -468,6 +479,15 @@ func (u *Updater) doctorFails(ctx context.Context) []string {
 func (u *Updater) lock() (func(), error) {
 	if err := os.MkdirAll(u.CacheDir, 0o755); err != nil {
 		return nil, fmt.Errorf("update cache %s: %w", u.CacheDir, err)
+	}
+	// Only this user may write where releases are unpacked before root
+	// installs them.
+	st, err := os.Lstat(u.CacheDir)
+	if err != nil {
+		return nil, fmt.Errorf("update cache %s: %w", u.CacheDir, err)
+	}
+	if sys, ok := st.Sys().(*syscall.Stat_t); !st.IsDir() || !ok || int(sys.Uid) != os.Geteuid() || st.Mode().Perm()&0o022 != 0 {
+		return nil, fmt.Errorf("update cache %s must be a directory owned by uid %d and writable only by it (it is %v): remove it and retry", u.CacheDir, os.Geteuid(), st.Mode())
 	}
 	f, err := os.OpenFile(filepath.Join(u.CacheDir, "update.lock"), os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {

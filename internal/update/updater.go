@@ -84,10 +84,10 @@ type Updater struct {
 	// and cannot leave root-owned files beside it.
 	RunAsOwner []string
 	HTTP       *http.Client // nil = http.DefaultClient
-	Out    io.Writer    // progress lines; nil = discard
-	Euid   func() int   // nil = os.Geteuid
-	GOOS   string       // "" = runtime.GOOS
-	GOARCH string       // "" = runtime.GOARCH
+	Out        io.Writer    // progress lines; nil = discard
+	Euid       func() int   // nil = os.Geteuid
+	GOOS       string       // "" = runtime.GOOS
+	GOARCH     string       // "" = runtime.GOARCH
 }
 
 // Options select what Update does.

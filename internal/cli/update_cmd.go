@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"os"
 	"path/filepath"
 	"time"
@@ -169,7 +168,7 @@ func (a *app) updater(manifestURL, pubkeyFile string, rollback bool) (*update.Up
 		Key:         key,
 		Current:     a.env.Build,
 		Runner:      runner,
-		HTTP:        &http.Client{Timeout: 30 * time.Minute}, // the whole tarball
+		HTTP:        update.NewHTTPClient(),
 		Out:         a.env.Stderr,
 	}
 	if layout.Mode == paths.ModeSystem {

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"time"
 )
 
 // get fetches a small file fully into memory, refusing more than max
@@ -63,7 +64,16 @@ func (u *Updater) client() *http.Client {
 	if u.HTTP != nil {
 		return u.HTTP
 	}
-	return http.DefaultClient
+	return NewHTTPClient()
+}
+
+// NewHTTPClient is the client `banger update` uses: http and https, plus
+// file:// URLs for channels on a local or mounted directory. Every byte it
+// fetches is verified, so redirects are followed.
+func NewHTTPClient() *http.Client {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.RegisterProtocol("file", http.NewFileTransport(http.Dir("/")))
+	return &http.Client{Transport: tr, Timeout: 30 * time.Minute}
 }
 
 // download streams url into dst (created 0644 beside a .partial file),

@@ -61,6 +61,7 @@ type fakeServices struct {
 	install     Installation
 	inFlight    []string
 	failVersion string
+	onRestart   func(version string)
 	calls       []string
 }
 
@@ -79,6 +80,9 @@ func (s *fakeServices) RefreshUnits(context.Context) error { s.record("refresh")
 func (s *fakeServices) Restart(ctx context.Context) error {
 	v, err := s.installed(ctx)
 	s.record("restart " + v)
+	if s.onRestart != nil {
+		s.onRestart(v)
+	}
 	if err != nil {
 		return err
 	}
@@ -845,4 +849,35 @@ func TestOpenSSLSignaturesVerify(t *testing.T) {
 			t.Errorf("%s private key: %v", kind.name, err)
 		}
 	}
+}
+
+func TestFileChannel(t *testing.T) {
+	f := newFixture(t)
+	f.publish(fakeBinary{version: "v1.1.0"})
+	u := f.updater()
+	u.ManifestURL = "file://" + filepath.Join(f.channel, "manifest.json")
+	if _, err := u.Update(context.Background(), Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if f.versionOf("banger") != "v1.1.0" {
+		t.Fatal("not updated from a file:// channel")
+	}
+}
+
+func TestInterruptAfterSwapStillRollsBack(t *testing.T) {
+	f := newFixture(t)
+	f.publish(fakeBinary{version: "v1.1.0"})
+	ctx, cancel := context.WithCancel(context.Background())
+	f.services.onRestart = func(v string) {
+		if v == "v1.1.0" {
+			cancel() // Ctrl-C while the new daemon starts
+		}
+	}
+	f.services.failVersion = "v1.1.0"
+	before := f.snapshot()
+	_, err := f.updater().Update(ctx, Options{})
+	if !errors.Is(err, ErrRolledBack) {
+		t.Fatalf("err = %v", err)
+	}
+	assertUnchanged(t, f, before)
 }

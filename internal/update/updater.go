@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/bangerdev/banger/internal/buildinfo"
 	"github.com/bangerdev/banger/internal/hostexec"
@@ -83,7 +84,7 @@ type Updater struct {
 	// setpriv to the owner), so root never opens the owner's state store
 	// and cannot leave root-owned files beside it.
 	RunAsOwner []string
-	HTTP       *http.Client // nil = http.DefaultClient
+	HTTP       *http.Client // nil = NewHTTPClient()
 	Out        io.Writer    // progress lines; nil = discard
 	Euid       func() int   // nil = os.Geteuid
 	GOOS       string       // "" = runtime.GOOS
@@ -289,7 +290,10 @@ func (u *Updater) Update(ctx context.Context, o Options) (*Result, error) {
 	}
 	daemon, err := u.activate(ctx, plan.Target, baseline)
 	if err != nil {
-		return nil, u.rollback(ctx, sw, err)
+		// Once swapped, an interrupt must not stop the way back.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Minute)
+		defer cancel()
+		return nil, u.rollback(rctx, sw, err)
 	}
 	sw.Commit()
 	res.Installed = true

@@ -138,8 +138,12 @@ type Health struct {
 // Address, the default route via Gateway, /etc/resolv.conf from DNS, and
 // /etc/banger/network.env is rewritten to match), and last the ssh host key
 // (written to /etc/ssh/ssh_host_ed25519_key{,.pub}, then sshd is told to
-// reload). Empty fields are left alone.
+// reload). Empty fields are left alone. Token, when set, replaces the
+// agent's token (TokenPath is rewritten): a VM restored from a snapshot
+// template starts with the template's token, the host authenticates this
+// one request with it and every later frame must carry the VM's own.
 type Identity struct {
+	Token     string    `json:"token,omitempty"` // the VM's own token (hex, 2*TokenBytes digits)
 	Time      time.Time `json:"time"`
 	Entropy   []byte    `json:"entropy,omitempty"`    // ≥ 32 bytes from the host's crypto/rand
 	MachineID string    `json:"machine_id,omitempty"` // 32 lowercase hex digits
@@ -154,6 +158,7 @@ type Identity struct {
 
 // IdentityResult is what the guest reports after applying an Identity.
 type IdentityResult struct {
+	TokenChanged       bool    `json:"token_changed,omitempty"`
 	Hostname           string  `json:"hostname"`
 	Interface          string  `json:"interface,omitempty"` // the interface that got Address
 	MachineID          string  `json:"machine_id"`

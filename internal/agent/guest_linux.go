@@ -1,0 +1,390 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/sys/unix"
+
+	"github.com/bangerdev/banger/internal/hostexec"
+)
+
+// Guest is the System of a real Linux guest. Root and ProcRoot let tests
+// point it at a scratch tree; the kernel-facing steps (clock, RNG,
+// sethostname, sshd reload) run only when Kernel is true.
+type Guest struct {
+	Root     string // filesystem root, "/" in the guest
+	ProcRoot string // "/proc"
+	Runner   hostexec.Runner
+	Version  string // agent build version for Health
+	Kernel   bool   // apply clock, RNG, hostname and sshd reload to the running kernel
+
+	// Now is the clock (time.Now when nil).
+	Now func() time.Time
+}
+
+var _ System = (*Guest)(nil)
+
+func (g *Guest) path(p string) string { return filepath.Join(g.Root, p) }
+
+func (g *Guest) now() time.Time {
+	if g.Now != nil {
+		return g.Now()
+	}
+	return time.Now()
+}
+
+func (g *Guest) read(p string) string {
+	b, _ := os.ReadFile(filepath.Join(g.ProcRoot, p))
+	return strings.TrimSpace(string(b))
+}
+
+// Health implements System.
+func (g *Guest) Health(ctx context.Context) (Health, error) {
+	h := Health{Agent: g.Version, Time: g.now().UTC(), BootID: g.read("sys/kernel/random/boot_id")}
+	h.Hostname = g.read("sys/kernel/hostname")
+	if f := strings.Fields(g.read("uptime")); len(f) > 0 {
+		h.Uptime, _ = strconv.ParseFloat(f[0], 64)
+	}
+	return h, nil
+}
+
+// Ports implements System.
+func (g *Guest) Ports(ctx context.Context) ([]Port, error) { return ListPorts(g.ProcRoot) }
+
+// ApplyIdentity implements System (see Identity for the order; the token
+// file is written last, the server switches to it after success).
+func (g *Guest) ApplyIdentity(ctx context.Context, id Identity) (IdentityResult, error) {
+	var res IdentityResult
+	if !id.Time.IsZero() && g.Kernel {
+		step := id.Time.Sub(g.now())
+		if step > time.Millisecond || step < -time.Millisecond {
+			tv := unix.NsecToTimeval(id.Time.UnixNano())
+			if err := unix.Settimeofday(&tv); err != nil {
+				return res, fmt.Errorf("set clock: %w", err)
+			}
+			res.ClockStep = step.Seconds()
+		}
+	}
+	if len(id.Entropy) > 0 && g.Kernel {
+		bits, err := addEntropy(id.Entropy)
+		if err != nil {
+			return res, fmt.Errorf("reseed rng: %w", err)
+		}
+		res.EntropyBits = bits
+	}
+	if id.MachineID != "" {
+		if err := g.writeFile("/etc/machine-id", []byte(id.MachineID+"\n"), 0o444); err != nil {
+			return res, err
+		}
+	}
+	if id.Hostname != "" {
+		if err := g.applyHostname(id); err != nil {
+			return res, err
+		}
+	}
+	if id.Address != "" {
+		iface, err := g.applyNetwork(ctx, id)
+		if err != nil {
+			return res, err
+		}
+		res.Interface = iface
+	}
+	if len(id.HostKey) > 0 {
+		fp, err := g.applyHostKey(ctx, id)
+		if err != nil {
+			return res, err
+		}
+		res.HostKeyFingerprint = fp
+	}
+	if id.Token != "" {
+		if err := os.MkdirAll(g.path("/etc/banger"), 0o755); err != nil {
+			return res, fmt.Errorf("token: %w", err)
+		}
+		if err := g.writeFile(TokenPath, []byte(id.Token+"\n"), 0o600); err != nil {
+			return res, err
+		}
+	}
+	res.MachineID = strings.TrimSpace(string(must(os.ReadFile(g.path("/etc/machine-id")))))
+	if g.Kernel {
+		res.Hostname = g.read("sys/kernel/hostname")
+	} else {
+		res.Hostname = strings.TrimSpace(string(must(os.ReadFile(g.path("/etc/hostname")))))
+	}
+	return res, nil
+}
+
+func must(b []byte, _ error) []byte { return b }
+
+// writeFile replaces a file atomically (temp file in the same directory,
+// fsync, rename).
+func (g *Guest) writeFile(p string, data []byte, mode os.FileMode) error {
+	full := g.path(p)
+	tmp, err := os.CreateTemp(filepath.Dir(full), "."+filepath.Base(full)+".banger-")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", p, err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err == nil {
+		err = tmp.Chmod(mode)
+	}
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), full)
+	}
+	if err != nil {
+		return fmt.Errorf("write %s: %w", p, err)
+	}
+	return nil
+}
+
+// addEntropy mixes b into the kernel pool crediting 8 bits a byte
+// (RNDADDENTROPY), then forces the CRNG to reseed from it (RNDRESEEDCRNG),
+// so two VMs restored from one snapshot diverge immediately.
+func addEntropy(b []byte) (int, error) {
+	f, err := os.OpenFile("/dev/urandom", os.O_WRONLY, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	// struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+	buf := make([]byte, 8+len(b)+3)
+	bits := len(b) * 8
+	*(*int32)(unsafe.Pointer(&buf[0])) = int32(bits)
+	*(*int32)(unsafe.Pointer(&buf[4])) = int32(len(b))
+	copy(buf[8:], b)
+	if _, _, e := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.RNDADDENTROPY, uintptr(unsafe.Pointer(&buf[0]))); e != 0 {
+		return 0, fmt.Errorf("RNDADDENTROPY: %w", e)
+	}
+	if _, _, e := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.RNDRESEEDCRNG, 0); e != 0 && e != unix.EINVAL && e != unix.ENOTTY {
+		// Kernels before 4.17 have no RNDRESEEDCRNG; the credited entropy
+		// still reseeds them at the next interval.
+		return bits, fmt.Errorf("RNDRESEEDCRNG: %w", e)
+	}
+	return bits, nil
+}
+
+func (g *Guest) applyHostname(id Identity) error {
+	if err := g.writeFile("/etc/hostname", []byte(id.Hostname+"\n"), 0o644); err != nil {
+		return err
+	}
+	fqdn := id.Hostname
+	if id.Domain != "" {
+		fqdn = id.Hostname + "." + id.Domain + " " + id.Hostname
+	}
+	hosts := fmt.Sprintf("127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n", fqdn)
+	if err := g.writeFile("/etc/hosts", []byte(hosts), 0o644); err != nil {
+		return err
+	}
+	if g.Kernel {
+		if err := unix.Sethostname([]byte(id.Hostname)); err != nil {
+			return fmt.Errorf("sethostname: %w", err)
+		}
+	}
+	return nil
+}
+
+// NetworkScript is the guest contract's network step (internal/image).
+const NetworkScript = "/usr/lib/banger/banger-network"
+
+// applyNetwork rewrites network.env and runs the guest contract's network
+// script, which flushes the interface, sets the address, the default route
+// and resolv.conf. When no interface has id.MAC (a snapshot restored with
+// the template's NIC) and there is exactly one candidate, its MAC is set
+// to id.MAC first.
+func (g *Guest) applyNetwork(ctx context.Context, id Identity) (string, error) {
+	iface := ""
+	if id.MAC != "" && g.Kernel {
+		var err error
+		iface, err = g.ensureMAC(ctx, id.MAC)
+		if err != nil {
+			return "", err
+		}
+	}
+	var env strings.Builder
+	for _, kv := range [][2]string{{"ADDRESS", id.Address}, {"GATEWAY", id.Gateway}, {"DNS", strings.Join(id.DNS, ",")}, {"MAC", id.MAC}} {
+		if kv[1] != "" {
+			fmt.Fprintf(&env, "%s=%s\n", kv[0], kv[1])
+		}
+	}
+	if err := os.MkdirAll(g.path("/etc/banger"), 0o755); err != nil {
+		return "", fmt.Errorf("network: %w", err)
+	}
+	if err := g.writeFile("/etc/banger/network.env", []byte(env.String()), 0o644); err != nil {
+		return "", err
+	}
+	if !g.Kernel {
+		return iface, nil
+	}
+	if _, err := g.Runner.Run(ctx, hostexec.Cmd{Name: NetworkScript}); err != nil {
+		return iface, fmt.Errorf("network: %w", err)
+	}
+	return iface, nil
+}
+
+func (g *Guest) ensureMAC(ctx context.Context, mac string) (string, error) {
+	want, err := net.ParseMAC(mac)
+	if err != nil {
+		return "", fmt.Errorf("network: %w", err)
+	}
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return "", fmt.Errorf("network: %w", err)
+	}
+	var cands []net.Interface
+	for _, i := range ifs {
+		if i.Flags&net.FlagLoopback != 0 || len(i.HardwareAddr) != 6 {
+			continue
+		}
+		if bytes.Equal(i.HardwareAddr, want) {
+			return i.Name, nil
+		}
+		cands = append(cands, i)
+	}
+	if len(cands) != 1 {
+		return "", fmt.Errorf("network: no interface has MAC %s and there are %d others to choose from", mac, len(cands))
+	}
+	name := cands[0].Name
+	for _, args := range [][]string{{"link", "set", "dev", name, "down"}, {"link", "set", "dev", name, "address", want.String()}, {"link", "set", "dev", name, "up"}} {
+		if _, err := g.Runner.Run(ctx, hostexec.Cmd{Name: g.ipTool(), Args: args}); err != nil {
+			return "", fmt.Errorf("network: set MAC of %s: %w", name, err)
+		}
+	}
+	return name, nil
+}
+
+func (g *Guest) ipTool() string {
+	for _, p := range []string{"/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"} {
+		if _, err := os.Stat(g.path(p)); err == nil {
+			return p
+		}
+	}
+	return "ip"
+}
+
+// applyHostKey installs the VM's ssh host key, tells the running sshd to
+// reload (SIGHUP to the listener: it re-executes itself and reads its keys
+// again; existing sessions are untouched) and waits until sshd on
+// 127.0.0.1:22 serves the new key, so the host's first pinned connection
+// cannot meet the old one.
+func (g *Guest) applyHostKey(ctx context.Context, id Identity) (string, error) {
+	signer, err := ssh.ParsePrivateKey(id.HostKey)
+	if err != nil {
+		return "", fmt.Errorf("host key: %w", err)
+	}
+	name := id.Hostname
+	if name == "" {
+		name = "banger"
+	}
+	pub := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(signer.PublicKey()))) + " root@" + name + "\n"
+	if err := os.MkdirAll(g.path("/etc/ssh"), 0o755); err != nil {
+		return "", fmt.Errorf("host key: %w", err)
+	}
+	if err := g.writeFile("/etc/ssh/ssh_host_ed25519_key", id.HostKey, 0o600); err != nil {
+		return "", err
+	}
+	if err := g.writeFile("/etc/ssh/ssh_host_ed25519_key.pub", []byte(pub), 0o644); err != nil {
+		return "", err
+	}
+	fp := ssh.FingerprintSHA256(signer.PublicKey())
+	if !g.Kernel {
+		return fp, nil
+	}
+	pid := g.sshdListener()
+	if pid == 0 {
+		return fp, nil // no sshd running (yet): it reads the new key when it starts
+	}
+	if err := syscall.Kill(pid, syscall.SIGHUP); err != nil {
+		return fp, fmt.Errorf("reload sshd (pid %d): %w", pid, err)
+	}
+	if err := waitHostKey(ctx, "127.0.0.1:22", signer.PublicKey(), 10*time.Second); err != nil {
+		return fp, fmt.Errorf("reload sshd: %w", err)
+	}
+	return fp, nil
+}
+
+// sshdListener finds the sshd that listens (comm sshd, parent not sshd).
+func (g *Guest) sshdListener() int {
+	ents, _ := os.ReadDir(g.ProcRoot)
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if g.read(e.Name()+"/comm") != "sshd" {
+			continue
+		}
+		stat := g.read(e.Name() + "/stat")
+		i := strings.LastIndexByte(stat, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(stat[i+1:])
+		if len(f) < 2 {
+			continue
+		}
+		if g.read(f[1]+"/comm") == "sshd" {
+			continue
+		}
+		return pid
+	}
+	return 0
+}
+
+// errWrongKey ends a probe handshake once the host key is known.
+var errWrongKey = errors.New("host key differs")
+
+// waitHostKey polls addr until its ssh server presents want.
+func waitHostKey(ctx context.Context, addr string, want ssh.PublicKey, limit time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	wantBytes := want.Marshal()
+	var last error
+	for {
+		match := false
+		cfg := &ssh.ClientConfig{
+			User:              "banger-agent-probe",
+			HostKeyAlgorithms: []string{want.Type()},
+			HostKeyCallback: func(_ string, _ net.Addr, key ssh.PublicKey) error {
+				if bytes.Equal(key.Marshal(), wantBytes) {
+					match = true
+					return errors.New("probe done")
+				}
+				return errWrongKey
+			},
+			Timeout: 2 * time.Second,
+		}
+		var d net.Dialer
+		conn, err := d.DialContext(ctx, "tcp", addr)
+		if err == nil {
+			_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
+			_, _, _, err = ssh.NewClientConn(conn, addr, cfg)
+			conn.Close()
+		}
+		if match {
+			return nil
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("sshd does not serve the new host key: %v", last)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}

@@ -1,0 +1,139 @@
+package agent_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bangerdev/banger/internal/agent"
+	"github.com/bangerdev/banger/internal/agent/agenttest"
+)
+
+func errorsIs(err, target error) bool { return errors.Is(err, target) }
+
+// rawSession serves one session on a pipe and returns the host end.
+func rawSession(t *testing.T) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	host, guest := net.Pipe()
+	srv := agenttest.NewServer(&agenttest.FakeSystem{}, t.TempDir())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(context.Background(), guest) }()
+	t.Cleanup(func() {
+		host.Close()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Error("session did not end after the host closed")
+		}
+	})
+	_ = host.SetDeadline(time.Now().Add(10 * time.Second))
+	return host, bufio.NewReaderSize(host, agent.MaxFrame)
+}
+
+func send(t *testing.T, c net.Conn, line string) {
+	t.Helper()
+	if _, err := c.Write([]byte(line + "\n")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func recv(t *testing.T, r *bufio.Reader) *agent.Frame {
+	t.Helper()
+	line, err := r.ReadBytes('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := agent.DecodeFrame(line[:len(line)-1])
+	if err != nil {
+		t.Fatalf("guest sent %q: %v", line, err)
+	}
+	return f
+}
+
+func frame(id uint64, kind, token string, v int) string {
+	b, _ := json.Marshal(agent.Frame{V: v, ID: id, Kind: kind, Token: token})
+	return string(b)
+}
+
+func TestServerAuth(t *testing.T) {
+	c, r := rawSession(t)
+	cases := []struct {
+		name, line string
+		id         uint64
+		code       string
+	}{
+		{"no token", frame(1, agent.KindPing, "", agent.Protocol), 1, agent.CodeUnauthorized},
+		{"wrong token", frame(2, agent.KindPing, strings.Repeat("0", 64), agent.Protocol), 2, agent.CodeUnauthorized},
+		{"token prefix", frame(3, agent.KindPing, agenttest.Token[:63], agent.Protocol), 3, agent.CodeUnauthorized},
+		{"token longer", frame(4, agent.KindPing, agenttest.Token+"0", agent.Protocol), 4, agent.CodeUnauthorized},
+		{"wrong version", frame(5, agent.KindPing, agenttest.Token, agent.Protocol+1), 5, agent.CodeBadVersion},
+		{"not a request", frame(6, agent.KindResult, agenttest.Token, agent.Protocol), 6, agent.CodeBadRequest},
+		{"garbage", "\x00\xffnot json at all", 0, agent.CodeBadRequest},
+		{"unknown kind", `{"v":1,"id":7,"kind":"reboot","token":"` + agenttest.Token + `"}`, 0, agent.CodeBadRequest},
+		{"no id", `{"v":1,"kind":"ping","token":"` + agenttest.Token + `"}`, 0, agent.CodeBadRequest},
+		{"bad identity", `{"v":1,"id":8,"kind":"identity","token":"` + agenttest.Token + `","body":{"hostname":"-x"}}`, 8, agent.CodeBadRequest},
+		{"identity not an object", `{"v":1,"id":9,"kind":"identity","token":"` + agenttest.Token + `","body":[1]}`, 9, agent.CodeBadRequest},
+	}
+	for _, tc := range cases {
+		send(t, c, tc.line)
+		f := recv(t, r)
+		if f.Kind != agent.KindError || f.ID != tc.id || f.Error.Code != tc.code {
+			t.Errorf("%s: got %+v (error %+v), want error %s for id %d", tc.name, f, f.Error, tc.code, tc.id)
+		}
+	}
+	// The session survived all of it.
+	send(t, c, frame(10, agent.KindPing, agenttest.Token, agent.Protocol))
+	if f := recv(t, r); f.Kind != agent.KindResult || f.ID != 10 {
+		t.Fatalf("ping after rejects: %+v", f)
+	}
+}
+
+func TestServerOversizedFrame(t *testing.T) {
+	c, r := rawSession(t)
+	big := `{"v":1,"id":1,"kind":"ping","token":"` + agenttest.Token + `","body":"` + strings.Repeat("x", agent.MaxFrame) + `"}`
+	go func() { _, _ = c.Write([]byte(big + "\n" + frame(2, agent.KindPing, agenttest.Token, agent.Protocol) + "\n")) }()
+	f := recv(t, r)
+	if f.Kind != agent.KindError || f.Error.Code != agent.CodeTooLarge || f.ID != 0 {
+		t.Fatalf("oversized frame: got %+v", f)
+	}
+	if f := recv(t, r); f.Kind != agent.KindResult || f.ID != 2 {
+		t.Fatalf("frame after the oversized one: %+v", f)
+	}
+}
+
+func TestServerTokenRotation(t *testing.T) {
+	c, r := rawSession(t)
+	newTok := strings.Repeat("ab", 32)
+	body, _ := json.Marshal(agent.Identity{Token: newTok})
+	f := agent.Frame{V: agent.Protocol, ID: 1, Kind: agent.KindIdentity, Token: agenttest.Token, Body: body}
+	b, _ := json.Marshal(f)
+	send(t, c, string(b))
+	if got := recv(t, r); got.Kind != agent.KindResult {
+		t.Fatalf("identity: %+v %+v", got, got.Error)
+	}
+	send(t, c, frame(2, agent.KindPing, agenttest.Token, agent.Protocol))
+	if got := recv(t, r); got.Kind != agent.KindError || got.Error.Code != agent.CodeUnauthorized {
+		t.Fatalf("old token after rotation: %+v", got)
+	}
+	send(t, c, frame(3, agent.KindPing, newTok, agent.Protocol))
+	if got := recv(t, r); got.Kind != agent.KindResult {
+		t.Fatalf("new token: %+v %+v", got, got.Error)
+	}
+}
+
+func TestServerEmptyTokenRejectsAll(t *testing.T) {
+	host, guest := net.Pipe()
+	defer host.Close()
+	srv := &agent.Server{System: &agenttest.FakeSystem{}}
+	go srv.Serve(context.Background(), guest)
+	_ = host.SetDeadline(time.Now().Add(5 * time.Second))
+	send(t, host, frame(1, agent.KindPing, "", agent.Protocol))
+	if f := recv(t, bufio.NewReader(host)); f.Kind != agent.KindError || f.Error.Code != agent.CodeUnauthorized {
+		t.Fatalf("got %+v", f)
+	}
+}

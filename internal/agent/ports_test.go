@@ -98,7 +98,6 @@ func TestListPorts(t *testing.T) {
 
 func itoa(i int) string { return strconv.Itoa(i) }
 
-
 func TestListPortsLive(t *testing.T) {
 	// The real /proc of the test process: at least it parses.
 	if _, err := agent.ListPorts("/proc"); err != nil {

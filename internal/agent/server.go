@@ -32,7 +32,7 @@ const MaxInFlight = 64
 type Server struct {
 	Token     string // the VM's token (TokenPath); an empty token rejects everything
 	System    System
-	Transport string // reported in Health
+	Transport string // reported in Health, unless the stream has a Transport() string method
 	Logger    *slog.Logger
 
 	ExecDir string   // default working directory ("" = "/root", else "/")
@@ -68,7 +68,10 @@ func (s *Server) logger() *slog.Logger {
 // are answered with an error frame and otherwise ignored.
 func (s *Server) Serve(ctx context.Context, rw io.ReadWriter) error {
 	ctx, cancel := context.WithCancel(ctx)
-	sess := &serverSession{srv: s, ctx: ctx, w: NewFrameWriter(rw), execs: map[uint64]*execState{}}
+	sess := &serverSession{srv: s, ctx: ctx, w: NewFrameWriter(rw), execs: map[uint64]*execState{}, transport: s.Transport}
+	if t, ok := rw.(interface{ Transport() string }); ok {
+		sess.transport = t.Transport()
+	}
 	// A virtio-serial port outlives its host connections: a write after the
 	// host went away blocks until the next host connects. Writes of an ended
 	// session are cut short instead, and the next session clears the
@@ -129,10 +132,11 @@ func (s *Server) Serve(ctx context.Context, rw io.ReadWriter) error {
 }
 
 type serverSession struct {
-	srv *Server
-	ctx context.Context
-	w   *FrameWriter
-	wg  sync.WaitGroup
+	srv       *Server
+	transport string
+	ctx       context.Context
+	w         *FrameWriter
+	wg        sync.WaitGroup
 
 	mu       sync.Mutex
 	inFlight int
@@ -266,7 +270,7 @@ func (ss *serverSession) run(ctx context.Context, f *Frame, es *execState) (any,
 		h, err := sys.Health(ctx)
 		h.Protocol = Protocol
 		if h.Transport == "" {
-			h.Transport = ss.srv.Transport
+			h.Transport = ss.transport
 		}
 		return h, err
 	case KindIdentity:

@@ -96,7 +96,9 @@ func TestServerAuth(t *testing.T) {
 func TestServerOversizedFrame(t *testing.T) {
 	c, r := rawSession(t)
 	big := `{"v":1,"id":1,"kind":"ping","token":"` + agenttest.Token + `","body":"` + strings.Repeat("x", agent.MaxFrame) + `"}`
-	go func() { _, _ = c.Write([]byte(big + "\n" + frame(2, agent.KindPing, agenttest.Token, agent.Protocol) + "\n")) }()
+	go func() {
+		_, _ = c.Write([]byte(big + "\n" + frame(2, agent.KindPing, agenttest.Token, agent.Protocol) + "\n"))
+	}()
 	f := recv(t, r)
 	if f.Kind != agent.KindError || f.Error.Code != agent.CodeTooLarge || f.ID != 0 {
 		t.Fatalf("oversized frame: got %+v", f)

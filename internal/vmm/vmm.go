@@ -73,10 +73,23 @@ type Spec struct {
 	VsockCID  uint32 // 0 = no vsock
 	VsockPath string // host unix socket for the hybrid vsock (Firecracker)
 
+	// SerialPorts are virtio-serial ports, each backed by a host unix
+	// socket the VMM listens on (QEMU; Firecracker has none and returns
+	// ErrUnsupported: use vsock there).
+	SerialPorts []SerialPort
+
 	LogPath     string // VMM output and serial console are appended here
 	MetricsPath string // optional; Firecracker metrics file
 
 	UID, GID int // owner to drop the VMM to; -1 = keep the launcher's
+}
+
+// SerialPort is one virtio-serial port: the guest sees
+// /dev/virtio-ports/Name; the host connects to Socket (one connection at a
+// time; data the guest writes while nobody is connected is dropped).
+type SerialPort struct {
+	Name   string // [A-Za-z0-9._-]{1,64}, e.g. "org.banger.agent.0"
+	Socket string // host path, at most MaxSocketPath bytes
 }
 
 // Handle identifies a started VMM. It is what the daemon records (pid,
@@ -164,6 +177,8 @@ type Launcher interface {
 	SignalVMM(ctx context.Context, id privops.ProcessIdentity, sig syscall.Signal) error
 }
 
+var serialPortName = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+
 var vmIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9-]{0,63}$`)
 
 // MaxSocketPath is the longest usable unix socket path (sun_path minus NUL).
@@ -210,6 +225,14 @@ func (s Spec) Validate() error {
 	}
 	if (s.VsockCID == 0) != (s.VsockPath == "") {
 		errs = append(errs, errors.New("vsock needs both a guest CID and a host socket path"))
+	}
+	for _, p := range s.SerialPorts {
+		if !serialPortName.MatchString(p.Name) {
+			errs = append(errs, fmt.Errorf("serial port name %q: want 1-64 letters, digits, '.', '_' or '-'", p.Name))
+		}
+		if !filepath.IsAbs(p.Socket) || len(p.Socket) > MaxSocketPath {
+			errs = append(errs, fmt.Errorf("serial port %q: socket %q must be an absolute path of at most %d bytes", p.Name, p.Socket, MaxSocketPath))
+		}
 	}
 	if s.VsockCID != 0 && s.VsockCID < 3 {
 		errs = append(errs, fmt.Errorf("vsock cid %d: must be at least 3", s.VsockCID))

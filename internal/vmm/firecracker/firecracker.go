@@ -195,6 +195,9 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Handle, error) 
 	if err := spec.Validate(); err != nil {
 		return nil, err
 	}
+	if len(spec.SerialPorts) > 0 {
+		return nil, fmt.Errorf("firecracker: virtio-serial ports: %w (use vsock)", vmm.ErrUnsupported)
+	}
 	l, err := d.layout(spec)
 	if err != nil {
 		return nil, fmt.Errorf("firecracker: %w", err)

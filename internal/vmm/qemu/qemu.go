@@ -223,6 +223,7 @@ func Args(binary string, spec vmm.Spec, machine, accel string) []string {
 		}
 		a = append(a, "-device", dev)
 	}
+	a = append(a, serialPortArgs(spec, machine)...)
 	a = append(a,
 		"-qmp", "unix:"+qemuValue(qmp)+",server=on,wait=off",
 		"-pidfile", filepath.Join(spec.RuntimeDir, PIDFileName),

@@ -79,7 +79,12 @@ type VMCreateParams struct {
 	MemoryMiB   int64  `json:"memory_mib,omitempty"`
 	DiskSizeMiB int64  `json:"disk_size_mib,omitempty"`
 	NAT         bool   `json:"nat,omitempty"`
-	NoStart     bool   `json:"no_start,omitempty"`
+	// AllowLAN (with NAT) lets the VM reach private ranges and other
+	// AllowLAN VMs.
+	AllowLAN bool `json:"allow_lan,omitempty"`
+	// Ports are forwarded from the host while the VM runs.
+	Ports   []model.PortForward `json:"ports,omitempty"`
+	NoStart bool                `json:"no_start,omitempty"`
 }
 
 // VMList is the result of vm.list.

@@ -72,6 +72,7 @@ func (s *sizeFlags) apply(cmd *cobra.Command, p *api.VMCreateParams) error {
 func (a *app) vmCreateCmd() *cobra.Command {
 	var p api.VMCreateParams
 	var sizes sizeFlags
+	var netFl netFlags
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "create",
@@ -81,7 +82,9 @@ Without --name a name is generated (adjective-noun). Names are DNS labels:
 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'; the VM
 is reachable as <name>.vm.`,
 		Example: `  banger vm create                       # generated name, defaults
-  banger vm create --name dev --nat      # with internet access
+  banger vm create --name dev --nat      # with internet access (not the LAN)
+  banger vm create --name dev --nat --allow-lan   # internet and the LAN
+  banger vm create --name web -p 8080:80 # host 127.0.0.1:8080 -> guest port 80
   banger vm create --name big --vcpu 4 --memory 8G --disk-size 40G
   banger vm create --name later --no-start`,
 		Args: cobra.NoArgs,
@@ -92,6 +95,9 @@ is reachable as <name>.vm.`,
 				}
 			}
 			if err := sizes.apply(cmd, &p); err != nil {
+				return err
+			}
+			if err := netFl.apply(&p); err != nil {
 				return err
 			}
 			var vm model.VM
@@ -109,6 +115,7 @@ is reachable as <name>.vm.`,
 	cmd.Flags().StringVar(&p.Image, "image", "", "root image (default from config: debian-bookworm)")
 	cmd.Flags().StringVar(&p.Kernel, "kernel", "", "kernel (default from config: debian)")
 	cmd.Flags().BoolVar(&p.NAT, "nat", false, "give the VM internet access through NAT")
+	netFl.add(cmd)
 	cmd.Flags().BoolVar(&p.NoStart, "no-start", false, "only create the VM record; start it later with `banger vm start`")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the VM as JSON")
 	sizes.add(cmd)
@@ -221,6 +228,14 @@ func printVM(a *app, vm *model.VM) {
 	t.row("Memory:", model.FormatMiB(vm.MemoryMiB))
 	t.row("Disk:", model.FormatMiB(vm.DiskSizeMiB))
 	t.row("NAT:", fmt.Sprint(vm.NAT))
+	t.row("Network:", networkSummary(vm))
+	if len(vm.Ports) > 0 {
+		var ps []string
+		for _, p := range vm.Ports {
+			ps = append(ps, p.String())
+		}
+		t.row("Ports:", strings.Join(ps, ", "))
+	}
 	t.row("IP:", orDash(vm.IP))
 	if vm.IP != "" {
 		t.row("DNS:", vm.Name+".vm")

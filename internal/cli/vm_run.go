@@ -48,6 +48,7 @@ func (a *app) vmWorkspaceCmds() []*cobra.Command {
 type runFlags struct {
 	create           api.VMCreateParams
 	sizes            sizeFlags
+	net              netFlags
 	rm               bool
 	detach           bool
 	includeUntracked bool
@@ -116,6 +117,9 @@ func (f *runFlags) validate(cmd *cobra.Command, r runArgs) error {
 		if err := model.ValidateName(f.create.Name); err != nil {
 			return fmt.Errorf("--name: %w", err)
 		}
+	}
+	if err := f.net.apply(&f.create); err != nil {
+		return err
 	}
 	return f.sizes.apply(cmd, &f.create)
 }
@@ -194,6 +198,7 @@ and the files that would be copied, and creates nothing.`,
 	fl.StringVar(&f.create.Kernel, "kernel", "", "kernel (default from config: debian, pulled on first use)")
 	fl.BoolVar(&f.create.NAT, "nat", false, "give the VM internet access through NAT")
 	f.sizes.add(cmd)
+	f.net.add(cmd)
 	fl.BoolVar(&f.rm, "rm", false, "delete the VM when the command or session ends (kept if ssh never came up)")
 	fl.BoolVarP(&f.detach, "detach", "d", false, "prepare the VM and the workspace, then return (prints the VM name)")
 	fl.BoolVar(&f.includeUntracked, "include-untracked", false, "also copy untracked files that are not ignored")
@@ -500,11 +505,17 @@ func (a *app) printRunSpec(f *runFlags, p *runPlan) {
 	nat := "off"
 	if p.params.NAT {
 		nat = "on"
+		if p.params.AllowLAN {
+			nat = "on, LAN allowed"
+		}
 	}
 	t.row("  resources:", fmt.Sprintf("%s vCPU, %s memory, %s /root disk, NAT %s",
 		size(int64(p.params.VCPU), defVCPU, func(n int64) string { return fmt.Sprint(n) }),
 		size(p.params.MemoryMiB, defMem, model.FormatMiB),
 		size(p.params.DiskSizeMiB, defDisk, model.FormatMiB), nat))
+	for _, fwd := range p.params.Ports {
+		t.row("  port:", fwd.String()+" (host -> guest)")
+	}
 	if p.snap != nil {
 		s := p.snap
 		what := "work tree"

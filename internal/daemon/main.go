@@ -94,7 +94,9 @@ func serve(ctx context.Context, build buildinfo.Info, layout paths.Layout, logLe
 	runner := hostexec.Real{Logger: logger}
 	var ops privops.Ops
 	if os.Geteuid() == 0 {
-		ops = privops.NewLocal(runner, logger)
+		local := privops.NewLocal(runner, logger)
+		local.Firewall = firewallConfig(cfg)
+		ops = local
 	} else {
 		ops = privops.NewClient(layout.HelperSocket())
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/exec"
 	"os/user"
@@ -49,8 +50,14 @@ func runRootHelper(ctx context.Context, build buildinfo.Info, ownerUID int, logg
 		ManagedRoots: layout.ManagedRoots(),
 		VMMBinaries:  bins,
 		BridgeName:   cfg.Network.Bridge, BridgeCIDR: cfg.Network.CIDR,
+		// Resolver routing is pinned here, from root's config: the owner
+		// cannot route another domain or point the host at its own server.
+		DNSServer: pinnedDNSServer(cfg.Network.DNSAddr, logger),
+		DNSDomain: DNSDomain,
 	}
-	srv, err := privops.NewServer(privops.NewLocal(hostexec.Real{Logger: logger}, logger), privops.ServerConfig{
+	local := privops.NewLocal(hostexec.Real{Logger: logger}, logger)
+	local.Firewall = firewallConfig(cfg)
+	srv, err := privops.NewServer(local, privops.ServerConfig{
 		Policy: policy, Logger: logger, Version: build.Version, Commit: build.Commit,
 		// root (banger system status, doctor) may ping it too.
 		AllowedUIDs: []uint32{uint32(ownerUID), 0},
@@ -69,6 +76,35 @@ func runRootHelper(ctx context.Context, build buildinfo.Info, ownerUID int, logg
 	}
 	logger.Info("root helper serving", "socket", layout.HelperSocket(), "owner_uid", ownerUID)
 	return srv.Serve(ctx, ln)
+}
+
+// pinnedDNSServer is the DNS server the helper routes the VM domain to:
+// the configured dns_listen as ip:port ("" = none, when it is not one).
+func pinnedDNSServer(addr string, logger *slog.Logger) string {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil || ap.Port() == 0 {
+		logger.Warn("resolver routing disabled: network.dns_listen is not ip:port", "dns_listen", addr)
+		return ""
+	}
+	return ap.String()
+}
+
+// firewallConfig is what guests may reach on the host, from root's own
+// config: banger's DNS port on the gateway (when the DNS server listens
+// there or on all addresses) and the resolvers written into guests (the
+// host's non-loopback nameservers), which --nat VMs may query on port 53
+// even when they are on the LAN.
+func firewallConfig(cfg *config.Config) privops.FirewallConfig {
+	var fw privops.FirewallConfig
+	if ap, err := netip.ParseAddrPort(cfg.Network.DNSAddr); err == nil && !ap.Addr().IsLoopback() {
+		fw.DNSPorts = append(fw.DNSPorts, ap.Port())
+	}
+	for _, r := range hostResolvers("/etc/resolv.conf") {
+		if a, err := netip.ParseAddr(r); err == nil {
+			fw.Resolvers = append(fw.Resolvers, a)
+		}
+	}
+	return fw
 }
 
 func baseName(p string) string {

@@ -50,6 +50,11 @@ func (d *Daemon) resolveCreate(p api.VMCreateParams) (api.VMCreateParams, error)
 		return p, rpc.Errorf(rpc.CodeBadRequest, "disk size must be positive, got %d MiB", p.DiskSizeMiB)
 	case p.DiskSizeMiB < 64:
 		return p, rpc.Errorf(rpc.CodeBadRequest, "disk size must be at least 64M, got %s", model.FormatMiB(p.DiskSizeMiB))
+	case p.AllowLAN && !p.NAT:
+		return p, rpc.Errorf(rpc.CodeBadRequest, "--allow-lan widens what a --nat VM may reach: add --nat (a VM without NAT never leaves the bridge)")
+	}
+	if err := model.ValidatePortForwards(p.Ports); err != nil {
+		return p, rpc.Errorf(rpc.CodeBadRequest, "%w", err)
 	}
 	if p.Name != "" {
 		if err := model.ValidateName(p.Name); err != nil {
@@ -94,6 +99,8 @@ func (d *Daemon) createRecord(ctx context.Context, p api.VMCreateParams) (*model
 		MemoryMiB:   p.MemoryMiB,
 		DiskSizeMiB: p.DiskSizeMiB,
 		NAT:         p.NAT,
+		AllowLAN:    p.AllowLAN,
+		Ports:       p.Ports,
 		CreatedAt:   now,
 		UpdatedAt:   now,
 	}

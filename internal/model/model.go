@@ -22,21 +22,26 @@ const (
 
 // VM is a named, persistent sandbox.
 type VM struct {
-	ID          string    `json:"id"`
-	Name        string    `json:"name"`
-	State       VMState   `json:"state"`
-	Image       string    `json:"image"`
-	Kernel      string    `json:"kernel"`
-	Driver      string    `json:"driver"` // vmm driver name: "qemu" or "firecracker"
-	VCPU        int       `json:"vcpu"`
-	MemoryMiB   int64     `json:"memory_mib"`
-	DiskSizeMiB int64     `json:"disk_size_mib"`
-	NAT         bool      `json:"nat"`
-	IP          string    `json:"ip,omitempty"`
-	MAC         string    `json:"mac,omitempty"`
-	Error       string    `json:"error,omitempty"`
-	CreatedAt   time.Time `json:"created_at"`
-	UpdatedAt   time.Time `json:"updated_at"`
+	ID          string  `json:"id"`
+	Name        string  `json:"name"`
+	State       VMState `json:"state"`
+	Image       string  `json:"image"`
+	Kernel      string  `json:"kernel"`
+	Driver      string  `json:"driver"` // vmm driver name: "qemu" or "firecracker"
+	VCPU        int     `json:"vcpu"`
+	MemoryMiB   int64   `json:"memory_mib"`
+	DiskSizeMiB int64   `json:"disk_size_mib"`
+	NAT         bool    `json:"nat"`
+	// AllowLAN lets a NAT'd VM reach private ranges (the host's LAN,
+	// CGNAT, link-local) and other AllowLAN VMs (see privops' firewall).
+	AllowLAN bool `json:"allow_lan,omitempty"`
+	// Ports are the VM's port forwards from the host (served while it runs).
+	Ports     []PortForward `json:"ports,omitempty"`
+	IP        string        `json:"ip,omitempty"`
+	MAC       string        `json:"mac,omitempty"`
+	Error     string        `json:"error,omitempty"`
+	CreatedAt time.Time     `json:"created_at"`
+	UpdatedAt time.Time     `json:"updated_at"`
 	// Runtime is the teardown identity of a started VM (pid, tap, sockets,
 	// loops, dm names...). It is written to the store before each resource
 	// is used so cleanup works after a crash.

@@ -80,12 +80,12 @@ func CheckIPForward(path string, anyNAT bool) doctor.Result {
 	on := strings.TrimSpace(string(b)) == "1"
 	switch {
 	case on:
-		return pass("IPv4 forwarding is on")
+		return pass("IPv4 forwarding is on: this host routes between all its interfaces (banger turns it on for --nat VMs when it is off; its nft tables confine what crosses its bridge)")
 	case anyNAT:
 		return doctor.Result{Status: doctor.Fail, Message: "IPv4 forwarding is off but VMs with --nat are running: they cannot reach the network",
 			Hint: "sudo sysctl -w net.ipv4.ip_forward=1 (banger sets it when a NAT VM starts; something turned it off)"}
 	default:
-		return pass("IPv4 forwarding is off (no VM uses NAT)")
+		return pass("IPv4 forwarding is off (no VM uses NAT; banger turns it on, and says so in its log, when a --nat VM starts)")
 	}
 }
 
@@ -99,19 +99,13 @@ func CheckNATTable(ctx context.Context, runner hostexec.Runner, cfg Config, natI
 		if strings.Contains(err.Error(), "Operation not permitted") || strings.Contains(err.Error(), "Permission denied") {
 			return doctor.Result{Status: doctor.Warn, Message: "cannot inspect the firewall without root", Hint: "run `sudo banger doctor` to check banger's nft table"}
 		}
+		if errors.Is(err, privops.ErrNotSupported) {
+			return doctor.Result{Status: doctor.Fail, Message: "nftables is not usable: banger cannot isolate VMs, so it refuses to start them",
+				Hint: "sudo apt-get install nftables (and a kernel with nf_tables), then restart the daemon; iptables alone cannot filter bridged traffic"}
+		}
 		return doctor.Result{Status: doctor.Fail, Message: fmt.Sprintf("inspect firewall: %v", err), Hint: "check that nft works: sudo nft list ruleset"}
 	}
-	if st.Backend == "" {
-		if len(natIPs) > 0 {
-			return doctor.Result{Status: doctor.Fail, Message: "neither nft nor iptables is installed, but VMs use NAT", Hint: "sudo apt-get install nftables, then restart the NAT VMs"}
-		}
-		return doctor.Result{Status: doctor.Warn, Message: "neither nft nor iptables is installed: NAT is unavailable and VMs are not isolated from other networks",
-			Hint: "sudo apt-get install nftables, then restart the daemon"}
-	}
-	where := fmt.Sprintf("nft table ip %s", privops.NATTable)
-	if st.Backend == "iptables" {
-		where = fmt.Sprintf("iptables chains %s/%s", privops.IPTForwardChain, privops.IPTNATChain)
-	}
+	where := fmt.Sprintf("nft tables ip/bridge %s", privops.FirewallTable)
 	restart := "restart the daemon (it reinstalls the rules at start) and restart VMs with NAT"
 	if !st.Present {
 		return doctor.Result{Status: doctor.Fail, Message: where + " is missing (something flushed the firewall?)", Hint: restart}
@@ -134,13 +128,14 @@ func CheckNATTable(ctx context.Context, runner hostexec.Runner, cfg Config, natI
 		return doctor.Result{Status: doctor.Fail, Message: fmt.Sprintf("%s lacks NAT for running VMs %s", where, strings.Join(missing, ", ")), Hint: "restart those VMs (banger vm restart NAME)"}
 	}
 	if len(stale) > 0 {
-		fix := fmt.Sprintf("sudo nft delete element ip %s %s { %s }", privops.NATTable, privops.NATSet, strings.Join(stale, ", "))
-		if st.Backend == "iptables" {
-			fix = "restart the daemon (reconcile clears NAT of stopped VMs)"
-		}
+		fix := fmt.Sprintf("sudo nft delete element ip %s %s { %s }", privops.FirewallTable, privops.NATSet, strings.Join(stale, ", "))
 		return doctor.Result{Status: doctor.Warn, Message: fmt.Sprintf("%s has NAT for addresses of no running NAT VM: %s", where, strings.Join(stale, ", ")), Hint: fix}
 	}
-	return pass("%s intact (%d VM(s) with NAT)", where, len(st.VMs))
+	fwd := ""
+	if st.ForwardingByBanger {
+		fwd = "; IPv4 forwarding was turned on by banger and is turned off again when its bridge is deleted"
+	}
+	return pass("%s intact (%d VM(s) with NAT)%s", where, len(st.VMs), fwd)
 }
 
 // CheckDNS asks the DNS server at addr for the SOA of domain and expects an

@@ -1,16 +1,12 @@
 package netw
 
 import (
-	"bufio"
 	"context"
 	"errors"
-	"fmt"
 	"github.com/bangerdev/banger/internal/doctor"
 	"net"
-	"net/netip"
 	"os/exec"
 	"slices"
-	"sort"
 	"strings"
 	"syscall"
 	"testing"
@@ -215,11 +211,21 @@ func TestRefusesForeignInterfaces(t *testing.T) {
 	if err := ops.CreateTap(ctx, privops.TapSpec{Name: testTapPrefix + "x", Bridge: "bgtnnobridge", Owner: -1, Group: -1}); err == nil {
 		t.Error("CreateTap on a missing bridge succeeded")
 	}
-	// Clearing NAT where nothing was ever installed is fine, for both backends.
+	// Clearing a VM's policy where nothing was ever installed is fine, with
+	// or without nft; ensuring it before the bridge says what to do.
+	spec := privops.VMNetSpec{VMIP: "172.30.0.2", MAC: "02:ba:ac:1e:00:02", Tap: testTapPrefix + "x", Bridge: testBridge}
 	for _, hide := range [][]string{nil, {"nft"}} {
-		if err := newNSOps(ns, hide...).ClearNAT(ctx, privops.NATSpec{VMIP: "172.30.0.2", Bridge: testBridge}); err != nil {
-			t.Errorf("ClearNAT without a table (hide %v): %v", hide, err)
+		if err := newNSOps(ns, hide...).ClearVMNet(ctx, spec); err != nil {
+			t.Errorf("ClearVMNet without a table (hide %v): %v", hide, err)
 		}
+	}
+	if err := ops.EnsureVMNet(ctx, spec); err == nil || !strings.Contains(err.Error(), "ensure the bridge first") {
+		t.Errorf("EnsureVMNet without the bridge: %v", err)
+	}
+	// Without nftables banger refuses to set up the bridge instead of
+	// running VMs unisolated.
+	if err := newNSOps(ns, "nft").EnsureBridge(ctx, privops.BridgeSpec{Name: testBridge, CIDR: "172.30.0.1/24"}); !errors.Is(err, privops.ErrNotSupported) || !strings.Contains(err.Error(), "install") {
+		t.Errorf("EnsureBridge without nft: %v", err)
 	}
 }
 
@@ -251,189 +257,5 @@ func TestResolverRoutingWithoutResolved(t *testing.T) {
 	res := CheckResolverRouting(ctx, nsRunner{ns: ns.name}, m.Config(), "127.0.0.1:5353", "vm")
 	if res.Status != doctor.Warn || !strings.Contains(res.Hint, "server=/vm/127.0.0.1#5353") {
 		t.Fatalf("CheckResolverRouting = %+v", res)
-	}
-}
-
-// natTopology is the network a VM has, built from namespaces: the "host"
-// holds banger's bridge, the "guest" sits behind it (a veth stands in for the
-// tap, which carries no traffic without a VMM) and "upstream" plays the
-// internet. Upstream even routes the bridge's subnet back to the host, so
-// only banger's firewall keeps a VM without NAT from getting out.
-type natTopology struct {
-	host, guest, up *testNS
-	m               *Manager
-	runner          nsRunner
-	cfg             Config
-}
-
-func newNATTopology(t *testing.T, hide ...string) *natTopology {
-	t.Helper()
-	tp := &natTopology{host: newTestNS(t), guest: newTestNS(t), up: newTestNS(t)}
-	tp.runner = nsRunner{ns: tp.host.name, hide: hide}
-	tp.cfg = Config{Bridge: testBridge, CIDR: "172.30.0.1/24", TapPrefix: testTapPrefix, TapOwner: -1, TapGroup: -1}
-	m, err := NewManager(&nsOps{ns: tp.host, local: privops.NewLocal(tp.runner, nil)}, tp.cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tp.m = m
-	t.Cleanup(func() { _ = m.Close() })
-	ctx := context.Background()
-	if err := m.EnsureBridge(ctx); err != nil {
-		t.Fatal(err)
-	}
-	tap, err := m.AcquireTap(ctx, "vm-nat")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = m.ReleaseTap(context.Background(), tap) })
-
-	h, g, u := tp.host, tp.guest, tp.up
-	h.sh(t, "ip link add bgtnvh type veth peer name eth0 netns "+g.name)
-	h.sh(t, "ip link set bgtnvh master "+testBridge)
-	h.sh(t, "ip link set bgtnvh up")
-	g.sh(t, "ip addr add 172.30.0.2/24 dev eth0")
-	g.sh(t, "ip link set eth0 up")
-	g.sh(t, "ip route add default via 172.30.0.1")
-	h.sh(t, "ip link add bgtnup type veth peer name up1 netns "+u.name)
-	h.sh(t, "ip addr add 198.18.0.1/24 dev bgtnup")
-	h.sh(t, "ip link set bgtnup up")
-	u.sh(t, "ip addr add 198.18.0.2/24 dev up1")
-	u.sh(t, "ip link set up1 up")
-	u.sh(t, "ip route add 172.30.0.0/24 via 198.18.0.1")
-
-	// The fake upstream service tells each client the address it sees.
-	var ln net.Listener
-	if err := u.do(func() (err error) { ln, err = net.Listen("tcp4", "198.18.0.2:8080"); return err }); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
-			fmt.Fprintf(c, "peer=%s\n", host)
-			c.Close()
-		}
-	}()
-	return tp
-}
-
-// dial connects from the guest to the upstream service and returns the
-// source address upstream saw.
-func (tp *natTopology) dial() (string, error) {
-	var line string
-	err := tp.guest.do(func() error {
-		c, err := net.DialTimeout("tcp4", "198.18.0.2:8080", 700*time.Millisecond)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
-		line, err = bufio.NewReader(c).ReadString('\n')
-		return err
-	})
-	return strings.TrimSpace(line), err
-}
-
-func (tp *natTopology) inspect(t *testing.T) privops.NATState {
-	t.Helper()
-	st, err := privops.InspectNAT(context.Background(), tp.runner, testBridge)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sort.Strings(st.VMs)
-	return st
-}
-
-func TestNATReachesUpstreamOnlyWithNAT(t *testing.T) {
-	for _, backend := range []struct {
-		name string
-		hide []string
-	}{{"nft", nil}, {"iptables", []string{"nft"}}} {
-		t.Run(backend.name, func(t *testing.T) {
-			integration(t, "nft", "iptables", "sysctl")
-			tp := newNATTopology(t, backend.hide...)
-			ctx := context.Background()
-			guest, other := netip.MustParseAddr("172.30.0.2"), netip.MustParseAddr("172.30.0.99")
-
-			if peer, err := tp.dial(); err == nil {
-				t.Fatalf("guest reached upstream (as %s) before any NAT", peer)
-			}
-			// Another VM's NAT turns forwarding on; this guest must still be
-			// confined to the bridge.
-			if err := tp.m.EnableNAT(ctx, other, ""); err != nil {
-				t.Fatal(err)
-			}
-			if peer, err := tp.dial(); err == nil {
-				t.Fatalf("guest without NAT reached upstream as %s", peer)
-			}
-
-			start := time.Now()
-			for range 2 { // idempotent
-				if err := tp.m.EnableNAT(ctx, guest, "bgtaptvm"); err != nil {
-					t.Fatal(err)
-				}
-			}
-			t.Logf("EnableNAT x2 (%s): %v", backend.name, time.Since(start))
-			peer, err := tp.dial()
-			if err != nil {
-				t.Fatalf("guest with NAT cannot reach upstream: %v", err)
-			}
-			if peer != "peer=198.18.0.1" {
-				t.Fatalf("upstream saw %q, want the host's masqueraded address 198.18.0.1", peer)
-			}
-			st := tp.inspect(t)
-			if !st.Intact() || st.Backend != backend.name || !slices.Equal(st.VMs, []string{"172.30.0.2", "172.30.0.99"}) {
-				t.Fatalf("firewall state %+v", st)
-			}
-			if backend.name == "nft" {
-				out := tp.host.sh(t, "nft list ruleset")
-				if n := strings.Count(out, "masquerade"); n != 1 {
-					t.Fatalf("%d masquerade rules after repeated EnableNAT:\n%s", n, out)
-				}
-			} else {
-				out := tp.host.sh(t, "iptables -t nat -S BANGER-POST")
-				if n := strings.Count(out, "banger:172.30.0.2"); n != 1 {
-					t.Fatalf("%d NAT rules for the guest after repeated EnableNAT:\n%s", n, out)
-				}
-			}
-
-			// Doctor checks see the same thing.
-			var fwd doctor.Result
-			_ = tp.host.do(func() error { fwd = CheckIPForward(IPForwardPath, true); return nil })
-			if fwd.Status != doctor.Pass {
-				t.Fatalf("CheckIPForward = %+v", fwd)
-			}
-			if r := CheckNATTable(ctx, tp.runner, tp.cfg, []netip.Addr{guest, other}); r.Status != doctor.Pass {
-				t.Fatalf("CheckNATTable = %+v", r)
-			}
-			if r := CheckNATTable(ctx, tp.runner, tp.cfg, []netip.Addr{guest}); r.Status != doctor.Warn || !strings.Contains(r.Message, "172.30.0.99") {
-				t.Fatalf("CheckNATTable with a stale entry = %+v", r)
-			}
-			if r := CheckNATTable(ctx, tp.runner, tp.cfg, []netip.Addr{guest, other, netip.MustParseAddr("172.30.0.50")}); r.Status != doctor.Fail {
-				t.Fatalf("CheckNATTable with a missing entry = %+v", r)
-			}
-
-			for range 2 { // idempotent
-				if err := tp.m.DisableNAT(ctx, guest, "bgtaptvm"); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if peer, err := tp.dial(); err == nil {
-				t.Fatalf("guest reached upstream as %s after DisableNAT", peer)
-			}
-			if st := tp.inspect(t); !st.Intact() || !slices.Equal(st.VMs, []string{"172.30.0.99"}) {
-				t.Fatalf("after DisableNAT: %+v", st)
-			}
-			if err := tp.m.DisableNAT(ctx, other, ""); err != nil {
-				t.Fatal(err)
-			}
-			if st := tp.inspect(t); !st.Intact() || len(st.VMs) != 0 {
-				t.Fatalf("after clearing every VM: %+v", st)
-			}
-		})
 	}
 }

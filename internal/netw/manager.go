@@ -210,18 +210,31 @@ func ListTaps(prefix string) ([]string, error) {
 	return names, nil
 }
 
-// EnableNAT installs NAT for a VM's address (idempotent).
-func (m *Manager) EnableNAT(ctx context.Context, vmIP netip.Addr, tap string) error {
-	return m.ops.EnsureNAT(ctx, m.natSpec(vmIP, tap))
+// VMNet is one VM's network policy (see privops.VMNetSpec): every VM's
+// tap is bound to its address and MAC; NAT lets it reach the internet;
+// AllowLAN (with NAT) also lets it reach private ranges and other AllowLAN
+// VMs.
+type VMNet struct {
+	IP       netip.Addr
+	MAC      string
+	Tap      string
+	NAT      bool
+	AllowLAN bool
 }
 
-// DisableNAT removes a VM's NAT (idempotent).
-func (m *Manager) DisableNAT(ctx context.Context, vmIP netip.Addr, tap string) error {
-	return m.ops.ClearNAT(ctx, m.natSpec(vmIP, tap))
+// ApplyVMNet installs or updates a VM's network policy (idempotent). The
+// bridge must have been ensured.
+func (m *Manager) ApplyVMNet(ctx context.Context, v VMNet) error {
+	return m.ops.EnsureVMNet(ctx, m.vmNetSpec(v))
 }
 
-func (m *Manager) natSpec(vmIP netip.Addr, tap string) privops.NATSpec {
-	return privops.NATSpec{VMIP: vmIP.String(), Tap: tap, Bridge: m.cfg.Bridge, Uplink: m.cfg.Uplink}
+// ClearVMNet removes a VM's network policy (idempotent).
+func (m *Manager) ClearVMNet(ctx context.Context, v VMNet) error {
+	return m.ops.ClearVMNet(ctx, m.vmNetSpec(v))
+}
+
+func (m *Manager) vmNetSpec(v VMNet) privops.VMNetSpec {
+	return privops.VMNetSpec{VMIP: v.IP.String(), MAC: v.MAC, Tap: v.Tap, Bridge: m.cfg.Bridge, NAT: v.NAT, AllowLAN: v.AllowLAN}
 }
 
 // RouteDNS asks systemd-resolved to send queries for domain to server

@@ -24,11 +24,11 @@ type fakeOps struct {
 	taps       map[string]privops.TapSpec
 	created    int
 	failCreate int // fail this many CreateTap calls
-	nat        map[string]privops.NATSpec
+	nat        map[string]privops.VMNetSpec
 }
 
 func newFakeOps() *fakeOps {
-	return &fakeOps{taps: map[string]privops.TapSpec{}, nat: map[string]privops.NATSpec{}}
+	return &fakeOps{taps: map[string]privops.TapSpec{}, nat: map[string]privops.VMNetSpec{}}
 }
 
 func (f *fakeOps) EnsureBridge(ctx context.Context, spec privops.BridgeSpec) error {
@@ -75,14 +75,14 @@ func (f *fakeOps) DeleteTap(ctx context.Context, name string) error {
 	return nil
 }
 
-func (f *fakeOps) EnsureNAT(ctx context.Context, spec privops.NATSpec) error {
+func (f *fakeOps) EnsureVMNet(ctx context.Context, spec privops.VMNetSpec) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.nat[spec.VMIP] = spec
 	return nil
 }
 
-func (f *fakeOps) ClearNAT(ctx context.Context, spec privops.NATSpec) error {
+func (f *fakeOps) ClearVMNet(ctx context.Context, spec privops.VMNetSpec) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	delete(f.nat, spec.VMIP)
@@ -285,13 +285,17 @@ func TestNATAndResolverSpecs(t *testing.T) {
 	}
 	ctx := context.Background()
 	ip := netip.MustParseAddr("172.30.0.9")
-	if err := m.EnableNAT(ctx, ip, "bgtapx"); err != nil {
+	if got := m.Config().BridgeSpec(); got.Uplink != "eth0" {
+		t.Fatalf("bridge spec %+v lacks the uplink", got)
+	}
+	v := VMNet{IP: ip, MAC: MACFor(ip), Tap: "bgtapx", NAT: true, AllowLAN: true}
+	if err := m.ApplyVMNet(ctx, v); err != nil {
 		t.Fatal(err)
 	}
-	if got := ops.nat["172.30.0.9"]; got != (privops.NATSpec{VMIP: "172.30.0.9", Tap: "bgtapx", Bridge: "br0", Uplink: "eth0"}) {
-		t.Fatalf("NAT spec %+v", got)
+	if got := ops.nat["172.30.0.9"]; got != (privops.VMNetSpec{VMIP: "172.30.0.9", MAC: "02:ba:ac:1e:00:09", Tap: "bgtapx", Bridge: "br0", NAT: true, AllowLAN: true}) {
+		t.Fatalf("VM net spec %+v", got)
 	}
-	if err := m.DisableNAT(ctx, ip, "bgtapx"); err != nil || len(ops.nat) != 0 {
+	if err := m.ClearVMNet(ctx, v); err != nil || len(ops.nat) != 0 {
 		t.Fatalf("DisableNAT: %v, %v", err, ops.nat)
 	}
 	if err := m.RouteDNS(ctx, "127.0.0.1:5353", "vm", true); !errors.Is(err, privops.ErrNotSupported) {

@@ -248,11 +248,11 @@ func (o *nsOps) CreateTap(ctx context.Context, spec privops.TapSpec) error {
 func (o *nsOps) DeleteTap(ctx context.Context, name string) error {
 	return o.ns.do(func() error { return o.local.DeleteTap(ctx, name) })
 }
-func (o *nsOps) EnsureNAT(ctx context.Context, spec privops.NATSpec) error {
-	return o.ns.do(func() error { return o.local.EnsureNAT(ctx, spec) })
+func (o *nsOps) EnsureVMNet(ctx context.Context, spec privops.VMNetSpec) error {
+	return o.ns.do(func() error { return o.local.EnsureVMNet(ctx, spec) })
 }
-func (o *nsOps) ClearNAT(ctx context.Context, spec privops.NATSpec) error {
-	return o.ns.do(func() error { return o.local.ClearNAT(ctx, spec) })
+func (o *nsOps) ClearVMNet(ctx context.Context, spec privops.VMNetSpec) error {
+	return o.ns.do(func() error { return o.local.ClearVMNet(ctx, spec) })
 }
 func (o *nsOps) SetResolverRouting(ctx context.Context, spec privops.ResolverSpec) error {
 	return o.ns.do(func() error { return o.local.SetResolverRouting(ctx, spec) })

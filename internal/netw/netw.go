@@ -120,7 +120,7 @@ func (c Config) BridgeSpec() privops.BridgeSpec {
 	if err == nil {
 		cidr = netip.PrefixFrom(gw, bits).String()
 	}
-	return privops.BridgeSpec{Name: c.Bridge, CIDR: cidr, MTU: c.MTU}
+	return privops.BridgeSpec{Name: c.Bridge, CIDR: cidr, MTU: c.MTU, Uplink: c.Uplink}
 }
 
 // Plan splits the bridge CIDR into the gateway (the bridge's own address),

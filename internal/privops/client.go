@@ -85,14 +85,14 @@ func (c *Client) DeleteTap(ctx context.Context, name string) error {
 	return c.call(ctx, MethodDeleteTap, nameParams{Name: name}, nil)
 }
 
-// EnsureNAT implements Ops.
-func (c *Client) EnsureNAT(ctx context.Context, spec NATSpec) error {
-	return c.call(ctx, MethodEnsureNAT, spec, nil)
+// EnsureVMNet implements Ops.
+func (c *Client) EnsureVMNet(ctx context.Context, spec VMNetSpec) error {
+	return c.call(ctx, MethodEnsureVMNet, spec, nil)
 }
 
-// ClearNAT implements Ops.
-func (c *Client) ClearNAT(ctx context.Context, spec NATSpec) error {
-	return c.call(ctx, MethodClearNAT, spec, nil)
+// ClearVMNet implements Ops.
+func (c *Client) ClearVMNet(ctx context.Context, spec VMNetSpec) error {
+	return c.call(ctx, MethodClearVMNet, spec, nil)
 }
 
 // SetResolverRouting implements Ops.

@@ -15,6 +15,12 @@ import (
 type Local struct {
 	Runner hostexec.Runner
 	Logger *slog.Logger
+	// Firewall is what guests may reach on the host (firewall.go), from
+	// root's own configuration.
+	Firewall FirewallConfig
+	// ProcSysDir is where sysctls are read and written (default
+	// /proc/sys; tests point it elsewhere).
+	ProcSysDir string
 
 	// bridgeMu serialises EnsureBridge and DeleteBridge in this process, so
 	// concurrent first starts do not interleave the bridge's steps (the

@@ -29,6 +29,9 @@ type BridgeSpec struct {
 	Name string `json:"name"` // e.g. br-banger
 	CIDR string `json:"cidr"` // gateway address with prefix, e.g. 172.30.0.1/24
 	MTU  int    `json:"mtu,omitempty"`
+	// Uplink, when set, is the only interface --nat VMs may leave
+	// through; "" = any interface but the bridge.
+	Uplink string `json:"uplink,omitempty"`
 }
 
 // TapSpec describes one VM tap device attached to the bridge.
@@ -39,12 +42,17 @@ type TapSpec struct {
 	Group  int    `json:"group"`
 }
 
-// NATSpec describes the NAT of one VM.
-type NATSpec struct {
-	VMIP   string `json:"vm_ip"`            // the VM's address (masqueraded as /32)
-	Tap    string `json:"tap"`              // the VM's tap (forward rules are keyed on it)
-	Bridge string `json:"bridge"`           // banger's bridge
-	Uplink string `json:"uplink,omitempty"` // outgoing interface; "" = any non-bridge
+// VMNetSpec is one VM's network policy: its tap may only send from its
+// leased address and MAC (anti-spoofing, for every VM), NAT lets it reach
+// the internet, AllowLAN lets a NAT'd VM reach private ranges and other
+// AllowLAN VMs too. See the firewall notes in firewall.go.
+type VMNetSpec struct {
+	VMIP     string `json:"vm_ip"`  // the VM's leased address
+	MAC      string `json:"mac"`    // the VM's MAC address
+	Tap      string `json:"tap"`    // the VM's tap on the bridge
+	Bridge   string `json:"bridge"` // banger's bridge
+	NAT      bool   `json:"nat,omitempty"`
+	AllowLAN bool   `json:"allow_lan,omitempty"`
 }
 
 // ResolverSpec routes the DNS domain (e.g. "vm") to banger's DNS server.
@@ -98,8 +106,11 @@ type Ops interface {
 	DeleteBridge(ctx context.Context, name string) error
 	CreateTap(ctx context.Context, spec TapSpec) error
 	DeleteTap(ctx context.Context, name string) error
-	EnsureNAT(ctx context.Context, spec NATSpec) error
-	ClearNAT(ctx context.Context, spec NATSpec) error
+	// EnsureVMNet installs (or updates) a VM's network policy; the
+	// bridge must have been ensured. ClearVMNet removes it and nothing
+	// else.
+	EnsureVMNet(ctx context.Context, spec VMNetSpec) error
+	ClearVMNet(ctx context.Context, spec VMNetSpec) error
 	SetResolverRouting(ctx context.Context, spec ResolverSpec) error
 
 	AttachLoop(ctx context.Context, spec LoopSpec) (device string, err error)

@@ -21,8 +21,8 @@ const (
 	MethodDeleteBridge       = "privops.DeleteBridge"
 	MethodCreateTap          = "privops.CreateTap"
 	MethodDeleteTap          = "privops.DeleteTap"
-	MethodEnsureNAT          = "privops.EnsureNAT"
-	MethodClearNAT           = "privops.ClearNAT"
+	MethodEnsureVMNet        = "privops.EnsureVMNet"
+	MethodClearVMNet         = "privops.ClearVMNet"
 	MethodSetResolverRouting = "privops.SetResolverRouting"
 	MethodAttachLoop         = "privops.AttachLoop"
 	MethodDetachLoop         = "privops.DetachLoop"
@@ -109,8 +109,8 @@ func NewServer(impl Ops, cfg ServerConfig) (*rpc.Server, error) {
 	handle(s, MethodCreateTap, p.ValidateTap, impl.CreateTap)
 	handle(s, MethodDeleteTap, func(a nameParams) error { return p.ValidateTapName("tap", a.Name) },
 		func(ctx context.Context, a nameParams) error { return impl.DeleteTap(ctx, a.Name) })
-	handle(s, MethodEnsureNAT, p.ValidateNAT, impl.EnsureNAT)
-	handle(s, MethodClearNAT, p.ValidateNAT, impl.ClearNAT)
+	handle(s, MethodEnsureVMNet, p.ValidateVMNet, impl.EnsureVMNet)
+	handle(s, MethodClearVMNet, p.ValidateVMNet, impl.ClearVMNet)
 	handle(s, MethodSetResolverRouting, p.ValidateResolver, impl.SetResolverRouting)
 	handleResult(s, MethodAttachLoop, p.ValidateLoop, func(ctx context.Context, a LoopSpec) (deviceResult, error) {
 		dev, err := impl.AttachLoop(ctx, a)

@@ -55,8 +55,12 @@ func (f *fakeOps) DeleteBridge(ctx context.Context, n string) error {
 }
 func (f *fakeOps) CreateTap(ctx context.Context, s TapSpec) error { return f.rec(ctx, "CreateTap", s) }
 func (f *fakeOps) DeleteTap(ctx context.Context, n string) error  { return f.rec(ctx, "DeleteTap", n) }
-func (f *fakeOps) EnsureNAT(ctx context.Context, s NATSpec) error { return f.rec(ctx, "EnsureNAT", s) }
-func (f *fakeOps) ClearNAT(ctx context.Context, s NATSpec) error  { return f.rec(ctx, "ClearNAT", s) }
+func (f *fakeOps) EnsureVMNet(ctx context.Context, s VMNetSpec) error {
+	return f.rec(ctx, "EnsureVMNet", s)
+}
+func (f *fakeOps) ClearVMNet(ctx context.Context, s VMNetSpec) error {
+	return f.rec(ctx, "ClearVMNet", s)
+}
 func (f *fakeOps) SetResolverRouting(ctx context.Context, s ResolverSpec) error {
 	return f.rec(ctx, "SetResolverRouting", s)
 }
@@ -128,7 +132,7 @@ func TestHelperRoundTrip(t *testing.T) {
 
 	bridge := BridgeSpec{Name: "br-banger", CIDR: "172.30.0.1/24", MTU: 1500}
 	tap := TapSpec{Name: "bgtap1", Bridge: "br-banger", Owner: 1000, Group: 1001}
-	nat := NATSpec{VMIP: "172.30.0.9", Tap: "bgtap1", Bridge: "br-banger"}
+	nat := VMNetSpec{VMIP: "172.30.0.9", MAC: "02:ba:ac:1e:00:09", Tap: "bgtap1", Bridge: "br-banger", NAT: true}
 	res := ResolverSpec{Bridge: "br-banger", Server: "127.0.0.1:5353", Domain: "vm", Enable: true}
 	loop := LoopSpec{File: fx.disk, ReadOnly: true}
 	snap := SnapshotSpec{Name: "banger-a", Origin: "/dev/loop7", COW: "/dev/loop8", SizeBytes: 1 << 30}
@@ -152,8 +156,8 @@ func TestHelperRoundTrip(t *testing.T) {
 	must(c.DeleteBridge(ctx, "br-banger"))
 	must(c.CreateTap(ctx, tap))
 	must(c.DeleteTap(ctx, "bgtap1"))
-	must(c.EnsureNAT(ctx, nat))
-	must(c.ClearNAT(ctx, nat))
+	must(c.EnsureVMNet(ctx, nat))
+	must(c.ClearVMNet(ctx, nat))
 	must(c.SetResolverRouting(ctx, res))
 	dev, err := c.AttachLoop(ctx, loop)
 	must(err)
@@ -180,8 +184,8 @@ func TestHelperRoundTrip(t *testing.T) {
 		{"DeleteBridge", []any{"br-banger"}, ""},
 		{"CreateTap", []any{tap}, ""},
 		{"DeleteTap", []any{"bgtap1"}, ""},
-		{"EnsureNAT", []any{nat}, ""},
-		{"ClearNAT", []any{nat}, ""},
+		{"EnsureVMNet", []any{nat}, ""},
+		{"ClearVMNet", []any{nat}, ""},
 		{"SetResolverRouting", []any{res}, ""},
 		{"AttachLoop", []any{loop}, ""},
 		{"DetachLoop", []any{"/dev/loop7"}, ""},
@@ -218,9 +222,12 @@ func TestHelperRefusesHostileArguments(t *testing.T) {
 		"bridge spec":     c.EnsureBridge(ctx, BridgeSpec{Name: "docker0", CIDR: "172.17.0.1/16"}),
 		"tap eth0":        c.DeleteTap(ctx, "eth0"),
 		"tap newline":     c.CreateTap(ctx, TapSpec{Name: "bgtap1\nx", Bridge: "br-banger", Owner: -1, Group: -1}),
-		"nat lan":         c.EnsureNAT(ctx, NATSpec{VMIP: "192.168.1.1", Bridge: "br-banger"}),
-		"nat clear lan":   c.ClearNAT(ctx, NATSpec{VMIP: "0.0.0.0", Bridge: "br-banger"}),
-		"resolver root":   c.SetResolverRouting(ctx, ResolverSpec{Bridge: "br-banger", Server: "127.0.0.1:53", Domain: "~.", Enable: true}),
+		"nat lan":         c.EnsureVMNet(ctx, VMNetSpec{VMIP: "192.168.1.1", MAC: "02:ba:c0:a8:01:01", Tap: "bgtap1", Bridge: "br-banger", NAT: true}),
+		"nat clear lan":   c.ClearVMNet(ctx, VMNetSpec{VMIP: "0.0.0.0", MAC: "02:ba:00:00:00:00", Tap: "bgtap1", Bridge: "br-banger"}),
+		"spoof mac":       c.EnsureVMNet(ctx, VMNetSpec{VMIP: "172.30.0.9", MAC: "ff:ff:ff:ff:ff:ff", Tap: "bgtap1", Bridge: "br-banger"}),
+		"resolver root":   c.SetResolverRouting(ctx, ResolverSpec{Bridge: "br-banger", Server: "127.0.0.1:5353", Domain: "~.", Enable: true}),
+		"resolver com":    c.SetResolverRouting(ctx, ResolverSpec{Bridge: "br-banger", Server: "127.0.0.1:5353", Domain: "com", Enable: true}),
+		"resolver server": c.SetResolverRouting(ctx, ResolverSpec{Bridge: "br-banger", Server: "127.0.0.1:53", Domain: "vm", Enable: true}),
 		"loop shadow":     shadowErr,
 		"loop symlink":    symErr,
 		"detach sda":      c.DetachLoop(ctx, "/dev/sda"),

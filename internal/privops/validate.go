@@ -47,6 +47,11 @@ type Policy struct {
 	// DMNamePrefix) must start every tap and device-mapper name.
 	TapPrefix string
 	DMPrefix  string
+	// DNSServer (ip:port) and DNSDomain (default "vm") are the only
+	// resolver routing the helper installs (validate_net.go): root's own
+	// config, never the request's. No DNSServer = no resolver routing.
+	DNSServer string
+	DNSDomain string
 }
 
 // Limits on launch arguments.
@@ -107,6 +112,7 @@ func (p *Policy) Check() error {
 	if err := checkDMChars("dm prefix", p.dmPrefix()); err != nil || len(p.dmPrefix()) > 32 {
 		errs = append(errs, fmt.Errorf("dm prefix %q must be 1-32 characters of [A-Za-z0-9._-]", p.dmPrefix()))
 	}
+	errs = append(errs, p.checkDNS())
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("root helper policy: %w", err)
 	}
@@ -198,6 +204,9 @@ func (p *Policy) ValidateBridge(spec BridgeSpec) error {
 	if spec.MTU != 0 && (spec.MTU < 576 || spec.MTU > 65535) {
 		return invalid("bridge.mtu", "%d out of range 576-65535", spec.MTU)
 	}
+	if err := p.validateUplink(spec.Uplink); err != nil {
+		return err
+	}
 	return nil
 }
 
@@ -231,86 +240,11 @@ func (p *Policy) ValidateTap(spec TapSpec) error {
 	return nil
 }
 
-// ValidateNAT checks EnsureNAT/ClearNAT's spec: a host address inside the
-// bridge network (not its network, broadcast or gateway address), banger's
-// bridge, a banger tap when given, and a plain interface name (not the
-// bridge, not a tap) as uplink when given.
-func (p *Policy) ValidateNAT(spec NATSpec) error {
-	pfx, err := p.bridgePrefix()
-	if err != nil {
-		return invalid("nat", "%v", err)
-	}
-	ip, err := netip.ParseAddr(spec.VMIP)
-	if err != nil || !ip.Is4() {
-		return invalid("nat.vm_ip", "%q is not an IPv4 address", clip(spec.VMIP))
-	}
-	if !pfx.Masked().Contains(ip) {
-		return invalid("nat.vm_ip", "%s is outside banger's network %s", ip, pfx.Masked())
-	}
-	if ip == pfx.Masked().Addr() || ip == pfx.Addr() || ip == lastAddr(pfx.Masked()) {
-		return invalid("nat.vm_ip", "%s is the network, gateway or broadcast address of %s", ip, pfx.Masked())
-	}
-	if spec.Tap != "" {
-		if err := p.ValidateTapName("nat.tap", spec.Tap); err != nil {
-			return err
-		}
-	}
-	if spec.Bridge != p.BridgeName {
-		return invalid("nat.bridge", "%q is not banger's bridge %q", clip(spec.Bridge), p.BridgeName)
-	}
-	if spec.Uplink != "" {
-		if err := checkIfName("nat.uplink", spec.Uplink); err != nil {
-			return err
-		}
-		if spec.Uplink == p.BridgeName || strings.HasPrefix(spec.Uplink, p.tapPrefix()) {
-			return invalid("nat.uplink", "%q is banger's own interface", spec.Uplink)
-		}
-	}
-	return nil
-}
-
 func lastAddr(p netip.Prefix) netip.Addr {
 	a := p.Addr().As4()
 	host := uint32(1)<<(32-p.Bits()) - 1
 	v := (uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])) | host
 	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
-}
-
-// ValidateResolver checks SetResolverRouting's spec: banger's bridge; when
-// enabling, a DNS server on loopback or the bridge gateway and a domain of
-// 1-253 bytes of lowercase DNS labels (never the root, which would route
-// every lookup of the host to banger).
-func (p *Policy) ValidateResolver(spec ResolverSpec) error {
-	if spec.Bridge != p.BridgeName {
-		return invalid("resolver.bridge", "%q is not banger's bridge %q", clip(spec.Bridge), p.BridgeName)
-	}
-	if !spec.Enable {
-		return nil
-	}
-	ap, err := netip.ParseAddrPort(spec.Server)
-	if err != nil || ap.Port() == 0 {
-		return invalid("resolver.server", "%q must be ip:port", clip(spec.Server))
-	}
-	gw, _ := p.bridgePrefix()
-	if !ap.Addr().IsLoopback() && ap.Addr() != gw.Addr() {
-		return invalid("resolver.server", "%s must be on loopback or the bridge address %s", ap.Addr(), gw.Addr())
-	}
-	d := strings.TrimPrefix(spec.Domain, "~")
-	d = strings.TrimSuffix(d, ".")
-	if d == "" || len(d) > 253 {
-		return invalid("resolver.domain", "%q must be a DNS domain such as \"vm\" (not the root)", clip(spec.Domain))
-	}
-	for _, label := range strings.Split(d, ".") {
-		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
-			return invalid("resolver.domain", "%q has an invalid label %q", clip(spec.Domain), clip(label))
-		}
-		for i := 0; i < len(label); i++ {
-			if c := label[i]; !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
-				return invalid("resolver.domain", "%q may only contain [a-z0-9-] labels", clip(spec.Domain))
-			}
-		}
-	}
-	return nil
 }
 
 // ValidatePath checks that path is clean, absolute, below a managed root

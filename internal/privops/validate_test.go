@@ -59,6 +59,7 @@ func newPolFixture(t *testing.T) *polFixture {
 		},
 		BridgeName: "br-banger",
 		BridgeCIDR: "172.30.0.1/24",
+		DNSServer:  "127.0.0.1:5353",
 	}
 	if err := f.p.Check(); err != nil {
 		t.Fatal(err)
@@ -155,39 +156,53 @@ func TestValidateNetwork(t *testing.T) {
 	}
 	wantInvalid(t, "delete eth0", p.ValidateTapName("tap", "eth0"), "tap")
 
-	nat := NATSpec{VMIP: "172.30.0.7", Tap: "bgtap7", Bridge: "br-banger", Uplink: "eth0"}
-	if err := p.ValidateNAT(nat); err != nil {
+	vmnet := VMNetSpec{VMIP: "172.30.0.7", MAC: "02:ba:ac:1e:00:07", Tap: "bgtap7", Bridge: "br-banger", NAT: true, AllowLAN: true}
+	if err := p.ValidateVMNet(vmnet); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.ValidateNAT(NATSpec{VMIP: "172.30.0.254", Bridge: "br-banger"}); err != nil {
+	if err := p.ValidateVMNet(VMNetSpec{VMIP: "172.30.0.254", MAC: "02:ba:ac:1e:00:fe", Tap: "bgtap1", Bridge: "br-banger"}); err != nil {
 		t.Fatal(err)
 	}
-	for name, mut := range map[string]func(*NATSpec){
-		"outside network": func(s *NATSpec) { s.VMIP = "10.0.0.7" },
-		"host lan":        func(s *NATSpec) { s.VMIP = "192.168.1.10" },
-		"gateway":         func(s *NATSpec) { s.VMIP = "172.30.0.1" },
-		"network":         func(s *NATSpec) { s.VMIP = "172.30.0.0" },
-		"broadcast":       func(s *NATSpec) { s.VMIP = "172.30.0.255" },
-		"cidr":            func(s *NATSpec) { s.VMIP = "172.30.0.0/24" },
-		"v6":              func(s *NATSpec) { s.VMIP = "::ffff:172.30.0.7" },
-		"injection":       func(s *NATSpec) { s.VMIP = "172.30.0.7 accept" },
-		"bad tap":         func(s *NATSpec) { s.Tap = "eth0" },
-		"other bridge":    func(s *NATSpec) { s.Bridge = "docker0" },
-		"uplink=bridge":   func(s *NATSpec) { s.Uplink = "br-banger" },
-		"uplink=tap":      func(s *NATSpec) { s.Uplink = "bgtap9" },
-		"uplink hostile":  func(s *NATSpec) { s.Uplink = "eth0\"; drop" },
+	for name, mut := range map[string]func(*VMNetSpec){
+		"outside network": func(s *VMNetSpec) { s.VMIP = "10.0.0.7" },
+		"host lan":        func(s *VMNetSpec) { s.VMIP = "192.168.1.10" },
+		"gateway":         func(s *VMNetSpec) { s.VMIP = "172.30.0.1" },
+		"network":         func(s *VMNetSpec) { s.VMIP = "172.30.0.0" },
+		"broadcast":       func(s *VMNetSpec) { s.VMIP = "172.30.0.255" },
+		"cidr":            func(s *VMNetSpec) { s.VMIP = "172.30.0.0/24" },
+		"v6":              func(s *VMNetSpec) { s.VMIP = "::ffff:172.30.0.7" },
+		"injection":       func(s *VMNetSpec) { s.VMIP = "172.30.0.7 accept" },
+		"bad tap":         func(s *VMNetSpec) { s.Tap = "eth0" },
+		"no tap":          func(s *VMNetSpec) { s.Tap = "" },
+		"tap injection":   func(s *VMNetSpec) { s.Tap = "bgtap1\" }" },
+		"other bridge":    func(s *VMNetSpec) { s.Bridge = "docker0" },
+		"no mac":          func(s *VMNetSpec) { s.MAC = "" },
+		"multicast mac":   func(s *VMNetSpec) { s.MAC = "03:ba:ac:1e:00:07" },
+		"global mac":      func(s *VMNetSpec) { s.MAC = "00:16:3e:00:00:07" },
+		"upper mac":       func(s *VMNetSpec) { s.MAC = "02:BA:AC:1E:00:07" },
+		"long mac":        func(s *VMNetSpec) { s.MAC = "02:ba:ac:1e:00:07:00:00" },
+		"mac injection":   func(s *VMNetSpec) { s.MAC = "02:ba:ac:1e:00:07 } ; flush ruleset" },
+		"lan without nat": func(s *VMNetSpec) { s.NAT = false },
 	} {
-		s := nat
+		s := vmnet
 		mut(&s)
-		wantInvalid(t, "nat "+name, p.ValidateNAT(s), "nat.")
+		wantInvalid(t, "vmnet "+name, p.ValidateVMNet(s), "vmnet.")
+	}
+	if err := p.ValidateBridge(BridgeSpec{Name: "br-banger", CIDR: "172.30.0.1/24", Uplink: "eth0"}); err != nil {
+		t.Fatal(err)
+	}
+	for name, uplink := range map[string]string{"bridge": "br-banger", "tap": "bgtap9", "hostile": "eth0\"; drop"} {
+		wantInvalid(t, "uplink "+name, p.ValidateBridge(BridgeSpec{Name: "br-banger", CIDR: "172.30.0.1/24", Uplink: uplink}), "bridge.uplink")
 	}
 
+	// Resolver routing is pinned to the policy's server and domain.
 	res := ResolverSpec{Bridge: "br-banger", Server: "127.0.0.1:5353", Domain: "vm", Enable: true}
-	if err := p.ValidateResolver(res); err != nil {
-		t.Fatal(err)
-	}
-	if err := p.ValidateResolver(ResolverSpec{Bridge: "br-banger", Server: "172.30.0.1:53", Domain: "~dev.vm", Enable: true}); err != nil {
-		t.Fatal(err)
+	for _, d := range []string{"vm", "~vm", "vm.", "~vm."} {
+		res := res
+		res.Domain = d
+		if err := p.ValidateResolver(res); err != nil {
+			t.Fatalf("domain %q: %v", d, err)
+		}
 	}
 	if err := p.ValidateResolver(ResolverSpec{Bridge: "br-banger"}); err != nil {
 		t.Fatalf("disable: %v", err)
@@ -197,7 +212,13 @@ func TestValidateNetwork(t *testing.T) {
 		"empty domain":   func(s *ResolverSpec) { s.Domain = "" },
 		"bad label":      func(s *ResolverSpec) { s.Domain = "-vm" },
 		"space":          func(s *ResolverSpec) { s.Domain = "v m" },
+		"com":            func(s *ResolverSpec) { s.Domain = "com" },
+		"github":         func(s *ResolverSpec) { s.Domain = "~github.com" },
+		"subdomain":      func(s *ResolverSpec) { s.Domain = "dev.vm" },
 		"remote server":  func(s *ResolverSpec) { s.Server = "8.8.8.8:53" },
+		"other port":     func(s *ResolverSpec) { s.Server = "127.0.0.1:5354" },
+		"gateway server": func(s *ResolverSpec) { s.Server = "172.30.0.1:5353" },
+		"owner listener": func(s *ResolverSpec) { s.Server = "127.0.0.2:5353" },
 		"no port":        func(s *ResolverSpec) { s.Server = "127.0.0.1" },
 		"port 0":         func(s *ResolverSpec) { s.Server = "127.0.0.1:0" },
 		"other bridge":   func(s *ResolverSpec) { s.Bridge = "eth0" },
@@ -206,6 +227,20 @@ func TestValidateNetwork(t *testing.T) {
 		s := res
 		mut(&s)
 		wantInvalid(t, "resolver "+name, p.ValidateResolver(s), "resolver.")
+	}
+	unpinned := *p
+	unpinned.DNSServer = ""
+	wantInvalid(t, "resolver without a configured server", unpinned.ValidateResolver(res), "resolver.server")
+	for name, mut := range map[string]func(*Policy){
+		"root domain":    func(p *Policy) { p.DNSDomain = "." },
+		"remote server":  func(p *Policy) { p.DNSServer = "8.8.8.8:53" },
+		"server no port": func(p *Policy) { p.DNSServer = "127.0.0.1" },
+	} {
+		bad := *p
+		mut(&bad)
+		if err := bad.Check(); err == nil {
+			t.Errorf("policy with %s passed Check", name)
+		}
 	}
 }
 
@@ -467,7 +502,7 @@ func FuzzPolicy(f *testing.F) {
 		VMMBinaries: map[string]string{"firecracker": "/usr/bin/firecracker"},
 		BridgeName:  "br-banger", BridgeCIDR: "172.30.0.1/24",
 	}
-	for _, s := range []string{"bgtap1", "eth0", "bgtap/../x", "banger-1", "/dev/loop0", root + "/x", "/etc/shadow", "172.30.0.9", "a\x00b", "bgtapé"} {
+	for _, s := range []string{"bgtap1", "eth0", "bgtap/../x", "banger-1", "/dev/loop0", root + "/x", "/etc/shadow", "172.30.0.9", "a\x00b", "bgtapé", "02:ba:ac:1e:00:09", "02:BA:AC:1E:00:09", "02-ba-ac-1e-00-09"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
@@ -476,7 +511,8 @@ func FuzzPolicy(f *testing.F) {
 			"dm":     p.ValidateDMName("dm", s),
 			"loop":   p.ValidateLoopDevice("dev", s),
 			"path":   p.ValidatePath("path", s, false),
-			"nat":    p.ValidateNAT(NATSpec{VMIP: s, Bridge: "br-banger"}),
+			"nat":    p.ValidateVMNet(VMNetSpec{VMIP: s, MAC: "02:ba:ac:1e:00:09", Tap: "bgtap1", Bridge: "br-banger"}),
+			"mac":    p.ValidateVMNet(VMNetSpec{VMIP: "172.30.0.9", MAC: s, Tap: "bgtap1", Bridge: "br-banger"}),
 			"bridge": p.ValidateBridgeName(s),
 		}
 		for what, err := range checks {
@@ -498,6 +534,9 @@ func FuzzPolicy(f *testing.F) {
 		}
 		if checks["nat"] == nil && !strings.HasPrefix(s, "172.30.0.") {
 			t.Fatalf("nat address %q accepted", s)
+		}
+		if checks["mac"] == nil && (len(s) != 17 || strings.Trim(s, "0123456789abcdef:") != "") {
+			t.Fatalf("mac %q accepted", s)
 		}
 		if checks["bridge"] == nil && s != "br-banger" {
 			t.Fatalf("bridge %q accepted", s)

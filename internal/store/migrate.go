@@ -97,6 +97,10 @@ func migrations() []migration {
 			)`,
 			`CREATE INDEX operations_started ON operations (done, started_at)`,
 		}},
+		{3, "vm network policy: allow_lan, port forwards", []string{
+			`ALTER TABLE vms ADD COLUMN allow_lan INTEGER NOT NULL DEFAULT 0`,
+			`ALTER TABLE vms ADD COLUMN ports TEXT NOT NULL DEFAULT '[]'`,
+		}},
 	}
 }
 

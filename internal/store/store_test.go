@@ -158,7 +158,7 @@ func TestOldSchemaNeedsMigration(t *testing.T) {
 	if err != nil || status != MigrationsNeeded {
 		t.Fatalf("CheckMigrations(v1) = %v %q %v, want migrations needed", status, detail, err)
 	}
-	if !strings.Contains(detail, "version 1 of 2") || !strings.Contains(detail, "2 (operations)") {
+	if !strings.Contains(detail, fmt.Sprintf("version 1 of %d", SchemaVersion())) || !strings.Contains(detail, "2 (operations)") {
 		t.Errorf("detail %q does not say what is pending", detail)
 	}
 	s, err := Open(ctx, path)
@@ -277,6 +277,8 @@ func TestVMRoundTrip(t *testing.T) {
 	s.now = func() time.Time { return t0 }
 	vm := testVM("web-1", "0123456789abcdef")
 	vm.NAT = true
+	vm.AllowLAN = true
+	vm.Ports = []model.PortForward{{HostAddr: "127.0.0.1", HostPort: 18080, GuestPort: 8080, Proto: "tcp"}, {HostAddr: "::", HostPort: 8443, GuestPort: 443, Proto: "tcp"}}
 	vm.IP = "172.30.0.2"
 	vm.MAC = "02:00:ac:1e:00:02"
 	vm.Error = "boom"

@@ -32,7 +32,7 @@ func (e *AmbiguousRefError) Error() string {
 // Unwrap makes errors.Is(err, ErrAmbiguous) true.
 func (e *AmbiguousRefError) Unwrap() error { return ErrAmbiguous }
 
-const vmColumns = `id, name, state, image, kernel, driver, vcpu, memory_mib, disk_size_mib, nat, ip, mac, error, runtime, workspace, created_at, updated_at`
+const vmColumns = `id, name, state, image, kernel, driver, vcpu, memory_mib, disk_size_mib, nat, ip, mac, error, runtime, workspace, created_at, updated_at, allow_lan, ports`
 
 // CreateVM inserts vm. Zero CreatedAt/UpdatedAt are set to now (on vm as
 // well). A taken name or id gives an error wrapping model.ErrAlreadyExists
@@ -55,9 +55,14 @@ func (s *Store) CreateVM(ctx context.Context, vm *model.VM) error {
 	if err != nil {
 		return err
 	}
-	_, err = s.db.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	ports, err := portsJSON(vm)
+	if err != nil {
+		return err
+	}
+	_, err = s.db.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		vm.ID, vm.Name, string(vm.State), vm.Image, vm.Kernel, vm.Driver, vm.VCPU, vm.MemoryMiB, vm.DiskSizeMiB,
-		boolInt(vm.NAT), vm.IP, vm.MAC, vm.Error, rt, ws, formatTime(vm.CreatedAt), formatTime(vm.UpdatedAt))
+		boolInt(vm.NAT), vm.IP, vm.MAC, vm.Error, rt, ws, formatTime(vm.CreatedAt), formatTime(vm.UpdatedAt),
+		boolInt(vm.AllowLAN), ports)
 	if err != nil {
 		if isConstraint(err) {
 			return s.duplicateVM(ctx, vm, err)
@@ -93,6 +98,18 @@ func vmJSON(vm *model.VM) (runtime string, workspace sql.NullString, err error) 
 	return string(rt), workspace, nil
 }
 
+// portsJSON encodes the VM's port forwards ("[]" for none).
+func portsJSON(vm *model.VM) (string, error) {
+	if len(vm.Ports) == 0 {
+		return "[]", nil
+	}
+	b, err := json.Marshal(vm.Ports)
+	if err != nil {
+		return "", fmt.Errorf("encode ports of vm %s: %w", vm.Name, err)
+	}
+	return string(b), nil
+}
+
 type scanner interface{ Scan(dest ...any) error }
 
 func scanVM(row scanner) (*model.VM, error) {
@@ -100,15 +117,22 @@ func scanVM(row scanner) (*model.VM, error) {
 		vm                 model.VM
 		state, rt, created string
 		updated            string
-		nat                int
+		nat, allowLAN      int
 		ws                 sql.NullString
+		ports              string
 	)
 	if err := row.Scan(&vm.ID, &vm.Name, &state, &vm.Image, &vm.Kernel, &vm.Driver, &vm.VCPU, &vm.MemoryMiB,
-		&vm.DiskSizeMiB, &nat, &vm.IP, &vm.MAC, &vm.Error, &rt, &ws, &created, &updated); err != nil {
+		&vm.DiskSizeMiB, &nat, &vm.IP, &vm.MAC, &vm.Error, &rt, &ws, &created, &updated, &allowLAN, &ports); err != nil {
 		return nil, err
 	}
 	vm.State = model.VMState(state)
 	vm.NAT = nat != 0
+	vm.AllowLAN = allowLAN != 0
+	if ports != "" && ports != "[]" {
+		if err := json.Unmarshal([]byte(ports), &vm.Ports); err != nil {
+			return nil, fmt.Errorf("decode ports of vm %s: %w", vm.Name, err)
+		}
+	}
 	if err := json.Unmarshal([]byte(rt), &vm.Runtime); err != nil {
 		return nil, fmt.Errorf("decode runtime of vm %s: %w", vm.Name, err)
 	}
@@ -246,12 +270,17 @@ func (s *Store) UpdateVM(ctx context.Context, vm *model.VM) error {
 	if err != nil {
 		return err
 	}
+	ports, err := portsJSON(vm)
+	if err != nil {
+		return err
+	}
 	updated := s.now()
 	res, err := s.db.ExecContext(ctx, `UPDATE vms SET name = ?, state = ?, image = ?, kernel = ?, driver = ?, vcpu = ?,
-		memory_mib = ?, disk_size_mib = ?, nat = ?, ip = ?, mac = ?, error = ?, runtime = ?, workspace = ?, updated_at = ?
+		memory_mib = ?, disk_size_mib = ?, nat = ?, ip = ?, mac = ?, error = ?, runtime = ?, workspace = ?, updated_at = ?,
+		allow_lan = ?, ports = ?
 		WHERE id = ?`,
 		vm.Name, string(vm.State), vm.Image, vm.Kernel, vm.Driver, vm.VCPU, vm.MemoryMiB, vm.DiskSizeMiB,
-		boolInt(vm.NAT), vm.IP, vm.MAC, vm.Error, rt, ws, formatTime(updated), vm.ID)
+		boolInt(vm.NAT), vm.IP, vm.MAC, vm.Error, rt, ws, formatTime(updated), boolInt(vm.AllowLAN), ports, vm.ID)
 	if err != nil {
 		if isConstraint(err) {
 			return fmt.Errorf("%w: cannot rename vm %s to %q: a VM with that name exists", model.ErrAlreadyExists, vm.ID, vm.Name)

@@ -294,6 +294,7 @@ type fakeNet struct {
 	acquireErr error
 	releaseErr error
 	natErr     error
+	policies   []netw.VMNet // every ApplyVMNet
 	disableErr error
 	stale      []string // taps present on the host but unknown (crash leftovers)
 	reclaimed  []string
@@ -329,23 +330,31 @@ func (n *fakeNet) ReleaseTap(_ context.Context, name string) error {
 	return nil
 }
 
-func (n *fakeNet) EnableNAT(_ context.Context, ip netip.Addr, _ string) error {
+func (n *fakeNet) ApplyVMNet(_ context.Context, v netw.VMNet) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.natErr != nil {
 		return n.natErr
 	}
-	n.nat[ip.String()] = true
+	if v.Tap == "" || v.MAC == "" {
+		return fmt.Errorf("network policy without tap or MAC: %+v", v)
+	}
+	n.policies = append(n.policies, v)
+	if v.NAT {
+		n.nat[v.IP.String()] = true
+	} else {
+		delete(n.nat, v.IP.String())
+	}
 	return nil
 }
 
-func (n *fakeNet) DisableNAT(_ context.Context, ip netip.Addr, _ string) error {
+func (n *fakeNet) ClearVMNet(_ context.Context, v netw.VMNet) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.disableErr != nil {
 		return n.disableErr
 	}
-	delete(n.nat, ip.String())
+	delete(n.nat, v.IP.String())
 	return nil
 }
 
@@ -525,6 +534,40 @@ type rig struct {
 	freeze map[string]chan struct{}
 	clock  time.Time
 	opts   Options
+	fwds   *fakeForwards
+}
+
+// fakeForwards records the forwards the manager asks for, by VM id.
+type fakeForwards struct {
+	mu    sync.Mutex
+	byVM  map[string][]model.PortForward
+	ip    map[string]netip.Addr
+	err   error
+	calls int
+}
+
+func (f *fakeForwards) Set(_ context.Context, vmID string, ip netip.Addr, fwds []model.PortForward) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls++
+	if f.err != nil {
+		return f.err
+	}
+	f.byVM[vmID] = append([]model.PortForward(nil), fwds...)
+	f.ip[vmID] = ip
+	return nil
+}
+
+func (f *fakeForwards) Remove(vmID string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.byVM, vmID)
+}
+
+func (f *fakeForwards) get(vmID string) []model.PortForward {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.byVM[vmID]
 }
 
 var (
@@ -575,8 +618,10 @@ func newRig(t testing.TB) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
+	r.fwds = &fakeForwards{byVM: map[string][]model.PortForward{}, ip: map[string]netip.Addr{}}
 	r.opts = Options{
-		Store: r.store, Artifacts: &fakeArtifacts{
+		Forwards: r.fwds,
+		Store:    r.store, Artifacts: &fakeArtifacts{
 			img:    &model.Image{Name: "img", Path: img, Kernel: "k"},
 			kernel: &model.Kernel{Name: "k", Vmlinux: "/k/vmlinux", BzImage: "/k/vmlinuz", Initrd: "/k/initrd.img"},
 		},

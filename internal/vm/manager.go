@@ -81,9 +81,18 @@ type Network interface {
 	EnsureBridge(ctx context.Context) error
 	AcquireTap(ctx context.Context, vmID string) (string, error)
 	ReleaseTap(ctx context.Context, name string) error
-	EnableNAT(ctx context.Context, vmIP netip.Addr, tap string) error
-	DisableNAT(ctx context.Context, vmIP netip.Addr, tap string) error
+	ApplyVMNet(ctx context.Context, v netw.VMNet) error
+	ClearVMNet(ctx context.Context, v netw.VMNet) error
 	Reclaim(ctx context.Context, inUse func(tap string) bool) ([]string, error)
+}
+
+// Forwards serves the port forwards of running VMs (*portfwd.Manager).
+// Set replaces the VM's forwards with fwds to guestIP (none: removes them)
+// and returns an error naming each forward it could not serve; Remove
+// stops them all.
+type Forwards interface {
+	Set(ctx context.Context, vmID string, guestIP netip.Addr, fwds []model.PortForward) error
+	Remove(vmID string)
 }
 
 // DNS holds the <name>.vm records of running VMs (*vmdns.Server).
@@ -134,10 +143,12 @@ type Options struct {
 	CoW    disk.CoW
 	Runner hostexec.Runner // host tools: mkfs.ext4, debugfs, e2fsck, resize2fs, git
 	DNS    DNS             // nil = no DNS records
-	Guests Guests
-	Layout paths.Layout
-	Logger *slog.Logger
-	Now    func() time.Time
+	// Forwards serves port forwards (nil = VMs with ports cannot start).
+	Forwards Forwards
+	Guests   Guests
+	Layout   paths.Layout
+	Logger   *slog.Logger
+	Now      func() time.Time
 
 	// Domain is the DNS zone of VM names (default "vm").
 	Domain string

@@ -235,7 +235,7 @@ func TestStopThenStartKeepsDisksAndAddress(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := prefixed(OpStart, []string{StepArtifacts, StepLease, StepRootDisk, StepWorkDisk, StepGuestConfig, StepTap, StepVMM, StepDNS, StepSSH})
+	want := prefixed(OpStart, []string{StepArtifacts, StepLease, StepRootDisk, StepWorkDisk, StepGuestConfig, StepTap, StepNAT, StepVMM, StepDNS, StepSSH})
 	var steps []string
 	for _, s := range r.stepLog() {
 		if !strings.HasPrefix(s, OpTeardown+":") {

@@ -117,8 +117,16 @@ func (m *Manager) reconcileOne(ctx context.Context, vm *model.VM, rep *Reconcile
 					return nil, err
 				}
 			}
-			if ip, err := netip.ParseAddr(vm.IP); err == nil && m.o.DNS != nil {
-				m.o.DNS.Set(vm.Name, ip)
+			if ip, err := netip.ParseAddr(vm.IP); err == nil {
+				if m.o.DNS != nil {
+					m.o.DNS.Set(vm.Name, ip)
+				}
+				// Restore the forwards this daemon's predecessor served.
+				if len(vm.Ports) > 0 && m.o.Forwards != nil {
+					if err := m.o.Forwards.Set(ctx, vm.ID, ip, vm.Ports); err != nil {
+						m.o.Logger.WarnContext(ctx, "reconcile: port forwards", "vm", vm.Name, "err", err)
+					}
+				}
 			}
 			return &rep.Reattached, nil
 		}

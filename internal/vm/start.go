@@ -94,14 +94,16 @@ func (r *startRun) steps() []step {
 		step{name: StepGuestConfig, do: r.guestConfig},
 		step{name: StepTap, do: r.tap},
 	)
-	if r.vm.NAT {
-		s = append(s, step{name: StepNAT, do: r.nat})
-	}
-	return append(s,
+	s = append(s,
+		step{name: StepNAT, detail: netDetail(r.vm), do: r.nat},
 		step{name: StepVMM, do: r.startVMM},
 		step{name: StepDNS, do: r.dns},
 		step{name: StepSSH, detail: "waiting for the guest to boot", do: r.waitSSH},
 	)
+	if len(r.vm.Ports) > 0 {
+		s = append(s, step{name: StepPorts, detail: portsDetail(r.vm.Ports), do: r.ports})
+	}
+	return s
 }
 
 func (r *startRun) cleanup(ctx context.Context, _ *undoStack) error {
@@ -336,20 +338,60 @@ func (r *startRun) tap(ctx context.Context, u *undoStack) error {
 	return nil
 }
 
+// vmNet is the VM's network policy as the network manager takes it.
+func vmNet(vm *model.VM, ip netip.Addr) netw.VMNet {
+	return netw.VMNet{IP: ip, MAC: vm.MAC, Tap: vm.Runtime.Tap, NAT: vm.NAT, AllowLAN: vm.NAT && vm.AllowLAN}
+}
+
+func netDetail(vm *model.VM) string {
+	switch {
+	case vm.NAT && vm.AllowLAN:
+		return "NAT, LAN allowed"
+	case vm.NAT:
+		return "NAT (internet only)"
+	}
+	return "no NAT (host DNS only)"
+}
+
+func portsDetail(ports []model.PortForward) string {
+	var s []string
+	for _, p := range ports {
+		s = append(s, p.String())
+	}
+	return strings.Join(s, ", ")
+}
+
+// nat installs the VM's network policy (every VM: its tap may only send
+// from its address and MAC; NAT and LAN access as recorded). NATActive
+// records that teardown must clear it.
 func (r *startRun) nat(ctx context.Context, u *undoStack) error {
 	m, vm := r.m, r.vm
 	vm.Runtime.NATActive = true
 	if err := m.save(ctx, vm); err != nil {
 		return err
 	}
-	u.push("disable NAT", func(ctx context.Context) error {
-		if err := m.o.Network.DisableNAT(ctx, r.ip, vm.Runtime.Tap); err != nil {
+	u.push("clear network policy", func(ctx context.Context) error {
+		if err := m.o.Network.ClearVMNet(ctx, vmNet(vm, r.ip)); err != nil {
 			return err
 		}
 		vm.Runtime.NATActive = false
 		return m.save(ctx, vm)
 	})
-	return m.o.Network.EnableNAT(ctx, r.ip, vm.Runtime.Tap)
+	return m.o.Network.ApplyVMNet(ctx, vmNet(vm, r.ip))
+}
+
+// ports serves the VM's port forwards; a forward that cannot listen (port
+// in use) fails the start with the reason.
+func (r *startRun) ports(ctx context.Context, u *undoStack) error {
+	m, vm := r.m, r.vm
+	if m.o.Forwards == nil {
+		return errors.New("this daemon cannot serve port forwards")
+	}
+	u.push("remove port forwards", func(ctx context.Context) error {
+		m.o.Forwards.Remove(vm.ID)
+		return nil
+	})
+	return m.o.Forwards.Set(ctx, vm.ID, r.ip, vm.Ports)
 }
 
 // prepareLog returns the VM's console log path, truncating a log grown past

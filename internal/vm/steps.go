@@ -32,10 +32,11 @@ const (
 	StepWorkDisk    = "work-disk"    // /root disk: seeded, authorized_keys, git identity
 	StepGuestConfig = "guest-config" // hostname, hosts, network, host key into the root disk
 	StepTap         = "tap"          // tap on the bridge (warm pool)
-	StepNAT         = "nat"          // only for VMs with NAT
+	StepNAT         = "nat"          // network policy: tap bound to IP+MAC; NAT and LAN access as the VM says
 	StepVMM         = "vmm"          // VMM process
 	StepDNS         = "dns"          // <name>.vm record
 	StepSSH         = "ssh"          // wait until the guest's sshd accepts the key
+	StepPorts       = "ports"        // port forwards from the host (only for VMs with ports)
 )
 
 // Steps of stop and teardown (teardown runs every step even when one
@@ -43,6 +44,7 @@ const (
 const (
 	StepShutdown  = "shutdown"    // sync + poweroff over ssh, wait, else kill
 	StepRelease   = "release-vmm" // make sure the VMM is gone
+	StepUnPorts   = "ports-off"
 	StepUnNAT     = "nat-off"
 	StepUntap     = "tap-off"
 	StepUnDNS     = "dns-off"

@@ -138,15 +138,26 @@ func (m *Manager) teardown(ctx context.Context, vm *model.VM) error {
 			vmmGone = err == nil
 			return err
 		}},
+		{name: StepUnPorts, do: func(ctx context.Context, _ *undoStack) error {
+			if m.o.Forwards != nil {
+				m.o.Forwards.Remove(vm.ID)
+			}
+			return nil
+		}},
 		{name: StepUnNAT, do: func(ctx context.Context, _ *undoStack) error {
 			if !vm.Runtime.NATActive {
 				return nil
 			}
 			ip, err := netip.ParseAddr(vm.IP)
 			if err != nil {
-				return fmt.Errorf("NAT recorded without a valid address %q", vm.IP)
+				return fmt.Errorf("network policy recorded without a valid address %q", vm.IP)
 			}
-			if err := m.o.Network.DisableNAT(ctx, ip, vm.Runtime.Tap); err != nil {
+			if vm.Runtime.Tap == "" {
+				// Recorded before the tap: nothing was bound.
+				vm.Runtime.NATActive = false
+				return m.save(ctx, vm)
+			}
+			if err := m.o.Network.ClearVMNet(ctx, vmNet(vm, ip)); err != nil {
 				return err
 			}
 			vm.Runtime.NATActive = false

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 const pkg = "github.com/bangerdev/banger/internal/buildinfo"
@@ -167,7 +168,9 @@ func TestUserModeUpdateEndToEnd(t *testing.T) {
 	}
 
 	// 1. A real update.
+	start := time.Now()
 	out = u.must(append([]string{"update"}, channelFlags...)...)
+	t.Logf("user-mode update v1.0.0 -> v1.1.0 (download, verify, stage, swap, restart, doctor): %s", time.Since(start).Round(time.Millisecond))
 	if !strings.Contains(out, "updated banger v1.0.0 -> v1.1.0") {
 		t.Fatalf("update: %s", out)
 	}
@@ -198,7 +201,9 @@ echo "bangerd: simulated start-up failure" >&2
 exit 1
 `, filepath.Join(root, "v1.2.0", "bangerd"))), 0o755)
 	release("--key", key, "--out", channel, "--version", "v1.2.0", "--bin", broken)
+	start = time.Now()
 	out, errOut, code := u.run(append([]string{"update"}, channelFlags...)...)
+	t.Logf("failed update to v1.2.0 and automatic rollback: %s", time.Since(start).Round(time.Millisecond))
 	if code == 0 || !strings.Contains(errOut, "(rolled back to previous install)") || !strings.Contains(errOut, "simulated start-up failure") {
 		t.Fatalf("broken update: exit %d\n%s%s", code, out, errOut)
 	}

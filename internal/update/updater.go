@@ -253,10 +253,15 @@ func (u *Updater) Update(ctx context.Context, o Options) (*Result, error) {
 	}
 	tarball := filepath.Join(u.CacheDir, plan.Tarball)
 	u.logf("downloading %s", resolve(plan.base, plan.Release.Tarball))
+	start := time.Now()
 	if err := u.download(ctx, resolve(plan.base, plan.Release.Tarball), tarball, plan.sum, MaxTarballBytes); err != nil {
 		return nil, err
 	}
-	u.logf("verified %s (sha256 %s)", plan.Tarball, plan.sum[:16])
+	var size int64
+	if st, err := os.Stat(tarball); err == nil {
+		size = st.Size()
+	}
+	u.logf("verified %s: %.1f MiB, sha256 %s… (%s)", plan.Tarball, float64(size)/(1<<20), plan.sum[:16], time.Since(start).Round(time.Millisecond))
 	st, err := stage(tarball, u.CacheDir, u.Install.Names())
 	if err != nil {
 		return nil, fmt.Errorf("%w; nothing was installed", err)

@@ -527,13 +527,19 @@ func (d *Driver) Wait(ctx context.Context, h *vmm.Handle) error {
 }
 
 // Find implements vmm.Driver: pidfile → /proc → comm + the VM's socket path
-// (plain) or --id=VMID (jailer) as an exact command-line argument.
+// as an exact command-line argument (plain), or, under the jailer, the
+// jail's pidfile, comm and start time (see findJailed).
 func (d *Driver) Find(ctx context.Context, spec vmm.Spec) (*vmm.Handle, error) {
 	l, err := d.layout(spec)
 	if err != nil {
 		return nil, fmt.Errorf("firecracker: %w", err)
 	}
-	pid, err := vmm.FindProcess(l.pidFile, l.comm, l.marker)
+	var pid int
+	if l.chroot != "" {
+		pid, err = findJailed(l, l.comm)
+	} else {
+		pid, err = vmm.FindProcess(l.pidFile, l.comm, l.marker)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("firecracker: find vm %s: %w", spec.VMID, err)
 	}

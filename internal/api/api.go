@@ -42,6 +42,15 @@ const (
 	MethodKernelRemove = "kernel.rm"
 
 	MethodSSHConfig = "ssh.config"
+
+	// MethodStoreStatus reports the state store's schema status (doctor
+	// asks the daemon: the CLI never opens the daemon's store).
+	MethodStoreStatus = "daemon.store.status"
+
+	// MethodSSHCredentials hands the caller (the daemon's own user, or
+	// root) banger's managed guest key and the host keys pinned for one VM,
+	// so the CLI dials guests without reading the daemon's files.
+	MethodSSHCredentials = "ssh.credentials"
 )
 
 // SSHConfig is the result of ssh.config: the ssh_config file the daemon
@@ -200,4 +209,18 @@ type KernelImportParams struct {
 // KernelList is the result of kernel.list.
 type KernelList struct {
 	Kernels []*model.Kernel `json:"kernels"`
+}
+
+// StoreStatus is the result of daemon.store.status: the
+// store.MigrationStatus of the daemon's store and a line for humans.
+type StoreStatus struct {
+	Status int    `json:"status"`
+	Detail string `json:"detail"`
+	Path   string `json:"path"`
+}
+
+// SSHCredentials is the result of ssh.credentials.
+type SSHCredentials struct {
+	PrivateKey string   `json:"private_key"` // OpenSSH PEM
+	HostKeys   []string `json:"host_keys"`   // the VM's pinned host keys, authorized_keys format
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/bangerdev/banger/internal/paths"
 	"github.com/bangerdev/banger/internal/rpc"
 	"github.com/bangerdev/banger/internal/store"
+	"github.com/bangerdev/banger/internal/system"
 )
 
 func (a *app) doctorCmd() *cobra.Command {
@@ -110,27 +111,43 @@ func (a *app) doctorChecks() ([]doctor.Check, error) {
 	checks = append(checks, doctor.VMMBinaries(runner, cfg.QEMU.Binary, cfg.Firecracker.Binary, cfg.Firecracker.Jailer, kvmProbe)...)
 	checks = append(checks, doctor.Tools(doctor.RequiredTools)...)
 	checks = append(checks, doctor.Check{Name: "state store", Run: func(ctx context.Context) doctor.Result {
-		st, detail, err := store.CheckMigrations(ctx, layout.DBPath())
+		// The store is the daemon's: ask it (the CLI may not be able to
+		// read it, e.g. root's or a group member's CLI in system mode).
+		var res api.StoreStatus
+		err := rpc.NewClient(layout.DaemonSocket()).Call(ctx, api.MethodStoreStatus, nil, &res)
+		if errors.Is(err, rpc.ErrUnreachable) {
+			return doctor.Result{Status: doctor.Pass, Message: "daemon not running: it checks (and migrates) the store when it starts"}
+		}
 		if err != nil {
 			return doctor.Result{Status: doctor.Fail, Message: err.Error(), Hint: "check permissions of " + layout.StateDir}
 		}
-		switch st {
+		switch store.MigrationStatus(res.Status) {
 		case store.MigrationsOK:
-			return doctor.Result{Status: doctor.Pass, Message: "schema up to date (" + detail + ")"}
+			return doctor.Result{Status: doctor.Pass, Message: "schema up to date (" + res.Detail + ")"}
 		case store.MigrationsNeeded:
-			return doctor.Result{Status: doctor.Pass, Message: detail + "; the daemon migrates it at start"}
+			return doctor.Result{Status: doctor.Pass, Message: res.Detail + "; the daemon migrates it at start"}
 		default:
-			return doctor.Result{Status: doctor.Fail, Message: detail, Hint: "this banger is older than the state store: upgrade banger (`banger update`)"}
+			return doctor.Result{Status: doctor.Fail, Message: res.Detail, Hint: "this banger is older than the state store: upgrade banger (`banger update`)"}
 		}
 	}})
 	checks = append(checks, a.networkChecks(layout, cfg, runner)...)
 	checks = append(checks, doctor.Check{Name: "daemon", Run: func(ctx context.Context) doctor.Result {
 		p, err := a.ping(ctx, rpc.NewClient(layout.DaemonSocket()))
 		if errors.Is(err, rpc.ErrUnreachable) {
+			if layout.Mode == paths.ModeSystem {
+				return doctor.Result{Status: doctor.Fail, Message: "the system daemon does not answer at " + layout.DaemonSocket(), Hint: "`sudo banger system restart`; see `journalctl -u bangerd`"}
+			}
 			return doctor.Result{Status: doctor.Pass, Message: "not running (started on demand by the CLI)"}
 		}
 		if err != nil {
+			if layout.Mode == paths.ModeSystem {
+				return doctor.Result{Status: doctor.Fail, Message: err.Error(), Hint: "`sudo banger system restart`; see `journalctl -u bangerd`"}
+			}
 			return doctor.Result{Status: doctor.Fail, Message: err.Error(), Hint: "restart it: `banger daemon stop`, then any banger command"}
+		}
+		if !p.Build.Same(a.env.Build) && layout.Mode == paths.ModeSystem {
+			return doctor.Result{Status: doctor.Warn, Message: fmt.Sprintf("system daemon %s, CLI %s", p.Build.Version, a.env.Build.Version),
+				Hint: "`sudo banger system install` from the build you want (see the versions check)"}
 		}
 		if !p.Build.Same(a.env.Build) {
 			return doctor.Result{Status: doctor.Warn, Message: fmt.Sprintf("daemon %s, CLI %s", p.Build.Version, a.env.Build.Version),
@@ -138,6 +155,7 @@ func (a *app) doctorChecks() ([]doctor.Check, error) {
 		}
 		return doctor.Result{Status: doctor.Pass, Message: fmt.Sprintf("running %s (pid %d)", strings.TrimSpace(p.Build.Version), p.PID)}
 	}})
+	checks = append(checks, system.DoctorChecks(system.DoctorProbe{Root: a.env.SystemRoot, CLI: a.env.Build})...)
 	return checks, nil
 }
 

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 	"golang.org/x/term"
 
+	"github.com/bangerdev/banger/internal/api"
 	"github.com/bangerdev/banger/internal/guest"
 	"github.com/bangerdev/banger/internal/model"
 	"github.com/bangerdev/banger/internal/paths"
@@ -37,25 +38,53 @@ func (a *app) dialVM(ctx context.Context, vm *model.VM) (*guest.Client, error) {
 	if vm.State != model.StateRunning || vm.IP == "" {
 		return nil, notRunning(vm)
 	}
-	layout, err := a.layout()
+	// The key and known_hosts are the daemon's files: ask the daemon
+	// (in system mode this CLI may not be able to read them).
+	var cred api.SSHCredentials
+	if err := a.call(ctx, api.MethodSSHCredentials, api.Ref{Ref: vm.ID}, &cred); err != nil {
+		return nil, fmt.Errorf("banger's ssh credentials for %s: %w", vm.Name, err)
+	}
+	signer, err := ssh.ParsePrivateKey([]byte(cred.PrivateKey))
+	if err != nil {
+		return nil, fmt.Errorf("banger's ssh key from the daemon: %w", err)
+	}
+	cb, err := pinnedHostKeys(vm.Name, cred.HostKeys)
 	if err != nil {
 		return nil, err
 	}
-	signer, _, err := guest.EnsureKey(layout.SSHDir())
-	if err != nil {
-		return nil, fmt.Errorf("banger's ssh key: %w", err)
-	}
-	kh, err := guest.OpenKnownHosts(layout.KnownHostsPath())
-	if err != nil {
-		return nil, fmt.Errorf("banger's known_hosts: %w", err)
-	}
 	c, err := guest.Dial(ctx, net.JoinHostPort(vm.IP, "22"), guest.Options{
-		Signer: signer, KnownHosts: kh, Aliases: []string{vmHost(vm)}, ConnectTimeout: 30 * time.Second,
+		Signer: signer, HostKeyCallback: cb, ConnectTimeout: 30 * time.Second,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("ssh to VM %s: %w (is it up? `banger vm logs %s`)", vm.Name, err, vm.Name)
 	}
 	return c, nil
+}
+
+// pinnedHostKeys accepts exactly the host keys the daemon pinned for the
+// VM (it writes them before the first boot, so there is nothing to trust on
+// first use).
+func pinnedHostKeys(name string, lines []string) (ssh.HostKeyCallback, error) {
+	var keys [][]byte
+	for _, l := range lines {
+		k, _, _, _, err := ssh.ParseAuthorizedKey([]byte(l))
+		if err != nil {
+			return nil, fmt.Errorf("host key of %s from the daemon: %w", name, err)
+		}
+		keys = append(keys, k.Marshal())
+	}
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("no host key is pinned for VM %s: recreate it (`banger vm delete %s`)", name, name)
+	}
+	return func(_ string, _ net.Addr, key ssh.PublicKey) error {
+		got := key.Marshal()
+		for _, k := range keys {
+			if bytes.Equal(k, got) {
+				return nil
+			}
+		}
+		return fmt.Errorf("VM %s presented host key %s, not the one banger pinned (possible MITM, or the VM was rebuilt)", name, ssh.FingerprintSHA256(key))
+	}, nil
 }
 
 // notRunning is the error for commands that need a running VM.

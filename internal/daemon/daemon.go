@@ -219,6 +219,14 @@ func (d *Daemon) register() {
 		}
 		return &api.OperationsList{Operations: ops}, nil
 	}))
+	s.Handle(api.MethodStoreStatus, rpc.Typed(func(ctx context.Context, _ api.Empty) (*api.StoreStatus, error) {
+		st, detail, err := store.CheckMigrations(ctx, d.layout.DBPath())
+		if err != nil {
+			return nil, err
+		}
+		return &api.StoreStatus{Status: int(st), Detail: detail, Path: d.layout.DBPath()}, nil
+	}))
+	s.Handle(api.MethodSSHCredentials, rpc.Typed(d.sshCredentials))
 	d.handleVM(api.MethodVMCreate, rpc.Typed(d.vmCreate))
 	s.Handle(api.MethodVMList, rpc.Typed(d.vmList))
 	s.Handle(api.MethodVMShow, rpc.Typed(d.vmShow))

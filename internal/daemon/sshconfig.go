@@ -3,8 +3,13 @@ package daemon
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/netip"
+	"os"
+	"strings"
 	"sync"
+
+	"golang.org/x/crypto/ssh"
 
 	"github.com/bangerdev/banger/internal/api"
 	"github.com/bangerdev/banger/internal/guest"
@@ -70,4 +75,43 @@ func (d *Daemon) registerSSHConfig() {
 		}
 		return &api.SSHConfig{Path: d.layout.SSHConfigPath(), Text: text}, nil
 	}))
+}
+
+// sshCredentials answers ssh.credentials: the managed key and the host
+// keys pinned for the VM (under its address and its NAME.vm alias).
+func (d *Daemon) sshCredentials(ctx context.Context, p api.Ref) (*api.SSHCredentials, error) {
+	vm, err := d.resolveRef(ctx, p.Ref)
+	if err != nil {
+		return nil, err
+	}
+	if _, _, err := guest.EnsureKey(d.layout.SSHDir()); err != nil {
+		return nil, fmt.Errorf("banger's ssh key: %w", err)
+	}
+	pem, err := os.ReadFile(guest.KeyPath(d.layout.SSHDir()))
+	if err != nil {
+		return nil, fmt.Errorf("banger's ssh key: %w", err)
+	}
+	kh, err := guest.OpenKnownHosts(d.layout.KnownHostsPath())
+	if err != nil {
+		return nil, fmt.Errorf("banger's known_hosts: %w", err)
+	}
+	res := &api.SSHCredentials{PrivateKey: string(pem), HostKeys: []string{}}
+	seen := map[string]bool{}
+	for _, host := range []string{vm.IP, vm.Name + "." + sshconfig.DefaultDomain} {
+		if host == "" {
+			continue
+		}
+		keys, err := kh.Keys(host)
+		if err != nil {
+			return nil, fmt.Errorf("banger's known_hosts: %w", err)
+		}
+		for _, k := range keys {
+			line := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(k)))
+			if !seen[line] {
+				seen[line] = true
+				res.HostKeys = append(res.HostKeys, line)
+			}
+		}
+	}
+	return res, nil
 }

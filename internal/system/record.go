@@ -32,16 +32,25 @@ func ReadRecord(root string) (*Record, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read install record: %w", err)
 	}
+	rec, err := ParseRecord(data)
+	if err != nil {
+		return nil, fmt.Errorf("install record %s: %w (re-run `sudo banger system install --owner USER`)", path, err)
+	}
+	return rec, nil
+}
+
+// ParseRecord decodes an install record.
+func ParseRecord(data []byte) (*Record, error) {
 	var rec Record
 	md, err := toml.Decode(string(data), &rec)
 	if err != nil {
-		return nil, fmt.Errorf("install record %s is not valid TOML: %w (re-run `sudo banger system install`)", path, err)
+		return nil, fmt.Errorf("not valid TOML: %w", err)
 	}
 	if und := md.Undecoded(); len(und) > 0 {
-		return nil, fmt.Errorf("install record %s has unknown key %q (written by a newer banger? re-run `sudo banger system install`)", path, und[0].String())
+		return nil, fmt.Errorf("unknown key %q (written by a newer banger?)", und[0].String())
 	}
 	if rec.Owner.User == "" || rec.Owner.UID <= 0 {
-		return nil, fmt.Errorf("install record %s names no non-root owner: re-run `sudo banger system install --owner USER`", path)
+		return nil, errors.New("it names no non-root owner")
 	}
 	return &rec, nil
 }

@@ -9,9 +9,11 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/bangerdev/banger/internal/api"
 	"github.com/bangerdev/banger/internal/buildinfo"
 	"github.com/bangerdev/banger/internal/hostexec"
 	"github.com/bangerdev/banger/internal/testreq"
@@ -561,5 +563,93 @@ func TestReadRecordErrors(t *testing.T) {
 		if _, err := ReadRecord(root); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: %v", content, err)
 		}
+	}
+}
+
+func TestDoctorChecks(t *testing.T) {
+	ctx := context.Background()
+	run := func(p DoctorProbe) map[string]string {
+		res := map[string]string{}
+		for _, c := range DoctorChecks(p) {
+			r := c.Run(ctx)
+			res[c.Name] = string(r.Status) + " " + r.Message
+		}
+		return res
+	}
+	// No install: one PASS.
+	if got := run(DoctorProbe{Root: t.TempDir()}); len(got) != 1 || !strings.HasPrefix(got["system install"], "PASS not installed") {
+		t.Errorf("no install: %v", got)
+	}
+	root := t.TempDir()
+	h := newHost(1000, &hostexec.Recorder{})
+	if _, err := h.Install(ctx, InstallOptions{Owner: "alice", Root: root, SourceDir: fakeBins(t, "x")}); err != nil {
+		t.Fatal(err)
+	}
+	good := DoctorProbe{Root: root, CLI: testBuild,
+		Daemon:  func(context.Context) (*api.PingResult, error) { return &api.PingResult{Build: testBuild, PID: 42}, nil },
+		Helper:  func(context.Context) (buildinfo.Info, error) { return testBuild, nil },
+		ProcUID: func(int) (int, error) { return 1000, nil },
+	}
+	got := run(good)
+	for _, name := range []string{"system units", "unit kill mode", "versions", "daemon user"} {
+		if !strings.HasPrefix(got[name], "PASS") {
+			t.Errorf("%s: %s", name, got[name])
+		}
+	}
+	// No helper socket under the temp root.
+	if !strings.HasPrefix(got["helper socket"], "FAIL") {
+		t.Errorf("helper socket: %s", got["helper socket"])
+	}
+
+	bad := good
+	bad.ProcUID = func(int) (int, error) { return 0, nil }
+	bad.Helper = func(context.Context) (buildinfo.Info, error) { return buildinfo.Info{Version: "v0.0.1"}, nil }
+	p := filepath.Join(root, UnitDir, HelperUnit)
+	data, _ := os.ReadFile(p)
+	_ = os.WriteFile(p, bytes.Replace(data, []byte("KillMode=process"), []byte("KillMode=control-group"), 1), 0o644)
+	got = run(bad)
+	for name, want := range map[string]string{
+		"system units":   "WARN bangerd-root.service differs",
+		"unit kill mode": "FAIL bangerd-root.service has KillMode=control-group",
+		"versions":       "WARN cli v1.2.3, installed v1.2.3, daemon v1.2.3, helper v0.0.1",
+		"daemon user":    "FAIL the owner daemon (pid 42) runs as root",
+	} {
+		if !strings.HasPrefix(got[name], want) {
+			t.Errorf("%s: got %q, want prefix %q", name, got[name], want)
+		}
+	}
+}
+
+func TestCheckHelperSocket(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the socket's directory must be root's: runs as root (make test)")
+	}
+	dir := t.TempDir()
+	_ = os.Chmod(dir, 0o755)
+	sock := filepath.Join(dir, "root-helper.sock")
+	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(fd)
+	if err := syscall.Bind(fd, &syscall.SockaddrUnix{Name: sock}); err != nil {
+		t.Fatal(err)
+	}
+	_ = os.Chown(sock, 1000, 1000)
+	_ = os.Chmod(sock, 0o600)
+	if r := checkHelperSocket(sock, 1000); r.Status != "PASS" {
+		t.Errorf("good socket: %+v", r)
+	}
+	if r := checkHelperSocket(sock, 1001); r.Status != "FAIL" || !strings.Contains(r.Message, "not the owner") {
+		t.Errorf("wrong owner: %+v", r)
+	}
+	_ = os.Chmod(sock, 0o666)
+	if r := checkHelperSocket(sock, 1000); r.Status != "FAIL" || !strings.Contains(r.Message, "other users") {
+		t.Errorf("open mode: %+v", r)
+	}
+	_ = os.Chmod(sock, 0o600)
+	_ = os.Chmod(dir, 0o777)
+	if r := checkHelperSocket(sock, 1000); r.Status != "FAIL" {
+		t.Errorf("writable dir: %+v", r)
 	}
 }

@@ -35,11 +35,13 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/internal/config"
 	"github.com/bangerdev/banger/internal/disk"
 	"github.com/bangerdev/banger/internal/guest"
 	"github.com/bangerdev/banger/internal/image"
 	"github.com/bangerdev/banger/internal/model"
 	"github.com/bangerdev/banger/internal/netw"
+	"github.com/bangerdev/banger/internal/paths"
 	"github.com/bangerdev/banger/internal/privops"
 	"github.com/bangerdev/banger/internal/progress"
 	"github.com/bangerdev/banger/internal/rpc"
@@ -136,6 +138,17 @@ func (d *Daemon) initRuntime(ctx context.Context) error {
 	return nil
 }
 
+// jailerWanted says whether Firecracker runs under the jailer: as
+// firecracker.use_jailer says when it is set, else by default in system
+// mode (where the VMM must not run with the helper's view of the host).
+// explicit reports that the config set it.
+func jailerWanted(mode string, cfg *config.Config) (want, explicit bool) {
+	if src := cfg.Provenance["firecracker.use_jailer"]; src != "" && src != config.SourceDefault {
+		return cfg.Firecracker.UseJailer, true
+	}
+	return cfg.Firecracker.UseJailer || mode == paths.ModeSystem, false
+}
+
 // newDrivers builds the VMM drivers and picks the default: firecracker when
 // its binary and a usable /dev/kvm exist, else qemu (config vm.driver
 // overrides).
@@ -149,15 +162,27 @@ func (d *Daemon) newDrivers() (map[string]vmm.Driver, string, error) {
 	drivers := map[string]vmm.Driver{q.Name(): q}
 	fcCfg := firecracker.Config{Binary: cfg.Firecracker.Binary, Env: envWithPrefix(os.Environ(), fakeFCEnvPrefix)}
 	fcBin, fcErr := exec.LookPath(cfg.Firecracker.Binary)
-	if cfg.Firecracker.UseJailer && fcErr == nil {
+	useJailer, explicit := jailerWanted(d.layout.Mode, cfg)
+	noFC := false
+	if useJailer && fcErr == nil {
 		jailer, err := exec.LookPath(cfg.Firecracker.Jailer)
-		if err != nil {
+		switch {
+		case err != nil && explicit:
 			return nil, "", fmt.Errorf("firecracker.use_jailer is set but %s is not installed: %w", cfg.Firecracker.Jailer, err)
+		case err != nil:
+			// System mode jails Firecracker by default: without the
+			// jailer, Firecracker is not offered (set use_jailer = false
+			// to run it unjailed).
+			d.logger.Warn("firecracker driver unavailable: system mode runs it under the jailer, which is not installed (install it, or set firecracker.use_jailer = false)", "jailer", cfg.Firecracker.Jailer)
+			fcErr, noFC = err, true
+		default:
+			fcCfg.Binary = fcBin
+			fcCfg.Jailer = &firecracker.JailerConfig{Binary: jailer, ChrootBase: filepath.Join(d.layout.StateDir, "jail")}
 		}
-		fcCfg.Binary = fcBin
-		fcCfg.Jailer = &firecracker.JailerConfig{Binary: jailer, ChrootBase: filepath.Join(d.layout.StateDir, "jail")}
 	}
-	if fc, err := firecracker.New(fcCfg, d.privops, d.runner, d.logger); err != nil {
+	if noFC {
+		// the jailer is wanted but missing (logged above)
+	} else if fc, err := firecracker.New(fcCfg, d.privops, d.runner, d.logger); err != nil {
 		d.logger.Warn("firecracker driver unavailable", "err", err)
 	} else {
 		drivers[fc.Name()] = fc

@@ -7,6 +7,9 @@ import (
 	"reflect"
 	"syscall"
 	"testing"
+
+	"github.com/bangerdev/banger/internal/config"
+	"github.com/bangerdev/banger/internal/paths"
 )
 
 func TestParseSignal(t *testing.T) {
@@ -71,5 +74,26 @@ func TestCrashHookOnlyParsesOpStep(t *testing.T) {
 	}
 	if err := h(context.Background(), "id", "start", "vmm"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestJailerWantedByDefaultInSystemMode(t *testing.T) {
+	def := config.Defaults(config.HostInfo{CPUs: 2, MemoryBytes: 4 << 30})
+	if w, ex := jailerWanted(paths.ModeSystem, def); !w || ex {
+		t.Errorf("system mode default: want %v explicit %v", w, ex)
+	}
+	if w, _ := jailerWanted(paths.ModeUser, def); w {
+		t.Error("user mode jails by default")
+	}
+	off := config.Defaults(config.HostInfo{CPUs: 2, MemoryBytes: 4 << 30})
+	off.Provenance["firecracker.use_jailer"] = "/etc/banger/config.toml"
+	if w, ex := jailerWanted(paths.ModeSystem, off); w || !ex {
+		t.Errorf("use_jailer = false in system mode: want %v explicit %v", w, ex)
+	}
+	on := config.Defaults(config.HostInfo{CPUs: 2, MemoryBytes: 4 << 30})
+	on.Firecracker.UseJailer = true
+	on.Provenance["firecracker.use_jailer"] = "/home/u/.config/banger/config.toml"
+	if w, ex := jailerWanted(paths.ModeUser, on); !w || !ex {
+		t.Errorf("use_jailer = true in user mode: want %v explicit %v", w, ex)
 	}
 }

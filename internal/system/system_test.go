@@ -128,6 +128,7 @@ func TestRenderUnitsCarryTheDirectives(t *testing.T) {
 	}
 	wantHelper := map[string]string{
 		"Service.ExecStart":             DaemonPath + " root-helper --owner-uid 1000",
+		"Service.ExecStartPre":          "+/usr/bin/install -d -m 0700 -o 1000 -g 1000 /run/banger",
 		"Service.SendSIGKILL":           "no",
 		"Service.CapabilityBoundingSet": strings.Join(HelperCapabilities, " "),
 		"Service.ProtectHome":           "yes",
@@ -319,6 +320,17 @@ func TestInstalledUnitsPassSystemdAnalyzeVerify(t *testing.T) {
 				if data, err := os.ReadFile(f); err == nil {
 					_ = os.WriteFile(filepath.Join(sysUnits, filepath.Base(f)), data, 0o644)
 				}
+			}
+		}
+		// ... and the programs they run.
+		for _, prog := range []string{"/usr/bin/install"} {
+			data, err := os.ReadFile(prog)
+			if err != nil {
+				t.Fatalf("%s: %v", prog, err)
+			}
+			_ = os.MkdirAll(filepath.Join(root, filepath.Dir(prog)), 0o755)
+			if err := os.WriteFile(filepath.Join(root, prog), data, 0o755); err != nil {
+				t.Fatal(err)
 			}
 		}
 		args := []string{"verify", "--man=no", "--root=" + root,

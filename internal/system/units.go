@@ -63,6 +63,11 @@ Before=bangerd.service
 
 [Service]
 Type=simple
+# ProtectSystem=strict leaves only existing ReadWritePaths writable, and the
+# VMMs this helper launches write their sockets and pidfiles below
+# /run/banger: make sure it exists (the owner's, as bangerd.service's
+# RuntimeDirectory= makes it) before the sandbox is set up.
+ExecStartPre=+/usr/bin/install -d -m 0700 -o %[2]d -g %[9]d %[8]s
 ExecStart=%[1]s root-helper --owner-uid %[2]d
 Environment=BANGER_MODE=system
 Restart=on-failure
@@ -90,7 +95,7 @@ SystemCallArchitectures=native
 
 [Install]
 WantedBy=multi-user.target
-`, DaemonPath, rec.Owner.UID, kill, strings.Join(HelperCapabilities, " "), StateDir, CacheDir, RuntimeDir)
+`, DaemonPath, rec.Owner.UID, kill, strings.Join(HelperCapabilities, " "), StateDir, CacheDir, RuntimeDir, RuntimeDir, rec.Owner.GID)
 
 	daemon := fmt.Sprintf(`# banger's owner daemon. Do not edit: `+"`banger system install`"+` rewrites it.
 [Unit]

@@ -33,7 +33,7 @@ import (
 // inside a network namespace of the test's own (--network-namespace-path;
 // `ip netns exec` would remount /sys and hide the cgroup mounts nspawn
 // needs), with CAP_NET_ADMIN kept for the helper. /dev/net/tun, /dev/kvm (when present) and the loop
-// devices are bound in. The tree is never modified: --volatile=overlay puts
+// devices are bound in (nspawn makes the container's own /dev/net/tun). The tree is never modified: --volatile=overlay puts
 // a tmpfs over it, and /var/lib/banger is a host directory bound in (VM
 // disks do not belong in RAM).
 //
@@ -171,7 +171,6 @@ func newSysContainer(t testing.TB) *sysContainer {
 		// The helper manages the bridge, taps and nftables of the
 		// container's own network namespace.
 		"--capability=CAP_NET_ADMIN", "--volatile=overlay", "--machine=" + c.ns,
-		"--bind=/dev/net/tun",
 		"--bind=" + filepath.Join(dir, "state") + ":/var/lib/banger",
 		"--bind=" + filepath.Join(dir, "share") + ":" + ctrShare,
 		"--bind-ro=" + bin + ":" + ctrBin,
@@ -230,6 +229,10 @@ func newSysContainer(t testing.TB) *sysContainer {
 		time.Sleep(200 * time.Millisecond)
 	}
 	t.Logf("systemd host %s booted in %s", c.ns, time.Since(start).Round(time.Millisecond))
+	// nspawn gives the container its own /dev/net/tun with the host
+	// node's mode, which is 0600 on this machine; a stock Debian host has
+	// 0666, which the owner's VMMs need to open their taps.
+	c.mustExec("sh", "-c", "test -c /dev/net/tun || { mkdir -p /dev/net && mknod /dev/net/tun c 10 200; }; chmod 0666 /dev/net/tun")
 	c.mustExec("useradd", "--create-home", "--uid", strconv.Itoa(ctrUID), "--shell", "/bin/bash", ctrOwner)
 	return c
 }

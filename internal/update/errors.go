@@ -9,6 +9,7 @@ var (
 	ErrUnreachable    = errors.New("release server unreachable")
 	ErrBadManifest    = errors.New("malformed release manifest")
 	ErrUnknownVersion = errors.New("unknown version")
+	ErrDowngrade      = errors.New("the channel's latest release is older than this banger")
 	ErrBadSums        = errors.New("malformed SHA256SUMS")
 	ErrBadKey         = errors.New("bad release key")
 	ErrBadSignature   = errors.New("bad signature")

@@ -1,7 +1,11 @@
 package update
 
 import (
+	"archive/tar"
 	"bytes"
+	"compress/gzip"
+	"os"
+	"path/filepath"
 	"testing"
 )
 
@@ -56,6 +60,49 @@ func FuzzParseSums(f *testing.F) {
 		for k, v := range s {
 			if again[k] != v {
 				t.Fatalf("round trip changed %q", k)
+			}
+		}
+	})
+}
+
+// FuzzStage: any bytes as a (verified) tarball never panic the stager,
+// never write outside its staging directory, and what it accepts holds
+// exactly banger and bangerd as 0755 regular files.
+func FuzzStage(f *testing.F) {
+	for _, entries := range [][]tarEntry{good("v1.0.0"), append(good("v1.0.0"), tarEntry{name: "../x", typ: tar.TypeReg, data: []byte("x")})} {
+		var buf bytes.Buffer
+		gz := gzip.NewWriter(&buf)
+		tw := tar.NewWriter(gz)
+		for _, e := range entries {
+			tw.WriteHeader(&tar.Header{Name: e.name, Typeflag: e.typ, Mode: 0o755, Size: int64(len(e.data))})
+			tw.Write(e.data)
+		}
+		tw.Close()
+		gz.Close()
+		f.Add(buf.Bytes())
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		parent := t.TempDir()
+		tgz := filepath.Join(parent, "t.tar.gz")
+		if err := os.WriteFile(tgz, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		st, err := stage(tgz, parent, []string{"banger", "bangerd"}, 64<<10)
+		ents, _ := os.ReadDir(parent)
+		if err != nil {
+			if len(ents) != 1 {
+				t.Fatalf("a refused archive left %d entries behind", len(ents)-1)
+			}
+			return
+		}
+		files, _ := os.ReadDir(st.Dir)
+		if len(files) != 2 || len(ents) != 2 {
+			t.Fatalf("accepted archive staged %d files", len(files))
+		}
+		for _, fi := range files {
+			info, _ := fi.Info()
+			if !info.Mode().IsRegular() || info.Mode().Perm() != 0o755 {
+				t.Fatalf("%s staged as %v", fi.Name(), info.Mode())
 			}
 		}
 	})

@@ -28,8 +28,9 @@ type Staged struct {
 // else (directories, links, devices, paths with a slash or "..", a
 // second copy, an unknown name, bytes after the archive end) refuses the
 // whole release and leaves nothing behind. Files are written 0755 with
-// O_EXCL|O_NOFOLLOW.
-func stage(tarball, parent string, want []string) (_ *Staged, err error) {
+// O_EXCL|O_NOFOLLOW. maxFile caps each file (MaxBinaryBytes in
+// production).
+func stage(tarball, parent string, want []string, maxFile int64) (_ *Staged, err error) {
 	f, err := os.Open(tarball)
 	if err != nil {
 		return nil, fmt.Errorf("open release tarball: %w", err)
@@ -72,8 +73,10 @@ func stage(tarball, parent string, want []string) (_ *Staged, err error) {
 			return nil, fmt.Errorf("%w: unexpected entry %q (want exactly %s)", ErrBadArchive, name, strings.Join(want, ", "))
 		case st.Files[name] != "":
 			return nil, fmt.Errorf("%w: entry %q appears twice", ErrBadArchive, name)
-		case h.Size < 0 || h.Size > MaxBinaryBytes:
-			return nil, fmt.Errorf("%w: entry %q is %d bytes (limit %d)", ErrBadArchive, name, h.Size, MaxBinaryBytes)
+		case h.Size < 0 || h.Size > maxFile:
+			return nil, fmt.Errorf("%w: entry %q is %d bytes (limit %d)", ErrBadArchive, name, h.Size, maxFile)
+		case isSparse(h):
+			return nil, fmt.Errorf("%w: entry %q is a sparse file", ErrBadArchive, name)
 		}
 		p := filepath.Join(dir, name)
 		out, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o755)
@@ -81,7 +84,7 @@ func stage(tarball, parent string, want []string) (_ *Staged, err error) {
 			return nil, fmt.Errorf("stage %s: %w", name, err)
 		}
 		hash := sha256.New()
-		n, cerr := io.Copy(io.MultiWriter(out, hash), io.LimitReader(tr, MaxBinaryBytes+1))
+		n, cerr := io.Copy(io.MultiWriter(out, hash), io.LimitReader(tr, maxFile+1))
 		serr := out.Sync()
 		if err := errors.Join(cerr, serr, out.Close()); err != nil {
 			return nil, fmt.Errorf("%w: entry %q: %v", ErrBadArchive, name, err)
@@ -112,6 +115,17 @@ func stage(tarball, parent string, want []string) (_ *Staged, err error) {
 		return nil, fmt.Errorf("%w: missing %s", ErrBadArchive, strings.Join(missing, ", "))
 	}
 	return st, nil
+}
+
+// isSparse reports PAX or GNU sparse-file headers (which the tar reader
+// expands into holes).
+func isSparse(h *tar.Header) bool {
+	for k := range h.PAXRecords {
+		if strings.HasPrefix(k, "GNU.sparse") {
+			return true
+		}
+	}
+	return false
 }
 
 // zeroCheck fails on the first non-zero byte.

@@ -446,7 +446,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 		}, ErrInFlight, "vm.create dev"},
 		{"system mode without root", func(f *fixture, u *Updater, o *Options) { f.services.mode = ModeSystem }, ErrNeedsRoot, "sudo banger update"},
 		{"no channel", func(f *fixture, u *Updater, o *Options) { u.Key = nil }, ErrNoChannel, "--pubkey-file"},
-		{"downgrade without --to", func(f *fixture, u *Updater, o *Options) { u.Current.Version = "v2.0.0" }, ErrUnknownVersion, "--to v1.1.0"},
+		{"downgrade without --to", func(f *fixture, u *Updater, o *Options) { u.Current.Version = "v2.0.0" }, ErrDowngrade, "--to v1.1.0"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -244,7 +244,7 @@ func (u *Updater) Update(ctx context.Context, o Options) (*Result, error) {
 		u.logf("banger %s is already installed (--force reinstalls it)", plan.Current)
 		return res, nil
 	case plan.Older && o.To == "":
-		return nil, fmt.Errorf("%w: the channel's latest release %s is older than this banger %s; pass --to %s to downgrade", ErrUnknownVersion, plan.Target, plan.Current, plan.Target)
+		return nil, fmt.Errorf("%w (%s < %s); pass --to %s to downgrade", ErrDowngrade, plan.Target, plan.Current, plan.Target)
 	}
 	if !o.DryRun {
 		if err := u.Install.CheckWritable(); err != nil {
@@ -262,7 +262,7 @@ func (u *Updater) Update(ctx context.Context, o Options) (*Result, error) {
 		size = st.Size()
 	}
 	u.logf("verified %s: %.1f MiB, sha256 %s… (%s)", plan.Tarball, float64(size)/(1<<20), plan.sum[:16], time.Since(start).Round(time.Millisecond))
-	st, err := stage(tarball, u.CacheDir, u.Install.Names())
+	st, err := stage(tarball, u.CacheDir, u.Install.Names(), MaxBinaryBytes)
 	if err != nil {
 		return nil, fmt.Errorf("%w; nothing was installed", err)
 	}

@@ -151,7 +151,29 @@ func DoctorChecks(p DoctorProbe) []doctor.Check {
 		{Name: "helper socket", Run: func(context.Context) doctor.Result {
 			return checkHelperSocket(at(p.Root, HelperSocket), rec.Owner.UID)
 		}},
+		{Name: "tun device", Run: func(context.Context) doctor.Result {
+			return checkTun(at(p.Root, "/dev/net/tun"), rec.Owner)
+		}},
 	}
+}
+
+// checkTun wants /dev/net/tun usable by the owner: the VMMs run as the
+// owner and open it for their taps (Debian ships it 0666).
+func checkTun(path string, o Owner) doctor.Result {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return doctor.Result{Status: doctor.Fail, Message: path + ": " + err.Error(), Hint: "load the tun module (`modprobe tun`)"}
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	perm := fi.Mode().Perm()
+	usable := perm&0o006 == 0o006 ||
+		(ok && int(st.Uid) == o.UID && perm&0o600 == 0o600) ||
+		(ok && int(st.Gid) == o.GID && perm&0o060 == 0o060)
+	if fi.Mode()&os.ModeCharDevice == 0 || !usable {
+		return doctor.Result{Status: doctor.Fail, Message: fmt.Sprintf("%s (mode %v) cannot be opened by the owner %s: VMs cannot get a network", path, fi.Mode(), o.User),
+			Hint: "chmod 0666 " + path + " (the default on Debian)"}
+	}
+	return doctor.Result{Status: doctor.Pass, Message: fmt.Sprintf("%s usable by %s", path, o.User)}
 }
 
 func orNone(s string) string {

@@ -665,3 +665,19 @@ func TestCheckHelperSocket(t *testing.T) {
 		t.Errorf("writable dir: %+v", r)
 	}
 }
+
+func TestCheckTun(t *testing.T) {
+	dir := t.TempDir()
+	if r := checkTun(filepath.Join(dir, "tun"), Owner{User: "a", UID: 1000}); r.Status != "FAIL" {
+		t.Errorf("missing: %+v", r)
+	}
+	// /dev/null is a world-usable character device.
+	if r := checkTun("/dev/null", Owner{User: "a", UID: 1000}); r.Status != "PASS" {
+		t.Errorf("/dev/null: %+v", r)
+	}
+	f := filepath.Join(dir, "plain")
+	_ = os.WriteFile(f, nil, 0o666)
+	if r := checkTun(f, Owner{User: "a", UID: 1000}); r.Status != "FAIL" {
+		t.Errorf("not a device: %+v", r)
+	}
+}

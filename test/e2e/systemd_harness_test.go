@@ -3,6 +3,9 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"net"
+	"net/http"
+	"runtime"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -15,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vishvananda/netns"
 
 	"github.com/bangerdev/banger/internal/image"
 	"github.com/bangerdev/banger/internal/model"
@@ -337,6 +342,51 @@ func (c *sysContainer) writeFile(path, content string) {
 
 // Share returns the host path of the container's /srv/share.
 func (c *sysContainer) Share() string { return filepath.Join(c.dir, "share") }
+
+// ServeShare serves c.Share() over HTTP on a loopback address inside the
+// container's network namespace (the listener is made there; the server
+// runs in the test process) and returns its base URL, e.g.
+// "http://127.0.0.1:41234". It stops at cleanup. The update step serves
+// its release directory this way.
+func (c *sysContainer) ServeShare(t testing.TB) string {
+	t.Helper()
+	ln, err := listenInNetns(c.ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.FileServer(http.Dir(c.Share())), ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return "http://" + ln.Addr().String()
+}
+
+// listenInNetns opens a TCP listener on 127.0.0.1 in the named network
+// namespace: a socket stays in the namespace it was made in, whichever
+// thread serves it later.
+func listenInNetns(name string) (net.Listener, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		return nil, err
+	}
+	defer orig.Close()
+	target, err := netns.GetFromName(name)
+	if err != nil {
+		return nil, err
+	}
+	defer target.Close()
+	if err := netns.Set(target); err != nil {
+		return nil, err
+	}
+	ln, lerr := net.Listen("tcp", "127.0.0.1:0")
+	if err := netns.Set(orig); err != nil {
+		// This thread is in the wrong namespace: do not give it back.
+		runtime.LockOSThread()
+		return nil, fmt.Errorf("return to the test's network namespace: %w", err)
+	}
+	return ln, lerr
+}
 
 // journal is the tail of banger's units' journal (for failure messages).
 func (c *sysContainer) journal() string {

@@ -1,7 +1,10 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -20,10 +23,12 @@ type survivalStep struct {
 // unchanged.
 //
 // Hook for `banger update`: its end-to-end step belongs here, as another
-// survivalStep (build a second banger into c.Share(), serve a signed
-// release from a loopback HTTP server in the container's network
-// namespace, run `banger update --manifest-url ... --pubkey-file ...`
-// in the container, then c.waitHelper() and c.waitDaemon()).
+// survivalStep: build a second banger and a signed release into
+// c.Share() (the container's /srv/share), serve it with
+// url := c.ServeShare(t) (loopback, inside the container's network
+// namespace), run `banger update --manifest-url url/... --pubkey-file
+// /srv/share/...` in the container with c.exec, then c.waitHelper() and
+// c.waitDaemon().
 func survivalSteps() []survivalStep {
 	return []survivalStep{
 		{"system restart", func(t *testing.T, c *sysContainer) {
@@ -39,6 +44,13 @@ func survivalSteps() []survivalStep {
 		}},
 		{"re-install over a running install", func(t *testing.T, c *sysContainer) {
 			c.mustExec(ctrBin+"/banger", "system", "install", "--owner", ctrOwner)
+		}},
+		{"uninstall refuses while the VM runs", func(t *testing.T, c *sysContainer) {
+			out, err := c.exec("/usr/local/bin/banger", "system", "uninstall")
+			if err == nil || !strings.Contains(out, "sv") || !strings.Contains(out, "--force") {
+				t.Fatalf("uninstall with a running VM: %v\n%s", err, out)
+			}
+			c.mustExec("test", "-e", system.UnitDir+"/"+system.DaemonUnit)
 		}},
 	}
 }
@@ -73,6 +85,45 @@ func TestE2ESystemModeVMsSurviveRestarts(t *testing.T) {
 	before := c.observe("sv")
 	if out := c.mustExec("ps", "-o", "user=", "-p", fmt.Sprint(before.PID)); strings.TrimSpace(out) != ctrOwner {
 		t.Errorf("the VMM runs as %q, want %s", strings.TrimSpace(out), ctrOwner)
+	}
+
+	// The share server the update step uses answers inside the container.
+	if err := os.WriteFile(filepath.Join(c.Share(), "probe"), []byte("share-ok\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	url := c.ServeShare(t)
+	hostPort := strings.TrimPrefix(url, "http://")
+	host, port, _ := strings.Cut(hostPort, ":")
+	probe := fmt.Sprintf(`exec 3<>/dev/tcp/%s/%s; printf 'GET /probe HTTP/1.0\r\n\r\n' >&3; cat <&3`, host, port)
+	if out := c.mustExec("bash", "-c", probe); !strings.Contains(out, "share-ok") {
+		t.Errorf("share server from inside the container: %s", out)
+	}
+
+	// Root's plain CLI talks to the same system daemon.
+	if out := c.mustExec("/usr/local/bin/banger", "vm", "list"); !strings.Contains(out, "sv") {
+		t.Errorf("root's vm list does not show the owner's VM:\n%s", out)
+	}
+	if out := c.mustExec("/usr/local/bin/banger", "daemon", "status"); !strings.Contains(out, "system (bangerd.service") {
+		t.Errorf("root's daemon status:\n%s", out)
+	}
+	// doctor's system-mode checks pass, asking the daemon for what it owns.
+	var outs []struct{ Name, Status, Message string }
+	doc, _ := c.banger("doctor", "--json") // other checks (kvm...) may fail in the container
+	if err := json.Unmarshal([]byte(doc), &outs); err != nil {
+		t.Fatalf("doctor --json: %v\n%s", err, doc)
+	}
+	want := map[string]bool{"system units": true, "unit kill mode": true, "versions": true, "daemon user": true,
+		"helper socket": true, "tun device": true, "state store": true, "daemon": true}
+	for _, o := range outs {
+		if want[o.Name] {
+			delete(want, o.Name)
+			if o.Status != "PASS" {
+				t.Errorf("doctor %s: %s %s", o.Name, o.Status, o.Message)
+			}
+		}
+	}
+	if len(want) > 0 {
+		t.Errorf("doctor lacks checks %v:\n%s", want, doc)
 	}
 
 	for _, step := range survivalSteps() {

@@ -21,14 +21,8 @@ type survivalStep struct {
 // survivalSteps are run in order against one running VM; after each, the
 // VMM pid is unchanged, `vm list` says running and the guest's boot_id is
 // unchanged.
-//
-// Hook for `banger update`: its end-to-end step belongs here, as another
-// survivalStep: build a second banger and a signed release into
-// c.Share() (the container's /srv/share), serve it with
-// url := c.ServeShare(t) (loopback, inside the container's network
-// namespace), run `banger update --manifest-url url/... --pubkey-file
-// /srv/share/...` in the container with c.exec, then c.waitHelper() and
-// c.waitDaemon().
+// The last step, `banger update` to a second build, is in
+// systemd_update_test.go.
 func survivalSteps() []survivalStep {
 	return []survivalStep{
 		{"system restart", func(t *testing.T, c *sysContainer) {
@@ -52,6 +46,7 @@ func survivalSteps() []survivalStep {
 			}
 			c.mustExec("test", "-e", system.UnitDir+"/"+system.DaemonUnit)
 		}},
+		updateStep(),
 	}
 }
 

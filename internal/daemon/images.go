@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"os"
 
 	"github.com/bangerdev/banger/internal/api"
 	"github.com/bangerdev/banger/internal/image"
@@ -11,13 +12,18 @@ import (
 )
 
 func (d *Daemon) newImageStore() *image.Store {
-	return &image.Store{
+	st := &image.Store{
 		Dir:      d.layout.ImagesDir(),
 		CacheDir: d.layout.CacheDir,
 		Catalog:  d.store,
 		Runner:   d.runner,
 		Mirror:   d.cfg.Images.Mirror,
 	}
+	if os.Geteuid() != 0 {
+		// debootstrap needs root: the root helper builds the file.
+		st.Rootfs = helperRootfs{c: rpc.NewClient(d.layout.HelperSocket())}
+	}
+	return st
 }
 
 func (d *Daemon) registerImages() {

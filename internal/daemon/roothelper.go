@@ -16,7 +16,13 @@ import (
 	"github.com/bangerdev/banger/internal/hostexec"
 	"github.com/bangerdev/banger/internal/paths"
 	"github.com/bangerdev/banger/internal/privops"
+	"github.com/bangerdev/banger/internal/rpc"
 )
+
+// HelperCacheDir is the root helper's own cache (debootstrap trees and
+// image files it builds for the owner): root's, 0711. In system mode it is
+// bangerd-root.service's CacheDirectory=.
+const HelperCacheDir = "/var/cache/banger-root"
 
 // runRootHelper serves the privileged operations to the owner daemon of
 // ownerUID until ctx ends. The layout is the system layout unless BANGER_*
@@ -65,6 +71,9 @@ func runRootHelper(ctx context.Context, build buildinfo.Info, ownerUID int, logg
 	if err != nil {
 		return err
 	}
+	hi := &helperImages{dir: HelperCacheDir, mirror: cfg.Images.Mirror, owner: [2]int{ownerUID, ownerGID},
+		runner: hostexec.Real{Logger: logger}, systemd: os.Getenv("INVOCATION_ID") != "", logger: logger}
+	srv.Handle(methodImageRootfs, rpc.Typed(hi.build))
 	// The helper's own directory: root's, 0755 (under systemd it is the
 	// unit's RuntimeDirectory), never the owner's runtime dir.
 	if err := os.MkdirAll(filepath.Dir(layout.HelperSocket()), 0o755); err != nil {

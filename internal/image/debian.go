@@ -197,8 +197,8 @@ func (s *Store) Build(ctx context.Context, o BuildOptions) (*model.Image, error)
 	if err := o.defaults(s.Mirror); err != nil {
 		return nil, fmt.Errorf("image build: %w", err)
 	}
-	if os.Geteuid() != 0 {
-		return nil, fmt.Errorf("image build: debootstrap %w: run banger's daemon as root (system mode) or register an image built elsewhere", ErrNeedsRoot)
+	if os.Geteuid() != 0 && s.Rootfs == nil {
+		return nil, fmt.Errorf("image build: debootstrap %w: run banger's daemon as root, install banger as a system service (`sudo banger system install`), or register an image built elsewhere", ErrNeedsRoot)
 	}
 	key := fmt.Sprintf("build\x00%s\x00%d\x00%s\x00%v", o.RecipeHash(), o.SizeMiB, o.Kernel, o.Replace)
 	return s.coalesce(ctx, o.Name, key, func(ctx context.Context) (*model.Image, error) {
@@ -210,35 +210,65 @@ func (s *Store) build(ctx context.Context, o BuildOptions) (*model.Image, error)
 	if err := s.ensureAbsent(ctx, o.Name, o.Replace); err != nil {
 		return nil, err
 	}
-	tree, err := s.debootstrapTree(ctx, o)
-	if err != nil {
-		return nil, err
-	}
 	tmp, cleanup, err := s.tempFile("build")
 	if err != nil {
 		return nil, err
 	}
 	defer cleanup()
+	if os.Geteuid() == 0 {
+		if err := s.BuildFile(ctx, o, tmp); err != nil {
+			return nil, err
+		}
+	} else {
+		// Not root: the root helper debootstraps and builds the file in
+		// its own cache; copy it into the store (holes stay holes).
+		progress.Stage(ctx, "debootstrap", "asking the root helper to build the root file system")
+		path, release, err := s.Rootfs.BuildRootfs(ctx, o)
+		if err != nil {
+			return nil, fmt.Errorf("image build %q: %w", o.Name, err)
+		}
+		err = sparseCopy(ctx, path, tmp)
+		release()
+		if err != nil {
+			return nil, fmt.Errorf("image build %q: copy the helper's image: %w", o.Name, err)
+		}
+	}
+	img := &model.Image{Name: o.Name, Source: fmt.Sprintf("debootstrap:%s:%s+%s", o.Suite, o.Variant, o.RecipeHash()), Kernel: o.Kernel}
+	return s.publish(ctx, tmp, img, []string{"recipe:" + o.RecipeHash()}, o.Replace)
+}
+
+// Validate fills in o's defaults (mirror: storeMirror, else the host's apt
+// sources) and checks every field. Build calls it; the root helper calls
+// it on a request before anything else.
+func (o *BuildOptions) Validate(storeMirror string) error { return o.defaults(storeMirror) }
+
+// BuildFile makes the image file out for o (validated): the cached
+// debootstrap tree (built as root), mkfs.ext4 -d, then banger's guest
+// pieces with debugfs. It needs root.
+func (s *Store) BuildFile(ctx context.Context, o BuildOptions, out string) error {
+	tree, err := s.debootstrapTree(ctx, o)
+	if err != nil {
+		return err
+	}
 	start := time.Now()
 	progress.Stage(ctx, "mkfs", fmt.Sprintf("mkfs.ext4 -d (%d MiB)", o.SizeMiB))
-	if err := ext4.Build(ctx, s.Runner, ext4.BuildOptions{SourceDir: tree, Out: tmp, SizeBytes: o.SizeMiB << 20, Label: "rootfs"}); err != nil {
-		return nil, fmt.Errorf("image build %q: %w", o.Name, err)
+	if err := ext4.Build(ctx, s.Runner, ext4.BuildOptions{SourceDir: tree, Out: out, SizeBytes: o.SizeMiB << 20, Label: "rootfs"}); err != nil {
+		return fmt.Errorf("image build %q: %w", o.Name, err)
 	}
 	progress.Stage(ctx, "guest", fmt.Sprintf("banger guest pieces (mkfs took %s)", time.Since(start).Round(time.Millisecond)))
 	facts := inspectTree(tree)
 	facts.Source = "debootstrap:" + o.Suite + ":" + o.Variant
 	if !facts.Systemd || !facts.SSHD {
-		return nil, fmt.Errorf("image build %q: the debootstrap tree lacks systemd or sshd (recipe %s)", o.Name, o.RecipeHash())
+		return fmt.Errorf("image build %q: the debootstrap tree lacks systemd or sshd (recipe %s)", o.Name, o.RecipeHash())
 	}
 	b := &ext4.Batch{}
 	if err := guestBatch(b, tree, facts); err != nil {
-		return nil, fmt.Errorf("image build %q: %w", o.Name, err)
+		return fmt.Errorf("image build %q: %w", o.Name, err)
 	}
-	if err := ext4.Apply(ctx, s.Runner, tmp, b); err != nil {
-		return nil, fmt.Errorf("image build %q: %w", o.Name, err)
+	if err := ext4.Apply(ctx, s.Runner, out, b); err != nil {
+		return fmt.Errorf("image build %q: %w", o.Name, err)
 	}
-	img := &model.Image{Name: o.Name, Source: fmt.Sprintf("debootstrap:%s:%s+%s", o.Suite, o.Variant, o.RecipeHash()), Kernel: o.Kernel}
-	return s.publish(ctx, tmp, img, []string{"recipe:" + o.RecipeHash()}, o.Replace)
+	return nil
 }
 
 // debootstrapTree returns the cached debootstrap tree for the recipe,

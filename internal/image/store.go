@@ -62,12 +62,26 @@ type Store struct {
 	// Dir/tmp). A tmpfs makes pulls much faster on hosts where creating
 	// files is slow; it needs free memory of about the image's content.
 	StagingDir string
+	// Rootfs builds Debian images when this process is not root (the
+	// owner daemon in system mode asks the root helper); nil = Build
+	// needs root.
+	Rootfs RootfsBuilder
 
 	mu      sync.Mutex
 	flights map[string]*flight
 	// unprivileged makes Pull stage as a non-root daemon would even when
 	// running as root (tests of the ownership fix-up path).
 	unprivileged bool
+}
+
+// RootfsBuilder builds a Debian image file for a store that cannot run
+// debootstrap itself: an owner daemon that is not root asks the root
+// helper (see daemon's helper client).
+type RootfsBuilder interface {
+	// BuildRootfs builds the image file for o (validated by Build) and
+	// returns a path the caller can read; release lets the builder remove
+	// it once the caller has copied it.
+	BuildRootfs(ctx context.Context, o BuildOptions) (path string, release func(), err error)
 }
 
 // ErrNeedsRoot is returned by operations that must run as root.

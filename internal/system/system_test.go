@@ -134,6 +134,8 @@ func TestRenderUnitsCarryTheDirectives(t *testing.T) {
 		"Service.ProtectHome":           "yes",
 		"Service.RuntimeDirectory":      "banger-root",
 		"Service.RuntimeDirectoryMode":  "0755",
+		"Service.CacheDirectory":        "banger-root",
+		"Service.CacheDirectoryMode":    "0711",
 		"Unit.Before":                   DaemonUnit,
 	}
 	for k, v := range wantHelper {

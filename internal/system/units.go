@@ -80,6 +80,9 @@ TimeoutStopSec=30s
 RuntimeDirectory=banger-root
 RuntimeDirectoryMode=0755
 RuntimeDirectoryPreserve=yes
+# debootstrap trees and the image files it builds for the owner.
+CacheDirectory=banger-root
+CacheDirectoryMode=0711
 CapabilityBoundingSet=%[4]s
 NoNewPrivileges=yes
 ProtectSystem=strict

@@ -141,6 +141,7 @@ const (
 	ctrKernel = "/srv/fixtures/kernel"
 	ctrImage  = "/srv/fixtures/image"
 	ctrShare  = "/srv/share"
+	ctrTree   = "/srv/fixtures/tree"
 	ctrOwner  = "bob"
 	ctrUID    = 1500
 )
@@ -181,6 +182,7 @@ func newSysContainer(t testing.TB) *sysContainer {
 		"--bind-ro=" + bin + ":" + ctrBin,
 		"--bind-ro=" + kdir + ":" + ctrKernel,
 		"--bind-ro=" + filepath.Dir(img) + ":" + ctrImage,
+		"--bind-ro=" + minbaseTree(t) + ":" + ctrTree,
 	}
 	if _, err := os.Stat("/dev/kvm"); err == nil {
 		args = append(args, "--bind=/dev/kvm")
@@ -241,6 +243,38 @@ func newSysContainer(t testing.TB) *sysContainer {
 	c.mustExec("useradd", "--create-home", "--uid", strconv.Itoa(ctrUID), "--shell", "/bin/bash", ctrOwner)
 	return c
 }
+
+// minbaseTree is the cached debootstrap tree the minbase image was built
+// from (the image package's cache, same recipe).
+func minbaseTree(t testing.TB) string {
+	t.Helper()
+	mirror, err := image.HostMirror("/etc/apt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := image.BuildOptions{Variant: "minbase", Packages: []string{"sudo"}, SizeMiB: 1024, Mirror: mirror}
+	if err := o.Validate(""); err != nil {
+		t.Fatal(err)
+	}
+	tree := filepath.Join(testreq.CacheDir(t, "image"), "debootstrap", o.RecipeHash(), "rootfs")
+	if _, err := os.Stat(filepath.Join(tree, "usr/sbin/sshd")); err != nil {
+		t.Fatalf("the minbase debootstrap tree is not cached at %s (remove the e2e-image cache to rebuild both): %v", tree, err)
+	}
+	return tree
+}
+
+// fakeDebootstrap stands in for debootstrap inside the container, which
+// has no route to a mirror: it copies the bound minbase tree (with its
+// setuid files) into the target, the way debootstrap would leave it.
+const fakeDebootstrap = `#!/bin/sh
+# test double: debootstrap [options] SUITE TARGET MIRROR
+set -eu
+for a; do target=${last:-}; last=$a; done
+mkdir -p "$target"
+cp -a ` + ctrTree + `/. "$target"/
+chmod u+s "$target/usr/bin/passwd"
+echo "fake debootstrap into $target"
+`
 
 // childOf returns the first child of pid (0 if none yet).
 func childOf(pid int) int {

@@ -273,7 +273,8 @@ for a; do target=${last:-}; last=$a; done
 mkdir -p "$target"
 cp -a ` + ctrTree + `/. "$target"/
 chmod u+s "$target/usr/bin/passwd"
-echo "fake debootstrap into $target"
+# where it ran (the test wants a transient unit, not the helper's cgroup)
+cat /proc/self/cgroup > "$target/../debootstrap.cgroup"
 `
 
 // childOf returns the first child of pid (0 if none yet).

@@ -95,6 +95,19 @@ func TestE2ESystemModeVMsSurviveRestarts(t *testing.T) {
 	if out := c.mustBanger("image", "list"); !strings.Contains(out, "built") {
 		t.Errorf("image list lacks the built image:\n%s", out)
 	}
+	// debootstrap ran as a transient unit, and the setuid bit it set
+	// survived into the published image.
+	cg := c.mustExec("sh", "-c", "cat /var/cache/banger-root/debootstrap/*/debootstrap.cgroup")
+	if !strings.Contains(cg, "/run-u") || strings.Contains(cg, "bangerd") {
+		t.Errorf("debootstrap did not run as a transient unit of its own: cgroup %s", cg)
+	}
+	var img struct{ Path string }
+	if err := json.Unmarshal([]byte(c.mustBanger("image", "show", "--json", "built")), &img); err != nil {
+		t.Fatal(err)
+	}
+	if out := c.mustExec("debugfs", "-R", "stat /usr/bin/passwd", img.Path); !strings.Contains(out, "Mode:  04755") {
+		t.Errorf("passwd in the built image is not setuid:\n%s", out)
+	}
 	if out := c.mustExec("sh", "-c", "ls -ln /var/cache/banger-root/out/ | tail -n +2"); strings.TrimSpace(out) != "" && !strings.Contains(out, fmt.Sprint(ctrUID)) {
 		t.Errorf("helper output not given to the owner:\n%s", out)
 	}

@@ -21,10 +21,10 @@ type survivalStep struct {
 // survivalSteps are run in order against one running VM; after each, the
 // VMM pid is unchanged, `vm list` says running and the guest's boot_id is
 // unchanged.
-// The last step, `banger update` to a second build, is in
-// systemd_update_test.go.
+// The last steps, `banger update` to a second build and a failed update
+// that rolls back, are in systemd_update_test.go.
 func survivalSteps() []survivalStep {
-	return []survivalStep{
+	return append([]survivalStep{
 		{"system restart", func(t *testing.T, c *sysContainer) {
 			c.mustExec("/usr/local/bin/banger", "system", "restart")
 		}},
@@ -46,8 +46,7 @@ func survivalSteps() []survivalStep {
 			}
 			c.mustExec("test", "-e", system.UnitDir+"/"+system.DaemonUnit)
 		}},
-		updateStep(),
-	}
+	}, updateSteps()...)
 }
 
 // TestE2ESystemModeVMsSurviveRestarts installs banger as a system service

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 )
 
@@ -37,27 +38,77 @@ func (u *Updater) get(ctx context.Context, url string, max int64) ([]byte, error
 	return data, nil
 }
 
+// do GETs url. The request is abandoned when the server sends nothing for
+// Stall: no answer (ErrUnreachable) or a body that stops flowing (a read
+// error, reported as a truncated download).
 func (u *Updater) do(ctx context.Context, url string) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	limit := u.Stall
+	if limit <= 0 {
+		limit = DefaultStall
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	var stalled atomic.Bool
+	timer := time.AfterFunc(limit, func() { stalled.Store(true); cancel() })
+	req, err := http.NewRequestWithContext(rctx, http.MethodGet, url, nil)
 	if err != nil {
+		timer.Stop()
+		cancel()
 		return nil, fmt.Errorf("%w: %s: %v", ErrUnreachable, url, err)
 	}
 	req.Header.Set("User-Agent", "banger-update/"+u.Current.Version)
 	resp, err := u.client().Do(req)
 	if err != nil {
-		if ctx.Err() != nil {
+		timer.Stop()
+		cancel()
+		switch {
+		case ctx.Err() != nil:
 			return nil, ctx.Err()
+		case stalled.Load():
+			return nil, fmt.Errorf("%w: %s did not answer within %s", ErrUnreachable, url, limit)
 		}
 		return nil, fmt.Errorf("%w: %v (check the network, or --manifest-url)", ErrUnreachable, err)
 	}
 	if resp.StatusCode != http.StatusOK {
+		timer.Stop()
+		cancel()
 		resp.Body.Close()
 		if resp.StatusCode == http.StatusNotFound {
 			return nil, fmt.Errorf("%w: %s: 404 not found (the release server lacks a file the manifest names)", ErrUnreachable, url)
 		}
 		return nil, fmt.Errorf("%w: %s: HTTP %s", ErrUnreachable, url, resp.Status)
 	}
+	timer.Reset(limit)
+	resp.Body = &stallBody{ReadCloser: resp.Body, timer: timer, limit: limit, stalled: &stalled, cancel: cancel}
 	return resp, nil
+}
+
+// DefaultStall is how long a release server may send nothing.
+const DefaultStall = 60 * time.Second
+
+// stallBody re-arms the stall timer on every read that returns data.
+type stallBody struct {
+	io.ReadCloser
+	timer   *time.Timer
+	limit   time.Duration
+	stalled *atomic.Bool
+	cancel  context.CancelFunc
+}
+
+func (b *stallBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if n > 0 {
+		b.timer.Reset(b.limit)
+	}
+	if err != nil && err != io.EOF && b.stalled.Load() {
+		err = fmt.Errorf("the server sent nothing for %s", b.limit)
+	}
+	return n, err
+}
+
+func (b *stallBody) Close() error {
+	b.timer.Stop()
+	b.cancel()
+	return b.ReadCloser.Close()
 }
 
 func (u *Updater) client() *http.Client {
@@ -73,7 +124,7 @@ func (u *Updater) client() *http.Client {
 func NewHTTPClient() *http.Client {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.RegisterProtocol("file", http.NewFileTransport(http.Dir("/")))
-	return &http.Client{Transport: tr, Timeout: 30 * time.Minute}
+	return &http.Client{Transport: tr} // stalls are bounded by Updater.Stall
 }
 
 // download streams url into dst (created 0644 beside a .partial file),

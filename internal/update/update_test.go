@@ -881,3 +881,51 @@ func TestInterruptAfterSwapStillRollsBack(t *testing.T) {
 	}
 	assertUnchanged(t, f, before)
 }
+
+func TestSilentServerIsGivenUpOn(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		hang func(path string) bool // hang before or in the middle of this response
+		mid  bool
+		want error
+		msg  string
+	}{
+		{"no answer to the manifest", func(p string) bool { return strings.HasSuffix(p, "manifest.json") }, false, ErrUnreachable, "did not answer within"},
+		{"tarball stops flowing", func(p string) bool { return strings.HasSuffix(p, ".tar.gz") }, true, ErrTruncated, "sent nothing for"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			f := newFixture(t)
+			f.publish(fakeBinary{version: "v1.1.0"})
+			f.setHandler(func(w http.ResponseWriter, r *http.Request, next http.Handler) {
+				if !c.hang(r.URL.Path) {
+					next.ServeHTTP(w, r)
+					return
+				}
+				if c.mid {
+					data, _ := os.ReadFile(filepath.Join(f.channel, r.URL.Path))
+					w.Header().Set("Content-Length", fmt.Sprint(len(data)))
+					w.Write(data[:len(data)/2])
+					w.(http.Flusher).Flush()
+				}
+				select {
+				case <-r.Context().Done():
+				case <-time.After(10 * time.Second):
+				}
+			})
+			u := f.updater()
+			u.Stall = 300 * time.Millisecond
+			before := f.snapshot()
+			start := time.Now()
+			_, err := u.Update(context.Background(), Options{})
+			if !errors.Is(err, c.want) || !strings.Contains(err.Error(), c.msg) {
+				t.Fatalf("err = %v, want %v (%s)", err, c.want, c.msg)
+			}
+			// The handler stays silent for 10s: finishing sooner means the
+			// stall timer, not the server, ended the request.
+			if time.Since(start) > 8*time.Second {
+				t.Errorf("gave up only after %s", time.Since(start))
+			}
+			assertUnchanged(t, f, before)
+		})
+	}
+}

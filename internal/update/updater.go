@@ -84,11 +84,12 @@ type Updater struct {
 	// setpriv to the owner), so root never opens the owner's state store
 	// and cannot leave root-owned files beside it.
 	RunAsOwner []string
-	HTTP       *http.Client // nil = NewHTTPClient()
-	Out        io.Writer    // progress lines; nil = discard
-	Euid       func() int   // nil = os.Geteuid
-	GOOS       string       // "" = runtime.GOOS
-	GOARCH     string       // "" = runtime.GOARCH
+	HTTP       *http.Client  // nil = NewHTTPClient()
+	Stall      time.Duration // a server silent this long is given up on (0 = DefaultStall)
+	Out        io.Writer     // progress lines; nil = discard
+	Euid       func() int    // nil = os.Geteuid
+	GOOS       string        // "" = runtime.GOOS
+	GOARCH     string        // "" = runtime.GOARCH
 }
 
 // Options select what Update does.

@@ -171,10 +171,23 @@ func (h *Host) Install(ctx context.Context, o InstallOptions) (*Record, error) {
 		}
 		src = filepath.Dir(exe)
 	}
-	bins := []struct{ name, dst string }{{CLIBinary, CLIPath}, {DaemonBinary, DaemonPath}}
-	for _, b := range bins {
-		if _, err := os.Stat(filepath.Join(src, b.name)); err != nil {
-			return nil, fmt.Errorf("install needs %s next to banger (%s): %w (build both with `make build`)", b.name, src, err)
+	bins := []struct{ name, src, dst string }{{CLIBinary, "", CLIPath}, {DaemonBinary, "", DaemonPath}}
+	for i, b := range bins {
+		// Next to banger (a build's bin/), or where an install puts it
+		// (/usr/local/bin/banger with /usr/local/lib/banger/bangerd), so
+		// the installed CLI can re-install itself.
+		cands := []string{filepath.Join(src, b.name)}
+		if b.name == DaemonBinary {
+			cands = append(cands, filepath.Join(filepath.Dir(src), "lib", "banger", b.name))
+		}
+		for _, c := range cands {
+			if fi, err := os.Stat(c); err == nil && fi.Mode().IsRegular() {
+				bins[i].src = c
+				break
+			}
+		}
+		if bins[i].src == "" {
+			return nil, fmt.Errorf("install needs %s next to banger (%s): not found (build both with `make build`)", b.name, strings.Join(cands, " or "))
 		}
 	}
 	rec := &Record{Owner: owner, Build: h.Build, InstalledAt: h.now().UTC().Truncate(time.Second)}
@@ -185,7 +198,7 @@ func (h *Host) Install(ctx context.Context, o InstallOptions) (*Record, error) {
 	// Binaries first: the units refer to them.
 	for _, b := range bins {
 		dst := at(o.Root, b.dst)
-		if err := installFile(filepath.Join(src, b.name), dst); err != nil {
+		if err := installFile(b.src, dst); err != nil {
 			return nil, err
 		}
 		h.say("installed %s", dst)
@@ -402,7 +415,7 @@ func (h *Host) Status(ctx context.Context) (*Status, error) {
 		st.HelperError = err.Error()
 	}
 	if rec != nil {
-		if res, err := h.Runner.Run(ctx, hostexec.Cmd{Name: DaemonPath, Args: []string{"--version"}}); err == nil {
+		if res, err := h.Runner.Run(ctx, hostexec.Cmd{Name: at(h.Root, DaemonPath), Args: []string{"--version"}}); err == nil {
 			st.InstalledBinary = strings.TrimPrefix(strings.TrimSpace(string(res.Stdout)), "bangerd ")
 		}
 	}

@@ -683,3 +683,21 @@ func TestCheckTun(t *testing.T) {
 		t.Errorf("not a device: %+v", r)
 	}
 }
+
+// The installed CLI re-installs itself: bangerd is found where install
+// put it (/usr/local/lib/banger), not only next to banger.
+func TestInstallFromAnInstalledLayout(t *testing.T) {
+	first := t.TempDir()
+	h := newHost(1000, &hostexec.Recorder{})
+	if _, err := h.Install(context.Background(), InstallOptions{Owner: "alice", Root: first, SourceDir: fakeBins(t, "v1")}); err != nil {
+		t.Fatal(err)
+	}
+	second := t.TempDir()
+	h.Executable = filepath.Join(first, CLIPath)
+	if _, err := h.Install(context.Background(), InstallOptions{Owner: "alice", Root: second}); err != nil {
+		t.Fatal(err)
+	}
+	if data, _ := os.ReadFile(filepath.Join(second, DaemonPath)); !bytes.Contains(data, []byte("bangerd v1")) {
+		t.Errorf("bangerd not taken from the installed layout: %q", data)
+	}
+}

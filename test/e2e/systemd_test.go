@@ -37,7 +37,8 @@ func survivalSteps() []survivalStep {
 			c.waitDaemon()
 		}},
 		{"re-install over a running install", func(t *testing.T, c *sysContainer) {
-			c.mustExec(ctrBin+"/banger", "system", "install", "--owner", ctrOwner)
+			// with the installed CLI, as the messages tell users to
+			c.mustExec("/usr/local/bin/banger", "system", "install", "--owner", ctrOwner)
 		}},
 		{"uninstall refuses while the VM runs", func(t *testing.T, c *sysContainer) {
 			out, err := c.exec("/usr/local/bin/banger", "system", "uninstall")

@@ -10,9 +10,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/bangerdev/banger/internal/testreq"
 )
 
 const pkg = "github.com/bangerdev/banger/internal/buildinfo"
@@ -104,6 +107,7 @@ func TestUserModeUpdateEndToEnd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds banger three times; run without -short")
 	}
+	testreq.Tools(t, "go", "openssl")
 	root := t.TempDir()
 	u := &userInstall{t: t, prefix: filepath.Join(root, "prefix", "bin")}
 	buildBanger(t, u.prefix, "v1.0.0")
@@ -157,6 +161,57 @@ func TestUserModeUpdateEndToEnd(t *testing.T) {
 		t.Fatalf("daemon before the update: %s", v)
 	}
 	v1 := u.binaries()
+
+	// Tampered releases are refused by the real CLI and change nothing
+	// (before anything is cached: a verified cached tarball is reused).
+	relDir := filepath.Join(channel, "v1.1.0")
+	tarballPath := filepath.Join(relDir, "banger_v1.1.0_"+runtime.GOOS+"_"+runtime.GOARCH+".tar.gz")
+	otherKey := filepath.Join(root, "keys", "other.key")
+	release("--gen-key", otherKey)
+	for _, tc := range []struct {
+		name   string
+		tamper func() (restore func())
+		want   string
+	}{
+		{"flipped tarball byte", func() func() {
+			orig := must(os.ReadFile(tarballPath))
+			bad := bytes.Clone(orig)
+			bad[len(bad)/2] ^= 1
+			os.WriteFile(tarballPath, bad, 0o644)
+			return func() { os.WriteFile(tarballPath, orig, 0o644) }
+		}, "hash mismatch"},
+		{"signature by another key", func() func() {
+			sigPath := filepath.Join(relDir, "SHA256SUMS.sig")
+			orig := must(os.ReadFile(sigPath))
+			// Sign the same SHA256SUMS with another key (openssl's format).
+			out, err := exec.Command("openssl", "dgst", "-sha256", "-sign", otherKey, filepath.Join(relDir, "SHA256SUMS")).Output()
+			if err != nil {
+				t.Fatalf("openssl: %v", err)
+			}
+			os.WriteFile(sigPath, out, 0o644)
+			return func() { os.WriteFile(sigPath, orig, 0o644) }
+		}, "not signed by the pinned release key"},
+		{"manifest points at a missing file", func() func() {
+			os.Rename(tarballPath, tarballPath+".away")
+			return func() { os.Rename(tarballPath+".away", tarballPath) }
+		}, "404"},
+	} {
+		restore := tc.tamper()
+		out, errOut, code := u.run(append([]string{"update"}, channelFlags...)...)
+		restore()
+		if code == 0 || !strings.Contains(errOut, tc.want) {
+			t.Fatalf("%s: exit %d\n%s%s", tc.name, code, out, errOut)
+		}
+		if !sameBinaries(u.binaries(), v1) {
+			t.Fatalf("%s: the installed binaries changed", tc.name)
+		}
+		if _, err := os.Stat(filepath.Join(u.prefix, "banger.previous")); err == nil {
+			t.Fatalf("%s: banger.previous appeared", tc.name)
+		}
+	}
+	if v := u.daemonVersion(); v != "v1.0.0" {
+		t.Fatalf("daemon after the refused updates: %s", v)
+	}
 
 	out := u.must(append([]string{"update", "--check"}, channelFlags...)...)
 	if !strings.Contains(out, "v1.1.0 is available") {

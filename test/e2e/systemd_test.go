@@ -205,4 +205,27 @@ func TestE2ESystemModeVMsSurviveRestarts(t *testing.T) {
 		t.Logf("KillMode=control-group: the helper restart killed VMM pid %d", before.PID)
 	})
 	c.t = t
+
+	// Uninstall: units stopped, disabled and gone, binaries and the
+	// record gone; the state stays (no --purge). --force because the
+	// daemon may not have noticed the dead VM yet.
+	t.Run("uninstall", func(t *testing.T) {
+		c.t = t
+		defer func() { c.t = nil }()
+		c.mustExec("/usr/local/bin/banger", "system", "uninstall", "--force")
+		for _, p := range []string{system.UnitDir + "/" + system.DaemonUnit, system.UnitDir + "/" + system.HelperUnit,
+			system.CLIPath, system.DaemonPath, system.RecordPath} {
+			if _, err := c.exec("test", "-e", p); err == nil {
+				t.Errorf("%s is still there after uninstall", p)
+			}
+		}
+		if out, err := c.exec("pgrep", "-x", "bangerd"); err == nil {
+			t.Errorf("bangerd still runs after uninstall: %s", out)
+		}
+		c.mustExec("test", "-e", "/var/lib/banger/banger.db")
+		if out, err := c.exec(ctrBin+"/banger", "system", "status"); err == nil || !strings.Contains(out, "not installed") {
+			t.Errorf("system status after uninstall: %v\n%s", err, out)
+		}
+	})
+	c.t = t
 }

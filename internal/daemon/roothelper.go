@@ -63,6 +63,16 @@ func runRootHelper(ctx context.Context, build buildinfo.Info, ownerUID int, logg
 	}
 	local := privops.NewLocal(hostexec.Real{Logger: logger}, logger)
 	local.Firewall = firewallConfig(cfg)
+	// Every path is resolved below the managed roots on descriptors, and
+	// only the owner's processes running a configured VMM may be signalled.
+	local.Roots = policy.ManagedRoots
+	local.SignalOwnerUID = ownerUID
+	for _, p := range bins {
+		if real, err := filepath.EvalSymlinks(p); err == nil {
+			p = real // /proc/PID/exe names the resolved file
+		}
+		local.VMMPaths = append(local.VMMPaths, p)
+	}
 	srv, err := privops.NewServer(local, privops.ServerConfig{
 		Policy: policy, Logger: logger, Version: build.Version, Commit: build.Commit,
 		// root (banger system status, doctor) may ping it too.

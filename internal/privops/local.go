@@ -21,6 +21,16 @@ type Local struct {
 	// ProcSysDir is where sysctls are read and written (default
 	// /proc/sys; tests point it elsewhere).
 	ProcSysDir string
+	// Roots are the managed roots every path argument is resolved below,
+	// on descriptors and without symlinks (beneath.go). The root helper
+	// sets them from its policy; empty = resolve from "/" (a daemon that
+	// runs as root itself).
+	Roots []string
+	// SignalOwnerUID and VMMPaths, when set (the root helper), restrict
+	// SignalVMM to processes running as that uid and executing one of
+	// these binaries. SignalOwnerUID -1 = no restriction.
+	SignalOwnerUID int
+	VMMPaths       []string
 
 	// bridgeMu serialises EnsureBridge and DeleteBridge in this process, so
 	// concurrent first starts do not interleave the bridge's steps (the
@@ -34,5 +44,5 @@ func NewLocal(runner hostexec.Runner, logger *slog.Logger) *Local {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Local{Runner: runner, Logger: logger}
+	return &Local{Runner: runner, Logger: logger, SignalOwnerUID: -1}
 }

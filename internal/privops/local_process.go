@@ -39,6 +39,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/bangerdev/banger/internal/model"
+	"github.com/bangerdev/banger/internal/paths"
 )
 
 var vmmBinary = regexp.MustCompile(`^(qemu-system-[A-Za-z0-9_]+|(firecracker|jailer)([-._][A-Za-z0-9._-]+)?)$`)
@@ -106,7 +107,17 @@ func (l *Local) LaunchVMM(ctx context.Context, spec LaunchSpec) (int, error) {
 	if dropCreds && os.Geteuid() != 0 {
 		return 0, fmt.Errorf("launch vmm as uid %d: %w: only root can change the VMM's user", spec.UID, ErrNotSupported)
 	}
-	logf, err := os.OpenFile(spec.LogPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE|syscall.O_NOFOLLOW, 0o640)
+	if err := checkBinary(path); err != nil {
+		return 0, fmt.Errorf("launch vmm: %w", err)
+	}
+	// The log and pid file live in the owner's directories: resolved once,
+	// below the managed root, on descriptors (beneath.go).
+	logDir, err := openParent(l.Roots, spec.LogPath)
+	if err != nil {
+		return 0, fmt.Errorf("launch vmm: log directory: %w", err)
+	}
+	defer logDir.Close()
+	logf, err := openAppendAt(logDir, filepath.Base(spec.LogPath))
 	if err != nil {
 		return 0, fmt.Errorf("launch vmm: open log: %w", err)
 	}
@@ -156,7 +167,7 @@ func (l *Local) LaunchVMM(ctx context.Context, spec LaunchSpec) (int, error) {
 	}()
 	logger.Info("vmm launched", "pid", pid, "argv", strings.Join(spec.Argv, " "))
 	if spec.PIDFile != "" {
-		if err := writePIDFile(spec.PIDFile, pid, spec.UID, spec.GID, dropCreds); err != nil {
+		if err := l.writePIDFile(spec.PIDFile, pid, spec.UID, spec.GID, dropCreds); err != nil {
 			_ = cmd.Process.Kill()
 			return 0, fmt.Errorf("launch vmm: %w", err)
 		}
@@ -181,22 +192,42 @@ func selfDaemonizing(argv []string) bool {
 	return false
 }
 
-func writePIDFile(path string, pid, uid, gid int, chown bool) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(strconv.Itoa(pid)+"\n"), 0o644); err != nil {
-		return fmt.Errorf("write pid file: %w", err)
+// writePIDFile writes pid to path through a new temporary file in path's
+// directory (created O_EXCL|O_NOFOLLOW on the directory's descriptor) and
+// renameat: a symlink planted at path or at any temporary name is never
+// followed.
+func (l *Local) writePIDFile(path string, pid, uid, gid int, chown bool) error {
+	dir, err := openParent(l.Roots, path)
+	if err != nil {
+		return fmt.Errorf("pid file directory: %w", err)
 	}
-	if chown {
-		if err := os.Lchown(tmp, uid, gid); err != nil {
-			os.Remove(tmp)
-			return fmt.Errorf("chown pid file: %w", err)
-		}
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
+	defer dir.Close()
+	if err := createFileAt(dir, filepath.Base(path), []byte(strconv.Itoa(pid)+"\n"), 0o644, uid, gid, chown); err != nil {
 		return fmt.Errorf("write pid file: %w", err)
 	}
 	return nil
+}
+
+// checkBinary refuses to run a program that someone other than root could
+// have replaced: the file and every directory above it must be owned by
+// root and not writable by group or others.
+func checkBinary(path string) error {
+	if os.Geteuid() != 0 {
+		return nil // not root: nothing is gained by running it
+	}
+	for p := path; ; p = filepath.Dir(p) {
+		var st unix.Stat_t
+		if err := unix.Stat(p, &st); err != nil {
+			return fmt.Errorf("%s: %w", p, err)
+		}
+		if st.Uid != 0 || st.Mode&0o022 != 0 && !(st.Mode&unix.S_IFMT == unix.S_IFDIR && st.Mode&unix.S_ISVTX != 0 && p != path) {
+			return fmt.Errorf("%w: %s is not a safe VMM binary: %s is owned by uid %d with mode %04o (it must be root's and not writable by group or others)",
+				ErrInvalidArgument, path, p, st.Uid, st.Mode&0o7777)
+		}
+		if p == "/" {
+			return nil
+		}
+	}
 }
 
 // SignalVMM sends sig to the process identified by id after re-verifying the
@@ -225,6 +256,9 @@ func (l *Local) SignalVMM(ctx context.Context, id ProcessIdentity, sig syscall.S
 	if err := VerifyProcess(id); err != nil {
 		return fmt.Errorf("signal vmm: %w", err)
 	}
+	if err := l.verifyVMMProcess(id.PID); err != nil {
+		return fmt.Errorf("signal vmm: %w", err)
+	}
 	if err := unix.PidfdSendSignal(fd, sig, nil, 0); err != nil {
 		if errors.Is(err, unix.ESRCH) {
 			return fmt.Errorf("signal vmm pid %d: %w", id.PID, model.ErrNotRunning)
@@ -233,6 +267,53 @@ func (l *Local) SignalVMM(ctx context.Context, id ProcessIdentity, sig syscall.S
 	}
 	l.logger().Info("vmm signalled", "pid", id.PID, "signal", sig.String())
 	return nil
+}
+
+// verifyVMMProcess checks, when the Local is configured for it (the root
+// helper), that pid runs as the owner and executes one of the configured
+// VMM binaries, so the owner can never make root signal a process banger
+// did not start: a root-owned qemu, the owner's own shell, pid 1.
+func (l *Local) verifyVMMProcess(pid int) error {
+	if l.SignalOwnerUID < 0 || len(l.VMMPaths) == 0 {
+		return nil
+	}
+	dir := "/proc/" + strconv.Itoa(pid)
+	status, err := os.ReadFile(dir + "/status")
+	if err != nil {
+		return fmt.Errorf("pid %d has exited: %w", pid, model.ErrNotRunning)
+	}
+	uid := -1
+	for _, line := range strings.Split(string(status), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "Uid:" {
+			uid, _ = strconv.Atoi(f[1])
+		}
+	}
+	if uid != l.SignalOwnerUID {
+		return fmt.Errorf("%w: pid %d runs as uid %d, not as the owner (%d): not a VMM banger started", ErrInvalidArgument, pid, uid, l.SignalOwnerUID)
+	}
+	exe, err := os.Readlink(dir + "/exe")
+	if err != nil {
+		return fmt.Errorf("%w: pid %d: cannot read its executable: %v", ErrInvalidArgument, pid, err)
+	}
+	exe = strings.TrimSuffix(exe, " (deleted)")
+	if !slices.Contains(l.VMMPaths, exe) && !l.jailedVMM(exe) {
+		return fmt.Errorf("%w: pid %d executes %s, not a configured VMM binary", ErrInvalidArgument, pid, exe)
+	}
+	return nil
+}
+
+// jailedVMM reports whether exe is a firecracker the jailer copied into a
+// chroot below a managed root (the jailer runs the copy).
+func (l *Local) jailedVMM(exe string) bool {
+	if !strings.HasPrefix(filepath.Base(exe), "firecracker") {
+		return false
+	}
+	for _, r := range l.Roots {
+		if _, err := paths.Beneath(r, exe); err == nil {
+			return true
+		}
+	}
+	return false
 }
 
 func (l *Local) logger() *slog.Logger {
@@ -300,8 +381,10 @@ func procState(stat []byte) byte {
 }
 
 // ChownPath changes the owner of path (a socket, pidfile or log the VMM
-// created) without following a symlink in its last component. path must be
-// clean and absolute; uid and gid must be >= 0.
+// created). The path is resolved once, below a managed root and without
+// symlinks anywhere (beneath.go), and the owner changed on that descriptor
+// (fchownat AT_EMPTY_PATH); a regular file with several links is refused.
+// path must be clean and absolute; uid and gid must be >= 0.
 func (l *Local) ChownPath(ctx context.Context, path string, uid, gid int) error {
 	if !filepath.IsAbs(path) || filepath.Clean(path) != path {
 		return fmt.Errorf("chown %q: %w: must be a clean absolute path", path, ErrInvalidArgument)
@@ -312,15 +395,26 @@ func (l *Local) ChownPath(ctx context.Context, path string, uid, gid int) error 
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	st, err := os.Lstat(path)
+	f, err := openBeneath(l.Roots, path, unix.O_PATH|unix.O_NOFOLLOW, 0)
 	if err != nil {
+		if errors.Is(err, unix.ELOOP) {
+			return fmt.Errorf("chown %s: %w: refusing to follow a symlink", path, ErrInvalidArgument)
+		}
 		return fmt.Errorf("chown: %w", err)
 	}
-	if st.Mode()&os.ModeSymlink != 0 {
+	defer f.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return fmt.Errorf("chown %s: %w", path, err)
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFLNK {
 		return fmt.Errorf("chown %s: %w: refusing to follow a symlink", path, ErrInvalidArgument)
 	}
-	if err := os.Lchown(path, uid, gid); err != nil {
+	if _, err := checkSingleLink(f); err != nil {
 		return fmt.Errorf("chown: %w", err)
+	}
+	if err := unix.Fchownat(int(f.Fd()), "", uid, gid, unix.AT_EMPTY_PATH); err != nil {
+		return fmt.Errorf("chown %s: %w", path, err)
 	}
 	return nil
 }

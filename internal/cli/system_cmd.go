@@ -160,8 +160,9 @@ func (a *app) systemUninstallCmd() *cobra.Command {
 		Long: `Stop and disable both units and remove them, the installed binaries and
 /etc/banger/install.toml. Refuses while VMs run (and names them) unless
 --force, which kills them first. --purge also removes /var/lib/banger,
-/var/cache/banger and /etc/banger (every VM, image and kernel). The owner's
-~/.ssh/config include and known_hosts stay.`,
+/var/cache/banger and /var/cache/banger-root (every VM, image and kernel).
+/etc/banger/config.toml, the owner's ~/.ssh/config include and known_hosts
+stay.`,
 		Example: `  sudo banger system uninstall
   sudo banger system uninstall --purge --force`,
 		Args: cobra.NoArgs,
@@ -173,7 +174,7 @@ func (a *app) systemUninstallCmd() *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().BoolVar(&o.Purge, "purge", false, "also remove /var/lib/banger, /var/cache/banger and /etc/banger")
+	cmd.Flags().BoolVar(&o.Purge, "purge", false, "also remove /var/lib/banger, /var/cache/banger and /var/cache/banger-root")
 	cmd.Flags().BoolVar(&o.Force, "force", false, "uninstall even though VMs are running (kills them)")
 	cmd.Flags().StringVar(&o.Root, "root", "", "uninstall from an install under this directory")
 	return cmd

@@ -19,11 +19,6 @@ import (
 	"github.com/bangerdev/banger/internal/rpc"
 )
 
-// HelperCacheDir is the root helper's own cache (debootstrap trees and
-// image files it builds for the owner): root's, 0711. In system mode it is
-// bangerd-root.service's CacheDirectory=.
-const HelperCacheDir = "/var/cache/banger-root"
-
 // runRootHelper serves the privileged operations to the owner daemon of
 // ownerUID until ctx ends. The layout is the system layout unless BANGER_*
 // directory variables say otherwise (tests).
@@ -81,7 +76,7 @@ func runRootHelper(ctx context.Context, build buildinfo.Info, ownerUID int, logg
 	if err != nil {
 		return err
 	}
-	hi := &helperImages{dir: HelperCacheDir, mirror: cfg.Images.Mirror, owner: [2]int{ownerUID, ownerGID},
+	hi := &helperImages{dir: paths.HelperCacheDir, mirror: cfg.Images.Mirror, owner: [2]int{ownerUID, ownerGID},
 		runner: hostexec.Real{Logger: logger}, systemd: os.Getenv("INVOCATION_ID") != "", logger: logger}
 	srv.Handle(methodImageRootfs, rpc.Typed(hi.build))
 	// The helper's own directory: root's, 0755 (under systemd it is the

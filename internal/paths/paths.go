@@ -37,6 +37,11 @@ type Layout struct {
 // directory to the unit's user.
 const DefaultHelperSocket = "/run/banger-root/root-helper.sock"
 
+// HelperCacheDir is the root helper's own cache (debootstrap trees and the
+// image files it builds for the owner): root's, 0711, never the owner's
+// cache. In system mode it is bangerd-root.service's CacheDirectory=.
+const HelperCacheDir = "/var/cache/banger-root"
+
 // User returns the user-mode layout from the XDG base directories:
 // $XDG_STATE_HOME (~/.local/state), $XDG_CACHE_HOME (~/.cache),
 // $XDG_RUNTIME_DIR and $XDG_CONFIG_HOME (~/.config), each + "/banger".

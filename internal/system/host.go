@@ -484,7 +484,7 @@ func (h *Host) Uninstall(ctx context.Context, o UninstallOptions) error {
 	if o.Purge {
 		rm(at(o.Root, StateDir))
 		rm(at(o.Root, CacheDir))
-		rm(at(o.Root, ConfigDir))
+		rm(at(o.Root, HelperCache))
 	}
 	return errors.Join(errs...)
 }

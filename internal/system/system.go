@@ -43,6 +43,7 @@ const (
 	RecordPath   = "/etc/banger/install.toml"
 	StateDir     = "/var/lib/banger"
 	CacheDir     = "/var/cache/banger"
+	HelperCache  = "/var/cache/banger-root" // the root helper's cache (paths.HelperCacheDir)
 	RuntimeDir   = "/run/banger"
 	DaemonUnit   = "bangerd.service"
 	HelperUnit   = "bangerd-root.service"
@@ -110,9 +111,10 @@ type InstallOptions struct {
 // UninstallOptions configure Uninstall.
 type UninstallOptions struct {
 	Root string
-	// Purge also removes /var/lib/banger and /var/cache/banger (all VMs,
-	// images and kernels). The owner's ~/.ssh/config include and
-	// known_hosts stay.
+	// Purge also removes /var/lib/banger, /var/cache/banger and the
+	// helper's /var/cache/banger-root (all VMs, images and kernels).
+	// /etc/banger/config.toml (the admin's), the owner's ~/.ssh/config
+	// include and known_hosts stay.
 	Purge bool
 	// Force uninstalls even though VMs are running (they are killed
 	// when the helper's cgroup goes away, or left to the admin).

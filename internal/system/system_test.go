@@ -16,6 +16,7 @@ import (
 	"github.com/bangerdev/banger/internal/api"
 	"github.com/bangerdev/banger/internal/buildinfo"
 	"github.com/bangerdev/banger/internal/hostexec"
+	"github.com/bangerdev/banger/internal/paths"
 	"github.com/bangerdev/banger/internal/testreq"
 )
 
@@ -482,13 +483,16 @@ func TestUninstall(t *testing.T) {
 			t.Fatal(err)
 		}
 		_ = os.WriteFile(filepath.Join(root, StateDir, "banger.db"), []byte("db"), 0o600)
+		_ = os.WriteFile(filepath.Join(root, ConfigDir, "config.toml"), []byte("# admin's"), 0o644)
+		_ = os.MkdirAll(filepath.Join(root, HelperCache, "debootstrap"), 0o755)
+		_ = os.WriteFile(filepath.Join(root, HelperCache, "debootstrap", "tree"), nil, 0o644)
 		if err := hr.Uninstall(ctx, UninstallOptions{Root: root, Purge: purge}); err != nil {
 			t.Fatal(err)
 		}
 		left := keys(readTree(t, root))
-		want := []string{"var/lib/banger/banger.db"}
+		want := []string{"etc/banger/config.toml", "var/cache/banger-root/debootstrap/tree", "var/lib/banger/banger.db"}
 		if purge {
-			want = nil
+			want = []string{"etc/banger/config.toml"}
 		}
 		if !slices.Equal(left, want) {
 			t.Errorf("purge=%v left %v, want %v", purge, left, want)
@@ -559,6 +563,16 @@ func TestStatusReportsUnitsVersionsAndDrift(t *testing.T) {
 	st, _ = h.Status(context.Background())
 	if !st.Units[1].Drift || st.Units[0].Drift {
 		t.Errorf("drift: %+v", st.Units)
+	}
+}
+
+func TestHelperCacheMatchesPaths(t *testing.T) {
+	if HelperCache != paths.HelperCacheDir || HelperSocket != paths.DefaultHelperSocket {
+		t.Errorf("system and paths disagree: %s %s", HelperCache, HelperSocket)
+	}
+	units, _ := RenderUnits(&Record{Owner: Owner{User: "a", UID: 1000, GID: 1000}}, RenderOptions{})
+	if got := directives(t, units[0].Content)["Service.CacheDirectory"]; len(got) != 1 || "/var/cache/"+got[0] != HelperCache {
+		t.Errorf("helper CacheDirectory %q, want %s", got, HelperCache)
 	}
 }
 

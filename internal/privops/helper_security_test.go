@@ -240,6 +240,7 @@ func TestSignalVMMOnlyOwnersVMMs(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	waitCmdline(t, cmd.Process.Pid, marker)
 	l := NewLocal(hostexec.Real{}, nil)
 	l.SignalOwnerUID, l.VMMPaths = hostileUID, []string{bin}
 	id := ProcessIdentity{PID: cmd.Process.Pid, Comm: "qemu-system-fake", Marker: marker}
@@ -259,6 +260,7 @@ func TestSignalVMMOnlyOwnersVMMs(t *testing.T) {
 	}
 	defer func() { _ = own.Process.Kill(); _ = own.Wait() }()
 	id.PID = own.Process.Pid
+	waitCmdline(t, id.PID, marker)
 	if err := l.SignalVMM(context.Background(), id, syscall.SIGKILL); err != nil {
 		t.Errorf("signal of the owner's VMM: %v", err)
 	}
@@ -271,6 +273,7 @@ func TestSignalVMMOnlyOwnersVMMs(t *testing.T) {
 	}
 	defer func() { _ = other.Process.Kill(); _ = other.Wait() }()
 	id.PID = other.Process.Pid
+	waitCmdline(t, id.PID, marker)
 	if err := l.SignalVMM(context.Background(), id, syscall.SIGKILL); !errors.Is(err, ErrInvalidArgument) {
 		t.Errorf("signal of a process running another binary = %v, want a refusal", err)
 	}
@@ -309,5 +312,72 @@ func TestLaunchRefusesReplaceableBinary(t *testing.T) {
 		if err == nil || !bytes.Contains([]byte(err.Error()), []byte("not a safe VMM binary")) {
 			t.Errorf("%s: launch = %d, %v; want a refusal", tc.name, pid, err)
 		}
+	}
+}
+
+// waitCmdline waits until pid's command line shows marker (the exec is
+// done).
+func waitCmdline(t *testing.T, pid int, marker string) {
+	t.Helper()
+	for i := 0; i < 200; i++ {
+		if b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline"); err == nil && bytes.Contains(b, []byte(marker)) {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("pid %d never showed %s in its command line", pid, marker)
+}
+
+// #8: DetachLoop and CreateSnapshot took any /dev/loopN; now only free
+// loops or loops backed by banger's own files.
+func TestLoopDeviceMustBeBangers(t *testing.T) {
+	sys := t.TempDir()
+	back := func(n, file string) {
+		d := filepath.Join(sys, "block", "loop"+n, "loop")
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d, "backing_file"), []byte(file+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	back("1", "/var/lib/banger/vms/x/root.cow")
+	back("2", "/home/alice/disk.img")
+	back("3", "/var/lib/banger/images/base.ext4 (deleted)")
+	p := &Policy{ManagedRoots: []string{"/var/lib/banger"}, SysDir: sys}
+	for dev, ok := range map[string]bool{"/dev/loop1": true, "/dev/loop2": false, "/dev/loop3": true, "/dev/loop9": true} {
+		err := p.ValidateLoopDevice("device", dev)
+		if (err == nil) != ok {
+			t.Errorf("%s: %v, want ok=%v", dev, err, ok)
+		}
+		if !ok && !errors.Is(err, ErrInvalidArgument) {
+			t.Errorf("%s: %v is not ErrInvalidArgument", dev, err)
+		}
+	}
+	snap := SnapshotSpec{Name: DMNamePrefix + "x", Origin: "/dev/loop1", COW: "/dev/loop2", SizeBytes: 512}
+	if err := p.ValidateSnapshot(snap); err == nil {
+		t.Error("a snapshot over someone else's loop device was accepted")
+	}
+}
+
+// #4: AttachLoop re-opened the checked path by name in losetup; now it
+// opens the file once below the roots and hands losetup that descriptor.
+func TestAttachLoopRefusesSymlinkedParent(t *testing.T) {
+	root := t.TempDir()
+	outside := t.TempDir()
+	if err := os.WriteFile(filepath.Join(outside, "disk.img"), make([]byte, 4096), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(outside, filepath.Join(root, "vm")); err != nil {
+		t.Fatal(err)
+	}
+	rec := &hostexec.Recorder{Respond: func(hostexec.Cmd) (hostexec.Result, error) {
+		return hostexec.Result{Stdout: []byte("/dev/loop7\n")}, nil
+	}}
+	l := NewLocal(rec, nil)
+	l.Roots = []string{root}
+	_, err := l.AttachLoop(context.Background(), LoopSpec{File: filepath.Join(root, "vm", "disk.img")})
+	if !errors.Is(err, ErrUnsafePath) || len(rec.Lines()) != 0 {
+		t.Errorf("attach through a symlinked directory = %v (commands %q), want ErrUnsafePath and no losetup", err, rec.Lines())
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/bangerdev/banger/internal/hostexec"
 )
 
@@ -95,11 +97,28 @@ func (l *Local) AttachLoop(ctx context.Context, spec LoopSpec) (string, error) {
 	if err := ValidateLoopSpec(spec); err != nil {
 		return "", err
 	}
+	// The file is opened once, below the managed roots without symlinks,
+	// and losetup attaches that open file (through /proc/PID/fd/N), so a
+	// path swapped after the check can never attach something else.
+	flags := unix.O_RDWR
+	if spec.ReadOnly {
+		flags = unix.O_RDONLY
+	}
+	f, err := openBeneath(l.Roots, spec.File, flags|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return "", fmt.Errorf("attach loop for %s: %w", spec.File, err)
+	}
+	defer f.Close()
+	if st, err := checkSingleLink(f); err != nil {
+		return "", fmt.Errorf("attach loop: %w", err)
+	} else if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return "", fmt.Errorf("attach loop: %w: %s is not a regular file", ErrInvalidArgument, spec.File)
+	}
 	args := []string{"--find", "--show"}
 	if spec.ReadOnly {
 		args = append(args, "--read-only")
 	}
-	args = append(args, spec.File)
+	args = append(args, fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), f.Fd()))
 	res, err := l.Runner.Run(ctx, hostexec.Cmd{Name: "losetup", Args: args})
 	if err != nil {
 		if errors.Is(err, hostexec.ErrNotFound) {

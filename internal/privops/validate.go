@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -52,6 +53,9 @@ type Policy struct {
 	// config, never the request's. No DNSServer = no resolver routing.
 	DNSServer string
 	DNSDomain string
+	// SysDir is where sysfs is mounted (default /sys; tests point it
+	// elsewhere).
+	SysDir string
 }
 
 // Limits on launch arguments.
@@ -298,7 +302,10 @@ func (p *Policy) ValidateLoop(spec LoopSpec) error {
 	return nil
 }
 
-// ValidateLoopDevice accepts /dev/loopN only.
+// ValidateLoopDevice accepts /dev/loopN only, and only while it is free or
+// backed by a file below a managed root (its backing file in sysfs): a loop
+// device of someone else's (after a host reboot the same number may be
+// anybody's) is never detached or used as a snapshot device.
 func (p *Policy) ValidateLoopDevice(field, dev string) error {
 	n, ok := strings.CutPrefix(dev, "/dev/loop")
 	if !ok || n == "" || len(n) > 7 {
@@ -309,7 +316,21 @@ func (p *Policy) ValidateLoopDevice(field, dev string) error {
 			return invalid(field, "%q is not a loop device (want /dev/loopN)", clip(dev))
 		}
 	}
-	return nil
+	sys := p.SysDir
+	if sys == "" {
+		sys = "/sys"
+	}
+	b, err := os.ReadFile(filepath.Join(sys, "block", "loop"+n, "loop", "backing_file"))
+	if err != nil {
+		return nil // not attached: nothing of anyone's to touch
+	}
+	backing := strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), " (deleted)")
+	for _, root := range p.ManagedRoots {
+		if _, err := paths.Beneath(root, backing); err == nil {
+			return nil
+		}
+	}
+	return invalid(field, "%s is backed by %s, which is not banger's (not below %s)", dev, clip(backing), strings.Join(p.ManagedRoots, ", "))
 }
 
 // ValidateDMName checks a device-mapper name: the dm prefix followed by an
@@ -539,15 +560,49 @@ func (p *Policy) validateJailer(spec LaunchSpec) error {
 			return invalid("launch.argv", "jailer option --%s is not allowed", clip(k))
 		}
 	}
-	if ns := opts["netns"]; len(ns) > 0 {
-		for _, v := range ns {
-			if !strings.HasPrefix(v, "/var/run/netns/") && !strings.HasPrefix(v, "/run/netns/") {
-				return invalid("launch.argv", "jailer --netns %q must be under /run/netns", clip(v))
-			}
+	for _, v := range opts["netns"] {
+		// Exactly /run/netns/NAME: a clean path, one plain name (no "..":
+		// /run/netns/../../proc/1/ns/net is the host's namespace).
+		name, ok := strings.CutPrefix(v, "/run/netns/")
+		if !ok {
+			name, ok = strings.CutPrefix(v, "/var/run/netns/")
+		}
+		if !ok || filepath.Clean(v) != v || !jailerNameRE.MatchString(name) || name == "." || name == ".." {
+			return invalid("launch.argv", "jailer --netns %q must be /run/netns/NAME", clip(v))
+		}
+	}
+	for _, v := range opts["cgroup"] {
+		key, val, ok := strings.Cut(v, "=")
+		if !ok || !slices.Contains(jailerCgroupKeys, key) || !jailerCgroupValueRE.MatchString(val) {
+			return invalid("launch.argv", "jailer --cgroup %q: want KEY=VALUE with KEY one of %s and a plain value", clip(v), strings.Join(jailerCgroupKeys, ", "))
+		}
+	}
+	for _, v := range opts["cgroup-version"] {
+		if v != "1" && v != "2" {
+			return invalid("launch.argv", "jailer --cgroup-version %q must be 1 or 2", clip(v))
+		}
+	}
+	for _, v := range opts["resource-limit"] {
+		key, val, ok := strings.Cut(v, "=")
+		if n, err := strconv.ParseUint(val, 10, 64); !ok || (key != "fsize" && key != "no-file") || err != nil || n == 0 {
+			return invalid("launch.argv", "jailer --resource-limit %q must be fsize=N or no-file=N", clip(v))
+		}
+	}
+	if id := opts["id"]; len(id) > 0 {
+		if len(id) != 1 || !jailerNameRE.MatchString(id[0]) || len(id[0]) > 64 {
+			return invalid("launch.argv", "jailer --id %q must be one name of [A-Za-z0-9-]", clip(strings.Join(id, ",")))
 		}
 	}
 	return nil
 }
+
+var (
+	jailerNameRE        = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
+	jailerCgroupValueRE = regexp.MustCompile(`^[0-9a-z ,:.-]{1,64}$`)
+	// jailerCgroupKeys are the cgroup files the jailer may set (v1 and v2).
+	jailerCgroupKeys = []string{"cpu.max", "cpu.weight", "cpu.shares", "cpu.cfs_quota_us", "cpu.cfs_period_us",
+		"cpuset.cpus", "cpuset.mems", "memory.max", "memory.high", "memory.limit_in_bytes", "pids.max", "io.weight"}
+)
 
 // ValidateSignal checks SignalVMM's arguments: pid > 1, a marker of at
 // least 4 bytes, a Comm that is one of the configured VMM binaries (so the

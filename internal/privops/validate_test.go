@@ -414,6 +414,25 @@ func TestValidateLaunchJailer(t *testing.T) {
 		"netns elsewhere": func(s *LaunchSpec) {
 			s.Argv = append([]string{s.Argv[0], "--netns", "/proc/1/ns/net"}, s.Argv[1:]...)
 		},
+		// #15.7: a prefix check on an uncleaned path let this through.
+		"netns dot-dot": func(s *LaunchSpec) {
+			s.Argv = append([]string{s.Argv[0], "--netns", "/run/netns/../../proc/1/ns/net"}, s.Argv[1:]...)
+		},
+		"netns nested": func(s *LaunchSpec) {
+			s.Argv = append([]string{s.Argv[0], "--netns", "/run/netns/a/b"}, s.Argv[1:]...)
+		},
+		"cgroup unchecked key": func(s *LaunchSpec) {
+			s.Argv = append([]string{s.Argv[0], "--cgroup", "../../release_agent=/tmp/x"}, s.Argv[1:]...)
+		},
+		"cgroup path value": func(s *LaunchSpec) {
+			s.Argv = append([]string{s.Argv[0], "--cgroup", "cpuset.cpus=/etc/shadow"}, s.Argv[1:]...)
+		},
+		"cgroup version": func(s *LaunchSpec) {
+			s.Argv = append([]string{s.Argv[0], "--cgroup-version", "3"}, s.Argv[1:]...)
+		},
+		"resource limit": func(s *LaunchSpec) {
+			s.Argv = append([]string{s.Argv[0], "--resource-limit", "core=unlimited"}, s.Argv[1:]...)
+		},
 		"positional": func(s *LaunchSpec) { s.Argv = append([]string{s.Argv[0], "evil"}, s.Argv[1:]...) },
 	} {
 		s := good

@@ -45,7 +45,8 @@ type Host struct {
 	Runner hostexec.Runner
 	// Build is this binary's identity (written into the record).
 	Build buildinfo.Info
-	// Out receives progress lines ("" lines are never written); may be nil.
+	// Out receives one line per step (files written, units restarted);
+	// may be nil.
 	Out io.Writer
 	// The following default to the real thing when nil.
 	Getenv     func(string) string

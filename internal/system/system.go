@@ -110,14 +110,16 @@ type InstallOptions struct {
 
 // UninstallOptions configure Uninstall.
 type UninstallOptions struct {
+	// Root is the install root ("" or "/" = this host, which needs root
+	// and runs systemctl; any other root only removes files).
 	Root string
 	// Purge also removes /var/lib/banger, /var/cache/banger and the
 	// helper's /var/cache/banger-root (all VMs, images and kernels).
 	// /etc/banger/config.toml (the admin's), the owner's ~/.ssh/config
 	// include and known_hosts stay.
 	Purge bool
-	// Force uninstalls even though VMs are running (they are killed
-	// when the helper's cgroup goes away, or left to the admin).
+	// Force uninstalls even though VMs are running: it asks the daemon
+	// to kill them first (and goes on if the daemon does not answer).
 	Force bool
 }
 

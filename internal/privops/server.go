@@ -9,6 +9,7 @@ import (
 	"os"
 	"slices"
 	"syscall"
+	"time"
 
 	"github.com/bangerdev/banger/internal/rpc"
 )
@@ -81,6 +82,12 @@ type ServerConfig struct {
 // answer bad_request. Errors of impl are answered with their codes:
 // ErrInvalidArgument -> bad_request, ErrNotSupported -> not_supported,
 // model sentinels as rpc.CodeOf maps them, anything else operation_failed.
+// Limits of the root helper's server (see NewServer).
+const (
+	HelperMaxConns   = 32
+	HelperMaxRequest = 256 << 10
+)
+
 func NewServer(impl Ops, cfg ServerConfig) (*rpc.Server, error) {
 	if impl == nil {
 		return nil, errors.New("root helper: no privileged-operations implementation")
@@ -97,6 +104,12 @@ func NewServer(impl Ops, cfg ServerConfig) (*rpc.Server, error) {
 		AllowUID: func(uid uint32) bool { return slices.Contains(allowed, uid) },
 		Version:  cfg.Version,
 		Commit:   cfg.Commit,
+		// Privileged requests are small and few: a tight frame limit,
+		// connection cap and read timeout keep a hostile owner from
+		// pinning the helper's memory or goroutines.
+		MaxConns:    HelperMaxConns,
+		MaxRequest:  HelperMaxRequest,
+		ReadTimeout: 10 * time.Second,
 	})
 	p := &cfg.Policy
 

@@ -45,14 +45,30 @@ type ServerOptions struct {
 	// Version and Commit of the serving binary, used in logs and in the
 	// bad_version / unknown_method messages.
 	Version, Commit string
+	// MaxConns bounds the connections served at once (default
+	// DefaultMaxConns); one more is answered "busy" and closed at once, so
+	// idle or slow clients cannot pile up memory or goroutines.
+	MaxConns int
+	// MaxRequest bounds one request frame (default MaxRequestSize). The
+	// root helper's requests are small, and so is its limit.
+	MaxRequest int
+	// ReadTimeout bounds how long a client may take to send its request
+	// (default 30 s).
+	ReadTimeout time.Duration
 }
+
+// DefaultMaxConns is the default ServerOptions.MaxConns.
+const DefaultMaxConns = 128
 
 // Server serves registered methods over a unix socket listener. Register
 // every method with Handle before calling Serve.
 type Server struct {
-	logger *slog.Logger
-	allow  func(uint32) bool
-	desc   string
+	logger      *slog.Logger
+	allow       func(uint32) bool
+	desc        string
+	slots       chan struct{} // one per connection being served
+	maxRequest  int
+	readTimeout time.Duration
 
 	mu       sync.RWMutex
 	handlers map[string]Handler
@@ -60,7 +76,18 @@ type Server struct {
 
 // NewServer returns a server with no methods.
 func NewServer(opts ServerOptions) *Server {
-	s := &Server{logger: opts.Logger, allow: opts.AllowUID, handlers: map[string]Handler{}}
+	s := &Server{logger: opts.Logger, allow: opts.AllowUID, handlers: map[string]Handler{},
+		maxRequest: opts.MaxRequest, readTimeout: opts.ReadTimeout}
+	if opts.MaxConns <= 0 {
+		opts.MaxConns = DefaultMaxConns
+	}
+	s.slots = make(chan struct{}, opts.MaxConns)
+	if s.maxRequest <= 0 || s.maxRequest > MaxRequestSize {
+		s.maxRequest = MaxRequestSize
+	}
+	if s.readTimeout <= 0 {
+		s.readTimeout = requestReadTimeout
+	}
 	if s.logger == nil {
 		s.logger = slog.New(slog.DiscardHandler)
 	}
@@ -130,12 +157,29 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			continue
 		}
 		delay = 0
+		select {
+		case s.slots <- struct{}{}:
+		default:
+			s.refuseBusy(conn)
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			defer func() { <-s.slots }()
 			s.serveConn(ctx, conn)
 		}()
 	}
+}
+
+// refuseBusy answers a connection over the MaxConns limit and closes it.
+func (s *Server) refuseBusy(conn net.Conn) {
+	_ = conn.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+	w := &frameWriter{conn: conn}
+	_ = w.write(errorFrame{Error: &Error{Code: CodeOperationFailed, OpID: NewOpID(),
+		Message: fmt.Sprintf("busy: %d connections are being served; retry shortly", cap(s.slots))}}, true)
+	_ = conn.Close()
+	s.logger.Warn("rpc connection refused: too many connections", "max", cap(s.slots))
 }
 
 // frameWriter serializes frame writes on one connection and drops writes
@@ -188,9 +232,9 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
 
 	// Read the one request frame; shutdown interrupts a slow sender.
 	br := bufio.NewReaderSize(conn, 64<<10)
-	_ = conn.SetReadDeadline(time.Now().Add(requestReadTimeout))
+	_ = conn.SetReadDeadline(time.Now().Add(s.readTimeout))
 	stopRead := context.AfterFunc(ctx, func() { _ = conn.SetReadDeadline(time.Unix(1, 0)) })
-	line, err := readFrame(br, MaxRequestSize)
+	line, err := readFrame(br, s.maxRequest)
 	interrupted := !stopRead()
 	if err != nil {
 		if interrupted {

@@ -626,3 +626,54 @@ func TestUnauthorizedPeer(t *testing.T) {
 		t.Fatal("refusal not logged")
 	}
 }
+
+// TestConnectionAndFrameLimits: idle and half-sent connections cannot pile
+// up (#15.10): past MaxConns a connection is answered "busy" and closed at
+// once, a slow sender is cut off after ReadTimeout, and a frame over
+// MaxRequest is refused without being buffered whole. Once the hogs are
+// gone the server answers again.
+func TestConnectionAndFrameLimits(t *testing.T) {
+	ts := start(t, ServerOptions{MaxConns: 8, MaxRequest: 64 << 10, ReadTimeout: 500 * time.Millisecond}, func(s *Server) {
+		s.Handle("echo", Typed(func(ctx context.Context, p map[string]any) (map[string]any, error) { return p, nil }))
+	})
+	// 8 clients that send half a request and stall.
+	var hogs []net.Conn
+	for i := 0; i < 8; i++ {
+		c, err := net.Dial("unix", ts.sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hogs = append(hogs, c)
+		_, _ = io.WriteString(c, `{"v":1,"method":"echo","params":{"x":"`+strings.Repeat("a", 1000))
+	}
+	time.Sleep(100 * time.Millisecond)
+	// The ninth is refused at once with a clear message.
+	c, err := net.Dial("unix", ts.sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	line, _ := bufio.NewReader(c).ReadString('\n')
+	c.Close()
+	if !strings.Contains(line, "busy") {
+		t.Errorf("connection over the limit got %q, want a busy error", line)
+	}
+	// The stalled senders are cut off by the read timeout.
+	for _, h := range hogs {
+		_ = h.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadAll(h); err != nil {
+			t.Errorf("stalled client not closed by the server: %v", err)
+		}
+		h.Close()
+	}
+	// An oversized frame is refused.
+	frames := ts.raw(t, `{"v":1,"method":"echo","params":{"x":"`+strings.Repeat("a", 70<<10)+`"}}`+"\n")
+	if len(frames) != 1 || !strings.Contains(string(frames[0]["error"]), "bad_request") {
+		t.Errorf("oversized frame: %v", frames)
+	}
+	// And the server still works.
+	var out map[string]any
+	if err := ts.client().Call(context.Background(), "echo", map[string]any{"x": 1}, &out); err != nil || out["x"] != float64(1) {
+		t.Errorf("after the hogs: %v %v", out, err)
+	}
+}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -242,6 +244,11 @@ func TestHelperRefusesHostileArguments(t *testing.T) {
 		"chown via link":  c.ChownPath(ctx, fx.evilF, 1000, 1001),
 		"chown to root":   c.ChownPath(ctx, fx.disk, 0, 0),
 		"chown traversal": c.ChownPath(ctx, fx.run+"/../outside/secret.img", 1000, 1001),
+		"bridge lo":       c.DeleteBridge(ctx, "lo"),
+		"tap docker0":     c.DeleteTap(ctx, "docker0"),
+		"bridge host net": c.EnsureBridge(ctx, BridgeSpec{Name: "br-banger", CIDR: "0.0.0.0/0"}),
+		"signal caller":   c.SignalVMM(ctx, ProcessIdentity{PID: os.Getpid(), Comm: "banger.test", Marker: "abcd"}, syscall.SIGKILL),
+		"signal marker":   c.SignalVMM(ctx, ProcessIdentity{PID: 999, Comm: "firecracker", Marker: "ab"}, syscall.SIGKILL),
 	} {
 		var re *rpc.Error
 		if !errors.As(err, &re) || re.Code != rpc.CodeBadRequest || re.OpID != "op-hostile" {
@@ -302,5 +309,44 @@ func TestHelperUnreachableAndConfig(t *testing.T) {
 	p.ManagedRoots = l.ManagedRoots()
 	if err := p.Check(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestHelperRefusesHostileFrames is the protocol half of the catalogue:
+// oversized frames, a wrong protocol version, unknown methods, garbage and
+// slow clients get a clear refusal (or are cut off) and reach nothing.
+func TestHelperRefusesHostileFrames(t *testing.T) {
+	fx := newPolFixture(t)
+	fake := &fakeOps{}
+	startHelper(t, fx, fake)
+	sock := filepath.Join(fx.run, "root-helper.sock")
+	send := func(line string) string {
+		conn, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		_, _ = io.WriteString(conn, line)
+		_ = conn.SetReadDeadline(time.Now().Add(15 * time.Second))
+		b, _ := io.ReadAll(conn)
+		return string(b)
+	}
+	for name, tc := range map[string]struct{ line, want string }{
+		"oversized":      {`{"v":1,"method":"privops.DeleteTap","params":{"name":"` + strings.Repeat("a", HelperMaxRequest) + `"}}` + "\n", "bad_request"},
+		"wrong version":  {`{"v":99,"method":"privops.DeleteTap","params":{"name":"bgtap1"}}` + "\n", "bad_version"},
+		"unknown method": {`{"v":1,"method":"privops.Exec","params":{"argv":["sh"]}}` + "\n", "unknown_method"},
+		"garbage":        {"\x00\xff{not json\n", "bad_request"},
+		"slow client":    {`{"v":1,"method":"privops.DeleteTap"`, ""},
+	} {
+		got := send(tc.line)
+		if tc.want != "" && !strings.Contains(got, tc.want) {
+			t.Errorf("%s: got %q, want %s", name, clip(got), tc.want)
+		}
+		if tc.want == "" && got != "" {
+			t.Errorf("%s: got %q, want the connection closed", name, clip(got))
+		}
+	}
+	if calls := fake.take(); len(calls) != 0 {
+		t.Fatalf("hostile frames reached the implementation: %+v", calls)
 	}
 }

@@ -272,3 +272,19 @@ func FuzzSplitSSHArgs(f *testing.F) {
 		}
 	})
 }
+
+func TestTerminalSafeWriter(t *testing.T) {
+	var b strings.Builder
+	w := &terminalSafeWriter{w: &b}
+	in := "diff --git a/x b/x\n+ok\ttab\n+\x1b]0;pwned\x07\x1b[2J\r\x7f ünïcødé\n"
+	if n, err := w.Write([]byte(in)); err != nil || n != len(in) {
+		t.Fatalf("Write = %d, %v", n, err)
+	}
+	want := "diff --git a/x b/x\n+ok\ttab\n+\\x1b]0;pwned\\x07\\x1b[2J\\x0d\\x7f ünïcødé\n"
+	if b.String() != want {
+		t.Errorf("got %q\nwant %q", b.String(), want)
+	}
+	if got := sanitizeLine("a\x1b[31mb"); got != `a\x1b[31mb` {
+		t.Errorf("sanitizeLine = %q", got)
+	}
+}

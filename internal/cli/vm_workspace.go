@@ -193,6 +193,15 @@ succeeded). An empty patch means nothing changed.`,
 			if _, err := tmp.Seek(0, io.SeekStart); err != nil {
 				return err
 			}
+			if isTTY(a.env.Stdout) {
+				// The patch is the guest's bytes: on a terminal, escape
+				// control characters so a hostile guest cannot drive it.
+				if _, err := io.Copy(&terminalSafeWriter{w: a.env.Stdout}, tmp); err != nil {
+					return err
+				}
+				fmt.Fprintf(a.env.Stderr, "banger: control characters shown escaped; for a patch `git apply` takes, use `-o FILE` or redirect stdout\n")
+				return nil
+			}
 			_, err = io.Copy(a.env.Stdout, tmp)
 			return err
 		},
@@ -319,12 +328,27 @@ func (a *app) applyWorkspace(ctx context.Context, vm *model.VM, guestPath, host 
 // control characters become \xNN.
 func sanitizeLine(s string) string {
 	var b strings.Builder
-	for _, r := range s {
-		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
-			fmt.Fprintf(&b, "\\x%02x", r)
+	(&terminalSafeWriter{w: &b}).Write([]byte(s))
+	return b.String()
+}
+
+// terminalSafeWriter passes text through and writes every control byte
+// but newline and tab (ESC, CR, BEL, DEL …) as \xNN, so bytes
+// from a guest can never move the cursor, retitle the window or answer
+// back through the terminal.
+type terminalSafeWriter struct{ w io.Writer }
+
+func (t *terminalSafeWriter) Write(p []byte) (int, error) {
+	var b []byte
+	for _, c := range p {
+		if (c < 0x20 && c != '\n' && c != '\t') || c == 0x7f {
+			b = fmt.Appendf(b, "\\x%02x", c)
 			continue
 		}
-		b.WriteRune(r)
+		b = append(b, c)
 	}
-	return b.String()
+	if _, err := t.w.Write(b); err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }

@@ -57,8 +57,8 @@ func (in Installation) CheckWritable() error {
 		dir := filepath.Dir(t.Path)
 		f, err := os.CreateTemp(dir, ".banger-update-probe-*")
 		if err != nil {
-			if errors.Is(err, fs.ErrPermission) {
-				return fmt.Errorf("%w: cannot write %s: run `sudo banger update` (or install banger somewhere you own)", ErrNeedsRoot, dir)
+			if errors.Is(err, fs.ErrPermission) && os.Geteuid() != 0 {
+				return fmt.Errorf("%w: cannot write %s as uid %d: update as the user who installed banger there (`sudo banger update` if root did), or install banger somewhere you own", ErrNeedsRoot, dir, os.Geteuid())
 			}
 			return fmt.Errorf("cannot write %s: %w", dir, err)
 		}

@@ -85,7 +85,21 @@ type unpacker struct {
 	notes    []string
 	entries  int64
 	buf      []byte
+	// Limits over all layers (a decompression bomb or a tar of millions
+	// of empty files must fail, not fill the disk): 0 = the defaults.
+	maxBytes, maxEntries int64
+	seen, fileBytes      int64
 }
+
+// Default unpack limits over all of an image's layers.
+const (
+	DefaultMaxImageBytes   int64 = 64 << 30
+	DefaultMaxImageEntries int64 = 2_000_000
+)
+
+// ErrImageTooLarge is returned when an image's layers unpack to more
+// bytes or entries than the limits allow.
+var ErrImageTooLarge = errors.New("image too large")
 
 func newUnpacker(rootDir string, asRoot bool) (*unpacker, error) {
 	fd, err := unix.Open(rootDir, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
@@ -240,10 +254,35 @@ func (u *unpacker) applyLayer(r io.Reader) error {
 		if err != nil {
 			return fmt.Errorf("read layer: %w", err)
 		}
+		if err := u.count(hdr); err != nil {
+			return err
+		}
 		if err := u.entry(hdr, tr); err != nil {
 			return err
 		}
 	}
+}
+
+// count charges one entry against the limits.
+func (u *unpacker) count(hdr *tar.Header) error {
+	maxB, maxE := u.maxBytes, u.maxEntries
+	if maxB <= 0 {
+		maxB = DefaultMaxImageBytes
+	}
+	if maxE <= 0 {
+		maxE = DefaultMaxImageEntries
+	}
+	u.seen++
+	if hdr.Typeflag == tar.TypeReg && hdr.Size > 0 {
+		u.fileBytes += hdr.Size
+	}
+	switch {
+	case u.seen > maxE:
+		return fmt.Errorf("%w: the layers hold more than %d entries", ErrImageTooLarge, maxE)
+	case u.fileBytes > maxB:
+		return fmt.Errorf("%w: the layers unpack to more than %d bytes of files (at %s)", ErrImageTooLarge, maxB, hdr.Name)
+	}
+	return nil
 }
 
 func (u *unpacker) entry(hdr *tar.Header, r io.Reader) error {

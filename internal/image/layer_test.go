@@ -294,3 +294,30 @@ func TestHashFileSparse(t *testing.T) {
 		t.Errorf("hashFile = %s %d %v, want %x", got, size, err, sum)
 	}
 }
+
+// TestUnpackLimits: a layer that unpacks to too many entries or bytes is
+// refused with ErrImageTooLarge instead of filling the disk (#15.11).
+func TestUnpackLimits(t *testing.T) {
+	for _, tc := range []struct {
+		name              string
+		maxBytes, maxEnts int64
+		entries           []tarEntry
+	}{
+		{"entries", 0, 3, []tarEntry{{name: "a", body: "1"}, {name: "b", body: "2"}, {name: "c", body: "3"}, {name: "d", body: "4"}}},
+		{"bytes", 10, 0, []tarEntry{{name: "a", body: "12345"}, {name: "b", body: "123456"}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			u, err := newUnpacker(root, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer u.close()
+			u.maxBytes, u.maxEntries = tc.maxBytes, tc.maxEnts
+			err = u.applyLayer(bytes.NewReader(mkTar(t, tc.entries)))
+			if !errors.Is(err, ErrImageTooLarge) {
+				t.Fatalf("applyLayer = %v, want ErrImageTooLarge", err)
+			}
+		})
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -167,8 +168,77 @@ func (m *Mirror) releaseLocked(ctx context.Context) (*Release, error) {
 	if !rel.ValidUntil.IsZero() && time.Now().After(rel.ValidUntil) {
 		return nil, fmt.Errorf("%w: Release of %s expired at %s (stale mirror?)", ErrVerify, m.suite(), rel.ValidUntil.Format(time.RFC3339))
 	}
+	if err := m.checkFreshness(rel); err != nil {
+		return nil, err
+	}
 	m.release = rel
 	return rel, nil
+}
+
+// releaseDatesFile records, in CacheDir, the newest Release Date seen per
+// mirror and suite.
+const releaseDatesFile = "release-dates.json"
+
+// checkFreshness refuses a Release older than the newest one this cache
+// has verified for the same mirror and suite — a replayed (validly signed
+// but old) Release would otherwise pin banger to outdated packages — and
+// records this one's date. Without a cache there is nothing to compare.
+func (m *Mirror) checkFreshness(rel *Release) error {
+	if m.CacheDir == "" {
+		return nil
+	}
+	date, err := parseReleaseDate(rel.Date)
+	if err != nil {
+		return fmt.Errorf("%w: Release of %s: %w", ErrVerify, m.suite(), err)
+	}
+	path := filepath.Join(m.CacheDir, releaseDatesFile)
+	seen := map[string]time.Time{}
+	if b, err := os.ReadFile(path); err == nil {
+		_ = json.Unmarshal(b, &seen)
+	}
+	key := m.URL + " " + m.suite()
+	if last, ok := seen[key]; ok && date.Before(last) {
+		return fmt.Errorf("%w: mirror %s served a Release of %s dated %s, older than the %s one verified before (a replayed or rolled-back mirror); check the mirror, or remove %s to accept it",
+			ErrVerify, m.URL, m.suite(), date.Format(time.RFC3339), last.Format(time.RFC3339), path)
+	}
+	if last, ok := seen[key]; ok && !date.After(last) {
+		return nil
+	}
+	seen[key] = date
+	b, err := json.MarshalIndent(seen, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(m.CacheDir, 0o755); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(m.CacheDir, ".release-dates-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(b); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
+
+// parseReleaseDate parses a Release file's Date field (RFC 2822 style,
+// "Sat, 08 Nov 2025 09:10:11 UTC").
+func parseReleaseDate(v string) (time.Time, error) {
+	if v == "" {
+		return time.Time{}, errors.New("no Date field")
+	}
+	for _, layout := range []string{time.RFC1123, time.RFC1123Z, "Mon, 2 Jan 2006 15:04:05 MST", "Mon, 2 Jan 2006 15:04:05 -0700"} {
+		if t, err := time.Parse(layout, strings.Replace(v, "UTC", "GMT", 1)); err == nil {
+			return t, nil
+		}
+	}
+	return time.Time{}, fmt.Errorf("bad Date %q", truncate(v, 60))
 }
 
 // ParseRelease parses the (already verified) content of a Release file.

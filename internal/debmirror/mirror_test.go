@@ -70,7 +70,7 @@ func newFakeArchive(t *testing.T, compress string, byHash bool) *fakeArchive {
 	if byHash {
 		a.files["dists/"+testSuite+"/main/binary-amd64/by-hash/SHA256/"+sha(idx)] = idx
 	}
-	release := fmt.Sprintf("Origin: Test\nSuite: testing\nCodename: %s\nAcquire-By-Hash: %s\nSHA256:\n %s %d %s\n %s %d main/binary-i386/Packages\n",
+	release := fmt.Sprintf("Origin: Test\nSuite: testing\nDate: Sat, 05 Dec 2026 00:00:00 UTC\nCodename: %s\nAcquire-By-Hash: %s\nSHA256:\n %s %d %s\n %s %d main/binary-i386/Packages\n",
 		testSuite, map[bool]string{true: "yes", false: "no"}[byHash], sha(idx), len(idx), name, sha(nil), 0)
 	a.files["dists/"+testSuite+"/InRelease"] = []byte("FAKE-SIGNED\n" + release)
 	a.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -315,6 +315,30 @@ func TestReleaseChecks(t *testing.T) {
 		a.set(p, bytes.Replace(a.files[p], []byte("Origin: Test\n"), []byte("Origin: Test\nValid-Until: Sat, 01 Jan 2000 00:00:00 UTC\n"), 1))
 		if _, err := a.mirror("").Release(context.Background()); !errors.Is(err, ErrVerify) || !strings.Contains(err.Error(), "expired") {
 			t.Fatalf("err = %v, want ErrVerify about expiry", err)
+		}
+	})
+	t.Run("replayed", func(t *testing.T) {
+		// A validly signed but older Release than one seen before is a
+		// replay (#15.11): refused, and the newer date stays recorded.
+		a := newFakeArchive(t, "gz", true)
+		cache := t.TempDir()
+		if _, err := a.mirror(cache).Release(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		p := "dists/" + testSuite + "/InRelease"
+		newer := a.files[p]
+		a.set(p, bytes.Replace(newer, []byte("Date: Sat, 05 Dec 2026"), []byte("Date: Mon, 01 Jun 2026"), 1))
+		_, err := a.mirror(cache).Release(context.Background())
+		if !errors.Is(err, ErrVerify) || !strings.Contains(err.Error(), "older") {
+			t.Fatalf("replayed Release: err = %v, want ErrVerify about an older Release", err)
+		}
+		a.set(p, newer)
+		if _, err := a.mirror(cache).Release(context.Background()); err != nil {
+			t.Fatalf("the same Release again: %v", err)
+		}
+		a.set(p, bytes.Replace(newer, []byte("Date: Sat, 05 Dec 2026"), []byte("Date: Sun, 06 Dec 2026"), 1))
+		if _, err := a.mirror(cache).Release(context.Background()); err != nil {
+			t.Fatalf("a newer Release: %v", err)
 		}
 	})
 	t.Run("unreachable", func(t *testing.T) {

@@ -81,10 +81,19 @@ func (in Installation) HasPrevious() error {
 
 // Swapped is an installed update that can still be undone.
 type Swapped struct {
-	in Installation
-	// saved holds, per target path, a temporary link to the .previous
-	// copy the swap replaced ("" when there was none).
-	saved map[string]string
+	steps []swapStep
+}
+
+// swapStep is how far the swap got for one target.
+type swapStep struct {
+	t Target
+	// saved is a temporary link to the .previous copy the swap replaced
+	// ("" when there was none).
+	saved string
+	// kept: <path>.previous now holds the file that was installed.
+	kept bool
+	// placed: the new file is at <path>.
+	placed bool
 }
 
 // Swap installs the staged files: each target's current file becomes
@@ -104,6 +113,9 @@ func (in Installation) Swap(st *Staged) (_ *Swapped, err error) {
 		if src == "" {
 			return nil, fmt.Errorf("%w: staged release lacks %s", ErrBadArchive, t.Name)
 		}
+		if fi, err := os.Lstat(t.Path); err != nil || !fi.Mode().IsRegular() {
+			return nil, fmt.Errorf("install %s: not an installed binary (%v); install banger first", t.Path, err)
+		}
 		tmp, err := copyInto(src, filepath.Dir(t.Path), "."+filepath.Base(t.Path)+".new-*")
 		if err != nil {
 			return nil, fmt.Errorf("install %s: %w", t.Path, err)
@@ -112,11 +124,8 @@ func (in Installation) Swap(st *Staged) (_ *Swapped, err error) {
 		if got, err := hashFile(tmp); err != nil || got != st.Sums[t.Name] {
 			return nil, fmt.Errorf("%w: %s changed while being installed", ErrHashMismatch, t.Name)
 		}
-		if _, err := os.Lstat(t.Path); err != nil {
-			return nil, fmt.Errorf("install %s: %w (install banger first)", t.Path, err)
-		}
 	}
-	sw := &Swapped{in: in, saved: map[string]string{}}
+	sw := &Swapped{}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, sw.Undo())
@@ -125,22 +134,25 @@ func (in Installation) Swap(st *Staged) (_ *Swapped, err error) {
 	// 2. Set the old .previous aside and keep the current file as the new
 	// .previous; 3. rename the new file into place.
 	for _, t := range in.Targets {
+		sw.steps = append(sw.steps, swapStep{t: t})
+		step := &sw.steps[len(sw.steps)-1]
 		prev := t.Path + PreviousSuffix
-		sw.saved[t.Path] = ""
 		if _, err := os.Lstat(prev); err == nil {
 			saved, err := cloneInto(prev, filepath.Dir(t.Path), "."+filepath.Base(t.Path)+".saved-*")
 			if err != nil {
 				return sw, fmt.Errorf("keep %s: %w", prev, err)
 			}
-			sw.saved[t.Path] = saved
+			step.saved = saved
 		}
 		if err := keepPrevious(t.Path); err != nil {
 			return sw, err
 		}
+		step.kept = true
 		if err := os.Rename(tmps[t.Name], t.Path); err != nil {
 			return sw, fmt.Errorf("install %s: %w", t.Path, err)
 		}
 		delete(tmps, t.Name)
+		step.placed = true
 		if err := syncDir(filepath.Dir(t.Path)); err != nil {
 			return sw, err
 		}
@@ -150,38 +162,45 @@ func (in Installation) Swap(st *Staged) (_ *Swapped, err error) {
 
 // Commit forgets the .previous copies the swap replaced.
 func (s *Swapped) Commit() {
-	for _, saved := range s.saved {
-		if saved != "" {
-			os.Remove(saved)
+	for _, st := range s.steps {
+		if st.saved != "" {
+			os.Remove(st.saved)
 		}
 	}
-	s.saved = nil
+	s.steps = nil
 }
 
 // Undo puts back every binary the swap replaced, and the .previous copies
 // as they were before it.
 func (s *Swapped) Undo() error {
 	var errs []error
-	for _, t := range s.in.Targets {
-		saved, touched := s.saved[t.Path]
-		if !touched {
-			continue
+	for i := len(s.steps) - 1; i >= 0; i-- {
+		st := s.steps[i]
+		prev := st.t.Path + PreviousSuffix
+		switch {
+		case st.placed:
+			// .previous holds the replaced binary: move it back.
+			if err := os.Rename(prev, st.t.Path); err != nil {
+				errs = append(errs, fmt.Errorf("restore %s: %w", st.t.Path, err))
+				continue
+			}
+		case st.kept:
+			// The binary is untouched; .previous is a copy of it.
+			if err := os.Remove(prev); err != nil {
+				errs = append(errs, fmt.Errorf("restore %s: %w", prev, err))
+				continue
+			}
 		}
-		prev := t.Path + PreviousSuffix
-		if err := os.Rename(prev, t.Path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			errs = append(errs, fmt.Errorf("restore %s: %w", t.Path, err))
-			continue
-		}
-		if saved != "" {
-			if err := os.Rename(saved, prev); err != nil {
+		if st.saved != "" {
+			if err := os.Rename(st.saved, prev); err != nil {
 				errs = append(errs, fmt.Errorf("restore %s: %w", prev, err))
 			}
 		}
-		if err := syncDir(filepath.Dir(t.Path)); err != nil {
+		if err := syncDir(filepath.Dir(st.t.Path)); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	s.saved = nil
+	s.steps = nil
 	return errors.Join(errs...)
 }
 

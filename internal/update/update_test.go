@@ -929,3 +929,33 @@ func TestSilentServerIsGivenUpOn(t *testing.T) {
 		})
 	}
 }
+
+// A swap that fails on the second binary (after the first is in place)
+// puts the first one back, and its .previous as it was.
+func TestSwapFailingHalfwayRestoresEverything(t *testing.T) {
+	f := newFixture(t)
+	f.publish(fakeBinary{version: "v1.1.0"})
+	f.publish(fakeBinary{version: "v1.2.0"})
+	u := f.updater()
+	if _, err := u.Update(context.Background(), Options{To: "v1.1.0"}); err != nil {
+		t.Fatal(err)
+	}
+	// bangerd (the second target) cannot get a .previous: a non-empty
+	// directory is in the way.
+	prev := f.install.Path("bangerd") + PreviousSuffix
+	os.Remove(prev)
+	os.MkdirAll(filepath.Join(prev, "x"), 0o755)
+	before := f.snapshot()
+	u.Current.Version = "v1.1.0"
+	_, err := u.Update(context.Background(), Options{To: "v1.2.0"})
+	if err == nil || !strings.Contains(err.Error(), "previous install is in place") {
+		t.Fatalf("err = %v", err)
+	}
+	if f.versionOf("banger") != "v1.1.0" {
+		t.Errorf("banger is %s after the failed swap", f.versionOf("banger"))
+	}
+	assertUnchanged(t, f, before)
+	if st, err := os.Stat(filepath.Join(prev, "x")); err != nil || !st.IsDir() {
+		t.Errorf("the directory in the way was disturbed: %v", err)
+	}
+}

@@ -48,12 +48,12 @@ func (a *app) dialVM(ctx context.Context, vm *model.VM) (*guest.Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("banger's ssh key from the daemon: %w", err)
 	}
-	cb, err := pinnedHostKeys(vm.Name, cred.HostKeys)
+	cb, algos, err := pinnedHostKeys(vm.Name, cred.HostKeys)
 	if err != nil {
 		return nil, err
 	}
 	c, err := guest.Dial(ctx, net.JoinHostPort(vm.IP, "22"), guest.Options{
-		Signer: signer, HostKeyCallback: cb, ConnectTimeout: 30 * time.Second,
+		Signer: signer, HostKeyCallback: cb, HostKeyAlgorithms: algos, ConnectTimeout: 30 * time.Second,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("ssh to VM %s: %w (is it up? `banger vm logs %s`)", vm.Name, err, vm.Name)
@@ -63,18 +63,24 @@ func (a *app) dialVM(ctx context.Context, vm *model.VM) (*guest.Client, error) {
 
 // pinnedHostKeys accepts exactly the host keys the daemon pinned for the
 // VM (it writes them before the first boot, so there is nothing to trust on
-// first use).
-func pinnedHostKeys(name string, lines []string) (ssh.HostKeyCallback, error) {
+// first use), and returns the host key algorithms to ask for.
+func pinnedHostKeys(name string, lines []string) (ssh.HostKeyCallback, []string, error) {
 	var keys [][]byte
+	var algos []string
 	for _, l := range lines {
 		k, _, _, _, err := ssh.ParseAuthorizedKey([]byte(l))
 		if err != nil {
-			return nil, fmt.Errorf("host key of %s from the daemon: %w", name, err)
+			return nil, nil, fmt.Errorf("host key of %s from the daemon: %w", name, err)
 		}
 		keys = append(keys, k.Marshal())
+		if k.Type() == ssh.KeyAlgoRSA {
+			algos = append(algos, ssh.KeyAlgoRSASHA512, ssh.KeyAlgoRSASHA256, ssh.KeyAlgoRSA)
+		} else {
+			algos = append(algos, k.Type())
+		}
 	}
 	if len(keys) == 0 {
-		return nil, fmt.Errorf("no host key is pinned for VM %s: recreate it (`banger vm delete %s`)", name, name)
+		return nil, nil, fmt.Errorf("no host key is pinned for VM %s: recreate it (`banger vm delete %s`)", name, name)
 	}
 	return func(_ string, _ net.Addr, key ssh.PublicKey) error {
 		got := key.Marshal()
@@ -84,7 +90,7 @@ func pinnedHostKeys(name string, lines []string) (ssh.HostKeyCallback, error) {
 			}
 		}
 		return fmt.Errorf("VM %s presented host key %s, not the one banger pinned (possible MITM, or the VM was rebuilt)", name, ssh.FingerprintSHA256(key))
-	}, nil
+	}, algos, nil
 }
 
 // notRunning is the error for commands that need a running VM.

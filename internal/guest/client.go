@@ -45,6 +45,10 @@ type Options struct {
 	Aliases    []string
 	// HostKeyCallback replaces the KnownHosts check (tests, Pin-only setups).
 	HostKeyCallback ssh.HostKeyCallback
+	// HostKeyAlgorithms, with HostKeyCallback, are the host key algorithms
+	// to ask the server for (those of the keys the callback accepts), so a
+	// server with several host keys presents the pinned one.
+	HostKeyAlgorithms []string
 	// ConnectTimeout bounds the TCP connect plus the ssh handshake of one
 	// attempt (default 10s).
 	ConnectTimeout time.Duration
@@ -105,7 +109,7 @@ func Dial(ctx context.Context, addr string, opts Options) (*Client, error) {
 		return nil, errors.New("ssh dial: no key (guest.EnsureKey)")
 	}
 	cb := opts.HostKeyCallback
-	var algos []string
+	algos := opts.HostKeyAlgorithms
 	if cb == nil {
 		if opts.KnownHosts == nil {
 			return nil, errors.New("ssh dial: no host key check configured (Options.KnownHosts)")

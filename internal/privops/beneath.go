@@ -71,6 +71,13 @@ func openBeneath(roots []string, path string, flags int, mode uint32) (*os.File,
 			Mode:    uint64(mode),
 			Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
 		})
+		if errors.Is(err, unix.ENOSYS) {
+			// No openat2 here: kernels before 5.6, and systemd units with
+			// RestrictSUIDSGID=yes (bangerd-root.service), whose seccomp
+			// filter answers openat2 with ENOSYS because it cannot see the
+			// flags. Walk the components on descriptors instead.
+			fd, err = walkBeneath(rfd, rel, flags|unix.O_CLOEXEC, mode)
+		}
 		if err != nil {
 			if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.EXDEV) {
 				return nil, fmt.Errorf("%w: %w: %s reaches a symlink or leaves %s", ErrInvalidArgument, ErrUnsafePath, path, root)
@@ -80,6 +87,52 @@ func openBeneath(roots []string, path string, flags int, mode uint32) (*os.File,
 		return os.NewFile(uintptr(fd), path), nil
 	}
 	return nil, fmt.Errorf("%w: %w: %s is not inside banger's directories (%s)", ErrInvalidArgument, ErrUnsafePath, path, strings.Join(roots, ", "))
+}
+
+// walkBeneath resolves rel (clean, relative, no "..") below dirfd one
+// component at a time: every directory is opened with
+// O_PATH|O_DIRECTORY|O_NOFOLLOW relative to the previous one's descriptor
+// and the last component with flags|O_NOFOLLOW, so a symlink fails (ELOOP)
+// and nothing is re-resolved by name: what openat2 with
+// RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS does (including returning the link
+// itself for a final symlink opened O_PATH|O_NOFOLLOW).
+func walkBeneath(dirfd int, rel string, flags int, mode uint32) (int, error) {
+	if rel == "." {
+		return unix.Openat(dirfd, ".", flags, mode)
+	}
+	parts := strings.Split(rel, "/")
+	for _, p := range parts {
+		if p == "" || p == "." || p == ".." {
+			return -1, unix.EXDEV
+		}
+	}
+	cur, err := unix.Dup(dirfd)
+	if err != nil {
+		return -1, err
+	}
+	defer func() { unix.Close(cur) }()
+	// symlinkErr turns ENOTDIR for a symlink into ELOOP, as openat2 says.
+	symlinkErr := func(name string, err error) error {
+		var st unix.Stat_t
+		if errors.Is(err, unix.ENOTDIR) && unix.Fstatat(cur, name, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK {
+			return unix.ELOOP
+		}
+		return err
+	}
+	last := len(parts) - 1
+	for _, p := range parts[:last] {
+		next, err := unix.Openat(cur, p, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return -1, symlinkErr(p, err)
+		}
+		unix.Close(cur)
+		cur = next
+	}
+	fd, err := unix.Openat(cur, parts[last], flags|unix.O_NOFOLLOW, mode)
+	if err != nil {
+		return -1, symlinkErr(parts[last], err)
+	}
+	return fd, nil
 }
 
 // openParent opens the directory that will hold path.

@@ -97,7 +97,6 @@ func TestRenderUnitsCarryTheDirectives(t *testing.T) {
 		"Service.ProtectSystem":            "strict",
 		"Service.ReadWritePaths":           "-/var/lib/banger -/var/cache/banger -/run/banger",
 		"Service.PrivateTmp":               "yes",
-		"Service.RestrictSUIDSGID":         "yes",
 		"Service.LockPersonality":          "yes",
 		"Service.Environment":              "BANGER_MODE=system",
 		"Install.WantedBy":                 "multi-user.target",
@@ -126,6 +125,16 @@ func TestRenderUnitsCarryTheDirectives(t *testing.T) {
 				t.Errorf("%s = %q, want %q", k, got, v)
 			}
 		}
+	}
+	// RestrictSUIDSGID answers openat2 with ENOSYS: the helper (root) has
+	// it and falls back to walking paths on descriptors; the daemon
+	// unpacks OCI layers with openat2(RESOLVE_IN_ROOT) and has no
+	// capabilities, so it goes without.
+	if got := helper["Service.RestrictSUIDSGID"]; len(got) != 1 || got[0] != "yes" {
+		t.Errorf("helper RestrictSUIDSGID = %q", got)
+	}
+	if _, ok := daemon["Service.RestrictSUIDSGID"]; ok {
+		t.Error("daemon has RestrictSUIDSGID (breaks openat2 in OCI pulls)")
 	}
 	wantHelper := map[string]string{
 		"Service.ExecStart":             DaemonPath + " root-helper --owner-uid 1000",

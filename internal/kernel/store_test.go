@@ -300,7 +300,7 @@ func newTestArchive(t *testing.T, kernelDeb, busyboxDeb []byte) *testArchive {
 	w.Write([]byte(pk))
 	w.Close()
 	a.files["dists/bookworm/main/binary-amd64/Packages.gz"] = gz.Bytes()
-	a.files["dists/bookworm/InRelease"] = []byte(fmt.Sprintf("Suite: stable\nCodename: bookworm\nSHA256:\n %s %d main/binary-amd64/Packages.gz\n", hash(gz.Bytes()), gz.Len()))
+	a.files["dists/bookworm/InRelease"] = []byte(fmt.Sprintf("Suite: stable\nCodename: bookworm\nDate: Sat, 05 Dec 2026 00:00:00 UTC\nSHA256:\n %s %d main/binary-amd64/Packages.gz\n", hash(gz.Bytes()), gz.Len()))
 	a.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		a.mu.Lock()
 		body, ok := a.files[strings.TrimPrefix(r.URL.Path, "/")]

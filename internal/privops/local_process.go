@@ -371,6 +371,21 @@ func VerifyProcess(id ProcessIdentity) error {
 	return nil
 }
 
+// ProcessExists reports whether pid is a live process (not a zombie),
+// whatever it runs: for a child just launched, whose comm and command line
+// may not show the new program yet.
+func ProcessExists(pid int) bool {
+	if pid <= 0 {
+		return false
+	}
+	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	st := procState(stat)
+	return st != 0 && st != 'Z' && st != 'X' && st != 'x'
+}
+
 // procState returns the state letter of a /proc/PID/stat line ("1 (comm) S ...").
 func procState(stat []byte) byte {
 	i := bytes.LastIndexByte(stat, ')')

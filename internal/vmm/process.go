@@ -169,7 +169,12 @@ func WaitStartup(ctx context.Context, id privops.ProcessIdentity, timeout time.D
 		if ready(ctx) {
 			return nil
 		}
-		if !Alive(id) {
+		// Not Alive: right after launch the child may still be inside
+		// execve (the launcher's close-on-exec pipe closes before the
+		// kernel sets the new comm and argument pages), so its identity
+		// evidence is not there yet. A child that exists and is not a
+		// zombie is starting, not gone.
+		if !Alive(id) && !privops.ProcessExists(id.PID) {
 			return fmt.Errorf("%s (pid %d) exited during startup", id.Comm, id.PID)
 		}
 		select {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -107,11 +109,23 @@ func hostsFile(name, domain string) []byte {
 	return []byte(fmt.Sprintf("127.0.0.1\tlocalhost\n127.0.1.1\t%s.%s %s\n::1\tlocalhost ip6-localhost ip6-loopback\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n", name, domain, name))
 }
 
+// MachineID is the VM's /etc/machine-id: 32 hex digits derived from its
+// id, so it is unique per VM and the same on every boot of that VM.
+func MachineID(vmID string) string {
+	sum := sha256.Sum256([]byte("banger machine-id\x00" + vmID))
+	return hex.EncodeToString(sum[:16])
+}
+
 // guestConfigBatch is the per-VM configuration written into the root disk
 // before every boot (see the guest contract in internal/image/guest.go).
 func (m *Manager) guestConfigBatch(vm *model.VM, n guestNetwork, hostKeyPEM []byte, hostPub ssh.PublicKey) *ext4.Batch {
 	b := &ext4.Batch{}
 	b.WriteFile("/etc/hostname", []byte(vm.Name+"\n"), 0o644, 0, 0)
+	// Every VM has its own machine id (stable across its restarts);
+	// D-Bus's copy follows it, so no VM inherits the image's.
+	b.WriteFile("/etc/machine-id", []byte(MachineID(vm.ID)+"\n"), 0o444, 0, 0)
+	b.Mkdir("/var/lib/dbus", 0o755, 0, 0)
+	b.Symlink("/var/lib/dbus/machine-id", "/etc/machine-id")
 	b.WriteFile("/etc/hosts", hostsFile(vm.Name, m.o.Domain), 0o644, 0, 0)
 	b.Mkdir("/etc/banger", 0o755, 0, 0)
 	b.WriteFile(image.GuestNetworkEnv, image.NetworkEnv(n.Address, n.Gateway, n.DNS, n.MAC), 0o644, 0, 0)

@@ -686,3 +686,15 @@ func TestHostKeyIsStable(t *testing.T) {
 		t.Fatal(fi.Mode())
 	}
 }
+
+// TestMachineID: each VM gets its own valid machine id (#16 defect 3),
+// stable for the same VM.
+func TestMachineID(t *testing.T) {
+	a, b := MachineID("5865ec7d0a1b2c3d"), MachineID("5865ec7d0a1b2c3e")
+	if a == b || a != MachineID("5865ec7d0a1b2c3d") {
+		t.Fatalf("machine ids %s %s", a, b)
+	}
+	if len(a) != 32 || strings.Trim(a, "0123456789abcdef") != "" || strings.Trim(a, "0") == "" {
+		t.Fatalf("machine id %q is not 32 lowercase hex digits", a)
+	}
+}

@@ -127,6 +127,18 @@ func TestE2EDaemonRestartAndNetwork(t *testing.T) {
 	e.must("ssh-config", "--install")
 	bootA := e.mustSSHName("na", "cat /proc/sys/kernel/random/boot_id")
 	bootB := e.mustSSHName("nb", "cat /proc/sys/kernel/random/boot_id")
+	// Each VM has its own machine id, and D-Bus's copy is the same one
+	// (#16 defect 3: every VM used to get the image's).
+	idA := e.mustSSHName("na", "cat /etc/machine-id; cat /var/lib/dbus/machine-id")
+	idB := e.mustSSHName("nb", "cat /etc/machine-id; cat /var/lib/dbus/machine-id")
+	for _, ids := range []string{idA, idB} {
+		if f := strings.Fields(ids); len(f) != 2 || f[0] != f[1] || len(f[0]) != 32 {
+			t.Errorf("machine ids in a guest: %q", ids)
+		}
+	}
+	if a, b := strings.Fields(idA), strings.Fields(idB); len(a) > 0 && len(b) > 0 && a[0] == b[0] {
+		t.Errorf("two VMs share the machine id %s", a[0])
+	}
 	if bootA == "" || bootA == bootB {
 		t.Fatalf("boot ids %q %q", bootA, bootB)
 	}

@@ -11,6 +11,9 @@ import (
 // itself can create a KVM machine (the same decision the qemu driver makes).
 func kvmProber(qemuBinary, machine string) func() (bool, string) {
 	return func() (bool, string) {
+		if qemu.PVMDevice("/sys/module") {
+			return false, qemu.ErrPVM.Error()
+		}
 		d, err := qemu.New(qemu.Config{Binary: qemuBinary, Machine: machine}, nil, nil)
 		if err != nil {
 			if e := qemu.KVMUsable("/dev/kvm"); e != nil {

@@ -3,6 +3,7 @@ package doctor
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -74,5 +75,14 @@ func TestVMMBinaries(t *testing.T) {
 	outs = Run(context.Background(), []Check{KVM(noKVM)}, time.Second)
 	if outs[0].Status != Warn {
 		t.Fatalf("kvm: %+v", outs[0])
+	}
+}
+
+func TestKVMOnPVMSaysSo(t *testing.T) {
+	r := KVM(func() (bool, string) {
+		return false, "/dev/kvm is a PVM device (module kvm_pvm): stock guest kernels cannot run on it, so guests run under QEMU TCG emulation"
+	}).Run(context.Background())
+	if r.Status != Warn || !strings.Contains(r.Message, "PVM device") || !strings.Contains(r.Message, "TCG") || strings.Contains(r.Hint, "kvm_intel") {
+		t.Fatalf("PVM host: %+v", r)
 	}
 }

@@ -33,6 +33,10 @@ func KVM(probe func() (bool, string)) Check {
 		if ok {
 			return Result{Status: Pass, Message: "/dev/kvm usable" + suffix(detail)}
 		}
+		if strings.Contains(detail, "PVM device") {
+			return Result{Status: Warn, Message: detail + " (several times slower than KVM)",
+				Hint: "nothing to fix for banger: PVM runs only PVM-enabled guest kernels; use a host with hardware virtualization (or nested VT-x/AMD-V) for KVM speed"}
+		}
 		return Result{Status: Warn, Message: "/dev/kvm not usable" + suffix(detail) + "; guests run under QEMU TCG emulation (several times slower)",
 			Hint: "enable virtualization (VT-x/AMD-V, nested virtualization on cloud VMs), load kvm_intel/kvm_amd, and make /dev/kvm readable and writable by you"}
 	}}

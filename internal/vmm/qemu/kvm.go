@@ -3,6 +3,8 @@ package qemu
 import (
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"time"
 	"unsafe"
 
@@ -135,4 +137,16 @@ func kvmRunHLT(kvm int) (err error) {
 		}
 	}
 	return errors.New("KVM_RUN: test guest never halted")
+}
+
+// ErrPVM says /dev/kvm is served by the PVM module (kvm_pvm): a
+// paravirtualized KVM that runs only PVM-enabled guest kernels. Stock
+// guest kernels cannot run on it at all, so banger uses TCG there.
+var ErrPVM = errors.New("/dev/kvm is a PVM device (module kvm_pvm): stock guest kernels cannot run on it, so guests run under QEMU TCG emulation")
+
+// PVMDevice reports whether the kvm_pvm module provides /dev/kvm on this
+// host (sysModule is normally /sys/module).
+func PVMDevice(sysModule string) bool {
+	st, err := os.Stat(filepath.Join(sysModule, "kvm_pvm"))
+	return err == nil && st.IsDir()
 }

@@ -343,3 +343,18 @@ func TestStartBadKernelRealQEMU(t *testing.T) {
 		t.Errorf("find after failed start: %v", err)
 	}
 }
+
+// TestPVMDevice: a host whose /dev/kvm comes from kvm_pvm is named as such
+// (#16 defect 10), not reported as a vague MSR failure.
+func TestPVMDevice(t *testing.T) {
+	sys := t.TempDir()
+	if PVMDevice(sys) {
+		t.Fatal("PVM reported without kvm_pvm")
+	}
+	if err := os.Mkdir(filepath.Join(sys, "kvm_pvm"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if !PVMDevice(sys) {
+		t.Fatal("kvm_pvm not recognised")
+	}
+}

@@ -118,7 +118,7 @@ func (d *Daemon) vmCreate(ctx context.Context, p api.VMCreateParams) (*model.VM,
 	vm, err := d.createRecord(ctx, p)
 	if err == nil && !p.NoStart {
 		if d.lifecycle == nil {
-			err = rpc.Errorf(rpc.CodeOperationFailed, "VM %s was recorded but cannot be started: this build has no VM lifecycle yet (use --no-start)", vm.Name)
+			err = rpc.Errorf(rpc.CodeOperationFailed, "VM %s was recorded but cannot be started: the VM runtime is unavailable (%s); see `banger doctor`, or create with --no-start", vm.Name, d.rt.disabled)
 		} else {
 			// The record is visible from here on: hold its lock while it
 			// starts, like every other lifecycle call (lock order: the

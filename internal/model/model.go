@@ -52,21 +52,20 @@ type VM struct {
 
 // Runtime is the durable teardown identity of a VM's resources.
 type Runtime struct {
-	PID       int             `json:"pid,omitempty"`
-	PIDFile   string          `json:"pid_file,omitempty"`
-	APISocket string          `json:"api_socket,omitempty"` // firecracker API or QMP socket: unique per VM, used to verify the pid
-	Tap       string          `json:"tap,omitempty"`
-	RootDisk  string          `json:"root_disk,omitempty"`
-	WorkDisk  string          `json:"work_disk,omitempty"`
-	Loops     []string        `json:"loops,omitempty"`
-	DMName    string          `json:"dm_name,omitempty"`
-	Chroot    string          `json:"chroot,omitempty"`
-	LogPath   string          `json:"log_path,omitempty"`
-	NATActive bool            `json:"nat_active,omitempty"`
-	Accel     string          `json:"accel,omitempty"` // kvm or tcg
-	StartedAt time.Time       `json:"started_at,omitempty"`
-	CoW       string          `json:"cow,omitempty"` // CoW strategy of the root disk
-	Extra     json.RawMessage `json:"extra,omitempty"`
+	PID       int       `json:"pid,omitempty"`
+	PIDFile   string    `json:"pid_file,omitempty"`
+	APISocket string    `json:"api_socket,omitempty"` // firecracker API or QMP socket: unique per VM, used to verify the pid
+	Tap       string    `json:"tap,omitempty"`
+	RootDisk  string    `json:"root_disk,omitempty"`
+	WorkDisk  string    `json:"work_disk,omitempty"`
+	Loops     []string  `json:"loops,omitempty"`
+	DMName    string    `json:"dm_name,omitempty"`
+	Chroot    string    `json:"chroot,omitempty"`
+	LogPath   string    `json:"log_path,omitempty"`
+	NATActive bool      `json:"nat_active,omitempty"`
+	Accel     string    `json:"accel,omitempty"` // kvm or tcg
+	StartedAt time.Time `json:"started_at,omitempty"`
+	CoW       string    `json:"cow,omitempty"` // CoW strategy of the root disk
 
 	// RuntimeDir is the VM's directory of sockets and pidfiles while a VMM
 	// may exist (removed by teardown).

@@ -286,7 +286,7 @@ func TestVMRoundTrip(t *testing.T) {
 	vm.Runtime = model.Runtime{
 		PID: 4242, PIDFile: "/run/x.pid", APISocket: "/run/x.sock", Tap: "tap-web-1",
 		Loops: []string{"/dev/loop3", "/dev/loop4"}, DMName: "banger-web-1", NATActive: true,
-		Accel: "tcg", StartedAt: t0.Add(time.Second), CoW: "dm", Extra: json.RawMessage(`{"k":[1,2]}`),
+		Accel: "tcg", StartedAt: t0.Add(time.Second), CoW: "dm",
 	}
 	vm.Workspace = &model.Workspace{HostPath: "/src/repo", GuestPath: "/root/repo", HeadCommit: "abc", Branch: "main", PreparedAt: t0}
 	if err := s.CreateVM(ctx, vm); err != nil {

@@ -116,7 +116,9 @@ func (d *Driver) Name() string { return "firecracker" }
 
 // Capabilities implements vmm.Driver.
 func (d *Driver) Capabilities() vmm.Capabilities {
-	return vmm.Capabilities{Snapshots: true, Vsock: true, Pause: true}
+	// Snapshots stay false until the driver implements them: nothing
+	// behind a capability is worse than no capability.
+	return vmm.Capabilities{Vsock: true, Pause: true}
 }
 
 // BinaryVersion runs `firecracker --version` once and checks the supported

@@ -18,6 +18,8 @@ ifeq ($(CI),true)
 export BANGER_TEST_STRICT := 1
 endif
 export BANGER_TEST_CACHE ?= $(HOME)/.cache/banger-test
+# Firecracker's API specs, beside the clone (tests take them from here only).
+export FAKEFC_SPEC_DIR ?= $(abspath $(CURDIR)/../shared/firecracker-api)
 GOTEST_FLAGS ?= -race -timeout 30m
 
 .PHONY: all build deps lint test unit integration e2e test-all bench demo install clean

@@ -21,6 +21,12 @@ import (
 // Strict reports whether missing requirements must fail tests (CI).
 func Strict() bool { return os.Getenv("BANGER_TEST_STRICT") == "1" }
 
+// Missing skips t with the reason, or fails it in strict mode (CI).
+func Missing(t testing.TB, what string) {
+	t.Helper()
+	missing(t, what)
+}
+
 func missing(t testing.TB, what string) {
 	t.Helper()
 	if Strict() {

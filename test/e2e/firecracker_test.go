@@ -20,10 +20,7 @@ import (
 // pidfile), kill, delete, no leaks. Two boots.
 func TestE2EFirecrackerFakeFC(t *testing.T) {
 	testreq.E2E(t)
-	specDir, err := fakefc.DefaultSpecDir()
-	if err != nil {
-		t.Fatalf("firecracker API specs: %v", err)
-	}
+	specDir := fakefc.SpecDirForTest(t)
 	bin := vmmtest.FakeFC(t) + "/firecracker"
 	e := newEnv(t, envOptions{TapPool: 1, Driver: "firecracker", FirecrackerBinary: bin, DaemonEnv: []string{
 		fakefc.EnvBootMode + "=qemu", fakefc.EnvQEMUAccel + "=tcg", fakefc.EnvSpecDir + "=" + specDir,

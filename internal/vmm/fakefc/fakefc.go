@@ -18,6 +18,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/bangerdev/banger/internal/testreq"
 	"io"
 	"log/slog"
 	"net/http"
@@ -25,6 +26,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"testing"
 	"time"
 )
 
@@ -47,25 +49,30 @@ const (
 	BootQEMU = "qemu"
 )
 
-// DefaultSpecDir returns $FAKEFC_SPEC_DIR, or the first shared/firecracker-api
-// found walking up from the working directory.
+// DefaultSpecDir returns $FAKEFC_SPEC_DIR, the explicit setting (the Makefile
+// passes ../shared/firecracker-api); it never searches for one.
 func DefaultSpecDir() (string, error) {
-	if d := os.Getenv(EnvSpecDir); d != "" {
-		return d, nil
+	d := os.Getenv(EnvSpecDir)
+	if d == "" {
+		return "", fmt.Errorf("no Firecracker API specs: set %s to the directory holding firecracker-vX.yaml (the Makefile passes ../shared/firecracker-api)", EnvSpecDir)
 	}
-	wd, err := os.Getwd()
+	if st, err := os.Stat(d); err != nil || !st.IsDir() {
+		return "", fmt.Errorf("%s=%s is not a directory of Firecracker API specs", EnvSpecDir, d)
+	}
+	return d, nil
+}
+
+// SpecDirForTest returns the spec directory for a test: from the explicit
+// setting only (never found by walking up from the working directory).
+// Without it the test is skipped with the reason, or fails in CI
+// (testreq's strict mode).
+func SpecDirForTest(t testing.TB) string {
+	t.Helper()
+	d, err := DefaultSpecDir()
 	if err != nil {
-		return "", err
+		testreq.Missing(t, err.Error())
 	}
-	for dir := wd; ; dir = filepath.Dir(dir) {
-		cand := filepath.Join(dir, "shared", "firecracker-api")
-		if st, err := os.Stat(cand); err == nil && st.IsDir() {
-			return cand, nil
-		}
-		if dir == filepath.Dir(dir) {
-			return "", fmt.Errorf("shared/firecracker-api not found above %s: set %s", wd, EnvSpecDir)
-		}
-	}
+	return d
 }
 
 // Config is the fake's guest description, as set through the API.

@@ -9,14 +9,10 @@ import (
 	"testing"
 )
 
-// SpecDir finds shared/firecracker-api next to the repository (tests only).
+// SpecDir is the explicitly set spec directory (tests only; see SpecDirForTest).
 func testSpecDir(t testing.TB) string {
 	t.Helper()
-	dir, err := DefaultSpecDir()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return dir
+	return SpecDirForTest(t)
 }
 
 func loadSpec(t testing.TB, v string) *APISpec {

@@ -57,11 +57,7 @@ func validatingServer(t *testing.T, spec *fakefc.APISpec) (string, *[]string) {
 
 func specDir(t *testing.T) string {
 	t.Helper()
-	d, err := fakefc.DefaultSpecDir()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return d
+	return fakefc.SpecDirForTest(t)
 }
 
 // TestEveryRequestValidatesAgainstEverySpec sends every request the driver

@@ -33,10 +33,7 @@ func newDriver(t *testing.T, bin string, env []string, jailer *firecracker.Jaile
 }
 
 func fakeEnv(t *testing.T, version, bootMode string) []string {
-	dir, err := fakefc.DefaultSpecDir()
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir := fakefc.SpecDirForTest(t)
 	return []string{fakefc.EnvSpecDir + "=" + dir, fakefc.EnvSpecVersion + "=" + version, fakefc.EnvBootMode + "=" + bootMode,
 		fakefc.EnvQEMUAccel + "=tcg", "PATH=" + os.Getenv("PATH")}
 }

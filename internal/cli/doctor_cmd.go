@@ -204,9 +204,11 @@ func (a *app) networkChecks(layout paths.Layout, cfg *config.Config, runner host
 			return netw.CheckIPForward(netw.IPForwardPath, len(natIPs) > 0)
 		}),
 		whenRunning("nat table", func(ctx context.Context) doctor.Result { return netw.CheckNATTable(ctx, runner, ncfg, natIPs) }),
-		whenRunning("dns server", func(ctx context.Context) doctor.Result { return netw.CheckDNS(ctx, cfg.Network.DNSAddr, "vm") }),
+		whenRunning("dns server", func(ctx context.Context) doctor.Result {
+			return netw.CheckDNS(ctx, cfg.Network.DNSAddr, model.DNSDomain)
+		}),
 		whenRunning("dns routing", func(ctx context.Context) doctor.Result {
-			return netw.CheckResolverRouting(ctx, runner, ncfg, cfg.Network.DNSAddr, "vm")
+			return netw.CheckResolverRouting(ctx, runner, ncfg, cfg.Network.DNSAddr, model.DNSDomain)
 		}),
 	}
 }

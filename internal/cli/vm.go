@@ -238,7 +238,7 @@ func printVM(a *app, vm *model.VM) {
 	}
 	t.row("IP:", orDash(vm.IP))
 	if vm.IP != "" {
-		t.row("DNS:", vm.Name+".vm")
+		t.row("DNS:", vm.Name+"."+model.DNSDomain)
 	}
 	t.row("Created:", vm.CreatedAt.Local().Format(time.RFC3339))
 	if vm.Runtime.PID != 0 {

@@ -59,7 +59,7 @@ const (
 )
 
 // DNSDomain is the zone VM names live in.
-const DNSDomain = "vm"
+const DNSDomain = model.DNSDomain
 
 // runtimeState holds the VM runtime services (network, DNS, ssh, drivers,
 // the VM manager). Owned by the lifecycle wiring in this file.

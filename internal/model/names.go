@@ -148,3 +148,8 @@ func FormatMiB(mib int64) string {
 		return fmt.Sprintf("%dM", mib)
 	}
 }
+
+// DNSDomain is the zone VM names live in: NAME.vm resolves to the VM's
+// address (banger's DNS server, the ssh config's Host *.vm, the resolver
+// routing). The one home of the value.
+const DNSDomain = "vm"

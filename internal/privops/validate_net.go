@@ -2,6 +2,7 @@ package privops
 
 import (
 	"fmt"
+	"github.com/bangerdev/banger/internal/model"
 	"net"
 	"net/netip"
 	"strings"
@@ -9,7 +10,7 @@ import (
 
 // DefaultDNSDomain is the resolver routing domain when Policy.DNSDomain is
 // unset.
-const DefaultDNSDomain = "vm"
+const DefaultDNSDomain = model.DNSDomain
 
 func (p *Policy) dnsDomain() string {
 	if p.DNSDomain == "" {

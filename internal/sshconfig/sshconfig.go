@@ -19,6 +19,7 @@ package sshconfig
 import (
 	"errors"
 	"fmt"
+	"github.com/bangerdev/banger/internal/model"
 	"io/fs"
 	"net/netip"
 	"os"
@@ -31,7 +32,7 @@ import (
 
 // Defaults for Options.
 const (
-	DefaultDomain              = "vm"
+	DefaultDomain              = model.DNSDomain
 	DefaultUser                = "root"
 	DefaultServerAliveInterval = 5
 	DefaultServerAliveCountMax = 3

@@ -16,6 +16,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/bangerdev/banger/internal/model"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -31,7 +32,7 @@ import (
 // needed) and away from mDNS's 5353.
 const (
 	DefaultAddr   = "127.0.0.1:10053"
-	DefaultDomain = "vm"
+	DefaultDomain = model.DNSDomain
 )
 
 // TTLs. Short, because records change when VMs start and stop, and negative

@@ -47,8 +47,8 @@ func (s *sizeFlags) add(cmd *cobra.Command) {
 // apply validates the flags into p; errors name the flag.
 func (s *sizeFlags) apply(cmd *cobra.Command, p *api.VMCreateParams) error {
 	if cmd.Flags().Changed("vcpu") {
-		if s.vcpu <= 0 || s.vcpu > 64 {
-			return fmt.Errorf("--vcpu must be between 1 and 64, got %d", s.vcpu)
+		if s.vcpu <= 0 || s.vcpu > model.MaxVCPU {
+			return fmt.Errorf("--vcpu must be between 1 and %d, got %d", model.MaxVCPU, s.vcpu)
 		}
 		p.VCPU = s.vcpu
 	}

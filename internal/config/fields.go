@@ -30,9 +30,9 @@ type field struct {
 
 // Accepted ranges.
 const (
-	maxVCPU        = 64
-	minMemoryMiB   = 128
-	minDiskMiB     = 64
+	maxVCPU        = model.MaxVCPU
+	minMemoryMiB   = model.MinMemoryMiB
+	minDiskMiB     = model.MinDiskMiB
 	maxTapPoolSize = 64
 )
 

@@ -40,16 +40,16 @@ func (d *Daemon) resolveCreate(p api.VMCreateParams) (api.VMCreateParams, error)
 		p.DiskSizeMiB = cfg.DiskSizeMiB
 	}
 	switch {
-	case p.VCPU < 0 || p.VCPU > 64:
-		return p, rpc.Errorf(rpc.CodeBadRequest, "vcpu must be between 1 and 64, got %d", p.VCPU)
+	case p.VCPU < 0 || p.VCPU > model.MaxVCPU:
+		return p, rpc.Errorf(rpc.CodeBadRequest, "%w", model.ValidateVCPU(p.VCPU))
 	case p.MemoryMiB < 0:
 		return p, rpc.Errorf(rpc.CodeBadRequest, "memory must be positive, got %d MiB", p.MemoryMiB)
-	case p.MemoryMiB < 128:
-		return p, rpc.Errorf(rpc.CodeBadRequest, "memory must be at least 128M, got %s", model.FormatMiB(p.MemoryMiB))
+	case p.MemoryMiB < model.MinMemoryMiB:
+		return p, rpc.Errorf(rpc.CodeBadRequest, "%w", model.ValidateMemoryMiB(p.MemoryMiB))
 	case p.DiskSizeMiB < 0:
 		return p, rpc.Errorf(rpc.CodeBadRequest, "disk size must be positive, got %d MiB", p.DiskSizeMiB)
-	case p.DiskSizeMiB < 64:
-		return p, rpc.Errorf(rpc.CodeBadRequest, "disk size must be at least 64M, got %s", model.FormatMiB(p.DiskSizeMiB))
+	case p.DiskSizeMiB < model.MinDiskMiB:
+		return p, rpc.Errorf(rpc.CodeBadRequest, "%w", model.ValidateDiskMiB(p.DiskSizeMiB))
 	case p.AllowLAN && !p.NAT:
 		return p, rpc.Errorf(rpc.CodeBadRequest, "--allow-lan widens what a --nat VM may reach: add --nat (a VM without NAT never leaves the bridge)")
 	}

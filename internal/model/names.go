@@ -153,3 +153,35 @@ func FormatMiB(mib int64) string {
 // address (banger's DNS server, the ssh config's Host *.vm, the resolver
 // routing). The one home of the value.
 const DNSDomain = "vm"
+
+// VM size limits, the one home of these values (CLI, config, daemon and
+// `vm set` all check against them).
+const (
+	MaxVCPU      = 64
+	MinMemoryMiB = 128
+	MinDiskMiB   = 64
+)
+
+// ValidateVCPU checks a vCPU count: 1 to MaxVCPU.
+func ValidateVCPU(n int) error {
+	if n < 1 || n > MaxVCPU {
+		return fmt.Errorf("vcpu must be between 1 and %d, got %d: %w", MaxVCPU, n, ErrInvalidSize)
+	}
+	return nil
+}
+
+// ValidateMemoryMiB checks a memory size: at least MinMemoryMiB.
+func ValidateMemoryMiB(n int64) error {
+	if n < MinMemoryMiB {
+		return fmt.Errorf("memory must be at least %s, got %s: %w", FormatMiB(MinMemoryMiB), FormatMiB(n), ErrInvalidSize)
+	}
+	return nil
+}
+
+// ValidateDiskMiB checks a /root disk size: at least MinDiskMiB.
+func ValidateDiskMiB(n int64) error {
+	if n < MinDiskMiB {
+		return fmt.Errorf("disk size must be at least %s, got %s: %w", FormatMiB(MinDiskMiB), FormatMiB(n), ErrInvalidSize)
+	}
+	return nil
+}

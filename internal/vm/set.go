@@ -40,14 +40,14 @@ func (m *Manager) Set(ctx context.Context, vm *model.VM, c Changes) (*model.VM, 
 	}
 	next := *vm
 	if c.VCPU != nil {
-		if *c.VCPU < 1 || *c.VCPU > 64 {
-			return vm, fmt.Errorf("vcpu must be between 1 and 64, got %d: %w", *c.VCPU, model.ErrInvalidSize)
+		if err := model.ValidateVCPU(*c.VCPU); err != nil {
+			return vm, err
 		}
 		next.VCPU = *c.VCPU
 	}
 	if c.MemoryMiB != nil {
-		if *c.MemoryMiB < 128 {
-			return vm, fmt.Errorf("memory must be at least 128M, got %s: %w", model.FormatMiB(*c.MemoryMiB), model.ErrInvalidSize)
+		if err := model.ValidateMemoryMiB(*c.MemoryMiB); err != nil {
+			return vm, err
 		}
 		next.MemoryMiB = *c.MemoryMiB
 	}

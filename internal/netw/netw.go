@@ -31,6 +31,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/bangerdev/banger/internal/config"
 	"net/netip"
 	"strings"
 
@@ -39,8 +40,8 @@ import (
 
 // Defaults.
 const (
-	DefaultBridge    = "br-banger"
-	DefaultCIDR      = "172.30.0.1/24"
+	DefaultBridge    = config.DefaultBridge // one home: config's defaults
+	DefaultCIDR      = config.DefaultCIDR
 	DefaultTapPrefix = privops.TapNamePrefix
 	DefaultPoolSize  = 2
 	maxTapPrefixLen  = 8

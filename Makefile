@@ -12,6 +12,9 @@ UPDATE_PUBKEY ?=
 LDFLAGS := -X $(PKG)/internal/buildinfo.Version=$(VERSION) -X $(PKG)/internal/buildinfo.Commit=$(COMMIT) -X $(PKG)/internal/buildinfo.BuildTime=$(BUILD_TIME) \
 	-X $(PKG)/internal/buildinfo.UpdateManifestURL=$(UPDATE_URL) -X $(PKG)/internal/buildinfo.UpdatePublicKey=$(UPDATE_PUBKEY)
 BIN := $(CURDIR)/bin
+# Test builds honour test-only knobs (crash hook, fakefc options); the
+# end-to-end tests run them, releases never contain them.
+TEST_BIN := $(CURDIR)/bin/test
 PREFIX ?= /usr/local
 # CI=true makes every missing test requirement a failure instead of a skip.
 ifeq ($(CI),true)
@@ -22,13 +25,17 @@ export BANGER_TEST_CACHE ?= $(HOME)/.cache/banger-test
 export FAKEFC_SPEC_DIR ?= $(abspath $(CURDIR)/../shared/firecracker-api)
 GOTEST_FLAGS ?= -race -timeout 30m
 
-.PHONY: all build deps lint test unit integration e2e test-all bench demo install clean
+.PHONY: all build build-test deps lint test unit integration e2e test-all bench demo install clean
 
 all: build
 
 build:
 	@mkdir -p $(BIN)
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/...
+
+build-test:
+	@mkdir -p $(TEST_BIN)
+	$(GO) build -tags bangertest -trimpath -ldflags "$(LDFLAGS)" -o $(TEST_BIN)/ ./cmd/...
 
 # Host packages banger and its tests need (Debian 12). Needs root.
 deps:
@@ -47,12 +54,12 @@ test: build
 	$(GO) test $(GOTEST_FLAGS) ./...
 
 # End-to-end tests: boot real guests under QEMU (TCG without KVM).
-e2e: build
-	BANGER_E2E=1 BANGER_BIN=$(BIN) $(GO) test $(GOTEST_FLAGS) -run 'E2E|Conformance' ./...
+e2e: build-test
+	BANGER_E2E=1 BANGER_BIN=$(TEST_BIN) $(GO) test $(GOTEST_FLAGS) -run 'E2E|Conformance' ./...
 
 # Everything CI runs: lint, unit, integration and end-to-end tests.
-test-all: deps lint build
-	BANGER_E2E=1 BANGER_TEST_EXPECT_COW=copy,reflink BANGER_BIN=$(BIN) $(GO) test $(GOTEST_FLAGS) -p 2 ./...
+test-all: deps lint build build-test
+	BANGER_E2E=1 BANGER_TEST_EXPECT_COW=copy,reflink BANGER_BIN=$(TEST_BIN) $(GO) test $(GOTEST_FLAGS) -p 2 ./...
 
 bench: build
 	BANGER_BIN=$(BIN) ./scripts/bench

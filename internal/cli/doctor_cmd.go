@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/bangerdev/banger/internal/buildinfo"
 	"os"
 	"strings"
 	"time"
@@ -87,7 +88,7 @@ func (a *app) doctorChecks() ([]doctor.Check, error) {
 	}
 	runner := hostexec.Real{}
 	cfg, cfgErr := config.Load(layout.ConfigFile(), config.DetectHost(), a.env.Getenv)
-	checks := []doctor.Check{doctor.HostArch()}
+	checks := []doctor.Check{doctor.HostArch(), testBuildCheck()}
 	configCheck := doctor.Check{Name: "config", Run: func(ctx context.Context) doctor.Result {
 		if cfgErr != nil {
 			return doctor.Result{Status: doctor.Fail, Message: cfgErr.Error(), Hint: "fix " + layout.ConfigFile() + " (see docs/config.md)"}
@@ -211,4 +212,16 @@ func (a *app) networkChecks(layout paths.Layout, cfg *config.Config, runner host
 			return netw.CheckResolverRouting(ctx, runner, ncfg, cfg.Network.DNSAddr, model.DNSDomain)
 		}),
 	}
+}
+
+// testBuildCheck warns when this banger is a test build that honours the
+// test-only knobs (see buildinfo.TestKnobs).
+func testBuildCheck() doctor.Check {
+	return doctor.Check{Name: "build", Run: func(ctx context.Context) doctor.Result {
+		if buildinfo.TestKnobs {
+			return doctor.Result{Status: doctor.Warn, Message: "test build (-tags bangertest): honours BANGER_TEST_CRASH_AT and passes FAKEFC_* to Firecracker",
+				Hint: "install a release build (`make build`, `banger update`)"}
+		}
+		return doctor.Result{Status: doctor.Pass, Message: "release build " + buildinfo.Version}
+	}}
 }

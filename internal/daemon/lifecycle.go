@@ -22,6 +22,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/bangerdev/banger/internal/buildinfo"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -127,7 +128,7 @@ func (d *Daemon) initRuntime(ctx context.Context) error {
 		Layout: d.layout, Logger: d.logger, Now: d.now, Domain: DNSDomain,
 		DNSServers: hostResolvers("/etc/resolv.conf"),
 		VMMUID:     uid, VMMGID: gid,
-		StepHook: crashHook(os.Getenv(EnvCrashAt)),
+		StepHook: testCrashHook(),
 	})
 	if err != nil {
 		return err
@@ -160,7 +161,10 @@ func (d *Daemon) newDrivers() (map[string]vmm.Driver, string, error) {
 		return nil, "", fmt.Errorf("qemu driver (%s=%q): %w", EnvQEMUAccel, accel, err)
 	}
 	drivers := map[string]vmm.Driver{q.Name(): q}
-	fcCfg := firecracker.Config{Binary: cfg.Firecracker.Binary, Env: envWithPrefix(os.Environ(), fakeFCEnvPrefix)}
+	fcCfg := firecracker.Config{Binary: cfg.Firecracker.Binary}
+	if buildinfo.TestKnobs {
+		fcCfg.Env = envWithPrefix(os.Environ(), fakeFCEnvPrefix)
+	}
 	fcBin, fcErr := exec.LookPath(cfg.Firecracker.Binary)
 	useJailer, explicit := jailerWanted(d.layout.Mode, cfg)
 	noFC := false
@@ -263,6 +267,15 @@ func hostResolvers(path string) []string {
 		}
 	}
 	return out
+}
+
+// testCrashHook is the crash hook of a test build (nil in release builds,
+// see buildinfo.TestKnobs).
+func testCrashHook() func(ctx context.Context, vmID, op, step string) error {
+	if !buildinfo.TestKnobs {
+		return nil
+	}
+	return crashHook(os.Getenv(EnvCrashAt))
 }
 
 // crashHook implements BANGER_TEST_CRASH_AT=OP:STEP (tests only).

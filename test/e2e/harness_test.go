@@ -83,7 +83,7 @@ func binaries(t testing.TB) string {
 			return
 		}
 		binDir = dir
-		cmd := exec.Command("go", "build", "-o", dir+"/", "github.com/bangerdev/banger/cmd/banger", "github.com/bangerdev/banger/cmd/bangerd")
+		cmd := exec.Command("go", "build", "-tags", "bangertest", "-o", dir+"/", "github.com/bangerdev/banger/cmd/banger", "github.com/bangerdev/banger/cmd/bangerd")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			binErr = fmt.Errorf("go build: %v\n%s", err, out)
 		}

@@ -138,7 +138,7 @@ func (a *app) daemonOpsCmd() *cobra.Command {
 		Use:     "operations",
 		Aliases: []string{"ops"},
 		Short:   "List long-running operations (create, pull, build)",
-		Long:    "List the operations the daemon is running, with their current stage and elapsed time; --all includes recently finished ones.",
+		Long:    "List the operations the daemon is running, with their current stage and elapsed time. --all adds the finished ones from the store's history (kept operations_retention_days, default 30; an operation whose daemon stopped before it ended shows as interrupted).",
 		Example: `  banger daemon operations
   banger daemon ops --all --json`,
 		Args: cobra.NoArgs,

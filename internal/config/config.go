@@ -37,18 +37,25 @@ const (
 	SourceEnvLevel = "env " + EnvLogLevel
 )
 
+// DefaultOperationsRetentionDays is the default operations_retention_days.
+const DefaultOperationsRetentionDays = 30
+
 // Config is the effective configuration.
 type Config struct {
 	// LogLevel is debug, info, warn or error (toml log_level, default info;
 	// BANGER_LOG_LEVEL overrides).
-	LogLevel    string
-	VM          VMConfig
-	Network     NetworkConfig
-	Images      ImagesConfig
-	Firecracker FirecrackerConfig
-	QEMU        QEMUConfig
-	Disk        DiskConfig
-	Update      UpdateConfig
+	LogLevel string
+	// OperationsRetentionDays is how long finished operations stay in the
+	// store's history (`banger daemon operations --all`); toml
+	// operations_retention_days, default 30.
+	OperationsRetentionDays int
+	VM                      VMConfig
+	Network                 NetworkConfig
+	Images                  ImagesConfig
+	Firecracker             FirecrackerConfig
+	QEMU                    QEMUConfig
+	Disk                    DiskConfig
+	Update                  UpdateConfig
 	// Provenance maps every key ("vm.vcpu") to where its value came from:
 	// "default", "host: 8 CPUs / 4", the config file path, or
 	// "env BANGER_LOG_LEVEL".
@@ -174,7 +181,8 @@ const (
 // Provenance is filled for every key.
 func Defaults(h HostInfo) *Config {
 	c := &Config{
-		LogLevel: DefaultLogLevel,
+		LogLevel:                DefaultLogLevel,
+		OperationsRetentionDays: DefaultOperationsRetentionDays,
 		VM: VMConfig{
 			DiskSizeMiB: DefaultDiskSizeMiB,
 			Image:       DefaultImage,

@@ -72,6 +72,7 @@ func TestDefaultValues(t *testing.T) {
 		"images.suite": `"bookworm"`, "firecracker.binary": `"firecracker"`, "firecracker.jailer": `"jailer"`,
 		"firecracker.use_jailer": "false", "qemu.binary": `"qemu-system-x86_64"`, "qemu.machine": `"microvm"`,
 		"disk.cow": `"auto"`, "update.manifest_url": `""`, "update.pubkey_file": `""`,
+		"operations_retention_days": "30",
 	}
 	if len(got) != len(want) {
 		t.Errorf("Settings has %d keys, want %d", len(got), len(want))
@@ -95,6 +96,7 @@ func writeConfig(t *testing.T, body string) string {
 func TestLoadEveryKey(t *testing.T) {
 	path := writeConfig(t, `
 log_level = "DEBUG"
+operations_retention_days = 7
 [vm]
 vcpu = 3
 memory = "3G"
@@ -129,14 +131,15 @@ pubkey_file = "/etc/banger/release.pub"
 		t.Fatal(err)
 	}
 	want := Config{
-		LogLevel:    "debug",
-		VM:          VMConfig{VCPU: 3, MemoryMiB: 3072, DiskSizeMiB: 20480, Image: "alpine", Kernel: "mine", Driver: "qemu"},
-		Network:     NetworkConfig{Bridge: "br-test", CIDR: "10.99.0.1/16", TapPoolSize: 0, DNSAddr: "127.0.0.53:53", Uplink: "eth0"},
-		Images:      ImagesConfig{Mirror: "http://127.0.0.1:8080/debian", Suite: "trixie"},
-		Firecracker: FirecrackerConfig{Binary: "/opt/fc/firecracker", Jailer: "/opt/fc/jailer", UseJailer: true},
-		QEMU:        QEMUConfig{Binary: "/usr/local/bin/qemu-system-x86_64", Machine: "q35"},
-		Disk:        DiskConfig{CoW: "reflink"},
-		Update:      UpdateConfig{ManifestURL: "http://127.0.0.1:8080/manifest.json", PubKeyFile: "/etc/banger/release.pub"},
+		LogLevel:                "debug",
+		OperationsRetentionDays: 7,
+		VM:                      VMConfig{VCPU: 3, MemoryMiB: 3072, DiskSizeMiB: 20480, Image: "alpine", Kernel: "mine", Driver: "qemu"},
+		Network:                 NetworkConfig{Bridge: "br-test", CIDR: "10.99.0.1/16", TapPoolSize: 0, DNSAddr: "127.0.0.53:53", Uplink: "eth0"},
+		Images:                  ImagesConfig{Mirror: "http://127.0.0.1:8080/debian", Suite: "trixie"},
+		Firecracker:             FirecrackerConfig{Binary: "/opt/fc/firecracker", Jailer: "/opt/fc/jailer", UseJailer: true},
+		QEMU:                    QEMUConfig{Binary: "/usr/local/bin/qemu-system-x86_64", Machine: "q35"},
+		Disk:                    DiskConfig{CoW: "reflink"},
+		Update:                  UpdateConfig{ManifestURL: "http://127.0.0.1:8080/manifest.json", PubKeyFile: "/etc/banger/release.pub"},
 	}
 	got := *c
 	got.Provenance = nil
@@ -191,7 +194,7 @@ func TestLoadMissingFileAndEmpty(t *testing.T) {
 
 func TestUnknownKeys(t *testing.T) {
 	cases := map[string][]string{
-		"foo = 1\n":                       {`unknown key "foo"`, "known: log_level, [vm]"},
+		"foo = 1\n":                       {`unknown key "foo"`, "known: log_level, operations_retention_days, [vm]"},
 		"[vm]\nfoo = 1\n":                 {`unknown key "vm.foo" in [vm]`, "vcpu, memory"},
 		"[vm]\nvpcu = 2\n":                {`"vm.vpcu"`, `did you mean "vcpu"?`},
 		"loglevel = \"info\"\n":           {`"loglevel"`, `did you mean "log_level"?`},

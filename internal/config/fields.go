@@ -47,6 +47,8 @@ func fields() []field {
 	return []field{
 		{key: "log_level", accepted: strings.Join(logLevels, ", "),
 			ptr: func(c *Config) any { return &c.LogLevel }, check: func(c *Config) error { return oneOf(c.LogLevel, logLevels) }},
+		{key: "operations_retention_days", accepted: "a whole number of days from 1 to 3650",
+			ptr: func(c *Config) any { return &c.OperationsRetentionDays }, check: func(c *Config) error { return between(int64(c.OperationsRetentionDays), 1, 3650) }},
 
 		{key: "vm.vcpu", accepted: fmt.Sprintf("a whole number from 1 to %d", maxVCPU),
 			ptr: func(c *Config) any { return &c.VM.VCPU }, check: func(c *Config) error { return between(int64(c.VM.VCPU), 1, maxVCPU) }},

@@ -114,6 +114,13 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 		lockFile: lf,
 	}
 	d.ops = NewOperations(st, o.Now, o.Logger)
+	days := config.DefaultOperationsRetentionDays
+	if o.Config != nil && o.Config.OperationsRetentionDays > 0 {
+		days = o.Config.OperationsRetentionDays
+	}
+	d.ops.Retention = time.Duration(days) * 24 * time.Hour
+	d.ops.Recover(ctx)
+	d.ops.Prune(ctx)
 	d.images = d.newImageStore()
 	d.kernels = d.newKernelStore()
 	if err := d.initRuntime(ctx); err != nil {
@@ -213,7 +220,7 @@ func (d *Daemon) register() {
 		return api.Empty{}, nil
 	}))
 	s.Handle(api.MethodOperationsList, rpc.Typed(func(ctx context.Context, p api.OperationsListParams) (*api.OperationsList, error) {
-		ops := d.ops.List(p.All)
+		ops := d.ops.List(ctx, p.All)
 		if ops == nil {
 			ops = []*model.Operation{}
 		}

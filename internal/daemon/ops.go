@@ -15,6 +15,8 @@ import (
 // opStore persists operations (implemented by *store.Store).
 type opStore interface {
 	PutOperation(ctx context.Context, op *model.Operation) error
+	ListOperations(ctx context.Context, includeDone bool) ([]*model.Operation, error)
+	PruneOperations(ctx context.Context, cutoff time.Time) (int64, error)
 }
 
 // Operations is the registry of long-running operations (create, pull,
@@ -27,6 +29,9 @@ type Operations struct {
 	now    func() time.Time
 	logger *slog.Logger
 	keep   time.Duration // how long finished operations stay listed in memory
+	// Retention is how long finished operations stay in the store's
+	// history; older ones are pruned (at start and as operations end).
+	Retention time.Duration
 }
 
 // NewOperations returns an empty registry persisting to st (may be nil).
@@ -85,6 +90,48 @@ func (o *Op) End(err error) {
 	}
 	r.mu.Unlock()
 	r.persist(context.Background(), o.id)
+	r.Prune(context.Background())
+}
+
+// errInterrupted is the error of an operation whose daemon stopped before
+// it ended.
+const errInterrupted = "interrupted (the daemon stopped before it ended)"
+
+// Recover marks the store's operations that a previous daemon never ended
+// as finished with errInterrupted (call it at start, before serving: one
+// daemon owns the store), so history shows them and retention prunes them.
+func (r *Operations) Recover(ctx context.Context) {
+	if r.store == nil {
+		return
+	}
+	ops, err := r.store.ListOperations(ctx, false)
+	if err != nil {
+		if r.logger != nil {
+			r.logger.Warn("recover operations", "err", err)
+		}
+		return
+	}
+	for _, op := range ops {
+		t := r.now()
+		op.Done, op.EndedAt, op.Error = true, &t, errInterrupted
+		if err := r.store.PutOperation(ctx, op); err != nil && r.logger != nil {
+			r.logger.Warn("recover operation", "op_id", op.ID, "err", err)
+		}
+	}
+}
+
+// Prune deletes finished operations older than the retention from the
+// store's history.
+func (r *Operations) Prune(ctx context.Context) {
+	if r.store == nil || r.Retention <= 0 {
+		return
+	}
+	n, err := r.store.PruneOperations(ctx, r.now().Add(-r.Retention))
+	if err != nil && r.logger != nil {
+		r.logger.Warn("prune operations", "err", err)
+	} else if n > 0 && r.logger != nil {
+		r.logger.Debug("operations pruned", "count", n, "retention", r.Retention)
+	}
 }
 
 // ID returns the operation id.
@@ -118,18 +165,37 @@ func (r *Operations) gcLocked() {
 	}
 }
 
-// List returns the operations, running ones first, newest first.
-func (r *Operations) List(includeDone bool) []*model.Operation {
+// List returns the operations, running ones first, newest first: those of
+// this daemon from memory (with live stages), and with includeDone the
+// store's history too (earlier daemons' operations, within the retention).
+func (r *Operations) List(ctx context.Context, includeDone bool) []*model.Operation {
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	r.gcLocked()
+	seen := map[string]bool{}
 	var out []*model.Operation
 	for _, op := range r.ops {
+		seen[op.ID] = true
 		if op.Done && !includeDone {
 			continue
 		}
 		cp := *op
 		out = append(out, &cp)
+	}
+	r.mu.Unlock()
+	if includeDone && r.store != nil {
+		hist, err := r.store.ListOperations(ctx, true)
+		if err != nil && r.logger != nil {
+			r.logger.Warn("list operation history", "err", err)
+		}
+		for _, op := range hist {
+			// An operation a dead daemon never ended is not running.
+			if !seen[op.ID] {
+				if !op.Done {
+					op.Done, op.Error = true, errInterrupted
+				}
+				out = append(out, op)
+			}
+		}
 	}
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].Done != out[j].Done {
@@ -142,5 +208,5 @@ func (r *Operations) List(includeDone bool) []*model.Operation {
 
 // Running reports how many operations are in flight.
 func (r *Operations) Running() int {
-	return len(r.List(false))
+	return len(r.List(context.Background(), false))
 }

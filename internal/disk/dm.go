@@ -162,6 +162,16 @@ func (d *dmCoW) Remove(ctx context.Context, h *Handle) error {
 	return nil
 }
 
+// Detach releases h's live devices (the snapshot and the loops that are
+// h's, see ownedLoops) and keeps its files: the one dm teardown path, used
+// by Remove, by VM stop and by reconcile.
+func (d *dmCoW) Detach(ctx context.Context, h *Handle) error {
+	if err := checkStrategy(h, DM); err != nil {
+		return err
+	}
+	return d.release(ctx, h)
+}
+
 // release removes the snapshot and detaches every loop that belongs to h,
 // keeping the files.
 func (d *dmCoW) release(ctx context.Context, h *Handle) error {

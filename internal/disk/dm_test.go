@@ -464,3 +464,36 @@ func TestHandleOfOtherStrategyRefused(t *testing.T) {
 		t.Error("copy Remove accepted a dm handle")
 	}
 }
+
+// TestDMDetachOnlyOwnLoops: Detach (VM stop, reconcile) releases the
+// snapshot and the disk's own loops and keeps its files; a recorded loop
+// number now backed by someone else's file is left alone (#16 defect 4).
+func TestDMDetachOnlyOwnLoops(t *testing.T) {
+	d, ops, dir, base := dmFixture(t)
+	h, err := d.Create(context.Background(), base, filepath.Join(dir, "root.cow"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := filepath.Join(dir, "other.img")
+	if err := os.WriteFile(other, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	foreign := ops.attach(other)
+	h.Loops = append(h.Loops, foreign) // a stale number in the record
+	ops.reset()
+	if err := d.Detach(context.Background(), h); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"RemoveSnapshot " + h.DMName, "DetachLoop /dev/loop0", "DetachLoop /dev/loop1"}
+	if got := ops.Calls(); !slices.Equal(got, want) {
+		t.Errorf("calls %q, want %q", got, want)
+	}
+	if loops, _ := ops.state(t); loops[foreign] != other {
+		t.Errorf("someone else's loop was touched: %v", loops)
+	}
+	for _, f := range []string{h.COWFile, h.Origin} {
+		if _, err := os.Stat(f); err != nil {
+			t.Errorf("Detach removed %s: %v", f, err)
+		}
+	}
+}

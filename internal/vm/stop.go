@@ -99,23 +99,16 @@ func (m *Manager) detachRoot(ctx context.Context, vm *model.VM) error {
 	if err != nil {
 		return err
 	}
-	if dt, ok := cow.(interface {
+	// The disk strategy owns the teardown: it detaches only loops that
+	// are still backed by this disk's files (after a reboot a recorded
+	// /dev/loopN may be anybody's).
+	dt, ok := cow.(interface {
 		Detach(context.Context, *disk.Handle) error
-	}); ok {
-		err = dt.Detach(ctx, h)
-	} else if m.o.Ops == nil {
-		err = errors.New("no privileged operations to release device-mapper devices")
-	} else {
-		var errs []error
-		if h.DMName != "" {
-			errs = append(errs, m.o.Ops.RemoveSnapshot(ctx, h.DMName))
-		}
-		for i := len(h.Loops) - 1; i >= 0; i-- {
-			errs = append(errs, m.o.Ops.DetachLoop(ctx, h.Loops[i]))
-		}
-		err = errors.Join(errs...)
+	})
+	if !ok {
+		return fmt.Errorf("disk strategy %s cannot release its devices", h.Strategy)
 	}
-	if err != nil {
+	if err := dt.Detach(ctx, h); err != nil {
 		return err
 	}
 	h.Loops = nil

@@ -82,6 +82,13 @@ type Spec struct {
 	MetricsPath string // optional; Firecracker metrics file
 
 	UID, GID int // owner to drop the VMM to; -1 = keep the launcher's
+
+	// RestoreFrom, when set, is a saved state file (written by
+	// Snapshotter.Save of a guest with the same machine shape and drives):
+	// the VMM loads it instead of booting Kernel, and Start returns once the
+	// restored guest runs. Drivers without Capabilities().Snapshots return
+	// ErrUnsupported.
+	RestoreFrom string
 }
 
 // SerialPort is one virtio-serial port: the guest sees
@@ -163,6 +170,16 @@ type Driver interface {
 type Pauser interface {
 	Pause(ctx context.Context, h *Handle) error
 	Resume(ctx context.Context, h *Handle) error
+}
+
+// Snapshotter is implemented by drivers that can save a running guest:
+// Save pauses the guest and writes its memory and device state to path
+// (which must not exist), returning once the file is complete. The guest
+// stays paused; the caller usually quits the VMM next. The disks are not
+// part of the file: copy them while the guest is paused. Start with
+// Spec.RestoreFrom = path restores it.
+type Snapshotter interface {
+	Save(ctx context.Context, h *Handle, path string) error
 }
 
 // Launcher is the subset of privops.Ops that drivers use: every VMM process

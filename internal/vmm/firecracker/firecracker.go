@@ -200,6 +200,9 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Handle, error) 
 	if len(spec.SerialPorts) > 0 {
 		return nil, fmt.Errorf("firecracker: virtio-serial ports: %w (use vsock)", vmm.ErrUnsupported)
 	}
+	if spec.RestoreFrom != "" {
+		return nil, fmt.Errorf("firecracker: restore from a snapshot: %w (boot cold, or use the qemu driver)", vmm.ErrUnsupported)
+	}
 	l, err := d.layout(spec)
 	if err != nil {
 		return nil, fmt.Errorf("firecracker: %w", err)

@@ -106,10 +106,11 @@ func New(cfg Config, launcher vmm.Launcher, logger *slog.Logger) (*Driver, error
 // Name implements vmm.Driver.
 func (d *Driver) Name() string { return "qemu" }
 
-// Capabilities implements vmm.Driver: pause via stop/cont; no Firecracker
-// snapshots; no Firecracker-style vsock (it needs a vhost-user backend).
+// Capabilities implements vmm.Driver: pause via stop/cont; snapshots via
+// migration to a file (Save, Spec.RestoreFrom); no Firecracker-style vsock
+// (it needs a vhost-user backend).
 func (d *Driver) Capabilities() vmm.Capabilities {
-	return vmm.Capabilities{Pause: true}
+	return vmm.Capabilities{Pause: true, Snapshots: true}
 }
 
 // KVMUsable reports whether dev is a working KVM device (see kvmProbe):
@@ -224,6 +225,11 @@ func Args(binary string, spec vmm.Spec, machine, accel string) []string {
 		a = append(a, "-device", dev)
 	}
 	a = append(a, serialPortArgs(spec, machine)...)
+	if spec.RestoreFrom != "" {
+		if uri, err := migrationURI(spec.RestoreFrom, false); err == nil {
+			a = append(a, "-incoming", uri)
+		}
+	}
 	a = append(a,
 		"-qmp", "unix:"+qemuValue(qmp)+",server=on,wait=off",
 		"-pidfile", filepath.Join(spec.RuntimeDir, PIDFileName),
@@ -259,6 +265,11 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Handle, error) 
 	qmpPath, err := vmm.SocketPath(spec.RuntimeDir, QMPSocketName)
 	if err != nil {
 		return nil, fmt.Errorf("qemu: %w", err)
+	}
+	if spec.RestoreFrom != "" {
+		if _, err := migrationURI(spec.RestoreFrom, false); err != nil {
+			return nil, fmt.Errorf("qemu: restore: %w", err)
+		}
 	}
 	if h, err := d.Find(ctx, spec); err == nil {
 		return nil, fmt.Errorf("qemu: vm %s is already running (pid %d): %w", spec.VMID, h.PID, model.ErrAlreadyExists)
@@ -297,6 +308,14 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Handle, error) 
 	})
 	if err != nil {
 		return fail(err)
+	}
+	if spec.RestoreFrom != "" && !status.Running && status.Status == "paused" {
+		// The state was saved with the guest paused (Save stops it first);
+		// the restored guest keeps that run state until told to continue.
+		if err := d.command(ctx, h, "cont"); err != nil {
+			return fail(fmt.Errorf("resume restored guest: %w", err))
+		}
+		status.Running = true
 	}
 	if !status.Running {
 		return fail(fmt.Errorf("guest is %q, not running", status.Status))

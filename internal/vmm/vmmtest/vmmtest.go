@@ -247,6 +247,80 @@ func Run(t *testing.T, newDriver func(t *testing.T) vmm.Driver, env Env) {
 			t.Errorf("processes left after stop: %v", pids)
 		}
 	})
+	t.Run("snapshot save and restore", func(t *testing.T) {
+		if !d.Capabilities().Snapshots {
+			if _, ok := d.(vmm.Snapshotter); ok {
+				t.Log("driver implements Snapshotter but does not advertise Snapshots")
+			}
+			t.Skip("driver does not advertise snapshots")
+		}
+		snapshotCase(t, d, env)
+	})
+}
+
+// snapshotCase boots a guest, saves it, restores it into a new VMM and checks
+// the restored guest runs without booting its kernel again; a corrupt state
+// file fails Start and leaves nothing running.
+func snapshotCase(t *testing.T, d vmm.Driver, env Env) {
+	sn, ok := d.(vmm.Snapshotter)
+	if !ok {
+		t.Fatal("Capabilities().Snapshots is true but the driver is not a vmm.Snapshotter")
+	}
+	ctx := context.Background()
+	spec := NewSpec(t, env, "s")
+	h, err := d.Start(ctx, spec)
+	if err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	t.Cleanup(func() { stop(d, h) })
+	WaitForLog(t, h.LogPath, env.Marker, env.BootTimeout)
+	state := filepath.Join(t.TempDir(), "state")
+	start := time.Now()
+	if err := sn.Save(ctx, h, state); err != nil {
+		t.Fatalf("Save: %v", err)
+	}
+	t.Logf("saved %d bytes in %s", fileSize(state), time.Since(start).Round(time.Millisecond))
+	if fileSize(state) <= 0 {
+		t.Fatal("state file is empty")
+	}
+	if err := sn.Save(ctx, h, state); err == nil {
+		t.Error("Save over an existing file succeeded")
+	}
+	stop(d, h)
+
+	rs := NewSpec(t, env, "r")
+	rs.RestoreFrom = state
+	start = time.Now()
+	hr, err := d.Start(ctx, rs)
+	if err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	t.Cleanup(func() { stop(d, hr) })
+	t.Logf("restored in %s", time.Since(start).Round(time.Millisecond))
+	time.Sleep(2 * time.Second)
+	if !vmm.Alive(hr.Identity()) {
+		t.Fatalf("restored vmm exited; log:\n%s", vmm.LogTail(hr.LogPath, 15))
+	}
+	if data, _ := os.ReadFile(hr.LogPath); strings.Contains(string(data), "Linux version") {
+		t.Error("the restored guest booted its kernel again")
+	}
+	stop(d, hr)
+
+	bad := filepath.Join(t.TempDir(), "bad")
+	if err := os.WriteFile(bad, []byte("not a vm state"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	bs := NewSpec(t, env, "b")
+	bs.RestoreFrom = bad
+	if hb, err := d.Start(ctx, bs); err == nil {
+		stop(d, hb)
+		t.Fatal("restore from a corrupt state file succeeded")
+	} else {
+		t.Logf("corrupt state: %v", err)
+	}
+	if pids := ProcessesMentioning(bs.RuntimeDir); len(pids) > 0 {
+		t.Errorf("failed restore left processes: %v", pids)
+	}
 }
 
 func checkHandle(t *testing.T, d vmm.Driver, h *vmm.Handle, spec vmm.Spec) {

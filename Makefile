@@ -25,7 +25,7 @@ export BANGER_TEST_CACHE ?= $(HOME)/.cache/banger-test
 export FAKEFC_SPEC_DIR ?= $(abspath $(CURDIR)/../shared/firecracker-api)
 GOTEST_FLAGS ?= -race -timeout 30m
 
-.PHONY: all build build-test deps lint test unit integration e2e test-all bench demo install clean
+.PHONY: all build build-test deps lint test unit integration e2e test-all bench fuzz demo install clean
 
 all: build
 
@@ -63,6 +63,11 @@ test-all: deps lint build build-test
 
 bench: build
 	BANGER_BIN=$(BIN) ./scripts/bench
+
+# Every fuzz target for FUZZTIME each (CI runs only the seed corpora, via go test).
+FUZZTIME ?= 10s
+fuzz:
+	FUZZTIME=$(FUZZTIME) ./scripts/fuzz
 
 # The main job: check the host, then a VM round trip through the daemon.
 demo: deps build

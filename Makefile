@@ -29,9 +29,12 @@ GOTEST_FLAGS ?= -race -timeout 30m
 
 all: build
 
+# bin/banger-agent is the guest agent: static (no libc in guests is
+# assumed), stripped (the daemon writes it into every VM's root disk).
 build:
 	@mkdir -p $(BIN)
-	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/...
+	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/ $$($(GO) list ./cmd/... | grep -v '/cmd/banger-agent$$')
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS) -s -w" -o $(BIN)/banger-agent ./cmd/banger-agent
 
 build-test:
 	@mkdir -p $(TEST_BIN)
@@ -75,6 +78,8 @@ demo: deps build
 
 install: build
 	install -m 0755 $(BIN)/banger $(BIN)/bangerd $(DESTDIR)$(PREFIX)/bin/
+	install -d $(DESTDIR)$(PREFIX)/lib/banger
+	install -m 0755 $(BIN)/banger-agent $(DESTDIR)$(PREFIX)/lib/banger/
 
 clean:
 	rm -rf $(BIN)

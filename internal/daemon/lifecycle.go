@@ -120,6 +120,7 @@ func (d *Daemon) initRuntime(ctx context.Context) error {
 		return err
 	}
 	guests := &vm.SSHGuests{Signer: signer, PubLine: pub, KnownHosts: kh, Logger: d.logger}
+	agentBin := d.agentBinary()
 	dns := vmdns.New(cfg.Network.DNSAddr, DNSDomain, d.logger)
 	net := &lazyNet{Manager: nm, dns: dns, logger: d.logger}
 	mgr, err := vm.New(vm.Options{
@@ -128,7 +129,8 @@ func (d *Daemon) initRuntime(ctx context.Context) error {
 		Layout: d.layout, Logger: d.logger, Now: d.now, Domain: DNSDomain,
 		DNSServers: hostResolvers("/etc/resolv.conf"),
 		VMMUID:     uid, VMMGID: gid,
-		StepHook: testCrashHook(),
+		StepHook:    testCrashHook(),
+		AgentBinary: agentBin,
 	})
 	if err != nil {
 		return err

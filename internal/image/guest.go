@@ -272,6 +272,9 @@ if [ -n "$SSHD" ]; then
 else
 	say "no sshd in this image"
 fi
+if [ -x /usr/lib/banger/banger-agent ]; then
+	( while :; do /usr/lib/banger/banger-agent >>/run/banger-agent.log 2>&1; sleep 1; done ) &
+fi
 (
 	while :; do
 		if command -v agetty >/dev/null 2>&1; then agetty -L 115200 ttyS0 vt100

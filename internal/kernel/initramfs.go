@@ -13,7 +13,8 @@ package kernel
 //     modules.dep) so every module comes after what it needs: virtio_ring
 //     before virtio, virtio_pci_legacy_dev/virtio_pci_modern_dev before
 //     virtio_pci, then virtio_mmio, virtio_blk, failover and net_failover
-//     before virtio_net, virtio-rng, vsock, vmw_vsock_virtio_transport_common,
+//     before virtio_net, virtio-rng, virtio_console (the guest agent's
+//     virtio-serial port), vsock, vmw_vsock_virtio_transport_common,
 //     vmw_vsock_virtio_transport, and ext4 with its dependencies when the
 //     kernel has it as a module (the Debian cloud kernel builds ext4 in).
 //     Modules built into the kernel are skipped; a module that fails to load
@@ -60,7 +61,7 @@ var DefaultModules = []string{
 	"virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci",
 	"virtio_mmio", "virtio_blk",
 	"failover", "net_failover", "virtio_net",
-	"virtio_rng",
+	"virtio_rng", "virtio_console",
 	"vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport",
 	"ext4", "crc32c_generic",
 }

@@ -33,6 +33,7 @@ func testModules(t testing.TB) string {
 		"kernel/drivers/net/net_failover.ko":                        {"failover"},
 		"kernel/drivers/net/virtio_net.ko.xz":                       {"net_failover", "virtio", "virtio_ring"},
 		"kernel/drivers/char/hw_random/virtio-rng.ko":               {"virtio", "virtio_ring"},
+		"kernel/drivers/char/virtio_console.ko":                     {"virtio", "virtio_ring"},
 		"kernel/net/vmw_vsock/vsock.ko":                             nil,
 		"kernel/net/vmw_vsock/vmw_vsock_virtio_transport_common.ko": {"vsock"},
 		"kernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko":        {"vmw_vsock_virtio_transport_common", "virtio", "virtio_ring", "vsock"},
@@ -85,7 +86,7 @@ func TestModuleResolve(t *testing.T) {
 	if !slices.Equal(missing, []string{"no_such_module"}) {
 		t.Errorf("missing = %v, want [no_such_module] (ext4 and crc32c_generic are built in)", missing)
 	}
-	if len(order) != 14 || slices.Contains(order, "unrelated") || slices.Contains(order, "ext4") {
+	if len(order) != 15 || slices.Contains(order, "unrelated") || slices.Contains(order, "ext4") {
 		t.Errorf("order = %v", order)
 	}
 	if slices.Index(order, "virtio_ring") > slices.Index(order, "virtio") {
@@ -134,7 +135,7 @@ func TestBuildInitramfs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(res.Missing) != 0 || len(res.Modules) != 14 {
+	if len(res.Missing) != 0 || len(res.Modules) != 15 {
 		t.Fatalf("result %+v", res)
 	}
 	entries := map[string]CpioEntry{}

@@ -175,6 +175,10 @@ type Options struct {
 	// with the VM id and step name (tests use it to inject failures or to
 	// crash the daemon at a precise point). A non-nil error fails the step.
 	StepHook func(ctx context.Context, vmID, op, step string) error
+	// AgentBinary is the host path of banger-agent, written into every VM
+	// with its token (see internal/image/agent.go). "" = VMs get only the
+	// token and Agent returns ErrNoAgent.
+	AgentBinary string
 }
 
 // Manager runs VM lifecycles. It is safe for concurrent use on different
@@ -185,6 +189,8 @@ type Manager struct {
 
 	mu    sync.Mutex
 	conns map[string]GuestConn // by VM id: the connection made when ssh came up
+
+	agents agentClients // by VM id: guest agent clients
 }
 
 // New returns a Manager. It checks the required dependencies.
@@ -245,6 +251,7 @@ func (m *Manager) Close() error {
 	for _, c := range conns {
 		_ = c.Close()
 	}
+	m.agents.closeAll()
 	return nil
 }
 
@@ -293,6 +300,7 @@ func (m *Manager) keepConn(id string, c GuestConn) {
 }
 
 func (m *Manager) dropConn(id string) {
+	m.agents.drop(id)
 	m.mu.Lock()
 	c := m.conns[id]
 	delete(m.conns, id)

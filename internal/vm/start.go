@@ -305,7 +305,11 @@ func (r *startRun) guestConfig(ctx context.Context, _ *undoStack) error {
 	if err != nil {
 		return err
 	}
-	if err := ext4.Apply(ctx, m.o.Runner, r.root.Path, m.guestConfigBatch(vm, n, pemData, signer.PublicKey())); err != nil {
+	b := m.guestConfigBatch(vm, n, pemData, signer.PublicKey())
+	if err := m.agentBatch(ctx, b, vm); err != nil {
+		return err
+	}
+	if err := ext4.Apply(ctx, m.o.Runner, r.root.Path, b); err != nil {
 		return fmt.Errorf("write guest configuration: %w", err)
 	}
 	if err := m.o.Guests.PinHostKey(append([]string{vm.IP}, m.aliases(vm)...), signer.PublicKey()); err != nil {
@@ -447,6 +451,7 @@ func (m *Manager) spec(vm *model.VM, k *model.Kernel, root *disk.Handle) vmm.Spe
 	if vm.Runtime.Tap != "" {
 		s.Net = []vmm.NetIface{{Tap: vm.Runtime.Tap, MAC: vm.MAC}}
 	}
+	m.agentSpec(vm, &s)
 	return s
 }
 

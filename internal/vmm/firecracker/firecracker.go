@@ -213,7 +213,11 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Handle, error) 
 	if h, err := d.Find(ctx, spec); err == nil {
 		return nil, fmt.Errorf("firecracker: vm %s is already running (pid %d): %w", spec.VMID, h.PID, model.ErrAlreadyExists)
 	}
-	for _, stale := range []string{l.socket, l.pidFile} {
+	stales := []string{l.socket, l.pidFile}
+	if spec.VsockPath != "" {
+		stales = append(stales, spec.VsockPath) // firecracker will not bind over it
+	}
+	for _, stale := range stales {
 		if err := os.Remove(stale); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("firecracker: remove stale %s: %w", stale, err)
 		}

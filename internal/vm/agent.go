@@ -1,0 +1,202 @@
+package vm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/bangerdev/banger/internal/agent"
+	"github.com/bangerdev/banger/internal/atomicfile"
+	"github.com/bangerdev/banger/internal/ext4"
+	"github.com/bangerdev/banger/internal/image"
+	"github.com/bangerdev/banger/internal/model"
+	"github.com/bangerdev/banger/internal/vmm"
+)
+
+// Agent files: the token in the VM's directory (0600), the host end of the
+// virtio-serial port (QEMU) or of the hybrid vsock (Firecracker) in its
+// runtime directory.
+const (
+	agentTokenFile  = "agent.token"
+	AgentSocketName = "agent.sock"
+	VsockSocketName = "vsock.sock"
+)
+
+// agentVsockCID is the guest context id of Firecracker VMs. Firecracker's
+// vsock is private to each VM (a host unix socket, not the host's vsock
+// namespace), so every VM can use the same one.
+const agentVsockCID = 3
+
+// ErrNoAgent is wrapped when a VM has no agent channel (the daemon has no
+// agent binary, or the VM runs on a driver without one).
+var ErrNoAgent = errors.New("no guest agent")
+
+// agentToken returns the VM's agent token, generating it on first use in dir.
+func agentToken(dir string) (string, error) {
+	p := filepath.Join(dir, agentTokenFile)
+	data, err := os.ReadFile(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		t, gerr := agent.NewToken()
+		if gerr != nil {
+			return "", gerr
+		}
+		if werr := atomicfile.Write(p, []byte(t+"\n"), 0o600); werr != nil {
+			return "", fmt.Errorf("write agent token: %w", werr)
+		}
+		return t, nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("read agent token: %w", err)
+	}
+	t, err := agent.ParseToken(data)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w (delete it; a new one is made at the next start)", p, err)
+	}
+	return t, nil
+}
+
+// agentBatch adds the agent (binary, unit, token) to the guest
+// configuration written before every boot.
+func (m *Manager) agentBatch(ctx context.Context, b *ext4.Batch, vm *model.VM) error {
+	token, err := agentToken(m.o.Layout.VMDir(vm.ID))
+	if err != nil {
+		return err
+	}
+	var bin []byte
+	if m.o.AgentBinary != "" {
+		bin, err = os.ReadFile(m.o.AgentBinary)
+		if err != nil {
+			return fmt.Errorf("guest agent binary: %w (rebuild banger, or unset it to run VMs without the agent)", err)
+		}
+	}
+	image.AgentBatch(b, bin, token)
+	return nil
+}
+
+// agentSpec adds the agent's channel to a VMM spec: a virtio-serial port on
+// QEMU, the hybrid vsock on Firecracker.
+func (m *Manager) agentSpec(vm *model.VM, s *vmm.Spec) {
+	if m.o.AgentBinary == "" {
+		return
+	}
+	switch vm.Driver {
+	case "qemu":
+		if p, err := vmm.SocketPath(s.RuntimeDir, AgentSocketName); err == nil {
+			s.SerialPorts = append(s.SerialPorts, vmm.SerialPort{Name: agent.PortName, Socket: p})
+		}
+	case "firecracker":
+		if p, err := vmm.SocketPath(s.RuntimeDir, VsockSocketName); err == nil {
+			s.VsockCID, s.VsockPath = agentVsockCID, p
+		}
+	}
+}
+
+// agentClients caches one agent.Client per running VM (QEMU's chardev takes
+// one connection at a time, so calls share it).
+type agentClients struct {
+	mu sync.Mutex
+	m  map[string]agent.Client
+}
+
+func (a *agentClients) get(id string, mk func() (agent.Client, error)) (agent.Client, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if c := a.m[id]; c != nil {
+		return c, nil
+	}
+	c, err := mk()
+	if err != nil {
+		return nil, err
+	}
+	if a.m == nil {
+		a.m = map[string]agent.Client{}
+	}
+	a.m[id] = c
+	return c, nil
+}
+
+func (a *agentClients) drop(id string) {
+	a.mu.Lock()
+	c := a.m[id]
+	delete(a.m, id)
+	a.mu.Unlock()
+	if c != nil {
+		_ = c.Close()
+	}
+}
+
+func (a *agentClients) closeAll() {
+	a.mu.Lock()
+	all := a.m
+	a.m = nil
+	a.mu.Unlock()
+	for _, c := range all {
+		_ = c.Close()
+	}
+}
+
+// Agent returns the client of a running VM's guest agent. The caller must
+// not close it; it is closed when the VM stops. Errors wrap ErrNoAgent when
+// the VM has no agent channel and model.ErrNotRunning when it is not
+// running.
+func (m *Manager) Agent(vm *model.VM) (agent.Client, error) {
+	if vm.State != model.StateRunning {
+		return nil, fmt.Errorf("VM %s is %s: %w (start it with `banger vm start %s`)", vm.Name, vm.State, model.ErrNotRunning, vm.Name)
+	}
+	return m.agents.get(vm.ID, func() (agent.Client, error) { return m.newAgentClient(vm) })
+}
+
+func (m *Manager) newAgentClient(vm *model.VM) (agent.Client, error) {
+	if m.o.AgentBinary == "" {
+		return nil, fmt.Errorf("VM %s: %w (the daemon found no banger-agent binary beside itself)", vm.Name, ErrNoAgent)
+	}
+	token, err := agentToken(m.o.Layout.VMDir(vm.ID))
+	if err != nil {
+		return nil, err
+	}
+	rdir := vm.Runtime.RuntimeDir
+	if rdir == "" {
+		rdir = m.o.Layout.VMRuntimeDir(vm.ID)
+	}
+	switch vm.Driver {
+	case "qemu":
+		p := filepath.Join(rdir, AgentSocketName)
+		return agent.NewConn(agent.DialUnix(p), token, "virtio-serial "+p), nil
+	case "firecracker":
+		p := filepath.Join(rdir, VsockSocketName)
+		return agent.NewConn(agent.DialHybridVsock(p, agent.VsockPort), token, "vsock "+p), nil
+	}
+	return nil, fmt.Errorf("VM %s: driver %q: %w", vm.Name, vm.Driver, ErrNoAgent)
+}
+
+// WaitAgent polls the VM's agent until it answers a ping or ctx ends.
+func (m *Manager) WaitAgent(ctx context.Context, vm *model.VM, poll time.Duration) (agent.Health, error) {
+	c, err := m.Agent(vm)
+	if err != nil {
+		return agent.Health{}, err
+	}
+	if poll <= 0 {
+		poll = 100 * time.Millisecond
+	}
+	for {
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		h, err := c.Ping(pctx)
+		cancel()
+		if err == nil {
+			return h, nil
+		}
+		if !errors.Is(err, agent.ErrUnavailable) && !errors.Is(err, context.DeadlineExceeded) {
+			return h, err // the agent answered: a wrong token or version will not heal
+		}
+		select {
+		case <-ctx.Done():
+			return h, fmt.Errorf("guest agent of %s: %w (last: %v)", vm.Name, ctx.Err(), err)
+		case <-time.After(poll):
+		}
+	}
+}

@@ -70,7 +70,7 @@ func binaries(t testing.TB) string {
 				return
 			}
 			binDir = abs
-			for _, b := range []string{"banger", "bangerd"} {
+			for _, b := range []string{"banger", "bangerd", "banger-agent"} {
 				if _, err := os.Stat(filepath.Join(abs, b)); err != nil {
 					binErr = fmt.Errorf("BANGER_BIN=%s lacks %s (run `make build`): %w", d, b, err)
 				}
@@ -86,6 +86,13 @@ func binaries(t testing.TB) string {
 		cmd := exec.Command("go", "build", "-tags", "bangertest", "-o", dir+"/", "github.com/bangerdev/banger/cmd/banger", "github.com/bangerdev/banger/cmd/bangerd")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			binErr = fmt.Errorf("go build: %v\n%s", err, out)
+			return
+		}
+		// The guest agent is static, like `make build` makes it.
+		cmd = exec.Command("go", "build", "-o", dir+"/", "github.com/bangerdev/banger/cmd/banger-agent")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			binErr = fmt.Errorf("go build banger-agent: %v\n%s", err, out)
 		}
 	})
 	if binErr != nil {

@@ -38,7 +38,8 @@ build:
 
 build-test:
 	@mkdir -p $(TEST_BIN)
-	$(GO) build -tags bangertest -trimpath -ldflags "$(LDFLAGS)" -o $(TEST_BIN)/ ./cmd/...
+	$(GO) build -tags bangertest -trimpath -ldflags "$(LDFLAGS)" -o $(TEST_BIN)/ $$($(GO) list ./cmd/... | grep -v '/cmd/banger-agent$$')
+	CGO_ENABLED=0 $(GO) build -tags bangertest -trimpath -ldflags "$(LDFLAGS) -s -w" -o $(TEST_BIN)/banger-agent ./cmd/banger-agent
 
 # Host packages banger and its tests need (Debian 12). Needs root.
 deps:

@@ -67,7 +67,7 @@ func run(args []string) int {
 	}
 	rel, err := update.Publish(update.ReleaseOptions{
 		OutDir: *out, Version: *version, GOOS: *goos, GOARCH: *goarch, Key: key, Now: time.Now(),
-		Files: map[string]string{"banger": *bin + "/banger", "bangerd": *bin + "/bangerd"},
+		Files: map[string]string{"banger": *bin + "/banger", "bangerd": *bin + "/bangerd", "banger-agent": *bin + "/banger-agent"},
 	})
 	if err != nil {
 		return fail(err)

@@ -29,7 +29,7 @@ func runSystemCLI(t *testing.T, env Env, args ...string) (string, string, int) {
 // --root --purge removes it again.
 func TestSystemInstallRootCommand(t *testing.T) {
 	src := t.TempDir()
-	for _, b := range []string{"banger", "bangerd"} {
+	for _, b := range []string{"banger", "bangerd", "banger-agent"} {
 		if err := os.WriteFile(filepath.Join(src, b), []byte("#!/bin/sh\n"), 0o755); err != nil {
 			t.Fatal(err)
 		}

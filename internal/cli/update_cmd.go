@@ -172,7 +172,7 @@ func (a *app) updater(manifestURL, pubkeyFile string, rollback bool) (*update.Up
 		Out:         a.env.Stderr,
 	}
 	if layout.Mode == paths.ModeSystem {
-		u.Install = update.Installation{Targets: []update.Target{{Name: system.CLIBinary, Path: system.CLIPath}, {Name: system.DaemonBinary, Path: system.DaemonPath}}}
+		u.Install = update.Installation{Targets: []update.Target{{Name: system.CLIBinary, Path: system.CLIPath}, {Name: system.DaemonBinary, Path: system.DaemonPath}, {Name: system.AgentBinary, Path: system.AgentPath}}}
 		u.CacheDir = systemUpdateCache
 		u.Services = &systemServices{a: a, layout: layout, runner: runner, install: u.Install, cacheDir: systemUpdateCache}
 		u.Env = []string{paths.EnvMode + "=" + paths.ModeSystem}
@@ -198,6 +198,11 @@ func (a *app) updater(manifestURL, pubkeyFile string, rollback bool) (*update.Up
 		return nil, fmt.Errorf("find bangerd: %w", err)
 	}
 	u.Install = update.Installation{Targets: []update.Target{{Name: "banger", Path: self}, {Name: "bangerd", Path: d}}}
+	// The guest agent beside bangerd (where the daemon finds it) is
+	// replaced too when this install has one.
+	if ag := filepath.Join(filepath.Dir(d), system.AgentBinary); isRegular(ag) {
+		u.Install.Targets = append(u.Install.Targets, update.Target{Name: system.AgentBinary, Path: ag})
+	}
 	u.CacheDir = filepath.Join(layout.CacheDir, "updates")
 	u.Services = &userServices{a: a, layout: layout, runner: runner, install: u.Install}
 	return u, nil
@@ -342,4 +347,11 @@ func (s *systemServices) Running(ctx context.Context) (buildinfo.Info, error) {
 		return buildinfo.Info{}, err
 	}
 	return p.Build, nil
+}
+
+// isRegular reports whether p is a regular file (not following a final
+// symlink).
+func isRegular(p string) bool {
+	fi, err := os.Lstat(p)
+	return err == nil && fi.Mode().IsRegular()
 }

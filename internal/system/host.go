@@ -172,13 +172,13 @@ func (h *Host) Install(ctx context.Context, o InstallOptions) (*Record, error) {
 		}
 		src = filepath.Dir(exe)
 	}
-	bins := []struct{ name, src, dst string }{{CLIBinary, "", CLIPath}, {DaemonBinary, "", DaemonPath}}
+	bins := []struct{ name, src, dst string }{{CLIBinary, "", CLIPath}, {DaemonBinary, "", DaemonPath}, {AgentBinary, "", AgentPath}}
 	for i, b := range bins {
 		// Next to banger (a build's bin/), or where an install puts it
 		// (/usr/local/bin/banger with /usr/local/lib/banger/bangerd), so
 		// the installed CLI can re-install itself.
 		cands := []string{filepath.Join(src, b.name)}
-		if b.name == DaemonBinary {
+		if b.name != CLIBinary {
 			cands = append(cands, filepath.Join(filepath.Dir(src), "lib", "banger", b.name))
 		}
 		for _, c := range cands {
@@ -188,7 +188,7 @@ func (h *Host) Install(ctx context.Context, o InstallOptions) (*Record, error) {
 			}
 		}
 		if bins[i].src == "" {
-			return nil, fmt.Errorf("install needs %s next to banger (%s): not found (build both with `make build`)", b.name, strings.Join(cands, " or "))
+			return nil, fmt.Errorf("install needs %s next to banger (%s): not found (build them with `make build`)", b.name, strings.Join(cands, " or "))
 		}
 	}
 	rec := &Record{Owner: owner, Build: h.Build, InstalledAt: h.now().UTC().Truncate(time.Second)}

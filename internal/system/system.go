@@ -49,10 +49,15 @@ const (
 	HelperUnit   = "bangerd-root.service"
 	CLIBinary    = "banger"
 	DaemonBinary = "bangerd"
+	AgentBinary  = "banger-agent"
 )
 
 // DaemonPath is the installed bangerd (daemon and root helper).
 const DaemonPath = LibDir + "/" + DaemonBinary
+
+// AgentPath is the installed guest agent the daemon writes into every VM
+// (beside bangerd, where the daemon looks for it).
+const AgentPath = LibDir + "/" + AgentBinary
 
 // CLIPath is the installed banger CLI.
 const CLIPath = BinDir + "/" + CLIBinary

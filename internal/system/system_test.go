@@ -22,11 +22,11 @@ import (
 
 var testBuild = buildinfo.Info{Version: "v1.2.3", Commit: "abc123", BuildTime: "2026-01-01T00:00:00Z"}
 
-// fakeBins makes a source directory with banger and bangerd.
+// fakeBins makes a source directory with banger, bangerd and banger-agent.
 func fakeBins(t *testing.T, content string) string {
 	t.Helper()
 	dir := t.TempDir()
-	for _, b := range []string{CLIBinary, DaemonBinary} {
+	for _, b := range []string{CLIBinary, DaemonBinary, AgentBinary} {
 		if err := os.WriteFile(filepath.Join(dir, b), []byte("#!/bin/sh\n# "+b+" "+content+"\n"), 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -722,5 +722,8 @@ func TestInstallFromAnInstalledLayout(t *testing.T) {
 	}
 	if data, _ := os.ReadFile(filepath.Join(second, DaemonPath)); !bytes.Contains(data, []byte("bangerd v1")) {
 		t.Errorf("bangerd not taken from the installed layout: %q", data)
+	}
+	if data, _ := os.ReadFile(filepath.Join(second, AgentPath)); !bytes.Contains(data, []byte("banger-agent v1")) {
+		t.Errorf("banger-agent not taken from the installed layout: %q", data)
 	}
 }

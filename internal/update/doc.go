@@ -4,7 +4,7 @@
 // A release channel is a static directory:
 //
 //	manifest.json                               unsigned index: versions → file references
-//	<version>/banger_<version>_<os>_<arch>.tar.gz   exactly banger and bangerd, regular files
+//	<version>/banger_<version>_<os>_<arch>.tar.gz   banger, bangerd and banger-agent, regular files
 //	<version>/SHA256SUMS                        sha256sum output listing the tarball
 //	<version>/SHA256SUMS.sig                    ECDSA P-256 (ASN.1, over SHA-256) or ed25519
 //

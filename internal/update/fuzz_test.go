@@ -87,7 +87,7 @@ func FuzzStage(f *testing.F) {
 		if err := os.WriteFile(tgz, data, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		st, err := stage(tgz, parent, []string{"banger", "bangerd"}, 64<<10)
+		st, err := stage(tgz, parent, []string{"banger", "bangerd"}, []string{"banger-agent"}, 64<<10)
 		ents, _ := os.ReadDir(parent)
 		if err != nil {
 			if len(ents) != 1 {

@@ -10,6 +10,11 @@ import (
 	"syscall"
 )
 
+// ReleaseEntries are the files a release archive may carry: the CLI, the
+// daemon (and root helper) and the static guest agent the daemon installs
+// into VMs. An installation replaces the ones it has (Installation.Targets).
+var ReleaseEntries = []string{"banger", "bangerd", "banger-agent"}
+
 // PreviousSuffix names the copy of each binary the last swap replaced.
 const PreviousSuffix = ".previous"
 

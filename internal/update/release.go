@@ -22,7 +22,7 @@ type ReleaseOptions struct {
 	Version string            // vX.Y.Z
 	GOOS    string            // target OS (tarball name)
 	GOARCH  string            // target architecture (tarball name)
-	Files   map[string]string // archive entry → built binary (banger, bangerd)
+	Files   map[string]string // archive entry → built binary (update.ReleaseEntries)
 	Key     *PrivateKey
 	Now     time.Time
 }

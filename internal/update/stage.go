@@ -23,14 +23,15 @@ type Staged struct {
 }
 
 // stage extracts tarball (already verified against SHA256SUMS) into a new
-// directory below parent. The archive must hold exactly the names in
-// want, each once, as regular files of at most MaxBinaryBytes; anything
+// directory below parent. The archive must hold every name in want, and
+// may hold names in optional (entries a release carries that this install
+// does not use, such as a guest agent a user install lacks), each once, as regular files of at most MaxBinaryBytes; anything
 // else (directories, links, devices, paths with a slash or "..", a
 // second copy, an unknown name, bytes after the archive end) refuses the
 // whole release and leaves nothing behind. Files are written 0755 with
 // O_EXCL|O_NOFOLLOW. maxFile caps each file (MaxBinaryBytes in
 // production).
-func stage(tarball, parent string, want []string, maxFile int64) (_ *Staged, err error) {
+func stage(tarball, parent string, want, optional []string, maxFile int64) (_ *Staged, err error) {
 	f, err := os.Open(tarball)
 	if err != nil {
 		return nil, fmt.Errorf("open release tarball: %w", err)
@@ -69,7 +70,7 @@ func stage(tarball, parent string, want []string, maxFile int64) (_ *Staged, err
 			return nil, fmt.Errorf("%w: entry %q is a %s, only regular files are allowed", ErrBadArchive, name, typeName(h.Typeflag))
 		case strings.Contains(name, "/") || strings.Contains(name, "\\") || name == ".." || name == ".":
 			return nil, fmt.Errorf("%w: entry %q has a path; only the plain names %s are allowed", ErrBadArchive, name, strings.Join(want, ", "))
-		case !slices.Contains(want, name):
+		case !slices.Contains(want, name) && !slices.Contains(optional, name):
 			return nil, fmt.Errorf("%w: unexpected entry %q (want exactly %s)", ErrBadArchive, name, strings.Join(want, ", "))
 		case st.Files[name] != "":
 			return nil, fmt.Errorf("%w: entry %q appears twice", ErrBadArchive, name)

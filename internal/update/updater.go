@@ -263,7 +263,7 @@ func (u *Updater) Update(ctx context.Context, o Options) (*Result, error) {
 		size = st.Size()
 	}
 	u.logf("verified %s: %.1f MiB, sha256 %s… (%s)", plan.Tarball, float64(size)/(1<<20), plan.sum[:16], time.Since(start).Round(time.Millisecond))
-	st, err := stage(tarball, u.CacheDir, u.Install.Names(), MaxBinaryBytes)
+	st, err := stage(tarball, u.CacheDir, u.Install.Names(), ReleaseEntries, MaxBinaryBytes)
 	if err != nil {
 		return nil, fmt.Errorf("%w; nothing was installed", err)
 	}

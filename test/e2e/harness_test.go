@@ -723,3 +723,13 @@ func ppid(pid int) int {
 	n, _ := strconv.Atoi(f[1])
 	return n
 }
+
+// consoleTail returns the last n bytes of a VM's console log, for failure
+// messages about what the guest did.
+func (e *env) consoleTail(id string, n int) string {
+	data, err := os.ReadFile(filepath.Join(e.layout.StateDir, "vms", id, "console.log"))
+	if err != nil {
+		return fmt.Sprintf("(no console log: %v)", err)
+	}
+	return tail(string(data), n)
+}

@@ -37,7 +37,7 @@ func TestE2ELifecycle(t *testing.T) {
 	e.must("vm", "stop", "t1")
 	t.Logf("stop (sync + poweroff): %s", time.Since(t0).Round(time.Millisecond))
 	if log := e.daemonLog(); strings.Contains(log, "did not power off in time") || strings.Contains(log, "killing the VMM") {
-		t.Errorf("the guest did not power off by itself:\n%s", tail(log, 3000))
+		t.Errorf("the guest did not power off by itself:\n%s\n--- guest console ---\n%s", tail(log, 3000), e.consoleTail(vm.ID, 4000))
 	}
 	if out := e.must("vm", "stop", "t1"); !strings.Contains(out, "t1 is not running") {
 		t.Errorf("second stop: %q", out)

@@ -63,7 +63,12 @@ func (rc *releaseChannel) publish(t *testing.T, c *sysContainer, version string,
 	if out, err := exec.Command("go", "build", "-trimpath", "-ldflags", ld, "-o", bin+"/", "../../cmd/banger", "../../cmd/bangerd").CombinedOutput(); err != nil {
 		t.Fatalf("build banger %s: %v\n%s", version, err, out)
 	}
-	files := map[string]string{"banger": filepath.Join(bin, "banger"), "bangerd": filepath.Join(bin, "bangerd")}
+	agent := exec.Command("go", "build", "-trimpath", "-ldflags", ld+" -s -w", "-o", bin+"/", "../../cmd/banger-agent")
+	agent.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := agent.CombinedOutput(); err != nil {
+		t.Fatalf("build banger-agent %s: %v\n%s", version, err, out)
+	}
+	files := map[string]string{"banger": filepath.Join(bin, "banger"), "bangerd": filepath.Join(bin, "bangerd"), "banger-agent": filepath.Join(bin, "banger-agent")}
 	if edit != nil {
 		edit(bin)
 	}

@@ -455,6 +455,9 @@ func Apply(ctx context.Context, r hostexec.Runner, image string, b *Batch) error
 	if _, err := os.Stat(image); err != nil {
 		return fmt.Errorf("ext4: apply: %w", err)
 	}
+	if err := ReplayJournal(ctx, r, image); err != nil {
+		return err
+	}
 	// Probe the paths and their ancestors.
 	var probe []string
 	seen := map[string]bool{}

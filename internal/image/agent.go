@@ -40,6 +40,7 @@ ConditionPathExists=/usr/lib/banger/banger-agent
 ExecStart=/usr/lib/banger/banger-agent
 Restart=always
 RestartSec=1
+TimeoutStopSec=3
 OOMScoreAdjust=-900
 
 [Install]

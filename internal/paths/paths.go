@@ -286,6 +286,22 @@ func (l Layout) LogDir() string { return filepath.Join(l.StateDir, "logs") }
 // BlobCacheDir holds downloaded OCI blobs and packages (prunable).
 func (l Layout) BlobCacheDir() string { return filepath.Join(l.CacheDir, "blobs") }
 
+// SystemJailerChrootBase is the Firecracker jailer's chroot base in system
+// mode: root's own directory (0711), outside the owner's state, so the root
+// jailer never creates or chowns anything in a tree the owner can write.
+const SystemJailerChrootBase = "/var/lib/banger-jail"
+
+// JailerChrootBase is where the Firecracker jailer builds its chroots:
+// SystemJailerChrootBase in system mode; in user mode StateDir/jail, which
+// only a daemon that itself runs as root uses (the root helper refuses a
+// base below the owner's directories).
+func (l Layout) JailerChrootBase() string {
+	if l.Mode == ModeSystem {
+		return SystemJailerChrootBase
+	}
+	return filepath.Join(l.StateDir, "jail")
+}
+
 // ManagedRoots are the directories the root helper may touch on the
 // owner's behalf (state, cache, runtime).
 func (l Layout) ManagedRoots() []string {

@@ -140,3 +140,15 @@ func (c *Client) SignalVMM(ctx context.Context, id ProcessIdentity, sig syscall.
 func (c *Client) ChownPath(ctx context.Context, path string, uid, gid int) error {
 	return c.call(ctx, MethodChownPath, chownParams{Path: path, UID: uid, GID: gid}, nil)
 }
+
+// PrepareJail implements Ops.
+func (c *Client) PrepareJail(ctx context.Context, spec JailSpec) (string, error) {
+	var r chrootResult
+	err := c.call(ctx, MethodPrepareJail, spec, &r)
+	return r.Chroot, err
+}
+
+// RemoveJail implements Ops.
+func (c *Client) RemoveJail(ctx context.Context, spec JailSpec) error {
+	return c.call(ctx, MethodRemoveJail, spec, nil)
+}

@@ -31,6 +31,10 @@ type Local struct {
 	// these binaries. SignalOwnerUID -1 = no restriction.
 	SignalOwnerUID int
 	VMMPaths       []string
+	// JailerChrootBase is where PrepareJail builds Firecracker jails
+	// (jail.go): root's own directory from root's configuration; "" =
+	// jailer mode unavailable.
+	JailerChrootBase string
 
 	// bridgeMu serialises EnsureBridge and DeleteBridge in this process, so
 	// concurrent first starts do not interleave the bridge's steps (the

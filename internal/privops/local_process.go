@@ -303,17 +303,18 @@ func (l *Local) verifyVMMProcess(pid int) error {
 }
 
 // jailedVMM reports whether exe is a firecracker the jailer copied into a
-// chroot below a managed root (the jailer runs the copy).
+// jail: exactly <base>/<exec>/<id>/root/<exec> below the jailer chroot base
+// (root's; the owner cannot plant a binary there).
 func (l *Local) jailedVMM(exe string) bool {
-	if !strings.HasPrefix(filepath.Base(exe), "firecracker") {
+	if l.JailerChrootBase == "" {
 		return false
 	}
-	for _, r := range l.Roots {
-		if _, err := paths.Beneath(r, exe); err == nil {
-			return true
-		}
+	rel, err := paths.Beneath(l.JailerChrootBase, exe)
+	if err != nil {
+		return false
 	}
-	return false
+	parts := strings.Split(rel, "/")
+	return len(parts) == 4 && strings.HasPrefix(parts[0], "firecracker") && parts[2] == "root" && parts[3] == parts[0]
 }
 
 func (l *Local) logger() *slog.Logger {

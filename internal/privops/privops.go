@@ -122,4 +122,11 @@ type Ops interface {
 	SignalVMM(ctx context.Context, id ProcessIdentity, sig syscall.Signal) error
 
 	ChownPath(ctx context.Context, path string, uid, gid int) error
+
+	// PrepareJail builds one VM's Firecracker jail below the jailer
+	// chroot base of root's configuration and returns the chroot
+	// (<base>/<exec>/<id>/root); RemoveJail removes that VM's jail
+	// (only ExecName and ID of the spec are used). See jail.go.
+	PrepareJail(ctx context.Context, spec JailSpec) (chroot string, err error)
+	RemoveJail(ctx context.Context, spec JailSpec) error
 }

@@ -32,6 +32,8 @@ const (
 	MethodLaunchVMM          = "privops.LaunchVMM"
 	MethodSignalVMM          = "privops.SignalVMM"
 	MethodChownPath          = "privops.ChownPath"
+	MethodPrepareJail        = "privops.PrepareJail"
+	MethodRemoveJail         = "privops.RemoveJail"
 )
 
 // Wire types of the methods whose arguments are not a single spec.
@@ -51,6 +53,9 @@ type (
 	signalParams struct {
 		Identity ProcessIdentity `json:"identity"`
 		Signal   int             `json:"signal"`
+	}
+	chrootResult struct {
+		Chroot string `json:"chroot"`
 	}
 	chownParams struct {
 		Path string `json:"path"`
@@ -151,6 +156,11 @@ func NewServer(impl Ops, cfg ServerConfig) (*rpc.Server, error) {
 		})
 	handle(s, MethodChownPath, func(a chownParams) error { return p.ValidateChown(a.Path, a.UID, a.GID) },
 		func(ctx context.Context, a chownParams) error { return impl.ChownPath(ctx, a.Path, a.UID, a.GID) })
+	handleResult(s, MethodPrepareJail, p.ValidateJail, func(ctx context.Context, a JailSpec) (chrootResult, error) {
+		chroot, err := impl.PrepareJail(ctx, a)
+		return chrootResult{Chroot: chroot}, err
+	})
+	handle(s, MethodRemoveJail, p.ValidateRemoveJail, impl.RemoveJail)
 	return s, nil
 }
 

@@ -88,6 +88,13 @@ func (f *fakeOps) ChownPath(ctx context.Context, p string, uid, gid int) error {
 	return f.rec(ctx, "ChownPath", p, uid, gid)
 }
 
+func (f *fakeOps) PrepareJail(ctx context.Context, s JailSpec) (string, error) {
+	return "/jail/" + s.ExecName + "/" + s.ID + "/root", f.rec(ctx, "PrepareJail", s)
+}
+func (f *fakeOps) RemoveJail(ctx context.Context, s JailSpec) error {
+	return f.rec(ctx, "RemoveJail", s)
+}
+
 // startHelper serves fake behind the policy of fx on a real socket.
 func startHelper(t *testing.T, fx *polFixture, fake Ops) *Client {
 	t.Helper()
@@ -180,6 +187,14 @@ func TestHelperRoundTrip(t *testing.T) {
 	}
 	must(c.SignalVMM(ctx, ident, syscall.SIGTERM))
 	must(c.ChownPath(ctx, sock, 1000, 1001))
+	jail := JailSpec{ExecName: "firecracker", ID: "vm-1", UID: 1000, GID: 1001,
+		Files: []JailFile{{Name: "vmlinux", Source: fx.disk}, {Name: "drive-root", Source: "/dev/mapper/banger-a"}}, Create: []string{"serial.log"}}
+	chroot, err := c.PrepareJail(ctx, jail)
+	must(err)
+	if chroot != "/jail/firecracker/vm-1/root" {
+		t.Fatalf("PrepareJail chroot %q", chroot)
+	}
+	must(c.RemoveJail(ctx, JailSpec{ExecName: "firecracker", ID: "vm-1"}))
 
 	want := []recordedCall{
 		{"EnsureBridge", []any{bridge}, ""},
@@ -196,6 +211,8 @@ func TestHelperRoundTrip(t *testing.T) {
 		{"LaunchVMM", []any{resolved}, ""},
 		{"SignalVMM", []any{ident, syscall.SIGTERM}, ""},
 		{"ChownPath", []any{sock, 1000, 1001}, ""},
+		{"PrepareJail", []any{jail}, ""},
+		{"RemoveJail", []any{JailSpec{ExecName: "firecracker", ID: "vm-1"}}, ""},
 	}
 	got := fake.take()
 	if len(got) != len(want) {
@@ -219,6 +236,14 @@ func TestHelperRefusesHostileArguments(t *testing.T) {
 	_, dmErr := c.CreateSnapshot(ctx, SnapshotSpec{Name: "root", Origin: "/dev/sda", COW: "/dev/loop1", SizeBytes: 512})
 	_, shErr := c.LaunchVMM(ctx, LaunchSpec{Argv: []string{"/bin/sh", "-c", "id"}, Dir: fx.vmRun, LogPath: fx.vmRun + "/x.log", UID: 1000, GID: 1001})
 	_, rootErr := c.LaunchVMM(ctx, LaunchSpec{Argv: []string{"firecracker"}, Dir: fx.vmRun, LogPath: fx.vmRun + "/x.log", UID: -1, GID: -1})
+	_, jailerStateErr := c.LaunchVMM(ctx, LaunchSpec{Argv: []string{"jailer", "--id", "a", "--exec-file", "firecracker", "--uid", "1000", "--gid", "1001",
+		"--chroot-base-dir", filepath.Join(fx.state, "jail"), "--daemonize"}, Dir: fx.vmRun, LogPath: fx.vmRun + "/x.log", UID: -1, GID: -1})
+	jailOf := func(mut func(*JailSpec)) error {
+		s := JailSpec{ExecName: "firecracker", ID: "vm-1", UID: 1000, GID: 1001, Files: []JailFile{{Name: "vmlinux", Source: fx.disk}}}
+		mut(&s)
+		_, err := c.PrepareJail(ctx, s)
+		return err
+	}
 	for name, err := range map[string]error{
 		"bridge eth0":     c.DeleteBridge(ctx, "eth0"),
 		"bridge spec":     c.EnsureBridge(ctx, BridgeSpec{Name: "docker0", CIDR: "172.17.0.1/16"}),
@@ -249,6 +274,22 @@ func TestHelperRefusesHostileArguments(t *testing.T) {
 		"bridge host net": c.EnsureBridge(ctx, BridgeSpec{Name: "br-banger", CIDR: "0.0.0.0/0"}),
 		"signal caller":   c.SignalVMM(ctx, ProcessIdentity{PID: os.Getpid(), Comm: "banger.test", Marker: "abcd"}, syscall.SIGKILL),
 		"signal marker":   c.SignalVMM(ctx, ProcessIdentity{PID: 999, Comm: "firecracker", Marker: "ab"}, syscall.SIGKILL),
+		"jailer in state": jailerStateErr,
+		"jail id dotdot":  jailOf(func(s *JailSpec) { s.ID = "../../etc" }),
+		"jail exec qemu":  jailOf(func(s *JailSpec) { s.ExecName = "qemu-system-x86_64" }),
+		"jail exec path":  jailOf(func(s *JailSpec) { s.ExecName = "../firecracker" }),
+		"jail as root":    jailOf(func(s *JailSpec) { s.UID, s.GID = 0, 0 }),
+		"jail shadow":     jailOf(func(s *JailSpec) { s.Files[0].Source = "/etc/shadow" }),
+		"jail via link":   jailOf(func(s *JailSpec) { s.Files[0].Source = fx.evilF }),
+		"jail link dir":   jailOf(func(s *JailSpec) { s.Files[0].Source = filepath.Join(fx.evil, "secret.img") }),
+		"jail name slash": jailOf(func(s *JailSpec) { s.Files[0].Name = "../../etc/passwd" }),
+		"jail name run":   jailOf(func(s *JailSpec) { s.Files[0].Name = "run" }),
+		"jail exec over":  jailOf(func(s *JailSpec) { s.Files[0].Name = "firecracker" }),
+		"jail host dm":    jailOf(func(s *JailSpec) { s.Files[0].Source = "/dev/mapper/vg0-root" }),
+		"jail dm dotdot":  jailOf(func(s *JailSpec) { s.Files[0].Source = "/dev/mapper/banger-../../sda" }),
+		"jail create dot": jailOf(func(s *JailSpec) { s.Create = []string{".."} }),
+		"unjail dotdot":   c.RemoveJail(ctx, JailSpec{ExecName: "firecracker", ID: ".."}),
+		"unjail exec":     c.RemoveJail(ctx, JailSpec{ExecName: "..", ID: "vm-1"}),
 	} {
 		var re *rpc.Error
 		if !errors.As(err, &re) || re.Code != rpc.CodeBadRequest || re.OpID != "op-hostile" {

@@ -53,6 +53,11 @@ type Policy struct {
 	// config, never the request's. No DNSServer = no resolver routing.
 	DNSServer string
 	DNSDomain string
+	// JailerChrootBase is the Firecracker jailer's chroot base: root's own
+	// directory (system mode: /var/lib/banger-jail), never below a managed
+	// root. A jailer's --chroot-base-dir must equal it, and PrepareJail and
+	// RemoveJail work below it. "" = no jailer launches.
+	JailerChrootBase string
 	// SysDir is where sysfs is mounted (default /sys; tests point it
 	// elsewhere).
 	SysDir string
@@ -116,9 +121,30 @@ func (p *Policy) Check() error {
 	if err := checkDMChars("dm prefix", p.dmPrefix()); err != nil || len(p.dmPrefix()) > 32 {
 		errs = append(errs, fmt.Errorf("dm prefix %q must be 1-32 characters of [A-Za-z0-9._-]", p.dmPrefix()))
 	}
-	errs = append(errs, p.checkDNS())
+	errs = append(errs, p.checkDNS(), p.checkJailBase())
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("root helper policy: %w", err)
+	}
+	return nil
+}
+
+// checkJailBase: the jailer chroot base is clean and absolute and neither
+// below nor above a managed root (the owner must not be able to write in
+// it, nor it hold the owner's files).
+func (p *Policy) checkJailBase() error {
+	b := p.JailerChrootBase
+	if b == "" {
+		return nil
+	}
+	if !filepath.IsAbs(b) || filepath.Clean(b) != b || b == "/" {
+		return fmt.Errorf("jailer chroot base %q must be a clean absolute path other than /", b)
+	}
+	for _, r := range p.ManagedRoots {
+		_, below := paths.Beneath(r, b)
+		_, above := paths.Beneath(b, r)
+		if below == nil || above == nil {
+			return fmt.Errorf("jailer chroot base %s must lie outside the owner's directories (it overlaps %s): the jailer runs as root in it", b, r)
+		}
 	}
 	return nil
 }
@@ -550,8 +576,11 @@ func (p *Policy) validateJailer(spec LaunchSpec) error {
 	if err != nil {
 		return err
 	}
-	if err := p.ValidatePath("launch.argv --chroot-base-dir", base, false); err != nil {
-		return err
+	if p.JailerChrootBase == "" {
+		return invalid("launch.argv", "the root helper has no jailer chroot base configured: jailer mode needs system mode")
+	}
+	if base != p.JailerChrootBase {
+		return invalid("launch.argv", "jailer --chroot-base-dir %q must be root's jailer chroot base %s", clip(base), p.JailerChrootBase)
 	}
 	for k := range opts {
 		switch k {
@@ -588,10 +617,10 @@ func (p *Policy) validateJailer(spec LaunchSpec) error {
 			return invalid("launch.argv", "jailer --resource-limit %q must be fsize=N or no-file=N", clip(v))
 		}
 	}
-	if id := opts["id"]; len(id) > 0 {
-		if len(id) != 1 || !jailerNameRE.MatchString(id[0]) || len(id[0]) > 64 {
-			return invalid("launch.argv", "jailer --id %q must be one name of [A-Za-z0-9-]", clip(strings.Join(id, ",")))
-		}
+	if id, err := one("id"); err != nil {
+		return err
+	} else if checkJailerID("launch.argv --id", id) != nil {
+		return invalid("launch.argv", "jailer --id %q must be 1-64 bytes of [A-Za-z0-9-]", clip(id))
 	}
 	return nil
 }
@@ -643,6 +672,56 @@ func (p *Policy) ValidateChown(path string, uid, gid int) error {
 		return invalid("chown.uid", "%d/%d: paths may only be given to the owner (%d/%d)", uid, gid, p.OwnerUID, p.OwnerGID)
 	}
 	return nil
+}
+
+// ValidateJail checks PrepareJail's spec: a jail base is configured, the
+// spec is well formed (ValidateJailSpec), the exec name is a configured
+// firecracker's, the VMM is the owner, and every source is a file below a
+// managed root reached without symlinks or a banger device-mapper device.
+func (p *Policy) ValidateJail(spec JailSpec) error {
+	if err := p.ValidateRemoveJail(spec); err != nil {
+		return err
+	}
+	if err := ValidateJailSpec(spec); err != nil {
+		return err
+	}
+	if spec.UID != p.OwnerUID || spec.GID != p.OwnerGID {
+		return invalid("jail.uid", "uid/gid %d/%d: the jail is the owner's (%d/%d)", spec.UID, spec.GID, p.OwnerUID, p.OwnerGID)
+	}
+	for i, f := range spec.Files {
+		field := fmt.Sprintf("jail.files[%d].source", i)
+		if name, ok := strings.CutPrefix(f.Source, "/dev/mapper/"); ok {
+			if err := p.ValidateDMName(field, name); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := p.ValidatePath(field, f.Source, true); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ValidateRemoveJail checks RemoveJail's spec: a jail base is configured,
+// the exec name is a configured firecracker's and the id the jailer's.
+func (p *Policy) ValidateRemoveJail(spec JailSpec) error {
+	if p.JailerChrootBase == "" {
+		return invalid("jail", "the root helper has no jailer chroot base configured: jailer mode needs system mode")
+	}
+	if err := checkJailerName("jail.exec_name", spec.ExecName); err != nil {
+		return err
+	}
+	found := false
+	for n, abs := range p.VMMBinaries {
+		if strings.HasPrefix(n, "firecracker") && (n == spec.ExecName || filepath.Base(abs) == spec.ExecName) {
+			found = true
+		}
+	}
+	if !found {
+		return invalid("jail.exec_name", "%q is not a configured firecracker", clip(spec.ExecName))
+	}
+	return checkJailerID("jail.id", spec.ID)
 }
 
 func lstat(path string) (os.FileInfo, error) { return os.Lstat(path) }

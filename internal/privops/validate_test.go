@@ -60,6 +60,8 @@ func newPolFixture(t *testing.T) *polFixture {
 		BridgeName: "br-banger",
 		BridgeCIDR: "172.30.0.1/24",
 		DNSServer:  "127.0.0.1:5353",
+		// root's own jail base, outside the owner's directories
+		JailerChrootBase: filepath.Join(base, "banger-jail"),
 	}
 	if err := f.p.Check(); err != nil {
 		t.Fatal(err)
@@ -379,7 +381,7 @@ func TestValidateLaunch(t *testing.T) {
 func TestValidateLaunchJailer(t *testing.T) {
 	f := newPolFixture(t)
 	p := f.p
-	jail := filepath.Join(f.run, "jail")
+	jail := p.JailerChrootBase
 	good := LaunchSpec{
 		Argv: []string{"jailer", "--id", "a", "--exec-file", "/usr/local/bin/firecracker", "--uid", "1000", "--gid=1001",
 			"--chroot-base-dir", jail, "--daemonize", "--", "--api-sock", "/run/fc.sock"},
@@ -406,8 +408,17 @@ func TestValidateLaunchJailer(t *testing.T) {
 		"exec qemu":          replace("/usr/local/bin/firecracker", "/usr/bin/qemu-system-x86_64"),
 		"chroot in /":        replace(jail, "/"),
 		"chroot via symlink": replace(jail, filepath.Join(f.evil, "jail")),
-		"unknown option":     replace("--daemonize", "--parent-cgroup"),
-		"missing uid":        func(s *LaunchSpec) { s.Argv = slicesDelete(s.Argv, "--uid", 2) },
+		// #15.7: the base lay in the owner's state, where the root jailer
+		// created nodes and chowned them; now it is pinned.
+		"chroot in owner's state": replace(jail, filepath.Join(f.state, "jail")),
+		"chroot in owner's run":   replace(jail, filepath.Join(f.run, "jail")),
+		"chroot below base":       replace(jail, filepath.Join(jail, "x")),
+		"chroot trailing slash":   replace(jail, jail+"/"),
+		"chroot dot-dot":          replace(jail, jail+"/../banger-jail"),
+		"missing id":              func(s *LaunchSpec) { s.Argv = slicesDelete(s.Argv, "--id", 2) },
+		"id with slash":           replace("a", "a/../b"),
+		"unknown option":          replace("--daemonize", "--parent-cgroup"),
+		"missing uid":             func(s *LaunchSpec) { s.Argv = slicesDelete(s.Argv, "--uid", 2) },
 		"duplicate uid": func(s *LaunchSpec) {
 			s.Argv = append([]string{s.Argv[0], "--uid", "0"}, s.Argv[1:]...)
 		},
@@ -440,6 +451,38 @@ func TestValidateLaunchJailer(t *testing.T) {
 		mut(&s)
 		_, err := p.ValidateLaunch(s)
 		wantInvalid(t, "jailer "+name, err, "launch.")
+	}
+}
+
+// TestValidateLaunchJailerNoBase: without a jail base in root's config the
+// jailer is never launched.
+func TestValidateLaunchJailerNoBase(t *testing.T) {
+	f := newPolFixture(t)
+	f.p.JailerChrootBase = ""
+	spec := LaunchSpec{
+		Argv: []string{"jailer", "--id", "a", "--exec-file", "/usr/local/bin/firecracker", "--uid", "1000", "--gid=1001",
+			"--chroot-base-dir", filepath.Join(f.state, "jail"), "--daemonize", "--", "--api-sock", "/run/fc.sock"},
+		Dir: f.vmRun, LogPath: filepath.Join(f.vmRun, "jailer.log"), UID: -1, GID: -1,
+	}
+	_, err := f.p.ValidateLaunch(spec)
+	wantInvalid(t, "jailer without a base", err, "chroot base")
+}
+
+// TestPolicyCheckJailBase: a jail base overlapping the owner's directories
+// is refused when the helper starts.
+func TestPolicyCheckJailBase(t *testing.T) {
+	f := newPolFixture(t)
+	for _, base := range []string{filepath.Join(f.state, "jail"), f.run, filepath.Dir(f.state), "/", "rel/jail", "/var/lib/jail/"} {
+		p := *f.p
+		p.JailerChrootBase = base
+		if err := p.Check(); err == nil {
+			t.Errorf("jail base %q accepted", base)
+		}
+	}
+	p := *f.p
+	p.JailerChrootBase = filepath.Join(filepath.Dir(f.state), "banger-jail")
+	if err := p.Check(); err != nil {
+		t.Error(err)
 	}
 }
 

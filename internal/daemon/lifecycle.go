@@ -183,7 +183,7 @@ func (d *Daemon) newDrivers() (map[string]vmm.Driver, string, error) {
 			fcErr, noFC = err, true
 		default:
 			fcCfg.Binary = fcBin
-			fcCfg.Jailer = &firecracker.JailerConfig{Binary: jailer, ChrootBase: filepath.Join(d.layout.StateDir, "jail")}
+			fcCfg.Jailer = &firecracker.JailerConfig{Binary: jailer, ChrootBase: d.layout.JailerChrootBase()}
 		}
 	}
 	if noFC {

@@ -96,6 +96,7 @@ func serve(ctx context.Context, build buildinfo.Info, layout paths.Layout, logLe
 	if os.Geteuid() == 0 {
 		local := privops.NewLocal(runner, logger)
 		local.Firewall = firewallConfig(cfg)
+		local.JailerChrootBase = layout.JailerChrootBase()
 		ops = local
 	} else {
 		ops = privops.NewClient(layout.HelperSocket())

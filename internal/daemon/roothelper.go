@@ -55,6 +55,13 @@ func runRootHelper(ctx context.Context, build buildinfo.Info, ownerUID int, logg
 		// cannot route another domain or point the host at its own server.
 		DNSServer: pinnedDNSServer(cfg.Network.DNSAddr, logger),
 		DNSDomain: DNSDomain,
+		// The jailer's chroot base is root's own directory, never one
+		// the owner can write (system mode: /var/lib/banger-jail).
+		JailerChrootBase: layout.JailerChrootBase(),
+	}
+	if err := (&privops.Policy{ManagedRoots: policy.ManagedRoots, JailerChrootBase: policy.JailerChrootBase}).CheckJailBase(); err != nil {
+		logger.Warn("firecracker jailer unavailable through the root helper: its chroot base would lie in the owner's directories (jailer mode needs system mode)", "chroot_base", policy.JailerChrootBase)
+		policy.JailerChrootBase = ""
 	}
 	local := privops.NewLocal(hostexec.Real{Logger: logger}, logger)
 	local.Firewall = firewallConfig(cfg)
@@ -62,6 +69,7 @@ func runRootHelper(ctx context.Context, build buildinfo.Info, ownerUID int, logg
 	// only the owner's processes running a configured VMM may be signalled.
 	local.Roots = policy.ManagedRoots
 	local.SignalOwnerUID = ownerUID
+	local.JailerChrootBase = policy.JailerChrootBase
 	for _, p := range bins {
 		if real, err := filepath.EvalSymlinks(p); err == nil {
 			p = real // /proc/PID/exe names the resolved file

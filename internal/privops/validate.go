@@ -121,17 +121,17 @@ func (p *Policy) Check() error {
 	if err := checkDMChars("dm prefix", p.dmPrefix()); err != nil || len(p.dmPrefix()) > 32 {
 		errs = append(errs, fmt.Errorf("dm prefix %q must be 1-32 characters of [A-Za-z0-9._-]", p.dmPrefix()))
 	}
-	errs = append(errs, p.checkDNS(), p.checkJailBase())
+	errs = append(errs, p.checkDNS(), p.CheckJailBase())
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("root helper policy: %w", err)
 	}
 	return nil
 }
 
-// checkJailBase: the jailer chroot base is clean and absolute and neither
-// below nor above a managed root (the owner must not be able to write in
-// it, nor it hold the owner's files).
-func (p *Policy) checkJailBase() error {
+// CheckJailBase checks the jailer chroot base (part of Check): clean and
+// absolute and neither below nor above a managed root (the owner must not
+// be able to write in it, nor it hold the owner's files). "" passes.
+func (p *Policy) CheckJailBase() error {
 	b := p.JailerChrootBase
 	if b == "" {
 		return nil

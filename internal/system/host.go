@@ -486,6 +486,7 @@ func (h *Host) Uninstall(ctx context.Context, o UninstallOptions) error {
 		rm(at(o.Root, StateDir))
 		rm(at(o.Root, CacheDir))
 		rm(at(o.Root, HelperCache))
+		rm(at(o.Root, JailDir))
 	}
 	return errors.Join(errs...)
 }

@@ -44,6 +44,7 @@ const (
 	StateDir     = "/var/lib/banger"
 	CacheDir     = "/var/cache/banger"
 	HelperCache  = "/var/cache/banger-root" // the root helper's cache (paths.HelperCacheDir)
+	JailDir      = "/var/lib/banger-jail"   // the jailer's chroot base (paths.SystemJailerChrootBase)
 	RuntimeDir   = "/run/banger"
 	DaemonUnit   = "bangerd.service"
 	HelperUnit   = "bangerd-root.service"

@@ -146,6 +146,8 @@ func TestRenderUnitsCarryTheDirectives(t *testing.T) {
 		"Service.RuntimeDirectoryMode":  "0755",
 		"Service.CacheDirectory":        "banger-root",
 		"Service.CacheDirectoryMode":    "0711",
+		"Service.StateDirectory":        "banger-jail",
+		"Service.StateDirectoryMode":    "0711",
 		"Unit.Before":                   DaemonUnit,
 	}
 	for k, v := range wantHelper {
@@ -582,6 +584,13 @@ func TestHelperCacheMatchesPaths(t *testing.T) {
 	units, _ := RenderUnits(&Record{Owner: Owner{User: "a", UID: 1000, GID: 1000}}, RenderOptions{})
 	if got := directives(t, units[0].Content)["Service.CacheDirectory"]; len(got) != 1 || "/var/cache/"+got[0] != HelperCache {
 		t.Errorf("helper CacheDirectory %q, want %s", got, HelperCache)
+	}
+	// The jailer's chroot base is the helper's StateDirectory, root's.
+	if JailDir != paths.SystemJailerChrootBase || paths.System().JailerChrootBase() != JailDir {
+		t.Errorf("system and paths disagree on the jail base: %s %s", JailDir, paths.System().JailerChrootBase())
+	}
+	if got := directives(t, units[0].Content)["Service.StateDirectory"]; len(got) != 1 || "/var/lib/"+got[0] != JailDir {
+		t.Errorf("helper StateDirectory %q, want %s", got, JailDir)
 	}
 }
 

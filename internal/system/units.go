@@ -83,6 +83,10 @@ RuntimeDirectoryPreserve=yes
 # debootstrap trees and the image files it builds for the owner.
 CacheDirectory=banger-root
 CacheDirectoryMode=0711
+# The Firecracker jailer's chroots: root's, outside the owner's state, so
+# the root jailer never works in a tree the owner can write.
+StateDirectory=banger-jail
+StateDirectoryMode=0711
 CapabilityBoundingSet=%[4]s
 NoNewPrivileges=yes
 ProtectSystem=strict

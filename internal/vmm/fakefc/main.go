@@ -2,6 +2,7 @@ package fakefc
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -135,8 +136,8 @@ func envOr(k, def string) string {
 var jailerID = regexp.MustCompile(`^[A-Za-z0-9-]{1,64}$`)
 
 // jailerMain emulates the jailer without isolating anything: it validates
-// the arguments like the jailer, builds <base>/<exec>/<id>/root with a copy
-// of the exec file, chowns it, daemonizes (setsid + /dev/null stdio, failing
+// the arguments like the jailer, makes <base>/<exec>/<id>/root (when
+// missing) with a copy of the exec file, daemonizes (setsid + /dev/null stdio, failing
 // when it is a process-group leader, as the real one does), drops to
 // uid/gid and execs the copy in place with --id=<id> and the arguments after
 // "--". Instead of chroot it passes FAKEFC_CHROOT so the fake firecracker
@@ -181,12 +182,16 @@ func jailerMain(args []string) int {
 	if err := copyExec(*execFile, target); err != nil {
 		return die("copy exec file: %v", err)
 	}
-	for _, p := range []string{chroot, filepath.Join(chroot, "run")} {
-		if err := os.MkdirAll(p, 0o755); err != nil {
+	// Like the real jailer, the chroot itself stays root's (banger's
+	// PrepareJail made it, with run/ already the VMM's): only run/ is
+	// created when missing and given to the VMM's user.
+	run := filepath.Join(chroot, "run")
+	if _, err := os.Lstat(run); errors.Is(err, os.ErrNotExist) {
+		if err := os.Mkdir(run, 0o700); err != nil {
 			return die("%v", err)
 		}
-		if err := os.Lchown(p, *uid, *gid); err != nil {
-			return die("chown %s: %v", p, err)
+		if err := os.Lchown(run, *uid, *gid); err != nil {
+			return die("chown %s: %v", run, err)
 		}
 	}
 	if *daemonize {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/bangerdev/banger/internal/model"
+	"github.com/bangerdev/banger/internal/privops"
 	"github.com/bangerdev/banger/internal/vmm"
 )
 
@@ -42,7 +43,7 @@ func newJailFixture(t *testing.T) *jailFixture {
 	if err := os.WriteFile(bin, data, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	d, err := New(Config{Binary: bin, Jailer: &JailerConfig{ChrootBase: filepath.Join(dir, "jail")}}, nil, nil, nil)
+	d, err := New(Config{Binary: bin, Jailer: &JailerConfig{ChrootBase: filepath.Join(dir, "jail")}}, privops.NewLocal(nil, nil), nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

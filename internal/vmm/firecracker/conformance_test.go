@@ -25,7 +25,11 @@ import (
 
 func newDriver(t *testing.T, bin string, env []string, jailer *firecracker.JailerConfig) *firecracker.Driver {
 	t.Helper()
-	d, err := firecracker.New(firecracker.Config{Binary: bin, Env: env, Jailer: jailer}, privops.NewLocal(nil, nil), hostexec.Real{}, nil)
+	ops := privops.NewLocal(nil, nil)
+	if jailer != nil {
+		ops.JailerChrootBase = jailer.ChrootBase // root's config and the driver's agree
+	}
+	d, err := firecracker.New(firecracker.Config{Binary: bin, Env: env, Jailer: jailer}, ops, hostexec.Real{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,6 +123,39 @@ func TestNewRejectsBadJailerConfig(t *testing.T) {
 			t.Errorf("%s accepted", name)
 		}
 	}
+	// jailer mode needs PrepareJail/RemoveJail from the launcher
+	cfg := firecracker.Config{Binary: "/usr/bin/firecracker", Jailer: &firecracker.JailerConfig{ChrootBase: "/srv/jailer"}}
+	if _, err := firecracker.New(cfg, launchOnly{}, nil, nil); err == nil {
+		t.Error("jailer mode without jail operations accepted")
+	}
+}
+
+type launchOnly struct{ vmm.Launcher }
+
+// TestJailerBaseMismatch: a driver whose chroot base is not the one of the
+// privileged side's configuration fails to start with a clear error and
+// launches nothing.
+func TestJailerBaseMismatch(t *testing.T) {
+	testreq.Root(t)
+	bins := vmmtest.FakeFC(t)
+	base := t.TempDir()
+	kernel, _ := dummyKernel(t)
+	ops := privops.NewLocal(nil, nil)
+	ops.JailerChrootBase = filepath.Join(base, "root-jail")
+	d, err := firecracker.New(firecracker.Config{Binary: filepath.Join(bins, "firecracker"), Env: fakeEnv(t, "1.16.1", fakefc.BootNone),
+		Jailer: &firecracker.JailerConfig{Binary: filepath.Join(bins, "jailer"), ChrootBase: filepath.Join(base, "owner-jail")}}, ops, hostexec.Real{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := t.TempDir()
+	spec := vmm.Spec{VMID: "mismatch", RuntimeDir: run, Kernel: kernel, VCPU: 1, MemoryMiB: 128,
+		LogPath: filepath.Join(run, "vm.log"), UID: 65534, GID: 65534}
+	if _, err := d.Start(context.Background(), spec); err == nil || !strings.Contains(err.Error(), "chroot base") {
+		t.Fatalf("start with mismatched bases: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(base, "owner-jail")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the driver's own base was created: %v", err)
+	}
 }
 
 // TestJailerMode starts VMs through the (fake) jailer: chroot layout with
@@ -160,7 +197,7 @@ func TestJailerMode(t *testing.T) {
 			}
 			defer d.Kill(ctx, h, syscall.SIGKILL)
 			chroot := firecracker.ChrootDir(chrootBase, "firecracker", spec.VMID)
-			if h.Chroot != chroot || h.PIDFile != filepath.Join(chroot, "firecracker.pid") || h.APISocket != filepath.Join(run, "api.sock") {
+			if h.Chroot != chroot || h.PIDFile != filepath.Join(run, "firecracker.pid") || h.APISocket != filepath.Join(run, "api.sock") {
 				t.Errorf("handle %+v", h)
 			}
 			if target, err := os.Readlink(h.APISocket); err != nil || target != filepath.Join(chroot, "run/firecracker.socket") {

@@ -7,15 +7,19 @@
 //     launched detached as Spec.UID; the launcher writes
 //     RuntimeDir/firecracker.pid; serial console and Firecracker's own log
 //     lines go to Spec.LogPath (its stdout/stderr).
-//   - jailer: a chroot per VM at <ChrootBase>/<exec name>/<VMID>/root on the
-//     same filesystem as the images (kernel, initrd and file drives are hard
-//     linked in; block-device drives get device nodes, which needs root),
+//   - jailer: a chroot per VM at <ChrootBase>/<exec name>/<VMID>/root, where
+//     ChrootBase is root's own directory (the root helper pins it from its
+//     configuration and refuses any other --chroot-base-dir) on the same
+//     filesystem as the images. The chroot is built by the privileged side
+//     (privops PrepareJail: kernel, initrd and file drives hard linked in,
+//     dm drives as device nodes, run/ and the serial/log/metrics files the
+//     VMM's) and removed by it (RemoveJail); the driver never writes there.
 //     `jailer --daemonize` without --new-pid-ns (so the jailer execs into
 //     firecracker in place and the launched pid is firecracker's; the pid is
-//     recorded in <chroot>/firecracker.pid), uid/gid dropped by the jailer.
+//     recorded in RuntimeDir/firecracker.pid), uid/gid dropped by the jailer.
 //     The chroot-relative API socket /run/firecracker.socket is reached
 //     through the short symlink RuntimeDir/api.sock (unix socket paths are
-//     limited to 108 bytes). --daemonize sends the jailed process's stdout to
+//     limited to 108 bytes); the vsock socket is /run/vsock.sock. --daemonize sends the jailed process's stdout to
 //     /dev/null, so the serial console is written to <chroot>/serial.log via
 //     PUT /serial (>= 1.14) and Handle.LogPath points there; on older
 //     releases the console is not captured in jailer mode.
@@ -34,8 +38,6 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/bangerdev/banger/internal/hostexec"
 	"github.com/bangerdev/banger/internal/model"
 	"github.com/bangerdev/banger/internal/privops"
@@ -45,10 +47,11 @@ import (
 // File names.
 const (
 	SocketName      = "firecracker.sock" // plain mode, in RuntimeDir
-	PIDFileName     = "firecracker.pid"  // RuntimeDir (plain) or chroot (jailer)
+	PIDFileName     = "firecracker.pid"  // RuntimeDir
 	JailerLinkName  = "api.sock"         // jailer mode: RuntimeDir symlink to the chroot socket
 	JailedSocket    = "/run/firecracker.socket"
 	JailedSerialLog = "/serial.log"
+	JailedVsock     = "/run/vsock.sock"
 )
 
 // Config configures the driver.
@@ -67,14 +70,25 @@ type Config struct {
 
 // JailerConfig enables jailer mode.
 type JailerConfig struct {
-	Binary     string // default "jailer"
-	ChrootBase string // must be on the filesystem of images and kernels (hard links)
+	Binary string // default "jailer"
+	// ChrootBase must equal the privileged side's jailer chroot base
+	// (paths.Layout.JailerChrootBase; the root helper refuses any other)
+	// and lie on the filesystem of images and kernels (hard links).
+	ChrootBase string
+}
+
+// JailOps are the privileged operations jailer mode needs besides the
+// Launcher (privops.Ops has them): building and removing a VM's chroot.
+type JailOps interface {
+	PrepareJail(ctx context.Context, spec privops.JailSpec) (string, error)
+	RemoveJail(ctx context.Context, spec privops.JailSpec) error
 }
 
 // Driver implements vmm.Driver and vmm.Pauser with Firecracker.
 type Driver struct {
 	cfg      Config
 	launcher vmm.Launcher
+	jail     JailOps // jailer mode
 	runner   hostexec.Runner
 	log      *slog.Logger
 
@@ -108,7 +122,15 @@ func New(cfg Config, launcher vmm.Launcher, runner hostexec.Runner, logger *slog
 			return nil, fmt.Errorf("firecracker: jailer mode needs the absolute path of the firecracker binary (got %s)", cfg.Binary)
 		}
 	}
-	return &Driver{cfg: cfg, launcher: launcher, runner: runner, log: logger}, nil
+	d := &Driver{cfg: cfg, launcher: launcher, runner: runner, log: logger}
+	if cfg.Jailer != nil {
+		jail, ok := launcher.(JailOps)
+		if !ok {
+			return nil, fmt.Errorf("firecracker: jailer mode needs privileged jail operations (PrepareJail, RemoveJail) from the launcher")
+		}
+		d.jail = jail
+	}
+	return d, nil
 }
 
 // Name implements vmm.Driver.
@@ -172,7 +194,7 @@ func (d *Driver) layout(spec vmm.Spec) (layout, error) {
 		return layout{}, err
 	}
 	chroot := ChrootDir(d.cfg.Jailer.ChrootBase, d.cfg.Binary, spec.VMID)
-	return layout{chroot: chroot, socket: link, pidFile: filepath.Join(chroot, PIDFileName),
+	return layout{chroot: chroot, socket: link, pidFile: filepath.Join(spec.RuntimeDir, PIDFileName),
 		comm: privops.ProcessComm(execName), marker: "--id=" + spec.VMID + "\x00"}, nil
 }
 
@@ -233,7 +255,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Handle, error) 
 		}
 		paths = hostPaths(spec)
 	} else {
-		if paths, err = d.prepareChroot(spec, l); err != nil {
+		if paths, err = d.prepareChroot(ctx, spec, l); err != nil {
 			return nil, fmt.Errorf("firecracker: prepare jail for vm %s: %w", spec.VMID, err)
 		}
 		uid, gid := spec.UID, spec.GID
@@ -317,8 +339,10 @@ func (d *Driver) configure(ctx context.Context, c *Client, spec vmm.Spec, l layo
 		}
 		return filepath.Join(l.chroot, guest)
 	}
+	// In jailer mode PrepareJail made the files the VMM opens.
+	jailed := l.chroot != ""
 	if d.cfg.LogLevel != "" {
-		if err := ensureFile(hostFile(p.logger), spec.UID, spec.GID); err != nil {
+		if err := ensureFile(hostFile(p.logger), spec.UID, spec.GID, jailed); err != nil {
 			return err
 		}
 		if err := c.PutLogger(ctx, Logger{LogPath: p.logger, Level: d.cfg.LogLevel, ShowLevel: true}); err != nil {
@@ -331,7 +355,7 @@ func (d *Driver) configure(ctx context.Context, c *Client, spec vmm.Spec, l layo
 		}
 	}
 	if spec.MetricsPath != "" {
-		if err := ensureFile(hostFile(p.metrics), spec.UID, spec.GID); err != nil {
+		if err := ensureFile(hostFile(p.metrics), spec.UID, spec.GID, jailed); err != nil {
 			return err
 		}
 		if err := c.PutMetrics(ctx, Metrics{MetricsPath: p.metrics}); err != nil {
@@ -363,8 +387,15 @@ func (d *Driver) configure(ctx context.Context, c *Client, spec vmm.Spec, l layo
 }
 
 // ensureFile creates an empty file Firecracker opens without O_CREAT
-// (logger, metrics), owned by the VMM's user.
-func ensureFile(path string, uid, gid int) error {
+// (logger, metrics), owned by the VMM's user; made (the jail's, by
+// PrepareJail) only checks that it exists.
+func ensureFile(path string, uid, gid int, made bool) error {
+	if made {
+		if _, err := os.Lstat(path); err != nil {
+			return fmt.Errorf("jail file: %w", err)
+		}
+		return nil
+	}
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|syscall.O_NOFOLLOW, 0o640)
 	if err != nil {
 		return fmt.Errorf("create %s: %w", path, err)
@@ -378,62 +409,63 @@ func ensureFile(path string, uid, gid int) error {
 	return nil
 }
 
-// prepareChroot builds the jail's files: hard links (or device nodes) for
-// kernel, initrd and drives, the run/ directory for the API socket, the
-// serial log, and the RuntimeDir symlink to the socket.
-func (d *Driver) prepareChroot(spec vmm.Spec, l layout) (guestPaths, error) {
-	root := l.chroot
-	if err := os.MkdirAll(filepath.Join(root, "run"), 0o755); err != nil {
-		return guestPaths{}, err
-	}
-	uid, gid := spec.UID, spec.GID
-	chown := func(p string) error {
-		if uid >= 0 && os.Geteuid() == 0 {
-			return os.Lchown(p, uid, gid)
-		}
-		return nil
-	}
-	if err := chown(filepath.Join(root, "run")); err != nil {
-		return guestPaths{}, err
+// prepareChroot has the privileged side build the jail (PrepareJail: hard
+// links or device nodes for kernel, initrd and drives, run/ for the API and
+// vsock sockets, the files the VMM writes) and makes the owner-side links
+// in RuntimeDir: the API socket, metrics and vsock.
+func (d *Driver) prepareChroot(ctx context.Context, spec vmm.Spec, l layout) (guestPaths, error) {
+	js := privops.JailSpec{ExecName: filepath.Base(d.cfg.Binary), ID: spec.VMID, UID: spec.UID, GID: spec.GID}
+	if js.UID < 0 {
+		js.UID, js.GID = os.Getuid(), os.Getgid()
 	}
 	p := guestPaths{kernel: "/vmlinux", logger: "/firecracker.log"}
-	if err := linkInto(spec.Kernel, filepath.Join(root, p.kernel)); err != nil {
-		return guestPaths{}, fmt.Errorf("kernel: %w", err)
-	}
+	js.Files = append(js.Files, privops.JailFile{Name: "vmlinux", Source: spec.Kernel})
 	if spec.Initrd != "" {
 		p.initrd = "/initrd"
-		if err := linkInto(spec.Initrd, filepath.Join(root, p.initrd)); err != nil {
-			return guestPaths{}, fmt.Errorf("initrd: %w", err)
-		}
+		js.Files = append(js.Files, privops.JailFile{Name: "initrd", Source: spec.Initrd})
 	}
 	for _, dr := range spec.Drives {
-		g := "/drive-" + dr.ID
-		if err := linkInto(dr.Path, filepath.Join(root, g)); err != nil {
-			return guestPaths{}, fmt.Errorf("drive %s: %w", dr.ID, err)
-		}
-		p.drives = append(p.drives, g)
+		name := "drive-" + dr.ID
+		js.Files = append(js.Files, privops.JailFile{Name: name, Source: dr.Path})
+		p.drives = append(p.drives, "/"+name)
+	}
+	if d.cfg.LogLevel != "" {
+		js.Create = append(js.Create, "firecracker.log")
 	}
 	if spec.MetricsPath != "" {
 		p.metrics = "/metrics.json"
-		if err := replaceSymlink(filepath.Join(root, p.metrics), spec.MetricsPath); err != nil {
+		js.Create = append(js.Create, "metrics.json")
+	}
+	if spec.VsockCID != 0 {
+		p.vsock = JailedVsock
+	}
+	if d.serialSupported() {
+		p.serial = JailedSerialLog
+		js.Create = append(js.Create, strings.TrimPrefix(JailedSerialLog, "/"))
+	} else {
+		d.log.Warn("firecracker before 1.14 has no PUT /serial: the serial console of a jailed VM is not captured", "vm", spec.VMID)
+	}
+	chroot, err := d.jail.PrepareJail(ctx, js)
+	if err != nil {
+		return guestPaths{}, err
+	}
+	if chroot != l.chroot {
+		if err := d.jail.RemoveJail(ctx, js); err != nil {
+			d.log.Warn("remove misplaced jail", "vm", spec.VMID, "err", err)
+		}
+		return guestPaths{}, fmt.Errorf("the privileged side built the jail at %s, not at %s: firecracker's chroot base (%s) differs from the root helper's", chroot, l.chroot, d.cfg.Jailer.ChrootBase)
+	}
+	if spec.MetricsPath != "" {
+		if err := replaceSymlink(filepath.Join(l.chroot, p.metrics), spec.MetricsPath); err != nil {
 			return guestPaths{}, fmt.Errorf("metrics: %w", err)
 		}
 	}
 	if spec.VsockCID != 0 {
-		p.vsock = "/vsock.sock"
-		if err := replaceSymlink(filepath.Join(root, p.vsock), spec.VsockPath); err != nil {
+		if err := replaceSymlink(filepath.Join(l.chroot, p.vsock), spec.VsockPath); err != nil {
 			return guestPaths{}, fmt.Errorf("vsock: %w", err)
 		}
 	}
-	if d.serialSupported() {
-		p.serial = JailedSerialLog
-		if err := ensureFile(filepath.Join(root, p.serial), uid, gid); err != nil {
-			return guestPaths{}, err
-		}
-	} else {
-		d.log.Warn("firecracker before 1.14 has no PUT /serial: the serial console of a jailed VM is not captured", "vm", spec.VMID)
-	}
-	if err := replaceSymlink(filepath.Join(root, JailedSocket), l.socket); err != nil {
+	if err := replaceSymlink(filepath.Join(l.chroot, JailedSocket), l.socket); err != nil {
 		return guestPaths{}, fmt.Errorf("api socket link: %w", err)
 	}
 	return p, nil
@@ -451,35 +483,8 @@ func replaceSymlink(target, link string) error {
 	return os.Symlink(target, link)
 }
 
-// linkInto hard-links a regular file into the jail, or recreates a block
-// device node (root only). Files on another filesystem than the chroot base
-// cannot be linked: the error says so.
-func linkInto(src, dst string) error {
-	st, err := os.Stat(src)
-	if err != nil {
-		return err
-	}
-	if err := os.Remove(dst); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	if st.Mode()&os.ModeDevice != 0 {
-		sys := st.Sys().(*syscall.Stat_t)
-		if err := unix.Mknod(dst, uint32(sys.Mode), int(sys.Rdev)); err != nil {
-			return fmt.Errorf("mknod %s (device nodes in the jail need root): %w", dst, err)
-		}
-		return os.Lchown(dst, int(sys.Uid), int(sys.Gid))
-	}
-	if err := os.Link(src, dst); err != nil {
-		if errors.Is(err, unix.EXDEV) {
-			return fmt.Errorf("hard link %s into the jail: the jailer chroot base must be on the same filesystem as images and kernels: %w", src, err)
-		}
-		return fmt.Errorf("hard link %s into the jail: %w", src, err)
-	}
-	return nil
-}
-
-// Cleanup removes the jail of a stopped VM (<base>/<exec>/<VMID>) and the
-// socket link. Only links and files the driver created live there. A no-op
+// Cleanup removes the jail of a stopped VM (<base>/<exec>/<VMID>, through
+// the privileged RemoveJail) and the socket link. A no-op
 // in plain mode and when nothing exists; refuses while the VM runs.
 func (d *Driver) Cleanup(ctx context.Context, spec vmm.Spec) error {
 	if d.cfg.Jailer == nil {
@@ -496,8 +501,8 @@ func (d *Driver) Cleanup(ctx context.Context, spec vmm.Spec) error {
 	if err := os.Remove(l.socket); err != nil && !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, err)
 	}
-	if err := os.RemoveAll(filepath.Dir(l.chroot)); err != nil {
-		errs = append(errs, err)
+	if err := d.jail.RemoveJail(ctx, privops.JailSpec{ExecName: filepath.Base(d.cfg.Binary), ID: spec.VMID}); err != nil {
+		errs = append(errs, fmt.Errorf("firecracker: remove jail of vm %s: %w", spec.VMID, err))
 	}
 	return errors.Join(errs...)
 }

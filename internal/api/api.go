@@ -6,6 +6,7 @@ package api
 import (
 	"github.com/bangerdev/banger/internal/buildinfo"
 	"github.com/bangerdev/banger/internal/model"
+	"github.com/bangerdev/banger/internal/template"
 )
 
 // Method names.
@@ -34,6 +35,10 @@ const (
 	MethodImageRegister = "image.register"
 	MethodImageDelete   = "image.delete"
 	MethodImagePrune    = "image.cache.prune"
+	// MethodImageWarm makes (or, with Remove, removes) the VM templates of
+	// an image; MethodImageTemplates lists every template.
+	MethodImageWarm      = "image.warm"
+	MethodImageTemplates = "image.templates"
 
 	MethodKernelList   = "kernel.list"
 	MethodKernelShow   = "kernel.show"
@@ -94,6 +99,32 @@ type VMCreateParams struct {
 	// Ports are forwarded from the host while the VM runs.
 	Ports   []model.PortForward `json:"ports,omitempty"`
 	NoStart bool                `json:"no_start,omitempty"`
+	// Cold boots the VM from scratch instead of restoring a template.
+	Cold bool `json:"cold,omitempty"`
+}
+
+// ImageWarmParams are the inputs of image.warm. Image "" is the configured
+// default image; the template is made for the configured default kernel,
+// vCPUs and memory (VCPU/MemoryMiB override them). Remove removes every
+// template of the image instead.
+type ImageWarmParams struct {
+	Image     string `json:"image,omitempty"`
+	VCPU      int    `json:"vcpu,omitempty"`
+	MemoryMiB int64  `json:"memory_mib,omitempty"`
+	Remove    bool   `json:"remove,omitempty"`
+}
+
+// ImageWarmResult is the result of image.warm: the template (nil after
+// Remove), whether it was made by this call, how many were removed.
+type ImageWarmResult struct {
+	Template *template.Template `json:"template,omitempty"`
+	Made     bool               `json:"made,omitempty"`
+	Removed  int                `json:"removed,omitempty"`
+}
+
+// TemplateList is the result of image.templates.
+type TemplateList struct {
+	Templates []template.Template `json:"templates"`
 }
 
 // VMList is the result of vm.list.

@@ -24,7 +24,7 @@ from the Debian mirror; any OCI/Docker image can be pulled.`,
   banger image list`,
 	}
 	cmd.AddCommand(a.imageBuildCmd(), a.imagePullCmd(), a.imageListCmd(), a.imageShowCmd(),
-		a.imageDeleteCmd(), a.imageRegisterCmd(), a.imageCacheCmd())
+		a.imageDeleteCmd(), a.imageRegisterCmd(), a.imageCacheCmd(), a.imageWarmCmd(), a.imageTemplatesCmd())
 	return cmd
 }
 
@@ -303,5 +303,109 @@ func (a *app) imageCacheCmd() *cobra.Command {
 	prune.Flags().BoolVar(&dryRun, "dry-run", false, "only list what would be removed")
 	prune.Flags().BoolVar(&asJSON, "json", false, "print as JSON")
 	cmd.AddCommand(prune)
+	return cmd
+}
+
+func (a *app) imageWarmCmd() *cobra.Command {
+	var p api.ImageWarmParams
+	var memory string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "warm [IMAGE]",
+		Short: "Make the VM template of an image now (or remove it with --rm)",
+		Long: `Make the VM template of IMAGE (default: the configured default image) now:
+boot a guest of the image with the configured kernel, vCPUs and memory, wait
+until it is idle, then pause and save it with its disks. ` + "`vm create`" + ` and
+` + "`vm run`" + ` restore VMs from it (seconds instead of a full boot) and give each
+its own identity. Without warm, the template is made on first need.
+
+A template matches one image digest, kernel, vCPU count, memory size,
+guest contract, VMM driver and version; it is rebuilt when any of them
+changes and removed with its image. --rm removes every template of IMAGE.
+List templates with ` + "`banger image templates`" + `.`,
+		Example: `  banger image warm                     # the default image
+  banger image warm devbase --memory 2G # a template for 2 GiB VMs
+  banger image warm --rm devbase        # remove devbase's templates`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 1 {
+				p.Image = args[0]
+			}
+			if err := sizeFlag(cmd, "memory", memory, &p.MemoryMiB); err != nil {
+				return err
+			}
+			var res api.ImageWarmResult
+			if p.Remove {
+				if err := a.call(cmd.Context(), api.MethodImageWarm, p, &res); err != nil {
+					return err
+				}
+				if asJSON {
+					return printJSON(a.env.Stdout, res)
+				}
+				fmt.Fprintf(a.env.Stdout, "removed %d template(s)\n", res.Removed)
+				return nil
+			}
+			if err := a.callWithStages(cmd.Context(), api.MethodImageWarm, p, &res); err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(a.env.Stdout, res)
+			}
+			t := res.Template
+			if t == nil {
+				return fmt.Errorf("the daemon returned no template")
+			}
+			verb := "template ready"
+			if res.Made {
+				verb = fmt.Sprintf("template made in %s", t.MakeTime.Round(100*time.Millisecond))
+			}
+			fmt.Fprintf(a.env.Stdout, "%s: %s (image %s, %d vCPU, %s, %s on disk)\n", verb, t.ID[:12], t.Key.Image,
+				t.Key.VCPU, model.FormatMiB(t.Key.MemoryMiB), humanBytes(t.SizeBytes))
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&p.Remove, "rm", false, "remove the image's templates instead of making one")
+	cmd.Flags().IntVar(&p.VCPU, "vcpu", 0, "vCPUs of the VMs the template serves (default from config)")
+	cmd.Flags().StringVar(&memory, "memory", "", "memory of the VMs the template serves, e.g. 2G (default from config)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
+	return cmd
+}
+
+func (a *app) imageTemplatesCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "templates",
+		Short: "List VM templates",
+		Long: `List VM templates (booted, saved guests that VMs are restored from):
+image, kernel, vCPUs, memory, driver, size on disk, how long making it took
+and when it was made. --json adds every key part (digests, guest contract,
+VMM version).`,
+		Example: `  banger image templates
+  banger image templates --json | jq '.[].key'`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var res api.TemplateList
+			if err := a.call(cmd.Context(), api.MethodImageTemplates, nil, &res); err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(a.env.Stdout, res.Templates)
+			}
+			if len(res.Templates) == 0 {
+				fmt.Fprintln(a.env.Stderr, "no templates (they are made on first need, or now with `banger image warm`)")
+				return nil
+			}
+			now := time.Now()
+			t := newTable(a.env.Stdout, "ID", "IMAGE", "KERNEL", "VCPU", "MEMORY", "DISK", "DRIVER", "SIZE", "MADE IN", "CREATED")
+			for _, tp := range res.Templates {
+				t.row(tp.ID[:12], tp.Key.Image, orDash(tp.Key.Kernel), fmt.Sprint(tp.Key.VCPU), model.FormatMiB(tp.Key.MemoryMiB),
+					model.FormatMiB(tp.Key.DiskMiB), tp.Key.Driver, humanBytes(tp.SizeBytes),
+					tp.MakeTime.Round(100*time.Millisecond).String(), ago(now, tp.CreatedAt))
+			}
+			t.flush()
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print as JSON")
 	return cmd
 }

@@ -80,13 +80,20 @@ func (a *app) vmCreateCmd() *cobra.Command {
 		Long: `Create a VM: reserve its name and address, make its disks and start it.
 Without --name a name is generated (adjective-noun). Names are DNS labels:
 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'; the VM
-is reachable as <name>.vm.`,
+is reachable as <name>.vm.
+
+A new VM is restored from its image's template (a booted guest saved with
+its disks, made on first need or by ` + "`banger image warm`" + `) and then
+given its own hostname, address, MAC, ssh host key, machine id, RNG seed and
+clock: seconds instead of a full boot. --cold boots from scratch. A template
+that fails to restore is discarded and the VM cold-boots (with a warning).`,
 		Example: `  banger vm create                       # generated name, defaults
   banger vm create --name dev --nat      # with internet access (not the LAN)
   banger vm create --name dev --nat --allow-lan   # internet and the LAN
   banger vm create --name web -p 8080:80 # host 127.0.0.1:8080 -> guest port 80
   banger vm create --name big --vcpu 4 --memory 8G --disk-size 40G
-  banger vm create --name later --no-start`,
+  banger vm create --name later --no-start
+  banger vm create --cold                # boot from scratch, not from the template`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if p.Name != "" {
@@ -117,6 +124,7 @@ is reachable as <name>.vm.`,
 	cmd.Flags().BoolVar(&p.NAT, "nat", false, "give the VM internet access through NAT")
 	netFl.add(cmd)
 	cmd.Flags().BoolVar(&p.NoStart, "no-start", false, "only create the VM record; start it later with `banger vm start`")
+	cmd.Flags().BoolVar(&p.Cold, "cold", false, "boot from scratch instead of restoring the image's template")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the VM as JSON")
 	sizes.add(cmd)
 	return cmd

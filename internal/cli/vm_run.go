@@ -197,6 +197,7 @@ and the files that would be copied, and creates nothing.`,
 	fl.StringVar(&f.create.Image, "image", "", "root image (default from config: debian-bookworm, built on first use)")
 	fl.StringVar(&f.create.Kernel, "kernel", "", "kernel (default from config: debian, pulled on first use)")
 	fl.BoolVar(&f.create.NAT, "nat", false, "give the VM internet access through NAT")
+	fl.BoolVar(&f.create.Cold, "cold", false, "boot from scratch instead of restoring the image's template")
 	f.sizes.add(cmd)
 	f.net.add(cmd)
 	fl.BoolVar(&f.rm, "rm", false, "delete the VM when the command or session ends (kept if ssh never came up)")

@@ -70,6 +70,9 @@ type VMConfig struct {
 	Image       string // image, default "debian-bookworm"
 	Kernel      string // kernel, default "debian"
 	Driver      string // driver: auto | qemu | firecracker (default auto)
+	// Templates: new VMs restore their image's template (default true;
+	// false = every VM cold-boots, as with `vm create --cold`).
+	Templates bool
 }
 
 // NetworkConfig is [network].
@@ -188,6 +191,7 @@ func Defaults(h HostInfo) *Config {
 			Image:       DefaultImage,
 			Kernel:      DefaultKernel,
 			Driver:      DefaultDriver,
+			Templates:   true,
 		},
 		Network: NetworkConfig{
 			Bridge:      DefaultBridge,

@@ -66,7 +66,7 @@ func TestDefaultValues(t *testing.T) {
 	}
 	want := map[string]string{
 		"log_level": `"info"`, "vm.vcpu": "2", "vm.memory": `"2G"`, "vm.disk_size": `"8G"`,
-		"vm.image": `"debian-bookworm"`, "vm.kernel": `"debian"`, "vm.driver": `"auto"`,
+		"vm.image": `"debian-bookworm"`, "vm.kernel": `"debian"`, "vm.driver": `"auto"`, "vm.templates": "true",
 		"network.bridge": `"br-banger"`, "network.cidr": `"172.30.0.1/24"`, "network.tap_pool_size": "2",
 		"network.dns_listen": `"127.0.0.1:5354"`, "network.uplink": `""`, "images.mirror": `""`,
 		"images.suite": `"bookworm"`, "firecracker.binary": `"firecracker"`, "firecracker.jailer": `"jailer"`,
@@ -104,6 +104,7 @@ disk_size = 20480
 image = "alpine"
 kernel = "mine"
 driver = "qemu"
+templates = false
 [network]
 bridge = "br-test"
 cidr = "10.99.0.1/16"

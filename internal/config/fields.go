@@ -63,6 +63,9 @@ func fields() []field {
 		{key: "vm.driver", accepted: strings.Join(drivers, ", "),
 			ptr: func(c *Config) any { return &c.VM.Driver }, check: func(c *Config) error { return oneOf(c.VM.Driver, drivers) }},
 
+		{key: "vm.templates", accepted: "true or false",
+			ptr: func(c *Config) any { return &c.VM.Templates }},
+
 		{key: "network.bridge", accepted: "an interface name: 1-15 of letters, digits, '-', '_', '.'",
 			ptr: func(c *Config) any { return &c.Network.Bridge }, check: func(c *Config) error { return ifName(c.Network.Bridge) }},
 		{key: "network.cidr", accepted: `the bridge's IPv4 address with a prefix from /8 to /30, e.g. "172.30.0.1/24"`,

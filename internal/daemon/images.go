@@ -80,7 +80,11 @@ func (d *Daemon) registerImages() {
 		} else if len(users) > 0 {
 			return api.Empty{}, rpc.Errorf(rpc.CodeInUse, "image %s is used by VM(s) %v: delete them first", p.Name, users)
 		}
-		return api.Empty{}, d.images.Delete(ctx, p.Name)
+		if err := d.images.Delete(ctx, p.Name); err != nil {
+			return api.Empty{}, err
+		}
+		d.removeImageTemplates(p.Name)
+		return api.Empty{}, nil
 	}))
 	s.Handle(api.MethodImagePrune, rpc.Typed(func(ctx context.Context, p api.PruneParams) (image.PruneReport, error) {
 		if n := d.ops.Running(); n > 0 {
@@ -88,6 +92,7 @@ func (d *Daemon) registerImages() {
 		}
 		return d.images.PruneCache(ctx, p.DryRun)
 	}))
+	d.registerTemplates()
 }
 
 // vmsUsing lists the names of VMs for which match is true.

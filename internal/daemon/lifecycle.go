@@ -46,6 +46,7 @@ import (
 	"github.com/bangerdev/banger/internal/privops"
 	"github.com/bangerdev/banger/internal/progress"
 	"github.com/bangerdev/banger/internal/rpc"
+	"github.com/bangerdev/banger/internal/template"
 	"github.com/bangerdev/banger/internal/vm"
 	"github.com/bangerdev/banger/internal/vmdns"
 	"github.com/bangerdev/banger/internal/vmm"
@@ -129,8 +130,10 @@ func (d *Daemon) initRuntime(ctx context.Context) error {
 		Layout: d.layout, Logger: d.logger, Now: d.now, Domain: DNSDomain,
 		DNSServers: hostResolvers("/etc/resolv.conf"),
 		VMMUID:     uid, VMMGID: gid,
-		StepHook:    testCrashHook(),
-		AgentBinary: agentBin,
+		StepHook:        testCrashHook(),
+		AgentBinary:     agentBin,
+		Templates:       template.NewStore(d.layout.TemplatesDir(), d.now),
+		TemplateDiskMiB: cfg.VM.DiskSizeMiB,
 	})
 	if err != nil {
 		return err

@@ -104,6 +104,7 @@ func (d *Daemon) createRecord(ctx context.Context, p api.VMCreateParams) (*model
 		CreatedAt:   now,
 		UpdatedAt:   now,
 	}
+	vm.Runtime.Cold = p.Cold || !d.cfg.VM.Templates
 	if err := d.store.CreateVM(ctx, vm); err != nil {
 		if errors.Is(err, model.ErrAlreadyExists) {
 			return nil, rpc.Errorf(rpc.CodeAlreadyExists, "a VM named %q already exists (pick another --name, or `banger vm delete %s`)", p.Name, p.Name)

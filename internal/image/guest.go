@@ -78,6 +78,11 @@ import (
 	"github.com/bangerdev/banger/internal/ext4"
 )
 
+// GuestContract is the version of this contract. Bump it whenever the
+// guest side changes in a way a booted guest keeps (scripts, units, paths):
+// VM templates (saved, booted guests) are keyed by it and rebuilt.
+const GuestContract = 1
+
 // GuestNetworkEnv is the path of the per-VM network file the daemon writes.
 const GuestNetworkEnv = "/etc/banger/network.env"
 

@@ -84,6 +84,12 @@ type Runtime struct {
 	// DiskHandle is the root disk's copy-on-write handle (disk.Handle as
 	// JSON), stored before the disk is created.
 	DiskHandle json.RawMessage `json:"disk_handle,omitempty"`
+	// Cold asks the first start to boot from scratch instead of restoring
+	// a template (`vm create --cold`).
+	Cold bool `json:"cold,omitempty"`
+	// Template is the id of the template the VM was restored from at
+	// create ("" = it cold-booted). Later starts always cold-boot.
+	Template string `json:"template,omitempty"`
 }
 
 // Workspace is what `vm workspace prepare` recorded.

@@ -264,6 +264,9 @@ func (l Layout) VMDir(id string) string { return filepath.Join(l.StateDir, "vms"
 // VMRuntimeDir holds one VM's sockets and pidfiles.
 func (l Layout) VMRuntimeDir(id string) string { return filepath.Join(l.RuntimeDir, "vms", id) }
 
+// TemplatesDir holds VM templates (internal/template).
+func (l Layout) TemplatesDir() string { return filepath.Join(l.StateDir, "templates") }
+
 // ImagesDir is the image store.
 func (l Layout) ImagesDir() string { return filepath.Join(l.StateDir, "images") }
 

@@ -8,7 +8,8 @@
 //
 //   - A template is addressed by its Key: everything that makes one saved
 //     guest unusable for another (image digest, kernel digest, vCPUs,
-//     memory, guest-contract version, driver and VMM version). Key.ID is a
+//     memory, guest-contract version, driver and VMM version, work-disk size
+//     and a digest of the daemon's guest inputs). Key.ID is a
 //     stable digest of those fields; the image name is kept for listing and
 //     removal but is not part of the ID.
 //   - The Store keeps each template in its own directory <root>/<id>/ with a
@@ -50,13 +51,21 @@ var ErrNotFound = errors.New("template not found")
 // only if their keys are equal.
 type Key struct {
 	Image         string `json:"image"`          // image name, for listing and removal; not part of ID
+	Kernel        string `json:"kernel"`         // kernel name, for the Maker and listing; not part of ID
 	ImageDigest   string `json:"image_digest"`   // content digest of the image's root filesystem
 	KernelDigest  string `json:"kernel_digest"`  // digest of kernel (+ initrd)
 	VCPU          int    `json:"vcpu"`           // vCPUs
 	MemoryMiB     int64  `json:"memory_mib"`     // guest memory
 	GuestContract int    `json:"guest_contract"` // guest-contract version installed in the image
 	Driver        string `json:"driver"`         // "qemu" or "firecracker"
-	VMMVersion    string `json:"vmm_version"`    // e.g. "QEMU emulator version 9.2.1"
+	VMMVersion    string `json:"vmm_version"`    // e.g. "QEMU emulator version 9.2.1; machine microvm; accel tcg"
+	// DiskMiB is the size of the template's work disk: VMs with a larger
+	// disk grow theirs after restore, smaller ones cold-boot.
+	DiskMiB int64 `json:"disk_mib,omitempty"`
+	// Guest is a digest of what the daemon writes into every guest before
+	// boot and that a restored guest keeps: the agent binary, the managed
+	// ssh key, the kernel arguments, the DNS domain.
+	Guest string `json:"guest,omitempty"`
 }
 
 // Validate reports a key that cannot address a template.
@@ -79,9 +88,9 @@ func (k Key) Validate() error {
 }
 
 // ID is the template's stable identifier: the first 16 bytes of a SHA-256
-// over the key's fields, image name excluded, in hex.
+// over the key's fields, image and kernel names excluded, in hex.
 func (k Key) ID() string {
-	k.Image = ""
+	k.Image, k.Kernel = "", ""
 	b, _ := json.Marshal(k) // a struct of strings and ints always marshals
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:16])

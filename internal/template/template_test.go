@@ -42,6 +42,7 @@ func TestKeyIDCoversEveryFieldButImageName(t *testing.T) {
 		func(k *Key) { k.ImageDigest = "x" }, func(k *Key) { k.KernelDigest = "x" },
 		func(k *Key) { k.VCPU = 3 }, func(k *Key) { k.MemoryMiB = 1024 },
 		func(k *Key) { k.GuestContract = 2 }, func(k *Key) { k.Driver = "firecracker" },
+		func(k *Key) { k.DiskMiB = 4096 }, func(k *Key) { k.Guest = "other" },
 		func(k *Key) { k.VMMVersion = "10" },
 	}
 	for i, m := range mut {

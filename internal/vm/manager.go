@@ -48,6 +48,7 @@ import (
 	"github.com/bangerdev/banger/internal/netw"
 	"github.com/bangerdev/banger/internal/paths"
 	"github.com/bangerdev/banger/internal/privops"
+	"github.com/bangerdev/banger/internal/template"
 	"github.com/bangerdev/banger/internal/vmm"
 )
 
@@ -179,6 +180,13 @@ type Options struct {
 	// with its token (see internal/image/agent.go). "" = VMs get only the
 	// token and Agent returns ErrNoAgent.
 	AgentBinary string
+	// Templates stores VM templates (nil = every VM cold-boots). A
+	// create restores the template of its key, making it on first need.
+	Templates *template.Store
+	// TemplateDiskMiB is the /root disk size templates are made with
+	// (VMs with a larger disk grow it after restore; smaller ones
+	// cold-boot). 0 = the first VM's own size.
+	TemplateDiskMiB int64
 }
 
 // Manager runs VM lifecycles. It is safe for concurrent use on different
@@ -191,6 +199,8 @@ type Manager struct {
 	conns map[string]GuestConn // by VM id: the connection made when ssh came up
 
 	agents agentClients // by VM id: guest agent clients
+
+	tmpl *template.Manager // nil = templates disabled
 }
 
 // New returns a Manager. It checks the required dependencies.
@@ -236,7 +246,11 @@ func New(o Options) (*Manager, error) {
 		r := o.Runner
 		o.GitIdentity = func(ctx context.Context) (string, string) { return gitIdentity(ctx, r) }
 	}
-	return &Manager{o: o, conns: map[string]GuestConn{}}, nil
+	m := &Manager{o: o, conns: map[string]GuestConn{}}
+	if o.Templates != nil {
+		m.tmpl = template.NewManager(o.Templates, template.MakerFunc(m.makeTemplate))
+	}
+	return m, nil
 }
 
 // DefaultDriver is the driver used for VMs created with driver "auto".

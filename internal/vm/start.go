@@ -17,6 +17,7 @@ import (
 	"github.com/bangerdev/banger/internal/image"
 	"github.com/bangerdev/banger/internal/model"
 	"github.com/bangerdev/banger/internal/netw"
+	"github.com/bangerdev/banger/internal/template"
 	"github.com/bangerdev/banger/internal/vmm"
 )
 
@@ -41,6 +42,10 @@ type startRun struct {
 	ip     netip.Addr
 	root   *disk.Handle
 	handle *vmm.Handle
+
+	cold      bool               // never restore a template (a fallback after a failed restore)
+	tmpl      *template.Template // the template this create restores (nil = cold boot)
+	tmplToken string             // its agent token
 }
 
 // Start boots a VM that is not running and returns the updated record once
@@ -66,7 +71,19 @@ func (m *Manager) Start(ctx context.Context, vm *model.VM) (*model.VM, error) {
 		return vm, err
 	}
 	start := m.o.Now()
-	if err := m.runSteps(ctx, op, vm, r.steps()); err != nil {
+	err := m.runSteps(ctx, op, vm, r.steps())
+	if err != nil && r.restoring() && ctx.Err() == nil && restoreFailed(err) {
+		// A template that does not restore is discarded; the VM
+		// cold-boots (everything the attempt made was undone).
+		r.warn(ctx, fmt.Sprintf("template %s failed to restore (%v); discarding it and booting from scratch", r.tmpl.ID[:12], err))
+		if derr := m.tmpl.Discard(*r.tmpl); derr != nil {
+			m.o.Logger.WarnContext(ctx, "discard template", "id", r.tmpl.ID, "err", derr)
+		}
+		vm.Runtime.Template = ""
+		r = &startRun{m: m, vm: vm, first: true, cold: true}
+		err = m.runSteps(ctx, op, vm, r.steps())
+	}
+	if err != nil {
 		vm.State, vm.Error, vm.Runtime.Step = model.StateError, errorText(err), ""
 		if serr := m.save(ctx, vm); serr != nil {
 			err = errors.Join(err, serr)
@@ -86,8 +103,11 @@ func (r *startRun) steps() []step {
 	if hasTransient(r.vm) {
 		s = append(s, step{name: StepCleanup, detail: "releasing leftovers of an earlier run", do: r.cleanup})
 	}
+	s = append(s, step{name: StepArtifacts, detail: "image " + r.vm.Image + ", kernel " + r.vm.Kernel, do: r.artifacts})
+	if r.first && !r.cold && !r.vm.Runtime.Cold && r.m.tmpl != nil {
+		s = append(s, step{name: StepTemplate, do: r.template})
+	}
 	s = append(s,
-		step{name: StepArtifacts, detail: "image " + r.vm.Image + ", kernel " + r.vm.Kernel, do: r.artifacts},
 		step{name: StepLease, do: r.lease},
 		step{name: StepRootDisk, do: r.rootDisk},
 		step{name: StepWorkDisk, do: r.workDisk},
@@ -97,6 +117,7 @@ func (r *startRun) steps() []step {
 	s = append(s,
 		step{name: StepNAT, detail: netDetail(r.vm), do: r.nat},
 		step{name: StepVMM, do: r.startVMM},
+		step{name: StepIdentity, detail: "the restored guest takes this VM's identity", do: r.identity, when: r.restoring},
 		step{name: StepDNS, do: r.dns},
 		step{name: StepSSH, detail: "waiting for the guest to boot", do: r.waitSSH},
 	)
@@ -247,7 +268,7 @@ func (r *startRun) rootDisk(ctx context.Context, u *undoStack) error {
 	if m.o.CoW.Name() == disk.DM {
 		name = rootCOWFile
 	}
-	planned := disk.Plan(m.o.CoW.Name(), r.img.Path, filepath.Join(dir, name), 0)
+	planned := disk.Plan(m.o.CoW.Name(), r.rootBase(), filepath.Join(dir, name), 0)
 	setHandle(vm, planned)
 	if err := m.save(ctx, vm); err != nil {
 		return err
@@ -292,6 +313,9 @@ func (r *startRun) workDisk(ctx context.Context, u *undoStack) error {
 		vm.Runtime.WorkDisk = ""
 		return m.save(ctx, vm)
 	})
+	if r.restoring() {
+		return r.cloneWorkDisk(ctx, path)
+	}
 	return m.createWorkDisk(ctx, vm, r.img, path)
 }
 
@@ -300,6 +324,18 @@ func (r *startRun) guestConfig(ctx context.Context, _ *undoStack) error {
 	signer, pemData, err := hostKey(m.o.Layout.VMDir(vm.ID))
 	if err != nil {
 		return err
+	}
+	if r.restoring() {
+		// The restored guest has the disk cached as it was at the save:
+		// nothing may write to it from outside. The identity step applies
+		// the configuration through the agent instead.
+		if _, err := agentToken(m.o.Layout.VMDir(vm.ID)); err != nil {
+			return err
+		}
+		if err := m.o.Guests.PinHostKey(append([]string{vm.IP}, m.aliases(vm)...), signer.PublicKey()); err != nil {
+			return fmt.Errorf("pin host key: %w", err)
+		}
+		return nil
 	}
 	n, err := m.guestNetwork(vm)
 	if err != nil {
@@ -481,7 +517,17 @@ func (r *startRun) startVMM(ctx context.Context, u *undoStack) error {
 		vm.Runtime.RuntimeDir = ""
 		return m.save(ctx, vm)
 	})
-	h, err := r.driver.Start(ctx, m.spec(vm, r.kernel, r.root))
+	spec := m.spec(vm, r.kernel, r.root)
+	if r.restoring() {
+		// Exactly the template's devices: its NIC MAC (the migration
+		// stream carries it anyway; the agent sets the VM's own), on this
+		// VM's tap.
+		spec.RestoreFrom = r.tmpl.Path(r.tmpl.Files.State)
+		for i := range spec.Net {
+			spec.Net[i].MAC = TemplateMAC
+		}
+	}
+	h, err := r.driver.Start(ctx, spec)
 	if err != nil {
 		return err
 	}

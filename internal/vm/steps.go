@@ -24,6 +24,9 @@ const (
 
 // Steps of create and start, in order. Create runs all of them; a later
 // start reuses the disks (StepRootDisk re-attaches, StepWorkDisk keeps).
+// A create that restores a template (template.go) adds StepTemplate after
+// StepArtifacts and StepIdentity after StepVMM, and clones the template's
+// disks instead of the image's.
 const (
 	StepCleanup     = "cleanup"      // release what a failed teardown left recorded
 	StepArtifacts   = "artifacts"    // ensure image and kernel; resolve the driver
@@ -88,6 +91,9 @@ type step struct {
 	name   string
 	detail string
 	do     func(ctx context.Context, u *undoStack) error
+	// when, if set, is asked right before the step: false skips it
+	// (no stage, no hook), for steps an earlier step decides about.
+	when func() bool
 }
 
 type undoItem struct {
@@ -140,6 +146,9 @@ func (m *Manager) runSteps(ctx context.Context, op string, vm *model.VM, steps [
 	for _, s := range steps {
 		if err := ctx.Err(); err != nil {
 			return fail(s.name, fmt.Errorf("cancelled: %w", context.Cause(ctx)))
+		}
+		if s.when != nil && !s.when() {
+			continue
 		}
 		vm.Runtime.Step = s.name
 		if err := m.save(ctx, vm); err != nil {

@@ -182,6 +182,22 @@ type Snapshotter interface {
 	Save(ctx context.Context, h *Handle, path string) error
 }
 
+// Versioner is implemented by drivers that can name the exact VMM they
+// run: the VMM's version plus whatever else makes a saved state of one
+// unloadable by another (QEMU: machine type and accelerator). Templates are
+// keyed by it, so a changed VMM never restores a state it cannot read.
+type Versioner interface {
+	VMMVersion(ctx context.Context) (string, error)
+}
+
+// DriveResizer is implemented by drivers that can grow a running guest's
+// block device: the backing file is grown to sizeBytes and the guest is
+// told its new capacity (QEMU: block_resize). index is the drive's
+// position in Spec.Drives. The filesystem on it is the guest's business.
+type DriveResizer interface {
+	ResizeDrive(ctx context.Context, h *Handle, index int, sizeBytes int64) error
+}
+
 // Launcher is the subset of privops.Ops that drivers use: every VMM process
 // is started and signalled through it, never directly.
 //

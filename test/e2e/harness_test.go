@@ -157,6 +157,10 @@ type envOptions struct {
 	FirecrackerBinary string
 	// DaemonEnv is added to every daemon start.
 	DaemonEnv []string
+	// Templates sets vm.templates: off by default here, so each test's
+	// first VM does not pay for making a template (template_test.go
+	// turns it on).
+	Templates bool
 }
 
 // env is one isolated banger installation: its own netns, directories and
@@ -234,12 +238,13 @@ vcpu = 1
 memory = "512M"
 disk_size = "1G"
 driver = %q
+templates = %v
 [network]
 tap_pool_size = %d
 dns_listen = "127.0.0.1:53"
 [disk]
 cow = %q
-`, imageName, kernelName, driver, o.TapPool, cow)
+`, imageName, kernelName, driver, o.Templates, o.TapPool, cow)
 	if o.FirecrackerBinary != "" {
 		conf += fmt.Sprintf("[firecracker]\nbinary = %q\n", o.FirecrackerBinary)
 	}

@@ -62,7 +62,8 @@ type Config struct {
 	Runner hostexec.Runner
 }
 
-// Driver implements vmm.Driver and vmm.Pauser with QEMU.
+// Driver implements vmm.Driver, vmm.Pauser, vmm.Snapshotter,
+// vmm.Versioner and vmm.DriveResizer with QEMU.
 type Driver struct {
 	cfg      Config
 	launcher vmm.Launcher
@@ -72,6 +73,10 @@ type Driver struct {
 	accelOnce sync.Once
 	accel     string
 	accelWhy  string
+
+	versionOnce sync.Once
+	version     string
+	versionErr  error
 }
 
 // New returns a QEMU driver. launcher starts and signals the processes.

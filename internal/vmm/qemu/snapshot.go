@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
+	"github.com/bangerdev/banger/internal/hostexec"
 	"github.com/bangerdev/banger/internal/vmm"
 )
 
@@ -71,4 +73,44 @@ func (d *Driver) Save(ctx context.Context, h *vmm.Handle, path string) error {
 		case <-tick.C:
 		}
 	}
+}
+
+// VMMVersion implements vmm.Versioner: the first line of `qemu --version`
+// with the machine type and accelerator, since a state saved under TCG or
+// one machine type cannot be loaded under another.
+func (d *Driver) VMMVersion(ctx context.Context) (string, error) {
+	d.versionOnce.Do(func() {
+		res, err := d.cfg.Runner.Run(ctx, hostexec.Cmd{Name: d.cfg.Binary, Args: []string{"--version"}})
+		if err != nil {
+			d.versionErr = fmt.Errorf("qemu: version: %w", err)
+			return
+		}
+		line, _, _ := strings.Cut(strings.TrimSpace(string(res.Stdout)), "\n")
+		if line == "" {
+			d.versionErr = fmt.Errorf("qemu: %s --version printed nothing", d.cfg.Binary)
+			return
+		}
+		accel, _ := d.Accel()
+		d.version = strings.TrimSpace(line) + "; machine " + d.cfg.Machine + "; accel " + accel
+	})
+	return d.version, d.versionErr
+}
+
+// ResizeDrive implements vmm.DriveResizer with QMP block_resize on the
+// drive's block backend ("drive<index>", see Args): QEMU grows the file and
+// raises the virtio-blk config-change interrupt, so the guest sees the new
+// capacity at once.
+func (d *Driver) ResizeDrive(ctx context.Context, h *vmm.Handle, index int, sizeBytes int64) error {
+	if index < 0 || sizeBytes <= 0 || sizeBytes%512 != 0 {
+		return fmt.Errorf("qemu: resize drive %d to %d bytes: want a drive index and a positive multiple of 512", index, sizeBytes)
+	}
+	q, err := d.qmp(ctx, h)
+	if err != nil {
+		return fmt.Errorf("qemu: resize drive %d: %w", index, err)
+	}
+	defer q.Close()
+	if err := q.Execute(ctx, "block_resize", map[string]any{"device": "drive" + strconv.Itoa(index), "size": sizeBytes}, nil); err != nil {
+		return fmt.Errorf("qemu: resize drive %d: %w", index, err)
+	}
+	return nil
 }

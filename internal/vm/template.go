@@ -1,0 +1,610 @@
+package vm
+
+// VM templates: the driver-backed template.Maker and the restore path of
+// create (see internal/template for the store and its contract, and
+// docs/templates.md).
+//
+// A template is made by cold-booting a guest of the template's key with a
+// template identity (hostname banger-template, a link-local address, the
+// template MAC, its own agent token and host key), waiting until its agent
+// answers and systemd is idle, then pausing and saving it (vmm.Snapshotter)
+// and keeping its root and work disks as they were. A VM restored from it
+// gets CoW clones of both disks, the VMM is started with Spec.RestoreFrom
+// and exactly the template's device configuration (same spec builder, the
+// template's MAC, the VM's own tap), and the identity step then makes the
+// guest this VM through the agent: clock, RNG, machine-id, hostname, MAC
+// (changed guest side: QEMU's migration stream carries the virtio-net MAC
+// the template had, whatever -device says), address/route/DNS, host key
+// and the VM's own agent token. Readiness is the agent confirming that
+// identity and sshd answering with the VM's own pinned host key.
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/bangerdev/banger/internal/agent"
+	"github.com/bangerdev/banger/internal/atomicfile"
+	"github.com/bangerdev/banger/internal/disk"
+	"github.com/bangerdev/banger/internal/ext4"
+	"github.com/bangerdev/banger/internal/image"
+	"github.com/bangerdev/banger/internal/model"
+	"github.com/bangerdev/banger/internal/netw"
+	"github.com/bangerdev/banger/internal/progress"
+	"github.com/bangerdev/banger/internal/template"
+	"github.com/bangerdev/banger/internal/vmm"
+)
+
+// Template files (relative to the template's directory).
+const (
+	templateStateFile = "state"
+	templateRootFile  = "root.ext4"
+	templateWorkFile  = "work.ext4"
+	templateTokenFile = "agent.token"
+	templateLogFile   = "console.log"
+)
+
+// templateHostname is the hostname a template guest boots with.
+const templateHostname = "banger-template"
+
+// templateAddr is the template guest's address: link-local, never on the
+// bridge's network, so a restored guest that has not taken its identity
+// yet cannot collide with a VM (its tap's policy drops it anyway).
+var templateAddr = netip.MustParseAddr("169.254.0.2")
+
+// TemplateMAC is the MAC of every template guest's NIC, and therefore of a
+// restored guest until the identity step sets the VM's own.
+var TemplateMAC = netw.MACFor(templateAddr)
+
+// StepTemplate and StepIdentity are the restore path's extra steps of
+// create (see Step* in steps.go).
+const (
+	StepTemplate = "template" // find or make the template of this VM's key
+	StepIdentity = "identity" // the restored guest becomes this VM (agent)
+)
+
+// ErrNoTemplate is wrapped when a VM cannot be restored from a template
+// (templates disabled, a driver without snapshots, no agent, a smaller
+// disk than the template's).
+var ErrNoTemplate = errors.New("no template for this VM")
+
+// templateVMID is the VM id a template's VMM runs under (its runtime dir,
+// tap and process evidence).
+func templateVMID(key template.Key) string { return "tmpl-" + key.ID()[:16] }
+
+// TemplateKey is the template key of vm (image, kernel, sizes, driver), or
+// an error wrapping ErrNoTemplate when it cannot have one.
+func (m *Manager) TemplateKey(ctx context.Context, vm *model.VM) (template.Key, error) {
+	img, err := m.o.Artifacts.EnsureImage(ctx, vm.Image)
+	if err != nil {
+		return template.Key{}, err
+	}
+	kname := vm.Kernel
+	if kname == "" {
+		kname = img.Kernel
+	}
+	if kname == "" {
+		return template.Key{}, fmt.Errorf("no kernel for image %s (give one with --kernel)", img.Name)
+	}
+	k, err := m.o.Artifacts.EnsureKernel(ctx, kname)
+	if err != nil {
+		return template.Key{}, err
+	}
+	v := *vm
+	if v.Driver == "" || v.Driver == "auto" {
+		v.Driver = m.o.DefaultDriver
+	}
+	d, err := m.driver(&v)
+	if err != nil {
+		return template.Key{}, err
+	}
+	return m.templateKey(ctx, &v, img, k, d)
+}
+
+func (m *Manager) templateKey(ctx context.Context, vm *model.VM, img *model.Image, k *model.Kernel, d vmm.Driver) (template.Key, error) {
+	if m.tmpl == nil {
+		return template.Key{}, fmt.Errorf("%w: templates are disabled in this daemon", ErrNoTemplate)
+	}
+	if !d.Capabilities().Snapshots {
+		return template.Key{}, fmt.Errorf("%w: the %s driver cannot save guests", ErrNoTemplate, d.Name())
+	}
+	if _, ok := d.(vmm.Snapshotter); !ok {
+		return template.Key{}, fmt.Errorf("%w: the %s driver cannot save guests", ErrNoTemplate, d.Name())
+	}
+	if m.o.AgentBinary == "" {
+		return template.Key{}, fmt.Errorf("%w: no guest agent to apply a restored VM's identity", ErrNoTemplate)
+	}
+	ver, ok := d.(vmm.Versioner)
+	if !ok {
+		return template.Key{}, fmt.Errorf("%w: the %s driver cannot name its version", ErrNoTemplate, d.Name())
+	}
+	vv, err := ver.VMMVersion(ctx)
+	if err != nil {
+		return template.Key{}, fmt.Errorf("%w: %w", ErrNoTemplate, err)
+	}
+	guest, err := m.guestDigest()
+	if err != nil {
+		return template.Key{}, fmt.Errorf("%w: %w", ErrNoTemplate, err)
+	}
+	digest := img.SHA256
+	if digest == "" {
+		digest = fileStamp(img.Path)
+	}
+	key := template.Key{
+		Image: img.Name, Kernel: k.Name, ImageDigest: digest, KernelDigest: kernelDigest(k),
+		VCPU: vm.VCPU, MemoryMiB: vm.MemoryMiB, GuestContract: image.GuestContract,
+		Driver: d.Name(), VMMVersion: vv, DiskMiB: m.o.TemplateDiskMiB, Guest: guest,
+	}
+	if key.DiskMiB <= 0 {
+		key.DiskMiB = vm.DiskSizeMiB
+	}
+	return key, key.Validate()
+}
+
+// kernelDigest is a digest of the kernel's files (their sha256s).
+func kernelDigest(k *model.Kernel) string {
+	if len(k.Files) == 0 {
+		return fileStamp(k.Vmlinux) + "," + fileStamp(k.BzImage) + "," + fileStamp(k.Initrd)
+	}
+	b, _ := json.Marshal(k.Files) // map keys are sorted
+	sum := sha256.Sum256(b)
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+// fileStamp identifies a file without reading it: path, size, mtime.
+func fileStamp(p string) string {
+	if p == "" {
+		return ""
+	}
+	fi, err := os.Stat(p)
+	if err != nil {
+		return p
+	}
+	return fmt.Sprintf("%s:%d:%d", p, fi.Size(), fi.ModTime().UnixNano())
+}
+
+// guestDigest digests what the daemon writes into every guest and a
+// template keeps: the agent binary, the managed key, kernel arguments, the
+// DNS domain.
+func (m *Manager) guestDigest() (string, error) {
+	h := sha256.New()
+	f, err := os.Open(m.o.AgentBinary)
+	if err != nil {
+		return "", fmt.Errorf("guest agent binary: %w", err)
+	}
+	defer f.Close()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", fmt.Errorf("guest agent binary: %w", err)
+	}
+	fmt.Fprintf(h, "\x00%s\x00%s\x00%s\x00%s", m.o.Guests.AuthorizedKey(), BaseKernelArgs, m.o.KernelArgs, m.o.Domain)
+	return hex.EncodeToString(h.Sum(nil)[:16]), nil
+}
+
+// fileCoW is the strategy that clones a template's files: reflink where
+// the VMs' disks use it, else a sparse copy.
+func (m *Manager) fileCoW() (disk.CoW, error) {
+	if m.o.CoW.Name() == disk.Reflink {
+		return m.o.CoW, nil
+	}
+	return disk.New(disk.Copy, m.o.Ops, m.o.Runner)
+}
+
+// makeTemplate implements template.Maker: boot a guest of key into dir,
+// wait until it is idle, save it and keep its disks.
+func (m *Manager) makeTemplate(ctx context.Context, key template.Key, dir string) (template.Files, error) {
+	start := m.o.Now()
+	img, err := m.o.Artifacts.EnsureImage(ctx, key.Image)
+	if err != nil {
+		return template.Files{}, err
+	}
+	k, err := m.o.Artifacts.EnsureKernel(ctx, key.Kernel)
+	if err != nil {
+		return template.Files{}, err
+	}
+	tv := &model.VM{ID: templateVMID(key), Name: templateHostname, Image: key.Image, Kernel: key.Kernel,
+		Driver: key.Driver, VCPU: key.VCPU, MemoryMiB: key.MemoryMiB, DiskSizeMiB: key.DiskMiB, MAC: TemplateMAC}
+	d, err := m.driver(tv)
+	if err != nil {
+		return template.Files{}, err
+	}
+	if got, err := m.templateKey(ctx, tv, img, k, d); err != nil {
+		return template.Files{}, err
+	} else if got.ID() != key.ID() {
+		return template.Files{}, fmt.Errorf("image %s or its kernel changed while its template was being made; try again", key.Image)
+	}
+	snap, ok := d.(vmm.Snapshotter)
+	if !ok {
+		return template.Files{}, fmt.Errorf("%w: the %s driver cannot save guests", ErrNoTemplate, d.Name())
+	}
+
+	progress.Stage(ctx, "template-disks", "root and work disks of the template")
+	token, err := agent.NewToken()
+	if err != nil {
+		return template.Files{}, err
+	}
+	if err := atomicfile.Write(filepath.Join(dir, templateTokenFile), []byte(token+"\n"), 0o600); err != nil {
+		return template.Files{}, fmt.Errorf("template token: %w", err)
+	}
+	fc, err := m.fileCoW()
+	if err != nil {
+		return template.Files{}, err
+	}
+	rootPath, workPath := filepath.Join(dir, templateRootFile), filepath.Join(dir, templateWorkFile)
+	root, err := fc.Create(ctx, img.Path, rootPath, 0)
+	if err != nil {
+		return template.Files{}, fmt.Errorf("template root disk: %w", err)
+	}
+	if err := m.createWorkDisk(ctx, tv, img, workPath); err != nil {
+		return template.Files{}, fmt.Errorf("template work disk: %w", err)
+	}
+	signer, pemData, err := hostKey(dir)
+	if err != nil {
+		return template.Files{}, err
+	}
+	b := m.guestConfigBatch(tv, guestNetwork{Address: netip.PrefixFrom(templateAddr, 16).String(), MAC: TemplateMAC}, pemData, signer.PublicKey())
+	bin, err := os.ReadFile(m.o.AgentBinary)
+	if err != nil {
+		return template.Files{}, fmt.Errorf("guest agent binary: %w", err)
+	}
+	image.AgentBatch(b, bin, token)
+	if err := ext4.Apply(ctx, m.o.Runner, rootPath, b); err != nil {
+		return template.Files{}, fmt.Errorf("template guest configuration: %w", err)
+	}
+
+	progress.Stage(ctx, "template-boot", fmt.Sprintf("booting %s (%d vCPU, %s) to save it", key.Image, key.VCPU, model.FormatMiB(key.MemoryMiB)))
+	if err := m.o.Network.EnsureBridge(ctx); err != nil {
+		return template.Files{}, err
+	}
+	tap, err := m.o.Network.AcquireTap(ctx, tv.ID)
+	if err != nil {
+		return template.Files{}, err
+	}
+	defer func() {
+		if err := m.o.Network.ReleaseTap(context.WithoutCancel(ctx), tap); err != nil {
+			m.o.Logger.Warn("release template tap", "tap", tap, "err", err)
+		}
+	}()
+	rdir := m.o.Layout.VMRuntimeDir(tv.ID)
+	if err := m.runtimeDir(rdir); err != nil {
+		return template.Files{}, err
+	}
+	defer os.RemoveAll(rdir)
+	logPath := filepath.Join(dir, templateLogFile)
+	if err := m.touchLog(logPath); err != nil {
+		return template.Files{}, err
+	}
+	tv.Runtime = model.Runtime{RuntimeDir: rdir, LogPath: logPath, Tap: tap, WorkDisk: workPath}
+	spec := m.spec(tv, k, root)
+	h, err := d.Start(ctx, spec)
+	if err != nil {
+		return template.Files{}, fmt.Errorf("boot the template guest: %w", err)
+	}
+	defer m.stopTemplateVMM(d, h)
+
+	c := agent.NewConn(agent.DialUnix(filepath.Join(rdir, AgentSocketName)), token, "template "+tv.ID)
+	defer c.Close()
+	bctx, cancel := context.WithTimeout(ctx, m.o.SSHTimeout)
+	defer cancel()
+	if err := waitPing(bctx, c, func() bool { return vmm.Alive(h.Identity()) }); err != nil {
+		return template.Files{}, vmm.WithLogTail(fmt.Errorf("template guest: %w", err), logPath)
+	}
+	progress.Stage(ctx, "template-idle", "waiting until the guest has finished booting")
+	if err := waitIdle(bctx, c); err != nil {
+		return template.Files{}, vmm.WithLogTail(fmt.Errorf("template guest: %w", err), logPath)
+	}
+	// The host end goes away before the save: the guest agent is then
+	// waiting for the next host, which is the restored VM's daemon.
+	_ = c.Close()
+
+	progress.Stage(ctx, "template-save", "pausing and saving memory and device state")
+	if err := snap.Save(ctx, h, filepath.Join(dir, templateStateFile)); err != nil {
+		return template.Files{}, err
+	}
+	m.o.Logger.InfoContext(ctx, "template made", "image", key.Image, "id", key.ID(), "took", m.o.Now().Sub(start).Round(time.Millisecond))
+	return template.Files{State: templateStateFile, RootDisk: templateRootFile, WorkDisk: templateWorkFile}, nil
+}
+
+// runtimeDir creates a VMM runtime directory owned by the VMM's user.
+func (m *Manager) runtimeDir(rdir string) error {
+	if err := os.MkdirAll(rdir, 0o700); err != nil {
+		return fmt.Errorf("runtime dir: %w", err)
+	}
+	if m.o.VMMUID >= 0 && m.o.VMMUID != os.Geteuid() {
+		if err := os.Chown(rdir, m.o.VMMUID, m.o.VMMGID); err != nil {
+			return fmt.Errorf("runtime dir: %w", err)
+		}
+	}
+	return nil
+}
+
+// touchLog creates a console log the VMM's user can append to.
+func (m *Manager) touchLog(p string) error {
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+	if err != nil {
+		return fmt.Errorf("console log: %w", err)
+	}
+	defer f.Close()
+	if m.o.VMMUID >= 0 && m.o.VMMUID != os.Geteuid() {
+		_ = f.Chown(m.o.VMMUID, m.o.VMMGID)
+	}
+	return nil
+}
+
+// stopTemplateVMM ends a template's VMM (paused after the save, or failed
+// while booting): SIGTERM, then SIGKILL.
+func (m *Manager) stopTemplateVMM(d vmm.Driver, h *vmm.Handle) {
+	ctx, cancel := context.WithTimeout(context.Background(), m.o.KillWait)
+	defer cancel()
+	_ = d.Kill(ctx, h, syscall.SIGTERM)
+	if d.Wait(ctx, h) == nil {
+		return
+	}
+	kctx, kcancel := context.WithTimeout(context.Background(), m.o.KillWait)
+	defer kcancel()
+	_ = d.Kill(kctx, h, syscall.SIGKILL)
+	_ = d.Wait(kctx, h)
+}
+
+// waitPing polls the agent until it answers, ctx ends or alive says the
+// VMM is gone.
+func waitPing(ctx context.Context, c agent.Client, alive func() bool) error {
+	for {
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := c.Ping(pctx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, agent.ErrUnavailable) && !errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("guest agent: %w", err)
+		}
+		if alive != nil && !alive() {
+			return errVMMExited
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("guest agent did not answer: %w (last: %v)", ctx.Err(), err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// idleScript waits until systemd has finished starting units (when the
+// image has systemd), then until sshd listens, then syncs.
+const idleScript = `if command -v systemctl >/dev/null 2>&1; then systemctl is-system-running --wait >/dev/null 2>&1; fi
+i=0; while [ $i -lt 600 ]; do
+	if grep -q '^ *[0-9]*: [0-9A-F]*:0016 [0-9A-F:]* 0A' /proc/net/tcp /proc/net/tcp6 2>/dev/null; then sync; exit 0; fi
+	i=$((i+1)); sleep 0.1
+done
+echo "sshd is not listening on port 22" >&2; exit 3`
+
+// waitIdle runs idleScript in the guest.
+func waitIdle(ctx context.Context, c agent.Client) error {
+	var errb strings.Builder
+	res, err := c.Exec(ctx, agent.ExecRequest{Argv: []string{"/bin/sh", "-c", idleScript}, Stderr: &errb})
+	if err != nil {
+		return fmt.Errorf("wait until idle: %w", err)
+	}
+	if res.ExitCode != 0 {
+		return fmt.Errorf("wait until idle: exit %d: %s", res.ExitCode, strings.TrimSpace(errb.String()))
+	}
+	return nil
+}
+
+// templateFor is the template step of a create: the template of the VM's
+// key, made on first need. Any error means "cold-boot instead".
+func (r *startRun) templateFor(ctx context.Context) (*template.Template, error) {
+	m, vm := r.m, r.vm
+	key, err := m.templateKey(ctx, vm, r.img, r.kernel, r.driver)
+	if err != nil {
+		return nil, err
+	}
+	if vm.DiskSizeMiB < key.DiskMiB {
+		return nil, fmt.Errorf("%w: its /root disk (%s) is smaller than the template's (%s)", ErrNoTemplate,
+			model.FormatMiB(vm.DiskSizeMiB), model.FormatMiB(key.DiskMiB))
+	}
+	if vm.DiskSizeMiB > key.DiskMiB {
+		if _, ok := r.driver.(vmm.DriveResizer); !ok {
+			return nil, fmt.Errorf("%w: the %s driver cannot grow a restored disk", ErrNoTemplate, r.driver.Name())
+		}
+	}
+	if _, err := m.tmpl.Store().Get(key); err != nil {
+		progress.Stage(ctx, StepTemplate, "making the template of image "+key.Image+" (first use; later VMs start from it)")
+	}
+	t, made, err := m.tmpl.Ensure(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	if made {
+		m.o.Logger.InfoContext(ctx, "template made", "image", key.Image, "id", t.ID, "size", t.SizeBytes, "took", t.MakeTime)
+	}
+	progress.Stage(ctx, StepTemplate, "restoring from template "+t.ID[:12])
+	return &t, nil
+}
+
+// template is the template step: pick the template or fall back to a cold
+// boot with a warning. It never fails the create.
+func (r *startRun) template(ctx context.Context, _ *undoStack) error {
+	t, err := r.templateFor(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if !errors.Is(err, ErrNoTemplate) {
+			r.warn(ctx, fmt.Sprintf("no template (%v); booting from scratch", err))
+		} else {
+			r.m.o.Logger.DebugContext(ctx, "cold boot", "vm", r.vm.Name, "reason", err)
+		}
+		return nil
+	}
+	token, err := os.ReadFile(t.Path(templateTokenFile))
+	if err == nil {
+		r.tmplToken, err = agent.ParseToken(token)
+	}
+	if err != nil {
+		r.warn(ctx, fmt.Sprintf("template %s has no usable agent token (%v); discarding it and booting from scratch", t.ID[:12], err))
+		_ = r.m.tmpl.Discard(*t)
+		return nil
+	}
+	r.tmpl = t
+	r.vm.Runtime.Template = t.ID
+	return r.m.save(ctx, r.vm)
+}
+
+// warn reports a warning as a progress stage (the CLI prints it) and logs
+// it.
+func (r *startRun) warn(ctx context.Context, msg string) {
+	progress.Stage(ctx, "warning", msg)
+	r.m.o.Logger.WarnContext(ctx, msg, "vm", r.vm.Name)
+}
+
+// restoring reports whether this start restores a template.
+func (r *startRun) restoring() bool { return r.tmpl != nil }
+
+// rootBase is the file the root disk is a CoW view of.
+func (r *startRun) rootBase() string {
+	if r.restoring() {
+		return r.tmpl.Path(r.tmpl.Files.RootDisk)
+	}
+	return r.img.Path
+}
+
+// cloneWorkDisk makes the VM's work disk a clone of the template's.
+func (r *startRun) cloneWorkDisk(ctx context.Context, path string) error {
+	fc, err := r.m.fileCoW()
+	if err != nil {
+		return err
+	}
+	tmp := path + ".new"
+	_ = os.Remove(tmp)
+	if _, err := fc.Create(ctx, r.tmpl.Path(r.tmpl.Files.WorkDisk), tmp, 0); err != nil {
+		return fmt.Errorf("work disk from template: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("work disk from template: %w", err)
+	}
+	return nil
+}
+
+// identity is the restore path's identity step: over the template's agent
+// token, the restored guest takes this VM's identity (and token); then a
+// larger work disk is grown.
+func (r *startRun) identity(ctx context.Context, _ *undoStack) error {
+	m, vm := r.m, r.vm
+	rdir := vm.Runtime.RuntimeDir
+	sock := filepath.Join(rdir, AgentSocketName)
+	signer, pemData, err := hostKey(m.o.Layout.VMDir(vm.ID))
+	if err != nil {
+		return err
+	}
+	token, err := agentToken(m.o.Layout.VMDir(vm.ID))
+	if err != nil {
+		return err
+	}
+	n, err := m.guestNetwork(vm)
+	if err != nil {
+		return err
+	}
+	entropy := make([]byte, 64)
+	if _, err := rand.Read(entropy); err != nil {
+		return fmt.Errorf("entropy: %w", err)
+	}
+	id := agent.Identity{
+		Token: token, Time: m.o.Now(), Entropy: entropy, MachineID: MachineID(vm.ID),
+		Hostname: vm.Name, Domain: m.o.Domain, MAC: vm.MAC, Address: n.Address, Gateway: n.Gateway,
+		DNS: strings.Split(n.DNS, ","), HostKey: pemData,
+	}
+	c := agent.NewConn(agent.DialUnix(sock), r.tmplToken, "restored "+vm.Name)
+	ictx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	err = waitPing(ictx, c, func() bool { return vmm.Alive(r.handle.Identity()) })
+	var res agent.IdentityResult
+	if err == nil {
+		res, err = c.ApplyIdentity(ictx, id)
+	}
+	_ = c.Close()
+	if err != nil {
+		return vmm.WithLogTail(fmt.Errorf("apply identity: %w", err), vm.Runtime.LogPath)
+	}
+	if want := ssh.FingerprintSHA256(signer.PublicKey()); res.MachineID != id.MachineID || res.Hostname != vm.Name || res.HostKeyFingerprint != want {
+		return fmt.Errorf("apply identity: the guest reports machine-id %q, hostname %q, host key %s; want %q, %q, %s",
+			res.MachineID, res.Hostname, res.HostKeyFingerprint, id.MachineID, vm.Name, want)
+	}
+	m.o.Logger.DebugContext(ctx, "identity applied", "vm", vm.Name, "iface", res.Interface, "clock_step", res.ClockStep, "entropy_bits", res.EntropyBits)
+	if vm.DiskSizeMiB > r.tmpl.Key.DiskMiB {
+		return r.growWorkDisk(ictx)
+	}
+	return nil
+}
+
+// growWorkDisk grows the restored work disk to the VM's size: the VMM grows
+// the file and tells the guest, then resize2fs grows the mounted /root.
+func (r *startRun) growWorkDisk(ctx context.Context) error {
+	m, vm := r.m, r.vm
+	rs, ok := r.driver.(vmm.DriveResizer)
+	if !ok {
+		return fmt.Errorf("grow /root: the %s driver cannot resize a drive", r.driver.Name())
+	}
+	size := vm.DiskSizeMiB << 20
+	if err := rs.ResizeDrive(ctx, r.handle, 1, size); err != nil {
+		return fmt.Errorf("grow /root: %w", err)
+	}
+	c, err := m.newAgentClient(vm)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	script := fmt.Sprintf(`i=0; while [ "$(cat /sys/block/vdb/size)" -lt %d ] && [ $i -lt 200 ]; do i=$((i+1)); sleep 0.05; done
+exec resize2fs /dev/vdb`, size/512)
+	var out strings.Builder
+	res, err := c.Exec(ctx, agent.ExecRequest{Argv: []string{"/bin/sh", "-c", script}, Stdout: &out, Stderr: &out})
+	if err != nil {
+		return fmt.Errorf("grow /root: %w", err)
+	}
+	if res.ExitCode != 0 {
+		return fmt.Errorf("grow /root: resize2fs exit %d: %s", res.ExitCode, strings.TrimSpace(out.String()))
+	}
+	return nil
+}
+
+// restoreSteps are the steps whose failure means the template did not
+// restore (the create then cold-boots).
+var restoreSteps = []string{StepVMM, StepIdentity, StepSSH}
+
+// restoreFailed reports whether err is a failure of a restore step.
+func restoreFailed(err error) bool {
+	var se *StepError
+	return errors.As(err, &se) && slices.Contains(restoreSteps, se.Step)
+}
+
+// Templates is the VM manager's template manager (nil when templates are
+// disabled).
+func (m *Manager) Templates() *template.Manager { return m.tmpl }
+
+// WarmTemplate makes (or finds) the template a VM like vm would restore
+// from. made reports whether it was made now.
+func (m *Manager) WarmTemplate(ctx context.Context, vm *model.VM) (template.Template, bool, error) {
+	if m.tmpl == nil {
+		return template.Template{}, false, fmt.Errorf("%w: templates are disabled in this daemon", ErrNoTemplate)
+	}
+	key, err := m.TemplateKey(ctx, vm)
+	if err != nil {
+		return template.Template{}, false, err
+	}
+	return m.tmpl.Ensure(ctx, key)
+}

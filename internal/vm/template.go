@@ -147,7 +147,7 @@ func (m *Manager) templateKey(ctx context.Context, vm *model.VM, img *model.Imag
 	key := template.Key{
 		Image: img.Name, Kernel: k.Name, ImageDigest: digest, KernelDigest: kernelDigest(k),
 		VCPU: vm.VCPU, MemoryMiB: vm.MemoryMiB, GuestContract: image.GuestContract,
-		Driver: d.Name(), VMMVersion: vv, DiskMiB: m.o.TemplateDiskMiB, Guest: guest,
+		Driver: vm.Driver, VMMVersion: vv, DiskMiB: m.o.TemplateDiskMiB, Guest: guest,
 	}
 	if key.DiskMiB <= 0 {
 		key.DiskMiB = vm.DiskSizeMiB
@@ -383,16 +383,16 @@ func waitPing(ctx context.Context, c agent.Client, alive func() bool) error {
 	}
 }
 
-// idleScript waits until systemd has finished starting units (when the
-// image has systemd), then until sshd listens, then syncs.
+// idleScript waits until systemd has finished starting units (in images
+// with systemd; others have nothing to wait for) and flushes the page cache
+// (not needed for consistency, the saved memory holds it, but the disks
+// then carry less that only the template's memory knows).
 const idleScript = `if command -v systemctl >/dev/null 2>&1; then systemctl is-system-running --wait >/dev/null 2>&1; fi
-i=0; while [ $i -lt 600 ]; do
-	if grep -q '^ *[0-9]*: [0-9A-F]*:0016 [0-9A-F:]* 0A' /proc/net/tcp /proc/net/tcp6 2>/dev/null; then sync; exit 0; fi
-	i=$((i+1)); sleep 0.1
-done
-echo "sshd is not listening on port 22" >&2; exit 3`
+command -v sync >/dev/null 2>&1 && sync
+exit 0`
 
-// waitIdle runs idleScript in the guest.
+// waitIdle waits until the guest has booted: idleScript, then sshd
+// listening on port 22 (asked through the agent's port list).
 func waitIdle(ctx context.Context, c agent.Client) error {
 	var errb strings.Builder
 	res, err := c.Exec(ctx, agent.ExecRequest{Argv: []string{"/bin/sh", "-c", idleScript}, Stderr: &errb})
@@ -402,7 +402,22 @@ func waitIdle(ctx context.Context, c agent.Client) error {
 	if res.ExitCode != 0 {
 		return fmt.Errorf("wait until idle: exit %d: %s", res.ExitCode, strings.TrimSpace(errb.String()))
 	}
-	return nil
+	for {
+		ports, err := c.Ports(ctx)
+		if err != nil {
+			return fmt.Errorf("wait for sshd: %w", err)
+		}
+		for _, p := range ports {
+			if p.Port == 22 && strings.HasPrefix(p.Proto, "tcp") {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("sshd does not listen on port 22: %w", ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // templateFor is the template step of a create: the template of the VM's

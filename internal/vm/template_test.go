@@ -1,0 +1,421 @@
+package vm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/bangerdev/banger/internal/agent"
+	"github.com/bangerdev/banger/internal/model"
+	"github.com/bangerdev/banger/internal/progress"
+	"github.com/bangerdev/banger/internal/template"
+	"github.com/bangerdev/banger/internal/vmm"
+)
+
+// fakeGuestSystem is the agent.System of a fake guest: it records the
+// identities applied and reports sshd listening.
+type fakeGuestSystem struct {
+	mu  sync.Mutex
+	ids []agent.Identity
+}
+
+func (f *fakeGuestSystem) Health(context.Context) (agent.Health, error) {
+	return agent.Health{Protocol: agent.Protocol, Hostname: "fake"}, nil
+}
+
+func (f *fakeGuestSystem) ApplyIdentity(_ context.Context, id agent.Identity) (agent.IdentityResult, error) {
+	f.mu.Lock()
+	f.ids = append(f.ids, id)
+	f.mu.Unlock()
+	res := agent.IdentityResult{Hostname: id.Hostname, MachineID: id.MachineID, TokenChanged: id.Token != ""}
+	if s, err := ssh.ParsePrivateKey(id.HostKey); err == nil {
+		res.HostKeyFingerprint = ssh.FingerprintSHA256(s.PublicKey())
+	}
+	return res, nil
+}
+
+func (f *fakeGuestSystem) Ports(context.Context) ([]agent.Port, error) {
+	return []agent.Port{{Proto: "tcp", Address: "0.0.0.0", Port: 22, Process: "sshd"}}, nil
+}
+
+func (f *fakeGuestSystem) identities() []agent.Identity {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]agent.Identity(nil), f.ids...)
+}
+
+// snapDriver is fakeDriver plus snapshots: each started "guest" serves a
+// real agent.Server on the spec's virtio-serial socket, with the token
+// found beside its root disk (a VM's or a template's directory) or beside
+// the state file it restores.
+type snapDriver struct {
+	*fakeDriver
+	sys     *fakeGuestSystem
+	pathDir string // PATH of the fake guest's commands
+
+	mu         sync.Mutex
+	listeners  map[string]net.Listener // by VM id
+	saves      int
+	restoreErr error
+	resizes    []string
+}
+
+func newSnapDriver(t *testing.T) *snapDriver {
+	dir := t.TempDir()
+	// The guest's resize2fs (the size poll finds no cat and gives up).
+	if err := os.WriteFile(filepath.Join(dir, "resize2fs"), []byte("#!/bin/sh\necho resized \"$@\"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	d := &snapDriver{fakeDriver: newFakeDriver(), sys: &fakeGuestSystem{}, pathDir: dir, listeners: map[string]net.Listener{}}
+	t.Cleanup(func() {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		for _, l := range d.listeners {
+			_ = l.Close()
+		}
+	})
+	return d
+}
+
+func (d *snapDriver) Capabilities() vmm.Capabilities { return vmm.Capabilities{Snapshots: true} }
+
+func (d *snapDriver) VMMVersion(context.Context) (string, error) { return "fake 1.0", nil }
+
+func (d *snapDriver) Save(_ context.Context, _ *vmm.Handle, path string) error {
+	d.mu.Lock()
+	d.saves++
+	d.mu.Unlock()
+	return os.WriteFile(path, []byte("saved guest"), 0o600)
+}
+
+func (d *snapDriver) ResizeDrive(_ context.Context, _ *vmm.Handle, index int, size int64) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.resizes = append(d.resizes, fmt.Sprintf("%d:%d", index, size>>20))
+	return nil
+}
+
+func (d *snapDriver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Handle, error) {
+	tokenFile := filepath.Join(filepath.Dir(spec.Drives[0].Path), agentTokenFile)
+	if spec.RestoreFrom != "" {
+		d.mu.Lock()
+		err := d.restoreErr
+		d.mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+		if b, err := os.ReadFile(spec.RestoreFrom); err != nil || string(b) != "saved guest" {
+			return nil, errors.New("fake: not a saved guest")
+		}
+		tokenFile = filepath.Join(filepath.Dir(spec.RestoreFrom), templateTokenFile)
+	}
+	h, err := d.fakeDriver.Start(ctx, spec)
+	if err != nil || len(spec.SerialPorts) == 0 {
+		return h, err
+	}
+	data, err := os.ReadFile(tokenFile)
+	if err != nil {
+		return nil, err
+	}
+	token, err := agent.ParseToken(data)
+	if err != nil {
+		return nil, err
+	}
+	l, err := net.Listen("unix", spec.SerialPorts[0].Socket)
+	if err != nil {
+		return nil, err
+	}
+	srv := &agent.Server{Token: token, System: d.sys, Transport: "test", ExecDir: "/", ExecEnv: []string{"PATH=" + d.pathDir}}
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			_ = srv.Serve(context.Background(), c) // one host at a time, like QEMU's chardev
+			c.Close()
+		}
+	}()
+	d.mu.Lock()
+	d.listeners[spec.VMID] = l
+	d.mu.Unlock()
+	return h, nil
+}
+
+func (d *snapDriver) Kill(ctx context.Context, h *vmm.Handle, sig syscall.Signal) error {
+	err := d.fakeDriver.Kill(ctx, h, sig)
+	vmID := strings.TrimPrefix(h.Marker, "fake:")
+	d.mu.Lock()
+	if l := d.listeners[vmID]; l != nil && d.exitOn[sig] {
+		_ = l.Close()
+		delete(d.listeners, vmID)
+	}
+	d.mu.Unlock()
+	return err
+}
+
+// newTemplateRig is newRig with snapDriver, an agent binary and a
+// template store.
+func newTemplateRig(t *testing.T) (*rig, *snapDriver) {
+	r := newRig(t)
+	d := newSnapDriver(t)
+	bin := filepath.Join(t.TempDir(), "banger-agent")
+	if err := os.WriteFile(bin, []byte("\x7fELF fake agent"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	r.drv = d.fakeDriver
+	// Named qemu: the manager gives QEMU VMs the virtio-serial agent port.
+	r.opts.Drivers = map[string]vmm.Driver{"qemu": d}
+	r.opts.DefaultDriver = "qemu"
+	r.opts.AgentBinary = bin
+	r.opts.Templates = template.NewStore(filepath.Join(r.layout.StateDir, "templates"), nil)
+	r.opts.TemplateDiskMiB = 64
+	_ = r.m.Close()
+	m, err := New(r.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.m = m
+	return r, d
+}
+
+func TestCreateRestoresTemplate(t *testing.T) {
+	r, d := newTemplateRig(t)
+	ctx := context.Background()
+	var events []string
+	var mu sync.Mutex
+	pctx := progress.WithSink(ctx, func(e progress.Event) {
+		mu.Lock()
+		events = append(events, e.Stage+": "+e.Message)
+		mu.Unlock()
+	})
+
+	a, err := r.m.Start(pctx, r.newVM("a", false))
+	if err != nil {
+		t.Fatalf("start a: %v\nevents: %q", err, events)
+	}
+	if a.State != model.StateRunning || a.Runtime.Template == "" {
+		t.Fatalf("a: %+v", a)
+	}
+	steps := strings.Join(r.stepLog(), " ")
+	if !strings.Contains(steps, "create:artifacts create:template create:lease") || !strings.Contains(steps, "create:vmm create:identity create:dns") {
+		t.Errorf("steps: %s", steps)
+	}
+	b, err := r.m.Start(ctx, r.newVM("b", false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Runtime.Template != a.Runtime.Template || d.saves != 1 {
+		t.Fatalf("b restored from %q (a from %q), %d saves", b.Runtime.Template, a.Runtime.Template, d.saves)
+	}
+
+	// The VMM specs: the template's boot, then two restores with the
+	// template's MAC on each VM's own tap.
+	specs := d.specs
+	if len(specs) != 3 || specs[0].RestoreFrom != "" || specs[1].RestoreFrom == "" || specs[2].RestoreFrom != specs[1].RestoreFrom {
+		t.Fatalf("specs: %+v", specs)
+	}
+	for _, s := range specs {
+		if len(s.Net) != 1 || s.Net[0].MAC != TemplateMAC {
+			t.Errorf("spec %s net %+v, want MAC %s", s.VMID, s.Net, TemplateMAC)
+		}
+	}
+	if specs[1].Net[0].Tap == specs[2].Net[0].Tap {
+		t.Error("two restored VMs share a tap")
+	}
+	// Disks: CoW clones of the template's.
+	h, err := decodeHandle(a.Runtime.DiskHandle)
+	if err != nil || h.Base != filepath.Join(r.layout.StateDir, "templates", a.Runtime.Template, templateRootFile) {
+		t.Fatalf("root disk handle %+v %v", h, err)
+	}
+
+	ids := d.sys.identities()
+	if len(ids) != 2 {
+		t.Fatalf("identities applied: %d", len(ids))
+	}
+	for i, v := range []*model.VM{a, b} {
+		id := ids[i]
+		tok, _ := agentToken(r.layout.VMDir(v.ID))
+		if id.Hostname != v.Name || id.MAC != v.MAC || id.Address != v.IP+"/24" || id.MachineID != MachineID(v.ID) ||
+			id.Token != tok || len(id.Entropy) < 32 || id.Time.IsZero() || len(id.HostKey) == 0 || id.Domain != "vm" {
+			t.Errorf("identity of %s: %+v", v.Name, id)
+		}
+	}
+	if string(ids[0].Entropy) == string(ids[1].Entropy) {
+		t.Error("two VMs got the same entropy")
+	}
+	// The VM's own token works from now on (the template's is refused).
+	c, err := r.m.Agent(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Ping(ctx); err != nil {
+		t.Fatalf("ping with the VM's token: %v", err)
+	}
+}
+
+func TestRestoreFailureColdBoots(t *testing.T) {
+	r, d := newTemplateRig(t)
+	ctx := context.Background()
+	if _, err := r.m.Start(ctx, r.newVM("a", false)); err != nil {
+		t.Fatal(err)
+	}
+	d.mu.Lock()
+	d.restoreErr = errors.New("qemu: load of migration failed")
+	d.mu.Unlock()
+	var warned []string
+	pctx := progress.WithSink(ctx, func(e progress.Event) {
+		if e.Stage == "warning" {
+			warned = append(warned, e.Message)
+		}
+	})
+	b, err := r.m.Start(pctx, r.newVM("b", false))
+	if err != nil {
+		t.Fatalf("a failed restore failed the create: %v", err)
+	}
+	if b.State != model.StateRunning || b.Runtime.Template != "" {
+		t.Fatalf("b: %+v", b)
+	}
+	if len(warned) != 1 || !strings.Contains(warned[0], "failed to restore") || !strings.Contains(warned[0], "booting from scratch") {
+		t.Errorf("warnings: %q", warned)
+	}
+	if ts, _ := r.opts.Templates.List(); len(ts) != 0 {
+		t.Errorf("the template that failed was kept: %+v", ts)
+	}
+	// The cold boot's disk is over the image, not the discarded template.
+	h, _ := decodeHandle(b.Runtime.DiskHandle)
+	if h == nil || h.Base != r.opts.Artifacts.(*fakeArtifacts).img.Path {
+		t.Errorf("root disk after fallback: %+v", h)
+	}
+	if taps, _ := r.net.counts(); taps != 2 {
+		t.Errorf("%d taps after the fallback, want 2 (a and b)", taps)
+	}
+}
+
+func TestColdAndUnservableSizesSkipTemplates(t *testing.T) {
+	r, d := newTemplateRig(t)
+	ctx := context.Background()
+	cold := r.newVM("cold", false)
+	cold.Runtime.Cold = true
+	r.store.put(cold)
+	v, err := r.m.Start(ctx, cold)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Runtime.Template != "" || d.saves != 0 || strings.Contains(strings.Join(r.stepLog(), " "), "template") {
+		t.Fatalf("--cold used a template: %+v", v.Runtime)
+	}
+	small := r.newVM("small", false)
+	small.DiskSizeMiB = 32 // below the template's 64
+	r.store.put(small)
+	if v, err := r.m.Start(ctx, small); err != nil || v.Runtime.Template != "" || d.saves != 0 {
+		t.Fatalf("a smaller disk: %v %+v", err, v.Runtime)
+	}
+}
+
+func TestLargerDiskGrowsAfterRestore(t *testing.T) {
+	r, d := newTemplateRig(t)
+	big := r.newVM("big", false)
+	big.DiskSizeMiB = 128
+	r.store.put(big)
+	v, err := r.m.Start(context.Background(), big)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Runtime.Template == "" || strings.Join(d.resizes, ",") != "1:128" {
+		t.Fatalf("template %q, resizes %q", v.Runtime.Template, d.resizes)
+	}
+}
+
+func TestTemplateKeyFollowsInputs(t *testing.T) {
+	r, _ := newTemplateRig(t)
+	ctx := context.Background()
+	vm := r.newVM("k", false)
+	k1, err := r.m.TemplateKey(ctx, vm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k1.Image != "img" || k1.Kernel != "k" || k1.VCPU != 1 || k1.MemoryMiB != 256 || k1.Driver != "qemu" ||
+		k1.VMMVersion != "fake 1.0" || k1.DiskMiB != 64 || k1.Guest == "" || k1.GuestContract < 1 {
+		t.Fatalf("key: %+v", k1)
+	}
+	vm.MemoryMiB = 512
+	if k2, _ := r.m.TemplateKey(ctx, vm); k2.ID() == k1.ID() {
+		t.Error("memory did not change the key")
+	}
+	vm.MemoryMiB = 256
+	if err := os.WriteFile(r.opts.AgentBinary, []byte("\x7fELF another agent"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if k3, _ := r.m.TemplateKey(ctx, vm); k3.ID() == k1.ID() {
+		t.Error("a new agent binary did not change the key")
+	}
+	// The fake driver without snapshots: no template.
+	r2 := newRig(t)
+	r2.opts.Templates = template.NewStore(t.TempDir(), nil)
+	r2.opts.AgentBinary = r.opts.AgentBinary
+	m2, err := New(r2.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m2.TemplateKey(ctx, r2.newVM("x", false)); !errors.Is(err, ErrNoTemplate) {
+		t.Errorf("driver without snapshots: %v", err)
+	}
+}
+
+func TestRestoreFailedClassifiesSteps(t *testing.T) {
+	for step, want := range map[string]bool{StepVMM: true, StepIdentity: true, StepSSH: true, StepTap: false, StepRootDisk: false} {
+		if got := restoreFailed(&StepError{Op: OpCreate, Step: step, Err: errors.New("x")}); got != want {
+			t.Errorf("restoreFailed(%s) = %v", step, got)
+		}
+	}
+	if restoreFailed(errors.New("plain")) {
+		t.Error("a plain error counted as a restore failure")
+	}
+}
+
+func TestConcurrentCreatesMakeOneTemplate(t *testing.T) {
+	r, d := newTemplateRig(t)
+	ctx := context.Background()
+	vms := []*model.VM{r.newVM("p1", false), r.newVM("p2", false), r.newVM("p3", false)}
+	var wg sync.WaitGroup
+	errs := make([]error, len(vms))
+	for i, v := range vms {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			vms[i], errs[i] = r.m.Start(ctx, v)
+		}()
+	}
+	wg.Wait()
+	for i, v := range vms {
+		if errs[i] != nil || v.Runtime.Template == "" || v.Runtime.Template != vms[0].Runtime.Template {
+			t.Fatalf("%s: %v %+v", v.Name, errs[i], v.Runtime)
+		}
+	}
+	if d.saves != 1 {
+		t.Fatalf("%d templates saved for one key", d.saves)
+	}
+	// The template's VMM, tap and runtime dir are gone.
+	if taps, _ := r.net.counts(); taps != len(vms) {
+		t.Errorf("%d taps in use, want %d", taps, len(vms))
+	}
+	ents, _ := os.ReadDir(filepath.Join(r.layout.RuntimeDir, "vms"))
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), "tmpl-") {
+			t.Errorf("template runtime dir left: %s", e.Name())
+		}
+	}
+	if alive := r.drv.alive(); len(alive) != len(vms) {
+		t.Errorf("alive VMMs %v, want only the %d VMs", alive, len(vms))
+	}
+}

@@ -149,7 +149,7 @@ type Identity struct {
 	MachineID string    `json:"machine_id,omitempty"` // 32 lowercase hex digits
 	Hostname  string    `json:"hostname,omitempty"`
 	Domain    string    `json:"domain,omitempty"`  // /etc/hosts gets "Hostname.Domain Hostname"
-	MAC       string    `json:"mac,omitempty"`     // selects the interface; the MAC itself is set host-side
+	MAC       string    `json:"mac,omitempty"`     // the NIC's MAC; when no interface has it and there is one other, that one's MAC is changed
 	Address   string    `json:"address,omitempty"` // "172.30.0.5/24"
 	Gateway   string    `json:"gateway,omitempty"`
 	DNS       []string  `json:"dns,omitempty"`

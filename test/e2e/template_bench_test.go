@@ -1,0 +1,114 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// BenchmarkVMRunTemplate measures `banger vm run --rm REPO -- true`
+// restored from the image's template against the same command with
+// --cold (a full boot), in one run, on the same image, kernel and netns.
+// Goal: cold/warm ≥ 8×. It also prints the template's creation time
+// (`image warm`) and its size on disk.
+//
+// Rounds: BANGER_BENCH_ROUNDS (default 3). JSON goes to BANGER_BENCH_JSON
+// (or BANGER_BENCH_OUT) when set. Run it with
+//
+//	BANGER_E2E=1 go test -run '^$' -bench VMRunTemplate -benchtime 1x ./test/e2e
+func BenchmarkVMRunTemplate(b *testing.B) {
+	rounds := 3
+	if v, err := strconv.Atoi(os.Getenv("BANGER_BENCH_ROUNDS")); err == nil && v > 0 {
+		rounds = v
+	}
+	for i := 0; i < b.N; i++ {
+		benchVMRunTemplate(b, rounds)
+	}
+}
+
+type templateBench struct {
+	Warm          []float64 `json:"vm_run_true_template_s"`
+	Cold          []float64 `json:"vm_run_true_cold_s"`
+	MakeSeconds   float64   `json:"template_make_s"`
+	TemplateBytes int64     `json:"template_size_bytes"`
+}
+
+// tinyRepo is a one-commit git repository.
+func tinyRepo(b testing.TB) string {
+	dir := filepath.Join(b.TempDir(), "repo")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "README"), []byte("bench\n"), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	for _, args := range [][]string{{"init", "-q"}, {"add", "README"}, {"-c", "user.name=b", "-c", "user.email=b@example.org", "commit", "-qm", "one"}} {
+		cmd := exec.Command("git", args...)
+		cmd.Dir = dir
+		if out, err := cmd.CombinedOutput(); err != nil {
+			b.Fatalf("git %v: %v\n%s", args, err, out)
+		}
+	}
+	return dir
+}
+
+func benchVMRunTemplate(b *testing.B, rounds int) {
+	e := newRunEnv(b, envOptions{TapPool: 2, Templates: true})
+	repo := tinyRepo(b)
+	var r templateBench
+
+	t0 := time.Now()
+	e.must("image", "warm", devImageName)
+	r.MakeSeconds = time.Since(t0).Seconds()
+	ts := e.templates()
+	if len(ts) != 1 {
+		b.Fatalf("templates after warm: %+v", ts)
+	}
+	r.TemplateBytes = ts[0].SizeBytes
+	id := ts[0].ID
+
+	runOnce := func(extra ...string) float64 {
+		args := append([]string{"vm", "run", "--rm", "--image", devImageName}, extra...)
+		args = append(args, repo, "--", "true")
+		res := e.bangerIn("", nil, args...)
+		if res.code != 0 {
+			b.Fatalf("vm run %v: %s", extra, res)
+		}
+		return res.took.Seconds()
+	}
+	// Warm-up of both paths (page cache).
+	runOnce()
+	runOnce("--cold")
+	for i := 0; i < rounds; i++ {
+		r.Warm = append(r.Warm, runOnce())
+		r.Cold = append(r.Cold, runOnce("--cold"))
+	}
+	if ts := e.templates(); len(ts) != 1 || ts[0].ID != id {
+		b.Fatalf("the template changed during the bench: %+v", ts)
+	}
+
+	warm, cold := median(r.Warm), median(r.Cold)
+	table := fmt.Sprintf("\n%-52s %10s %10s %8s\n", "", "template", "--cold", "ratio") +
+		fmt.Sprintf("%-52s %9.2fs %9.2fs %7.2fx\n", "vm run --rm REPO -- true: template vs --cold", warm, cold, cold/warm) +
+		fmt.Sprintf("template: made in %.1fs (image warm), %.1f MiB on disk\n", r.MakeSeconds, float64(r.TemplateBytes)/(1<<20)) +
+		fmt.Sprintf("(medians of %d rounds; ratio = cold / template, goal >= 8)", rounds)
+	b.Log(table)
+	b.ReportMetric(cold/warm, "cold/template")
+	b.ReportMetric(warm, "template-s")
+	out := os.Getenv("BANGER_BENCH_JSON")
+	if out == "" {
+		out = os.Getenv("BANGER_BENCH_OUT")
+	}
+	if out != "" {
+		data, _ := json.MarshalIndent(map[string]any{"benchmark": "vm_run_template", "rounds": rounds, "samples": r,
+			"median_template_s": warm, "median_cold_s": cold, "ratio_cold_template": cold / warm}, "", "  ")
+		if err := os.WriteFile(out, data, 0o644); err != nil {
+			b.Error(err)
+		}
+	}
+}

@@ -281,3 +281,29 @@ func (m *Manager) Ensure(ctx context.Context, key Key) (t Template, made bool, e
 // Discard removes t after it failed to restore, so the next VM makes a new
 // one; the caller cold-boots and warns.
 func (m *Manager) Discard(t Template) error { return m.store.Remove(t.ID) }
+
+// RemoveStaging removes the staging directories of creations that never
+// finished (a daemon that died while making a template). Call it only when
+// no Ensure is running, i.e. at daemon start.
+func (s *Store) RemoveStaging() (int, error) {
+	ents, err := os.ReadDir(s.root)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("list templates: %w", err)
+	}
+	n := 0
+	var errs []error
+	for _, e := range ents {
+		if !e.IsDir() || !strings.HasPrefix(e.Name(), ".make-") {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(s.root, e.Name())); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		n++
+	}
+	return n, errors.Join(errs...)
+}

@@ -165,3 +165,23 @@ func TestFailedMakeLeavesNothing(t *testing.T) {
 		t.Fatal("bad id accepted")
 	}
 }
+
+func TestRemoveStaging(t *testing.T) {
+	root := t.TempDir()
+	s := NewStore(root, nil)
+	if n, err := s.RemoveStaging(); n != 0 || err != nil {
+		t.Fatalf("empty store: %d %v", n, err)
+	}
+	for _, d := range []string{".make-abc-1", ".make-def-2", "0123456789abcdef0123456789abcdef"} {
+		if err := os.MkdirAll(filepath.Join(root, d, "x"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, err := s.RemoveStaging(); n != 2 || err != nil {
+		t.Fatalf("RemoveStaging = %d, %v", n, err)
+	}
+	ents, _ := os.ReadDir(root)
+	if len(ents) != 1 || ents[0].Name() != "0123456789abcdef0123456789abcdef" {
+		t.Errorf("left: %v", ents)
+	}
+}

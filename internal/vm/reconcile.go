@@ -37,8 +37,10 @@ type ReconcileReport struct {
 //   - stopping: the stop is finished;
 //   - stopped/error with recorded leftovers: they are released.
 //
-// Afterwards taps carrying banger's prefix that no running VM records (made
-// by a crash before their name was stored) are deleted. VMs are handled
+// Afterwards the leftovers of a template that was being made are removed
+// (its VMM killed by evidence, its runtime and staging directories), and
+// taps carrying banger's prefix that no running VM records (made by a crash
+// before their name was stored, or a template's) are deleted. VMs are handled
 // concurrently; one failing does not stop the others.
 func (m *Manager) Reconcile(ctx context.Context) (*ReconcileReport, error) {
 	vms, err := m.o.Store.ListVMs(ctx)
@@ -70,6 +72,9 @@ func (m *Manager) Reconcile(ctx context.Context) (*ReconcileReport, error) {
 		}(vm)
 	}
 	wg.Wait()
+	if err := m.reconcileTemplates(ctx); err != nil {
+		rep.Errors["templates"] = errorText(err)
+	}
 
 	inUse := map[string]bool{}
 	if vms, err := m.o.Store.ListVMs(ctx); err == nil {

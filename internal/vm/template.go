@@ -623,3 +623,43 @@ func (m *Manager) WarmTemplate(ctx context.Context, vm *model.VM) (template.Temp
 	}
 	return m.tmpl.Ensure(ctx, key)
 }
+
+// reconcileTemplates ends what a daemon that died while making a template
+// left behind: the template guest's VMM (found by evidence in its runtime
+// dir, never by name), that runtime dir and the half-made template
+// directory. Its tap is then reclaimed with the other stale taps. Called by
+// Reconcile, before any template can be in the making.
+func (m *Manager) reconcileTemplates(ctx context.Context) error {
+	var errs []error
+	base := filepath.Join(m.o.Layout.RuntimeDir, "vms")
+	ents, err := os.ReadDir(base)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	for _, e := range ents {
+		if !e.IsDir() || !strings.HasPrefix(e.Name(), "tmpl-") {
+			continue
+		}
+		rdir := filepath.Join(base, e.Name())
+		for name, d := range m.o.Drivers {
+			tv := &model.VM{ID: e.Name(), Name: templateHostname, Driver: name, Runtime: model.Runtime{RuntimeDir: rdir}}
+			h, err := d.Find(ctx, m.spec(tv, nil, nil))
+			if err != nil {
+				continue
+			}
+			m.o.Logger.WarnContext(ctx, "killing the VMM of an unfinished template", "pid", h.PID, "dir", rdir)
+			m.stopTemplateVMM(d, h)
+		}
+		if err := os.RemoveAll(rdir); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if m.tmpl != nil {
+		if n, err := m.tmpl.Store().RemoveStaging(); err != nil {
+			errs = append(errs, err)
+		} else if n > 0 {
+			m.o.Logger.InfoContext(ctx, "removed unfinished templates", "count", n)
+		}
+	}
+	return errors.Join(errs...)
+}

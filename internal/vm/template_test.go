@@ -419,3 +419,34 @@ func TestConcurrentCreatesMakeOneTemplate(t *testing.T) {
 		t.Errorf("alive VMMs %v, want only the %d VMs", alive, len(vms))
 	}
 }
+
+func TestReconcileEndsAnUnfinishedTemplate(t *testing.T) {
+	r, d := newTemplateRig(t)
+	ctx := context.Background()
+	id := "tmpl-0123456789abcdef"
+	rdir := filepath.Join(r.layout.RuntimeDir, "vms", id)
+	if err := os.MkdirAll(rdir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	// A template guest left running by a daemon that died (no agent port:
+	// the fake only needs the process).
+	if _, err := d.fakeDriver.Start(ctx, vmm.Spec{VMID: id, RuntimeDir: rdir, Kernel: "/k", VCPU: 1, MemoryMiB: 64,
+		LogPath: filepath.Join(rdir, "log")}); err != nil {
+		t.Fatal(err)
+	}
+	staging := filepath.Join(r.layout.StateDir, "templates", ".make-"+strings.Repeat("a", 32)+"-1")
+	if err := os.MkdirAll(staging, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.m.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if alive := d.alive(); len(alive) != 0 {
+		t.Errorf("template VMM still alive: %v", alive)
+	}
+	for _, p := range []string{rdir, staging} {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Errorf("%s left: %v", p, err)
+		}
+	}
+}

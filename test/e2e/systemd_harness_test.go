@@ -490,6 +490,7 @@ vcpu = 1
 memory = "512M"
 disk_size = "1G"
 driver = "qemu"
+templates = false
 [network]
 tap_pool_size = 0
 [disk]

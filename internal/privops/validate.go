@@ -725,3 +725,11 @@ func (p *Policy) ValidateRemoveJail(spec JailSpec) error {
 }
 
 func lstat(path string) (os.FileInfo, error) { return os.Lstat(path) }
+
+// ValidateSignalArgs is a placeholder until the validators are unified.
+func ValidateSignalArgs(id ProcessIdentity, sig syscall.Signal) error {
+	if id.PID <= 1 || id.Marker == "" || sig <= 0 || sig > 64 {
+		return invalid("signal", "bad")
+	}
+	return nil
+}

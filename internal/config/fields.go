@@ -16,6 +16,7 @@ import (
 	"unicode"
 
 	"github.com/bangerdev/banger/internal/model"
+	"github.com/bangerdev/banger/internal/privops"
 )
 
 // field describes one config key: how to reach its value, what it accepts
@@ -66,7 +67,7 @@ func fields() []field {
 		{key: "vm.templates", accepted: "true or false",
 			ptr: func(c *Config) any { return &c.VM.Templates }},
 
-		{key: "network.bridge", accepted: "an interface name: 1-15 of letters, digits, '-', '_', '.'",
+		{key: "network.bridge", accepted: "an interface name: 1-15 of [a-z0-9-], not starting with '-'",
 			ptr: func(c *Config) any { return &c.Network.Bridge }, check: func(c *Config) error { return ifName(c.Network.Bridge) }},
 		{key: "network.cidr", accepted: `the bridge's IPv4 address with a prefix from /8 to /30, e.g. "172.30.0.1/24"`,
 			ptr: func(c *Config) any { return &c.Network.CIDR }, check: func(c *Config) error { return bridgeCIDR(c.Network.CIDR) }},
@@ -371,20 +372,12 @@ func storeName(v string) error {
 	return nil
 }
 
-// ifName is the kernel's interface-name rule as banger's root side
-// enforces it.
+// ifName is the interface-name rule of banger's privileged side (one home:
+// privops.ValidateIfName), so a config the daemon accepts is one the root
+// helper accepts too.
 func ifName(v string) error {
-	if v == "" || len(v) > 15 {
-		return errors.New("must be 1-15 bytes")
-	}
-	if v == "." || v == ".." {
-		return errors.New("reserved name")
-	}
-	for i := 0; i < len(v); i++ {
-		c := v[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
-			return fmt.Errorf("contains %q", rune(c))
-		}
+	if privops.ValidateIfName(v) != nil {
+		return errors.New("must be 1-15 bytes of [a-z0-9-], not starting with '-'")
 	}
 	return nil
 }

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 
@@ -25,71 +23,6 @@ const dmOriginSuffix = "-origin"
 
 // dmMaxName is the kernel's DM_NAME_LEN (128) minus the terminating NUL.
 const dmMaxName = 127
-
-var (
-	loopDevRE = regexp.MustCompile(`^/dev/loop[0-9]+$`)
-	dmNameRE  = regexp.MustCompile(`^[A-Za-z0-9._+-]+$`)
-)
-
-// ValidateLoopDevice checks that dev names a loop device node (/dev/loopN).
-func ValidateLoopDevice(dev string) error {
-	if !loopDevRE.MatchString(dev) {
-		return fmt.Errorf("%w: %q is not a loop device (want /dev/loopN)", ErrInvalidArgument, dev)
-	}
-	return nil
-}
-
-// ValidateLoopSpec checks that spec names an existing regular file by a
-// clean absolute path.
-func ValidateLoopSpec(spec LoopSpec) error {
-	f := spec.File
-	if f == "" || !filepath.IsAbs(f) || filepath.Clean(f) != f || strings.ContainsAny(f, "\x00\n") {
-		return fmt.Errorf("%w: loop backing file %q must be a clean absolute path", ErrInvalidArgument, f)
-	}
-	st, err := os.Stat(f)
-	if err != nil {
-		return fmt.Errorf("%w: loop backing file: %w", ErrInvalidArgument, err)
-	}
-	if !st.Mode().IsRegular() {
-		return fmt.Errorf("%w: loop backing file %s is not a regular file", ErrInvalidArgument, f)
-	}
-	return nil
-}
-
-// ValidateDMName checks that name is a device-mapper name banger may own:
-// it starts with DMNamePrefix, uses only [A-Za-z0-9._+-] and leaves room for
-// the "-origin" helper device.
-func ValidateDMName(name string) error {
-	if !strings.HasPrefix(name, DMNamePrefix) || len(name) == len(DMNamePrefix) {
-		return fmt.Errorf("%w: dm name %q must start with %q", ErrInvalidArgument, name, DMNamePrefix)
-	}
-	if len(name)+len(dmOriginSuffix) > dmMaxName || !dmNameRE.MatchString(name) {
-		return fmt.Errorf("%w: dm name %q must be at most %d characters of [A-Za-z0-9._+-]",
-			ErrInvalidArgument, name, dmMaxName-len(dmOriginSuffix))
-	}
-	return nil
-}
-
-// ValidateSnapshotSpec checks a SnapshotSpec: a banger dm name, loop devices
-// for origin and COW, and a positive size in whole 512-byte sectors.
-func ValidateSnapshotSpec(spec SnapshotSpec) error {
-	if err := ValidateDMName(spec.Name); err != nil {
-		return err
-	}
-	if err := ValidateLoopDevice(spec.Origin); err != nil {
-		return fmt.Errorf("snapshot origin: %w", err)
-	}
-	if err := ValidateLoopDevice(spec.COW); err != nil {
-		return fmt.Errorf("snapshot cow: %w", err)
-	}
-	if spec.Origin == spec.COW {
-		return fmt.Errorf("%w: snapshot origin and cow are the same device %s", ErrInvalidArgument, spec.Origin)
-	}
-	if spec.SizeBytes <= 0 || spec.SizeBytes%512 != 0 {
-		return fmt.Errorf("%w: snapshot size %d must be a positive multiple of 512", ErrInvalidArgument, spec.SizeBytes)
-	}
-	return nil
-}
 
 // AttachLoop attaches spec.File to the first free loop device
 // (`losetup --find --show [--read-only] FILE`) and returns the device path.

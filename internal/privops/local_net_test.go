@@ -33,12 +33,12 @@ func exit1(c hostexec.Cmd, stderr string) (hostexec.Result, error) {
 }
 
 func TestInterfaceValidation(t *testing.T) {
-	for _, name := range []string{"", "a/b", "../x", ".", "..", "br banger", "br\nx", "0123456789abcdef", "eth0:1", "tab\tx"} {
+	for _, name := range []string{"", "a/b", "../x", ".", "..", "br banger", "br\nx", "0123456789abcdef", "eth0:1", "tab\tx", "x_y.z", "ETH0", "eth0.100", "-x"} {
 		if ValidateIfName(name) == nil {
 			t.Errorf("ValidateIfName(%q) accepted", name)
 		}
 	}
-	for _, name := range []string{"br-banger", "bgtap0", "eth0", "a", "x_y.z"} {
+	for _, name := range []string{"br-banger", "bgtap0", "eth0", "a", "enp0s31f6", "bgtapp0a1b2c3d4"} {
 		if err := ValidateIfName(name); err != nil {
 			t.Errorf("ValidateIfName(%q): %v", name, err)
 		}

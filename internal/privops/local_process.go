@@ -30,7 +30,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -42,46 +41,6 @@ import (
 	"github.com/bangerdev/banger/internal/paths"
 )
 
-var vmmBinary = regexp.MustCompile(`^(qemu-system-[A-Za-z0-9_]+|(firecracker|jailer)([-._][A-Za-z0-9._-]+)?)$`)
-
-// ValidateLaunchSpec checks a LaunchSpec: the program must be a VMM binary
-// (qemu-system-*, firecracker*, jailer*), paths absolute, ids sane.
-func ValidateLaunchSpec(spec LaunchSpec) error {
-	var errs []error
-	if len(spec.Argv) == 0 {
-		errs = append(errs, errors.New("argv is empty"))
-	} else if !vmmBinary.MatchString(filepath.Base(spec.Argv[0])) {
-		errs = append(errs, fmt.Errorf("program %q is not a VMM binary (qemu-system-*, firecracker, jailer)", spec.Argv[0]))
-	}
-	for _, a := range spec.Argv {
-		if strings.ContainsRune(a, 0) {
-			errs = append(errs, errors.New("argv contains a NUL byte"))
-			break
-		}
-	}
-	for name, p := range map[string]string{"dir": spec.Dir, "log path": spec.LogPath} {
-		if !filepath.IsAbs(p) || filepath.Clean(p) != p {
-			errs = append(errs, fmt.Errorf("%s %q must be a clean absolute path", name, p))
-		}
-	}
-	if spec.PIDFile != "" && (!filepath.IsAbs(spec.PIDFile) || filepath.Clean(spec.PIDFile) != spec.PIDFile) {
-		errs = append(errs, fmt.Errorf("pid file %q must be a clean absolute path", spec.PIDFile))
-	}
-	if spec.UID < -1 || spec.GID < -1 || (spec.UID == -1) != (spec.GID == -1) {
-		errs = append(errs, fmt.Errorf("uid/gid %d/%d: both -1 (keep) or both >= 0", spec.UID, spec.GID))
-	}
-	for _, e := range spec.Env {
-		k, _, ok := strings.Cut(e, "=")
-		if !ok || k == "" || strings.ContainsRune(e, 0) {
-			errs = append(errs, fmt.Errorf("environment entry %q is not KEY=VALUE", e))
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("launch vmm: %w: %w", ErrInvalidArgument, err)
-	}
-	return nil
-}
-
 // defaultVMMEnv is the environment of a VMM when the spec gives none: a root
 // helper must not leak its own environment into guests' processes.
 var defaultVMMEnv = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
@@ -91,7 +50,7 @@ var defaultVMMEnv = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr
 // launch itself; cancelling it later never affects the VMM.
 func (l *Local) LaunchVMM(ctx context.Context, spec LaunchSpec) (int, error) {
 	if err := ValidateLaunchSpec(spec); err != nil {
-		return 0, err
+		return 0, fmt.Errorf("launch vmm: %w", err)
 	}
 	if err := ctx.Err(); err != nil {
 		return 0, err
@@ -236,11 +195,8 @@ func checkBinary(path string) error {
 // process that is gone or does not match returns an error wrapping
 // model.ErrNotRunning.
 func (l *Local) SignalVMM(ctx context.Context, id ProcessIdentity, sig syscall.Signal) error {
-	if id.PID <= 1 || id.Marker == "" {
-		return fmt.Errorf("signal vmm: %w: pid %d and a marker are required", ErrInvalidArgument, id.PID)
-	}
-	if sig <= 0 || sig > 64 {
-		return fmt.Errorf("signal vmm: %w: signal %d", ErrInvalidArgument, sig)
+	if err := ValidateSignalArgs(id, sig); err != nil {
+		return fmt.Errorf("signal vmm: %w", err)
 	}
 	if err := ctx.Err(); err != nil {
 		return err
@@ -402,11 +358,8 @@ func procState(stat []byte) byte {
 // (fchownat AT_EMPTY_PATH); a regular file with several links is refused.
 // path must be clean and absolute; uid and gid must be >= 0.
 func (l *Local) ChownPath(ctx context.Context, path string, uid, gid int) error {
-	if !filepath.IsAbs(path) || filepath.Clean(path) != path {
-		return fmt.Errorf("chown %q: %w: must be a clean absolute path", path, ErrInvalidArgument)
-	}
-	if uid < 0 || gid < 0 {
-		return fmt.Errorf("chown %s: %w: uid/gid %d/%d", path, ErrInvalidArgument, uid, gid)
+	if err := ValidateChownArgs(path, uid, gid); err != nil {
+		return fmt.Errorf("chown: %w", err)
 	}
 	if err := ctx.Err(); err != nil {
 		return err

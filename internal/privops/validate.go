@@ -11,7 +11,6 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-	"unicode/utf8"
 
 	"github.com/bangerdev/banger/internal/paths"
 )
@@ -112,14 +111,14 @@ func (p *Policy) Check() error {
 	if _, err := p.bridgePrefix(); err != nil {
 		errs = append(errs, err)
 	}
-	if err := checkIfName("tap prefix", p.tapPrefix()); err != nil || len(p.tapPrefix()) > 10 {
-		errs = append(errs, fmt.Errorf("tap prefix %q must be 1-10 characters of [a-z0-9-]", p.tapPrefix()))
+	if err := checkIfName("tap prefix", p.tapPrefix()); err != nil || len(p.tapPrefix()) > 10 || !strings.HasPrefix(p.tapPrefix(), TapNamePrefix) {
+		errs = append(errs, fmt.Errorf("tap prefix %q must be 1-10 characters of [a-z0-9-] starting with %q", p.tapPrefix(), TapNamePrefix))
 	}
 	if strings.HasPrefix(p.BridgeName, p.tapPrefix()) {
 		errs = append(errs, fmt.Errorf("bridge name %q must not start with the tap prefix %q", p.BridgeName, p.tapPrefix()))
 	}
-	if err := checkDMChars("dm prefix", p.dmPrefix()); err != nil || len(p.dmPrefix()) > 32 {
-		errs = append(errs, fmt.Errorf("dm prefix %q must be 1-32 characters of [A-Za-z0-9._-]", p.dmPrefix()))
+	if err := checkDMChars("dm prefix", p.dmPrefix()); err != nil || len(p.dmPrefix()) > 32 || !strings.HasPrefix(p.dmPrefix(), DMNamePrefix) {
+		errs = append(errs, fmt.Errorf("dm prefix %q must be 1-32 characters of [A-Za-z0-9._-] starting with %q", p.dmPrefix(), DMNamePrefix))
 	}
 	errs = append(errs, p.checkDNS(), p.CheckJailBase())
 	if err := errors.Join(errs...); err != nil {
@@ -164,41 +163,7 @@ func (p *Policy) dmPrefix() string {
 }
 
 func (p *Policy) bridgePrefix() (netip.Prefix, error) {
-	pfx, err := netip.ParsePrefix(p.BridgeCIDR)
-	if err != nil || !pfx.Addr().Is4() || pfx.Bits() < 8 || pfx.Bits() > 30 || pfx.Addr() == pfx.Masked().Addr() {
-		return netip.Prefix{}, fmt.Errorf("bridge CIDR %q must be an IPv4 gateway address with a /8-/30 prefix, e.g. 172.30.0.1/24", p.BridgeCIDR)
-	}
-	return pfx, nil
-}
-
-// checkIfName: 1-15 bytes of [a-z0-9-], not starting with '-'.
-func checkIfName(field, name string) error {
-	if name == "" || len(name) > 15 {
-		return invalid(field, "%q must be 1-15 bytes", clip(name))
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
-			return invalid(field, "%q may only contain [a-z0-9-]", clip(name))
-		}
-	}
-	if name[0] == '-' {
-		return invalid(field, "%q must not start with '-'", name)
-	}
-	return nil
-}
-
-func checkDMChars(field, name string) error {
-	if name == "" {
-		return invalid(field, "empty")
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
-			return invalid(field, "%q may only contain [A-Za-z0-9._-]", clip(name))
-		}
-	}
-	return nil
+	return checkBridgeCIDR("bridge CIDR", p.BridgeCIDR)
 }
 
 // clip shortens hostile input for error messages.
@@ -220,6 +185,9 @@ func (p *Policy) ValidateBridgeName(name string) error {
 // ValidateBridge checks EnsureBridge's spec: the configured bridge with the
 // configured address, MTU 0 (default) or 576-65535.
 func (p *Policy) ValidateBridge(spec BridgeSpec) error {
+	if err := ValidateBridgeSpec(spec); err != nil {
+		return err
+	}
 	if err := p.ValidateBridgeName(spec.Name); err != nil {
 		return err
 	}
@@ -231,30 +199,21 @@ func (p *Policy) ValidateBridge(spec BridgeSpec) error {
 	if err != nil || got != want {
 		return invalid("bridge.cidr", "%q is not banger's bridge address %s", clip(spec.CIDR), want)
 	}
-	if spec.MTU != 0 && (spec.MTU < 576 || spec.MTU > 65535) {
-		return invalid("bridge.mtu", "%d out of range 576-65535", spec.MTU)
-	}
-	if err := p.validateUplink(spec.Uplink); err != nil {
-		return err
-	}
-	return nil
+	return checkUplink("bridge.uplink", spec.Uplink, p.BridgeName, p.tapPrefix())
 }
 
-// ValidateTapName checks a tap name: 1-15 bytes of [a-z0-9-] starting
-// with the tap prefix and longer than it.
+// ValidateTapName checks a tap name with the one rule (ValidateTapName)
+// and the policy's tap prefix.
 func (p *Policy) ValidateTapName(field, name string) error {
-	if err := checkIfName(field, name); err != nil {
-		return err
-	}
-	if !strings.HasPrefix(name, p.tapPrefix()) || len(name) == len(p.tapPrefix()) {
-		return invalid(field, "%q must start with %q followed by an id", name, p.tapPrefix())
-	}
-	return nil
+	return checkTapName(field, p.tapPrefix(), name)
 }
 
 // ValidateTap checks CreateTap's spec: a banger tap on banger's bridge,
 // owned by the owner (or -1, no owner).
 func (p *Policy) ValidateTap(spec TapSpec) error {
+	if err := ValidateTapSpec(spec); err != nil {
+		return err
+	}
 	if err := p.ValidateTapName("tap.name", spec.Name); err != nil {
 		return err
 	}
@@ -281,14 +240,8 @@ func lastAddr(p netip.Prefix) netip.Addr {
 // and reaches it without symlinks (paths.CheckNoSymlinks). With mustExist
 // the final component must exist too.
 func (p *Policy) ValidatePath(field, path string, mustExist bool) error {
-	if path == "" {
-		return invalid(field, "empty path")
-	}
-	if !utf8.ValidString(path) || strings.ContainsAny(path, "\x00\n\r") {
-		return invalid(field, "%q contains control bytes", clip(path))
-	}
-	if !filepath.IsAbs(path) || filepath.Clean(path) != path {
-		return invalid(field, "%q must be a clean absolute path", clip(path))
+	if err := checkCleanPath(field, path); err != nil {
+		return err
 	}
 	var lastErr error
 	for _, root := range p.ManagedRoots {
@@ -318,14 +271,7 @@ func (p *Policy) ValidateLoop(spec LoopSpec) error {
 	if err := p.ValidatePath("loop.file", spec.File, true); err != nil {
 		return err
 	}
-	st, err := lstat(spec.File)
-	if err != nil {
-		return invalid("loop.file", "%v", err)
-	}
-	if !st.Mode().IsRegular() {
-		return invalid("loop.file", "%s is not a regular file", spec.File)
-	}
-	return nil
+	return ValidateLoopSpec(spec)
 }
 
 // ValidateLoopDevice accepts /dev/loopN only, and only while it is free or
@@ -333,15 +279,10 @@ func (p *Policy) ValidateLoop(spec LoopSpec) error {
 // device of someone else's (after a host reboot the same number may be
 // anybody's) is never detached or used as a snapshot device.
 func (p *Policy) ValidateLoopDevice(field, dev string) error {
-	n, ok := strings.CutPrefix(dev, "/dev/loop")
-	if !ok || n == "" || len(n) > 7 {
-		return invalid(field, "%q is not a loop device (want /dev/loopN)", clip(dev))
+	if err := checkLoopDevice(field, dev); err != nil {
+		return err
 	}
-	for i := 0; i < len(n); i++ {
-		if n[i] < '0' || n[i] > '9' {
-			return invalid(field, "%q is not a loop device (want /dev/loopN)", clip(dev))
-		}
-	}
+	n := strings.TrimPrefix(dev, "/dev/loop")
 	sys := p.SysDir
 	if sys == "" {
 		sys = "/sys"
@@ -362,21 +303,15 @@ func (p *Policy) ValidateLoopDevice(field, dev string) error {
 // ValidateDMName checks a device-mapper name: the dm prefix followed by an
 // id, at most 100 bytes of [A-Za-z0-9._-].
 func (p *Policy) ValidateDMName(field, name string) error {
-	if err := checkDMChars(field, name); err != nil {
-		return err
-	}
-	if len(name) > 100 {
-		return invalid(field, "%q is longer than 100 bytes", clip(name))
-	}
-	if !strings.HasPrefix(name, p.dmPrefix()) || len(name) == len(p.dmPrefix()) {
-		return invalid(field, "%q must start with %q followed by an id", name, p.dmPrefix())
-	}
-	return nil
+	return checkDMName(field, p.dmPrefix(), name)
 }
 
 // ValidateSnapshot checks CreateSnapshot's spec: a banger dm name, two
 // distinct loop devices, a positive size in whole 512-byte sectors.
 func (p *Policy) ValidateSnapshot(spec SnapshotSpec) error {
+	if err := ValidateSnapshotSpec(spec); err != nil {
+		return err
+	}
 	if err := p.ValidateDMName("snapshot.name", spec.Name); err != nil {
 		return err
 	}
@@ -385,12 +320,6 @@ func (p *Policy) ValidateSnapshot(spec SnapshotSpec) error {
 	}
 	if err := p.ValidateLoopDevice("snapshot.cow", spec.COW); err != nil {
 		return err
-	}
-	if spec.Origin == spec.COW {
-		return invalid("snapshot.cow", "same device as the origin (%s)", spec.Origin)
-	}
-	if spec.SizeBytes <= 0 || spec.SizeBytes%512 != 0 {
-		return invalid("snapshot.size_bytes", "%d must be a positive multiple of 512", spec.SizeBytes)
 	}
 	return nil
 }
@@ -420,23 +349,12 @@ func isJailer(name string) bool { return strings.HasPrefix(name, "jailer") }
 // root with --uid/--gid of the owner, an --exec-file that is a configured
 // firecracker and a --chroot-base-dir below a managed root.
 func (p *Policy) ValidateLaunch(spec LaunchSpec) (LaunchSpec, error) {
-	if len(spec.Argv) == 0 {
-		return spec, invalid("launch.argv", "empty")
-	}
-	if len(spec.Argv) > maxArgs {
-		return spec, invalid("launch.argv", "%d arguments (at most %d)", len(spec.Argv), maxArgs)
+	if err := ValidateLaunchSpec(spec); err != nil {
+		return spec, err
 	}
 	name, abs, ok := p.resolveVMM(spec.Argv[0])
 	if !ok {
 		return spec, invalid("launch.argv[0]", "%q is not a configured VMM binary (allowed: %s)", clip(spec.Argv[0]), strings.Join(p.vmmNames(), ", "))
-	}
-	for i, a := range spec.Argv {
-		if a == "" {
-			return spec, invalid(fmt.Sprintf("launch.argv[%d]", i), "empty argument")
-		}
-		if len(a) > maxArgBytes || strings.ContainsRune(a, 0) {
-			return spec, invalid(fmt.Sprintf("launch.argv[%d]", i), "longer than %d bytes or holds a NUL byte", maxArgBytes)
-		}
 	}
 	if err := p.ValidatePath("launch.dir", spec.Dir, true); err != nil {
 		return spec, err
@@ -447,20 +365,6 @@ func (p *Policy) ValidateLaunch(spec LaunchSpec) (LaunchSpec, error) {
 	if spec.PIDFile != "" {
 		if err := p.ValidatePath("launch.pid_file", spec.PIDFile, false); err != nil {
 			return spec, err
-		}
-	}
-	if len(spec.Env) > maxEnv {
-		return spec, invalid("launch.env", "%d entries (at most %d)", len(spec.Env), maxEnv)
-	}
-	for i, e := range spec.Env {
-		k, _, ok := strings.Cut(e, "=")
-		if !ok || !envKey(k) || strings.ContainsRune(e, 0) || len(e) > maxArgBytes {
-			return spec, invalid(fmt.Sprintf("launch.env[%d]", i), "%q is not KEY=VALUE", clip(e))
-		}
-		for _, d := range deniedEnv {
-			if k == d || (strings.HasSuffix(d, "_") && strings.HasPrefix(k, d)) {
-				return spec, invalid(fmt.Sprintf("launch.env[%d]", i), "%s may not be set for a VMM", k)
-			}
 		}
 	}
 	if isJailer(name) {
@@ -484,19 +388,6 @@ func (p *Policy) vmmNames() []string {
 	}
 	slices.Sort(names)
 	return names
-}
-
-func envKey(k string) bool {
-	if k == "" {
-		return false
-	}
-	for i := 0; i < len(k); i++ {
-		c := k[i]
-		if !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c == '_' || i > 0 && c >= '0' && c <= '9') {
-			return false
-		}
-	}
-	return true
 }
 
 // validateCreds: the VMM runs as the owner; a root owner may also keep
@@ -638,11 +529,8 @@ var (
 // helper only ever signals VMMs), and one of SIGTERM, SIGKILL, SIGINT,
 // SIGHUP, SIGUSR1.
 func (p *Policy) ValidateSignal(id ProcessIdentity, sig syscall.Signal) error {
-	if id.PID <= 1 {
-		return invalid("signal.pid", "%d (must be > 1)", id.PID)
-	}
-	if len(id.Marker) < 4 || len(id.Marker) > 4096 || strings.ContainsRune(id.Marker, 0) {
-		return invalid("signal.marker", "%q must be 4-4096 bytes without NUL (the VM's unique socket path or id)", clip(id.Marker))
+	if err := ValidateSignalArgs(id, sig); err != nil {
+		return err
 	}
 	comm := ProcessComm(id.Comm)
 	found := false
@@ -655,9 +543,6 @@ func (p *Policy) ValidateSignal(id ProcessIdentity, sig syscall.Signal) error {
 	if !found {
 		return invalid("signal.comm", "%q is not a configured VMM binary (allowed: %s)", clip(id.Comm), strings.Join(p.vmmNames(), ", "))
 	}
-	if !slices.Contains(allowedSignals, sig) {
-		return invalid("signal", "%d is not one of SIGTERM, SIGKILL, SIGINT, SIGHUP, SIGUSR1", int(sig))
-	}
 	return nil
 }
 
@@ -665,6 +550,9 @@ func (p *Policy) ValidateSignal(id ProcessIdentity, sig syscall.Signal) error {
 // managed root, reached without symlinks (and not itself one), given to
 // the owner's uid and gid.
 func (p *Policy) ValidateChown(path string, uid, gid int) error {
+	if err := ValidateChownArgs(path, uid, gid); err != nil {
+		return err
+	}
 	if err := p.ValidatePath("chown.path", path, true); err != nil {
 		return err
 	}
@@ -726,10 +614,3 @@ func (p *Policy) ValidateRemoveJail(spec JailSpec) error {
 
 func lstat(path string) (os.FileInfo, error) { return os.Lstat(path) }
 
-// ValidateSignalArgs is a placeholder until the validators are unified.
-func ValidateSignalArgs(id ProcessIdentity, sig syscall.Signal) error {
-	if id.PID <= 1 || id.Marker == "" || sig <= 0 || sig > 64 {
-		return invalid("signal", "bad")
-	}
-	return nil
-}

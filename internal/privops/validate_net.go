@@ -65,6 +65,9 @@ func checkDNSDomain(field, d string) error {
 // is refused: the owner may not route another domain (say "com") or send
 // the host's lookups to a listener of its own.
 func (p *Policy) ValidateResolver(spec ResolverSpec) error {
+	if err := ValidateResolverSpec(spec); err != nil {
+		return err
+	}
 	if spec.Bridge != p.BridgeName {
 		return invalid("resolver.bridge", "%q is not banger's bridge %q", clip(spec.Bridge), p.BridgeName)
 	}
@@ -86,25 +89,13 @@ func (p *Policy) ValidateResolver(spec ResolverSpec) error {
 	return nil
 }
 
-// validateUplink accepts "" or a plain interface name that is neither the
-// bridge nor a tap.
-func (p *Policy) validateUplink(uplink string) error {
-	if uplink == "" {
-		return nil
-	}
-	if err := checkIfName("bridge.uplink", uplink); err != nil {
-		return err
-	}
-	if uplink == p.BridgeName || strings.HasPrefix(uplink, p.tapPrefix()) {
-		return invalid("bridge.uplink", "%q is banger's own interface", uplink)
-	}
-	return nil
-}
-
 // ValidateVMNet checks EnsureVMNet/ClearVMNet's spec: a host address inside
 // the bridge network (not its network, broadcast or gateway address), a
 // locally administered unicast MAC, a banger tap and banger's bridge.
 func (p *Policy) ValidateVMNet(spec VMNetSpec) error {
+	if err := ValidateVMNetSpec(spec); err != nil {
+		return err
+	}
 	pfx, err := p.bridgePrefix()
 	if err != nil {
 		return invalid("vmnet", "%v", err)
@@ -148,24 +139,3 @@ func checkVMMAC(field, mac string) error {
 	return nil
 }
 
-// ValidateVMNetSpec checks a VMNetSpec without a policy (Local's own check):
-// an IPv4 unicast address, a VM MAC, a banger tap and a valid bridge name.
-func ValidateVMNetSpec(spec VMNetSpec) error {
-	ip, err := netip.ParseAddr(spec.VMIP)
-	if err != nil || !ip.Is4() || ip.IsUnspecified() || ip.IsMulticast() || ip.IsLoopback() {
-		return fmt.Errorf("%w: VM address %q must be a unicast IPv4 address", ErrInvalidArgument, spec.VMIP)
-	}
-	if err := checkVMMAC("mac", spec.MAC); err != nil {
-		return err
-	}
-	if err := ValidateTapName(spec.Tap); err != nil {
-		return err
-	}
-	if err := ValidateIfName(spec.Bridge); err != nil {
-		return fmt.Errorf("bridge: %w", err)
-	}
-	if spec.AllowLAN && !spec.NAT {
-		return fmt.Errorf("%w: allow_lan needs nat", ErrInvalidArgument)
-	}
-	return nil
-}

@@ -17,7 +17,6 @@ import (
 // Host networking (bridge, taps, resolver routing). The firewall (guest
 // isolation, egress policy, NAT, anti-spoofing) is in firewall.go.
 
-
 func isLinkNotFound(err error) bool {
 	var nf netlink.LinkNotFoundError
 	return errors.As(err, &nf)

@@ -116,6 +116,19 @@ func NewServer(impl Ops, cfg ServerConfig) (*rpc.Server, error) {
 		MaxRequest:  HelperMaxRequest,
 		ReadTimeout: 10 * time.Second,
 	})
+	registerHelper(s, impl, &cfg)
+	return s, nil
+}
+
+// registrar is where the helper's methods are registered (the rpc.Server;
+// tests call the handlers directly).
+type registrar interface {
+	Handle(method string, h rpc.Handler)
+}
+
+// registerHelper registers every helper method: each decodes its request
+// (rpc.Typed), validates it against cfg.Policy, then calls impl.
+func registerHelper(s registrar, impl Ops, cfg *ServerConfig) {
 	p := &cfg.Policy
 
 	s.Handle(MethodPing, rpc.Typed(func(ctx context.Context, _ struct{}) (HelperInfo, error) {
@@ -161,11 +174,10 @@ func NewServer(impl Ops, cfg ServerConfig) (*rpc.Server, error) {
 		return chrootResult{Chroot: chroot}, err
 	})
 	handle(s, MethodRemoveJail, p.ValidateRemoveJail, impl.RemoveJail)
-	return s, nil
 }
 
 // handle registers a method without a result: validate, then call.
-func handle[P any](s *rpc.Server, method string, validate func(P) error, call func(context.Context, P) error) {
+func handle[P any](s registrar, method string, validate func(P) error, call func(context.Context, P) error) {
 	s.Handle(method, rpc.Typed(func(ctx context.Context, a P) (struct{}, error) {
 		if err := validate(a); err != nil {
 			return struct{}{}, rpc.Errorf(rpc.CodeBadRequest, "%w", err)
@@ -175,7 +187,7 @@ func handle[P any](s *rpc.Server, method string, validate func(P) error, call fu
 }
 
 // handleResult registers a method with a result: validate, then call.
-func handleResult[P, R any](s *rpc.Server, method string, validate func(P) error, call func(context.Context, P) (R, error)) {
+func handleResult[P, R any](s registrar, method string, validate func(P) error, call func(context.Context, P) (R, error)) {
 	s.Handle(method, rpc.Typed(func(ctx context.Context, a P) (R, error) {
 		if err := validate(a); err != nil {
 			var zero R

@@ -613,4 +613,3 @@ func (p *Policy) ValidateRemoveJail(spec JailSpec) error {
 }
 
 func lstat(path string) (os.FileInfo, error) { return os.Lstat(path) }
-

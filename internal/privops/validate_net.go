@@ -138,4 +138,3 @@ func checkVMMAC(field, mac string) error {
 	}
 	return nil
 }
-

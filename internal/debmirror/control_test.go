@@ -103,3 +103,60 @@ func FuzzCompareVersions(f *testing.F) {
 		}
 	})
 }
+
+func FuzzParseRelease(f *testing.F) {
+	sum := strings.Repeat("ab", 32)
+	f.Add("Suite: stable\nCodename: bookworm\nDate: Sat, 10 Jun 2023 08:51:46 UTC\nAcquire-By-Hash: yes\nSHA256:\n " + sum + " 1234 main/binary-amd64/Packages.xz\n " + sum + " 0 main/binary-amd64/Release\n")
+	f.Add("Valid-Until: Sat, 17 Jun 2023 08:51:46 UTC\nSHA256:\n " + sum + " 12 main/x\n")
+	f.Add("SHA256:\n " + sum + " -1 main/x\n")
+	f.Add("SHA256:\n zz 12 main/x\n")
+	f.Add("Suite: x\n")
+	f.Add("")
+	f.Fuzz(func(t *testing.T, in string) {
+		rel, err := ParseRelease([]byte(in))
+		if err != nil {
+			if rel != nil {
+				t.Fatal("a Release with an error")
+			}
+			return
+		}
+		if len(rel.Files) == 0 {
+			t.Fatal("accepted a Release without files")
+		}
+		for name, fh := range rel.Files {
+			if name == "" || len(fh.SHA256) != 64 || fh.SHA256 != strings.ToLower(fh.SHA256) || fh.Size < 0 {
+				t.Fatalf("file %q: %+v", name, fh)
+			}
+		}
+	})
+}
+
+func FuzzParseRelations(f *testing.F) {
+	f.Add("libc6 (>= 2.34), libssl3 (>= 3.0.0) | libssl1.1, debconf [amd64] <!nocheck>")
+	f.Add("a:any (= 1:2.0-1)")
+	f.Add(", | ,(>=")
+	f.Fuzz(func(t *testing.T, in string) {
+		for _, group := range ParseRelations(in) {
+			if len(group) == 0 {
+				t.Fatalf("empty alternative group from %q", in)
+			}
+			for _, r := range group {
+				if r.Name == "" || strings.ContainsAny(r.Name, ",|(") {
+					t.Fatalf("relation name %q from %q", r.Name, in)
+				}
+				switch r.Op {
+				case "", "=", ">=", "<=", ">>", "<<", ">", "<": // > and < are Debian's obsolete forms
+				default:
+					t.Fatalf("relation op %q from %q", r.Op, in)
+				}
+			}
+		}
+	})
+}
+
+func TestParseRelationsSkipsNamelessAlternatives(t *testing.T) {
+	got := ParseRelations("(>= 1) | a, :any, b (<< 2)")
+	if len(got) != 2 || len(got[0]) != 1 || got[0][0].Name != "a" || got[1][0] != (Relation{Name: "b", Op: "<<", Version: "2"}) {
+		t.Fatalf("got %+v", got)
+	}
+}

@@ -279,7 +279,7 @@ func ParseRelease(content []byte) (*Release, error) {
 			continue
 		}
 		size, err := strconv.ParseInt(f[1], 10, 64)
-		if err != nil || len(f[0]) != 64 || size < 0 {
+		if err != nil || !isSHA256Hex(f[0]) || size < 0 {
 			return nil, fmt.Errorf("parse Release: bad SHA256 line %q", truncate(line, 120))
 		}
 		rel.Files[f[2]] = FileHash{SHA256: strings.ToLower(f[0]), Size: size}
@@ -478,11 +478,20 @@ func packageFromParagraph(p Paragraph) (*Package, error) {
 		depends:  p.Get("Pre-Depends") + "," + p.Get("Depends"),
 	}
 	size, err := strconv.ParseInt(p.Get("Size"), 10, 64)
-	if pkg.Name == "" || pkg.Version == "" || pkg.Filename == "" || len(pkg.SHA256) != 64 || err != nil || size < 0 {
+	if pkg.Name == "" || pkg.Version == "" || pkg.Filename == "" || !isSHA256Hex(pkg.SHA256) || err != nil || size < 0 {
 		return nil, fmt.Errorf("Packages index: malformed stanza for %q (needs Package, Version, Filename, SHA256, Size)", pkg.Name)
 	}
 	pkg.Size = size
 	return pkg, nil
+}
+
+// isSHA256Hex reports whether s is a SHA-256 digest in hex (either case).
+func isSHA256Hex(s string) bool {
+	if len(s) != sha256.Size*2 {
+		return false
+	}
+	_, err := hex.DecodeString(s)
+	return err == nil
 }
 
 // ParseRelations parses a Depends-style field: comma-separated groups of
@@ -504,6 +513,9 @@ func ParseRelations(field string) [][]Relation {
 			r.Name = strings.TrimSpace(name)
 			if i := strings.IndexByte(r.Name, ':'); i >= 0 { // name:any
 				r.Name = r.Name[:i]
+			}
+			if r.Name == "" {
+				continue // "(>= 1)" or ":any" alone names no package
 			}
 			if hasCons {
 				cons, _, _ = strings.Cut(cons, ")")

@@ -200,3 +200,27 @@ func TestParseStat(t *testing.T) {
 		t.Errorf("char device: %+v %v", fi, err)
 	}
 }
+
+func FuzzParseStat(f *testing.F) {
+	f.Add(statRegular)
+	f.Add(statSymlink)
+	f.Add(strings.Replace(statRegular, "Type: regular", "Type: block special", 1))
+	f.Add(strings.Replace(statRegular, "Type: regular", "Type: bad type", 1))
+	f.Add("Inode: x Type: directory Mode: 9999\nUser: -1 Size: -5\nFast link dest: \"")
+	f.Add("Inode:")
+	f.Fuzz(func(t *testing.T, out string) {
+		fi, err := parseStat("/p", []byte(out))
+		if err != nil {
+			if !strings.HasPrefix(err.Error(), "ext4: ") {
+				t.Fatalf("error without context: %v", err)
+			}
+			return
+		}
+		if !strings.HasPrefix(out, "Inode:") || fi.Path != "/p" {
+			t.Fatalf("accepted %q as %+v", out, fi)
+		}
+		if fi.Mode.Perm() != fi.Mode.Perm()&0o777 || fi.kind() == kindMissing {
+			t.Fatalf("mode %v kind %v from %q", fi.Mode, fi.kind(), out)
+		}
+	})
+}

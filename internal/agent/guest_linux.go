@@ -310,6 +310,15 @@ func (g *Guest) applyHostKey(ctx context.Context, id Identity) (string, error) {
 	if pid == 0 {
 		return fp, nil // no sshd running (yet): it reads the new key when it starts
 	}
+	// OpenSSH before 9.8 re-executes itself for every connection and
+	// reads its host keys again: a new connection may already get the new
+	// key, which saves the listener's re-exec (a second under emulation).
+	pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	match, _ := probeHostKey(pctx, "127.0.0.1:22", signer.PublicKey())
+	cancel()
+	if match {
+		return fp, nil
+	}
 	if err := syscall.Kill(pid, syscall.SIGHUP); err != nil {
 		return fp, fmt.Errorf("reload sshd (pid %d): %w", pid, err)
 	}
@@ -350,33 +359,45 @@ func (g *Guest) sshdListener() int {
 // errWrongKey ends a probe handshake once the host key is known.
 var errWrongKey = errors.New("host key differs")
 
+// probeHostKey makes one ssh handshake with addr, up to the host key, and
+// reports whether the server presented want.
+func probeHostKey(ctx context.Context, addr string, want ssh.PublicKey) (bool, error) {
+	wantBytes := want.Marshal()
+	match := false
+	cfg := &ssh.ClientConfig{
+		User:              "banger-agent-probe",
+		HostKeyAlgorithms: []string{want.Type()},
+		HostKeyCallback: func(_ string, _ net.Addr, key ssh.PublicKey) error {
+			if bytes.Equal(key.Marshal(), wantBytes) {
+				match = true
+				return errors.New("probe done")
+			}
+			return errWrongKey
+		},
+		Timeout: 2 * time.Second,
+	}
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return false, err
+	}
+	defer conn.Close()
+	deadline := time.Now().Add(2 * time.Second)
+	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
+		deadline = dl
+	}
+	_ = conn.SetDeadline(deadline)
+	_, _, _, err = ssh.NewClientConn(conn, addr, cfg)
+	return match, err
+}
+
 // waitHostKey polls addr until its ssh server presents want.
 func waitHostKey(ctx context.Context, addr string, want ssh.PublicKey, limit time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
-	wantBytes := want.Marshal()
 	var last error
 	for {
-		match := false
-		cfg := &ssh.ClientConfig{
-			User:              "banger-agent-probe",
-			HostKeyAlgorithms: []string{want.Type()},
-			HostKeyCallback: func(_ string, _ net.Addr, key ssh.PublicKey) error {
-				if bytes.Equal(key.Marshal(), wantBytes) {
-					match = true
-					return errors.New("probe done")
-				}
-				return errWrongKey
-			},
-			Timeout: 2 * time.Second,
-		}
-		var d net.Dialer
-		conn, err := d.DialContext(ctx, "tcp", addr)
-		if err == nil {
-			_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
-			_, _, _, err = ssh.NewClientConn(conn, addr, cfg)
-			conn.Close()
-		}
+		match, err := probeHostKey(ctx, addr, want)
 		if match {
 			return nil
 		}

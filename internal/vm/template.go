@@ -547,7 +547,9 @@ func (r *startRun) identity(ctx context.Context, _ *undoStack) error {
 	c := agent.NewConn(agent.DialUnix(sock), r.tmplToken, "restored "+vm.Name)
 	ictx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
+	t0 := m.o.Now()
 	err = waitPing(ictx, c, func() bool { return vmm.Alive(r.handle.Identity()) })
+	t1 := m.o.Now()
 	var res agent.IdentityResult
 	if err == nil {
 		res, err = c.ApplyIdentity(ictx, id)
@@ -560,7 +562,8 @@ func (r *startRun) identity(ctx context.Context, _ *undoStack) error {
 		return fmt.Errorf("apply identity: the guest reports machine-id %q, hostname %q, host key %s; want %q, %q, %s",
 			res.MachineID, res.Hostname, res.HostKeyFingerprint, id.MachineID, vm.Name, want)
 	}
-	m.o.Logger.DebugContext(ctx, "identity applied", "vm", vm.Name, "iface", res.Interface, "clock_step", res.ClockStep, "entropy_bits", res.EntropyBits)
+	m.o.Logger.DebugContext(ctx, "identity applied", "vm", vm.Name, "iface", res.Interface, "clock_step", res.ClockStep,
+		"entropy_bits", res.EntropyBits, "agent_answered_after", t1.Sub(t0), "apply_took", m.o.Now().Sub(t1))
 	if vm.DiskSizeMiB > r.tmpl.Key.DiskMiB {
 		return r.growWorkDisk(ictx)
 	}

@@ -194,3 +194,37 @@ func TestCLICompletesLiveVMNames(t *testing.T) {
 		t.Fatalf("completion: %d %q", code, out)
 	}
 }
+
+func TestCLITemplatesListAndColdFlag(t *testing.T) {
+	e := newEnv(t)
+	out, errOut, code := e.run("image", "templates", "--json")
+	if code != 0 || strings.TrimSpace(out) != "[]" {
+		t.Fatalf("image templates --json: %d %q %q", code, out, errOut)
+	}
+	if _, errOut, code := e.run("image", "templates"); code != 0 || !strings.Contains(errOut, "no templates") {
+		t.Errorf("image templates: %d %q", code, errOut)
+	}
+	if _, errOut, code := e.run("vm", "create", "--no-start", "--cold", "--name", "c1"); code != 0 {
+		t.Fatalf("create --cold: %d %s", code, errOut)
+	}
+	out, _, _ = e.run("vm", "show", "--json", "c1")
+	var vms []struct {
+		Runtime struct {
+			Cold bool `json:"cold"`
+		} `json:"runtime"`
+	}
+	if err := json.Unmarshal([]byte(out), &vms); err != nil {
+		var one struct {
+			Runtime struct {
+				Cold bool `json:"cold"`
+			} `json:"runtime"`
+		}
+		if err := json.Unmarshal([]byte(out), &one); err != nil || !one.Runtime.Cold {
+			t.Fatalf("vm show c1: %q (%v)", out, err)
+		}
+		return
+	}
+	if len(vms) != 1 || !vms[0].Runtime.Cold {
+		t.Fatalf("vm show c1: %q", out)
+	}
+}

@@ -41,6 +41,13 @@ type Local struct {
 	// iptables fallback's check-then-add is not atomic). Other processes are
 	// handled by tolerating "already exists" (see EnsureBridge).
 	bridgeMu sync.Mutex
+
+	// children are the VMM processes this Local launched and has not
+	// reaped yet (see LaunchVMM). A jailer runs as root until it drops to
+	// the owner: SignalVMM may signal such a root process only while it
+	// is one of these.
+	childMu  sync.Mutex
+	children map[int]bool
 }
 
 // NewLocal returns a Local using runner for host tools.

@@ -120,8 +120,17 @@ func (l *Local) LaunchVMM(ctx context.Context, spec LaunchSpec) (int, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
+	l.childMu.Lock()
+	if l.children == nil {
+		l.children = map[int]bool{}
+	}
+	l.children[pid] = true
+	l.childMu.Unlock()
 	go func() {
 		err := cmd.Wait() // reap; see the file comment
+		l.childMu.Lock()
+		delete(l.children, pid)
+		l.childMu.Unlock()
 		logger.Debug("vmm process exited", "pid", pid, "program", filepath.Base(path), "status", fmt.Sprint(err))
 	}()
 	logger.Info("vmm launched", "pid", pid, "argv", strings.Join(spec.Argv, " "))
@@ -244,7 +253,12 @@ func (l *Local) verifyVMMProcess(pid int) error {
 			uid, _ = strconv.Atoi(f[1])
 		}
 	}
-	if uid != l.SignalOwnerUID {
+	l.childMu.Lock()
+	child := l.children[pid]
+	l.childMu.Unlock()
+	// A jailer this Local launched runs as root until it drops to the
+	// owner (it is still our unreaped child, so the pid is not recycled).
+	if uid != l.SignalOwnerUID && !(uid == 0 && child) {
 		return fmt.Errorf("%w: pid %d runs as uid %d, not as the owner (%d): not a VMM banger started", ErrInvalidArgument, pid, uid, l.SignalOwnerUID)
 	}
 	exe, err := os.Readlink(dir + "/exe")

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -259,3 +260,149 @@ func TestJailerMode(t *testing.T) {
 func itoa(i int) string { return strconv.Itoa(i) }
 
 func getsid(pid int) (int, error) { return unix.Getsid(pid) }
+
+// TestJailerModeThroughHelper runs a jailed VM the way system mode does:
+// the driver talks to the root helper's server (privops.Client), whose
+// policy pins the jail base outside the owner's directories, and whose
+// implementation resolves every path below the managed roots. The jail is
+// built and removed by the helper; the VMM is signalled through it.
+func TestJailerModeThroughHelper(t *testing.T) {
+	testreq.Root(t)
+	bins := vmmtest.FakeFC(t)
+	const owner = 65534
+	base, err := os.MkdirTemp("", "jh") // state and jail on one filesystem
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	os.Chmod(base, 0o755)
+	state, run := filepath.Join(base, "state"), filepath.Join(base, "run")
+	for _, d := range []string{filepath.Join(state, "kernels"), filepath.Join(run, "vms", "jh")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	kernel, rootfs := filepath.Join(state, "kernels", "vmlinux"), filepath.Join(state, "root.ext4")
+	for _, p := range []string{kernel, rootfs} {
+		os.WriteFile(p, []byte("x"), 0o644)
+	}
+	for _, p := range []string{state, filepath.Join(state, "kernels"), kernel, rootfs, run, filepath.Join(run, "vms"), filepath.Join(run, "vms", "jh")} {
+		os.Chown(p, owner, owner) // the owner's directories, as in system mode
+	}
+	jail := filepath.Join(base, "jail")
+	policy := privops.Policy{
+		OwnerUID: owner, OwnerGID: owner, ManagedRoots: []string{state, run},
+		VMMBinaries: map[string]string{"firecracker": filepath.Join(bins, "firecracker"), "jailer": filepath.Join(bins, "jailer")},
+		BridgeName:  "br-banger", BridgeCIDR: "172.30.0.1/24", JailerChrootBase: jail,
+	}
+	local := privops.NewLocal(hostexec.Real{}, nil)
+	local.Roots, local.SignalOwnerUID, local.JailerChrootBase = policy.ManagedRoots, owner, jail
+	real, _ := filepath.EvalSymlinks(filepath.Join(bins, "fakefc"))
+	local.VMMPaths = []string{real}
+	srv, err := privops.NewServer(local, privops.ServerConfig{Policy: policy, AllowedUIDs: []uint32{0}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(base, "h.sock")
+	ln, err := privops.Listen(sock, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, ln) }()
+	t.Cleanup(func() { cancel(); <-done })
+	client := privops.NewClient(sock)
+
+	d, err := firecracker.New(firecracker.Config{Binary: filepath.Join(bins, "firecracker"), Env: fakeEnv(t, "1.16.1", fakefc.BootNone),
+		Jailer: &firecracker.JailerConfig{Binary: filepath.Join(bins, "jailer"), ChrootBase: jail}}, client, hostexec.Real{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt := filepath.Join(run, "vms", "jh")
+	spec := vmm.Spec{VMID: "jh", RuntimeDir: rt, Kernel: kernel, Cmdline: "console=ttyS0", VCPU: 1, MemoryMiB: 128,
+		Drives:  []vmm.Drive{{ID: "root", Path: rootfs, Root: true}},
+		LogPath: filepath.Join(rt, "vm.log"), UID: owner, GID: owner}
+	h, err := d.Start(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Kill(context.Background(), h, syscall.SIGKILL)
+	chroot := firecracker.ChrootDir(jail, "firecracker", spec.VMID)
+	for p, want := range map[string]uint32{chroot: 0, filepath.Join(chroot, "run"): owner, filepath.Join(chroot, "serial.log"): owner} {
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil || st.Uid != want {
+			t.Errorf("%s: uid %d, want %d (%v)", p, st.Uid, want, err)
+		}
+	}
+	if info, err := d.Describe(ctx, h); err != nil || info.State != "Running" {
+		t.Fatalf("describe %+v %v", info, err)
+	}
+	if err := d.Kill(ctx, h, syscall.SIGTERM); err != nil {
+		t.Fatalf("kill through the helper: %v", err)
+	}
+	if err := d.Wait(ctx, h); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Cleanup(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(filepath.Dir(chroot)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("jail left behind: %v", err)
+	}
+	// A start that fails after the launch kills the jailed VMM through
+	// the helper (which signals only a configured VMM comm: the jailer's
+	// or firecracker's, never an empty one).
+	quick, err := firecracker.New(firecracker.Config{Binary: filepath.Join(bins, "firecracker"), Env: fakeEnv(t, "1.16.1", fakefc.BootNone),
+		StartTimeout: time.Nanosecond,
+		Jailer:       &firecracker.JailerConfig{Binary: filepath.Join(bins, "jailer"), ChrootBase: jail}}, client, hostexec.Real{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	failSpec := spec
+	failSpec.VMID = "jhfail"
+	failSpec.RuntimeDir = filepath.Join(run, "vms", "jhfail")
+	failSpec.LogPath = filepath.Join(failSpec.RuntimeDir, "vm.log")
+	os.Mkdir(failSpec.RuntimeDir, 0o755)
+	os.Chown(failSpec.RuntimeDir, owner, owner)
+	if _, err := quick.Start(ctx, failSpec); err == nil || strings.Contains(err.Error(), "kill failed") {
+		t.Errorf("failed start: %v", err)
+	}
+	if pids := processesWith("--id=jhfail\x00"); len(pids) > 0 {
+		for _, pid := range pids {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+		t.Errorf("a failed jailed start left pids %v running", pids)
+	}
+	quick.Cleanup(ctx, failSpec)
+
+	// A driver configured with the old base in the owner's state is
+	// refused by the helper.
+	bad, err := firecracker.New(firecracker.Config{Binary: filepath.Join(bins, "firecracker"), Env: fakeEnv(t, "1.16.1", fakefc.BootNone),
+		Jailer: &firecracker.JailerConfig{Binary: filepath.Join(bins, "jailer"), ChrootBase: filepath.Join(state, "jail")}}, client, hostexec.Real{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bad.Start(ctx, spec); err == nil {
+		t.Fatal("a jail in the owner's state was accepted")
+	}
+	if _, err := os.Lstat(filepath.Join(state, "jail")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("something was created in the owner's state: %v", err)
+	}
+}
+
+// processesWith lists the pids whose command line contains marker.
+func processesWith(marker string) []int {
+	var pids []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline"); err == nil && strings.Contains(string(b), marker) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}

@@ -283,7 +283,11 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Handle, error) 
 		startID = privops.ProcessIdentity{PID: pid, Marker: spec.VMID + "\x00"}
 	}
 	fail := func(err error) (*vmm.Handle, error) {
-		if kerr := vmm.KillAndReap(d.launcher, startID); kerr != nil {
+		kill := vmm.KillAndReap
+		if l.chroot != "" {
+			kill = killStarting
+		}
+		if kerr := kill(d.launcher, startID); kerr != nil {
 			err = errors.Join(err, fmt.Errorf("kill failed firecracker: %w", kerr))
 		}
 		err = vmm.WithLogTail(fmt.Errorf("firecracker: start vm %s: %w", spec.VMID, err), spec.LogPath)
@@ -314,6 +318,28 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Handle, error) 
 	h = d.handle(spec, l, pid) // the serial log may exist now
 	d.log.Info("firecracker started", "vm", spec.VMID, "pid", pid, "version", c.Version.String(), "jailed", l.chroot != "")
 	return h, nil
+}
+
+// killStarting kills a jailed VMM that failed to start. Until the jailer
+// has exec'ed into firecracker its comm is the jailer's, and the root
+// helper only signals a process whose comm is a configured VMM's: the comm
+// is read from /proc, and the kill is retried when the exec happened in
+// between (the identity then no longer matches and nothing was signalled).
+func killStarting(l vmm.Launcher, id privops.ProcessIdentity) error {
+	for range 3 {
+		comm, err := os.ReadFile("/proc/" + strconv.Itoa(id.PID) + "/comm")
+		if err != nil {
+			return nil // gone
+		}
+		id.Comm = strings.TrimSuffix(string(comm), "\n")
+		if err := vmm.KillAndReap(l, id); err != nil {
+			return err
+		}
+		if !vmm.Alive(privops.ProcessIdentity{PID: id.PID, Marker: id.Marker}) {
+			return nil
+		}
+	}
+	return fmt.Errorf("pid %d is still running after SIGKILL", id.PID)
 }
 
 // guestPaths are the paths as the (possibly jailed) Firecracker sees them.

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 
 	"github.com/bangerdev/banger/internal/buildinfo"
+	"github.com/bangerdev/banger/internal/envd"
 	"github.com/bangerdev/banger/internal/hostexec"
 )
 
@@ -33,6 +35,7 @@ Usage: banger-agent [flags]
 	token := fs.String("token-file", TokenPath, "file holding the VM's token")
 	port := fs.String("port", PortName, `virtio-serial port name ("" = none)`)
 	vsock := fs.Uint("vsock-port", VsockPort, "vsock port (0 = none)")
+	envdAddr := fs.String("envd-listen", fmt.Sprintf(":%d", envd.Port), `address of the E2B-compatible envd API ("" = none)`)
 	debug := fs.Bool("debug", false, "log every session")
 	version := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
@@ -48,6 +51,9 @@ Usage: banger-agent [flags]
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	log.Info("banger-agent starting", "version", bi.Version, "protocol", Protocol)
+	if *envdAddr != "" {
+		go serveEnvd(ctx, *envdAddr, *token, log)
+	}
 	err := RunGuest(ctx, GuestOptions{
 		TokenFile: *token, PortName: *port, VsockPort: uint32(*vsock), Logger: log,
 		System: &Guest{Root: "/", ProcRoot: "/proc", Runner: hostexec.Real{}, Version: bi.Version, Kernel: true},
@@ -57,4 +63,36 @@ Usage: banger-agent [flags]
 		return 1
 	}
 	return 0
+}
+
+// envdUID is the uid given to envd's default user when the image lacks it.
+const envdUID = 1000
+
+// serveEnvd serves the E2B-compatible envd API (internal/envd) until ctx
+// ends. Its access token is derived from the agent token, read again on
+// every request so a rotated token holds at once.
+func serveEnvd(ctx context.Context, addr, tokenFile string, log *slog.Logger) {
+	if err := envd.EnsureUser("/", envd.DefaultUser, envdUID); err != nil {
+		log.Warn("envd: cannot create the default user", "user", envd.DefaultUser, "err", err)
+	}
+	srv := envd.New(envd.Options{
+		Token: func() (string, error) {
+			data, err := os.ReadFile(tokenFile)
+			if err != nil {
+				return "", err
+			}
+			t, err := ParseToken(data)
+			if err != nil {
+				return "", err
+			}
+			return envd.AccessToken(t), nil
+		},
+		Accounts: envd.FileAccounts{Root: "/"},
+		AsUser:   envd.RunAsUser,
+		BaseEnv:  []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"},
+		Logger:   log,
+	})
+	if err := srv.ListenAndServe(ctx, addr); err != nil && ctx.Err() == nil {
+		log.Error("envd", "err", err)
+	}
 }

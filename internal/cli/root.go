@@ -113,7 +113,7 @@ The banger CLI talks to bangerd, the owner daemon, which it starts on demand.`,
 	}
 	root.SetVersionTemplate("banger {{.Version}}\n")
 	root.PersistentFlags().StringVar(&a.logLevel, "log-level", "", "daemon log level when auto-starting it (debug, info, warn, error)")
-	root.AddCommand(a.versionCmd(), a.doctorCmd(), a.daemonCmd(), a.vmCmd(), a.imageCmd(), a.kernelCmd(), a.sshConfigCmd(), a.systemCmd(), a.updateCmd())
+	root.AddCommand(a.versionCmd(), a.doctorCmd(), a.daemonCmd(), a.vmCmd(), a.imageCmd(), a.kernelCmd(), a.sshConfigCmd(), a.systemCmd(), a.updateCmd(), a.e2bCmd())
 	a.withCompletion(root)
 	return root
 }

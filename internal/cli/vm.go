@@ -158,14 +158,26 @@ func (a *app) vmListCmd(use string, runningOnly bool) *cobra.Command {
 				return nil
 			}
 			now := time.Now()
-			t := newTable(a.env.Stdout, "NAME", "STATE", "IP", "VCPU", "MEMORY", "DISK", "NAT", "IMAGE", "CREATED", "ID")
+			sandboxes := false
+			for _, vm := range res.VMs {
+				sandboxes = sandboxes || vm.Sandbox != nil
+			}
+			headers := []string{"NAME", "STATE", "IP", "VCPU", "MEMORY", "DISK", "NAT", "IMAGE", "CREATED", "ID"}
+			if sandboxes {
+				headers = append(headers, "E2B SANDBOX")
+			}
+			t := newTable(a.env.Stdout, headers...)
 			for _, vm := range res.VMs {
 				nat := "-"
 				if vm.NAT {
 					nat = "yes"
 				}
-				t.row(vm.Name, string(vm.State), orDash(vm.IP), fmt.Sprint(vm.VCPU), model.FormatMiB(vm.MemoryMiB),
-					model.FormatMiB(vm.DiskSizeMiB), nat, vm.Image, ago(now, vm.CreatedAt), shortID(vm.ID))
+				cols := []string{vm.Name, string(vm.State), orDash(vm.IP), fmt.Sprint(vm.VCPU), model.FormatMiB(vm.MemoryMiB),
+					model.FormatMiB(vm.DiskSizeMiB), nat, vm.Image, ago(now, vm.CreatedAt), shortID(vm.ID)}
+				if sandboxes {
+					cols = append(cols, sandboxColumn(now, vm.Sandbox))
+				}
+				t.row(cols...)
 			}
 			t.flush()
 			return nil
@@ -176,6 +188,18 @@ func (a *app) vmListCmd(use string, runningOnly bool) *cobra.Command {
 		cmd.Flags().BoolVarP(&all, "all", "a", false, "show all VMs, not only running ones")
 	}
 	return cmd
+}
+
+// sandboxColumn shows an E2B sandbox's key and remaining time.
+func sandboxColumn(now time.Time, sb *model.Sandbox) string {
+	if sb == nil {
+		return "-"
+	}
+	left := sb.EndAt.Sub(now).Truncate(time.Second)
+	if left < 0 {
+		left = 0
+	}
+	return fmt.Sprintf("key %s, %s left", sb.KeyID, left)
 }
 
 func shortID(id string) string {

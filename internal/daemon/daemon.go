@@ -185,6 +185,7 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	}
 	d.logger.Info("bangerd serving", "socket", sock, "version", d.build.Version, "pid", os.Getpid())
 	d.startRuntime(ctx)
+	go d.runSandboxReaper(ctx)
 	err = d.srv.Serve(ctx, ln)
 	d.stopRuntime()
 	_ = os.Remove(sock)
@@ -244,4 +245,5 @@ func (d *Daemon) register() {
 	d.registerKernels()
 	d.registerLifecycle()
 	d.registerWorkspace()
+	d.registerE2B()
 }

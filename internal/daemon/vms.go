@@ -66,7 +66,7 @@ func (d *Daemon) resolveCreate(p api.VMCreateParams) (api.VMCreateParams, error)
 
 // createRecord reserves the name and writes the VM record in state
 // "stopped" (its disks are made by start).
-func (d *Daemon) createRecord(ctx context.Context, p api.VMCreateParams) (*model.VM, error) {
+func (d *Daemon) createRecord(ctx context.Context, p api.VMCreateParams, sb *model.Sandbox) (*model.VM, error) {
 	p, err := d.resolveCreate(p)
 	if err != nil {
 		return nil, err
@@ -101,6 +101,7 @@ func (d *Daemon) createRecord(ctx context.Context, p api.VMCreateParams) (*model
 		NAT:         p.NAT,
 		AllowLAN:    p.AllowLAN,
 		Ports:       p.Ports,
+		Sandbox:     sb,
 		CreatedAt:   now,
 		UpdatedAt:   now,
 	}
@@ -115,8 +116,14 @@ func (d *Daemon) createRecord(ctx context.Context, p api.VMCreateParams) (*model
 }
 
 func (d *Daemon) vmCreate(ctx context.Context, p api.VMCreateParams) (*model.VM, error) {
+	return d.createVM(ctx, p, nil)
+}
+
+// createVM records a VM (an E2B sandbox when sb is set) and starts it
+// unless p.NoStart.
+func (d *Daemon) createVM(ctx context.Context, p api.VMCreateParams, sb *model.Sandbox) (*model.VM, error) {
 	ctx, op := d.ops.Begin(ctx, "vm.create", p.Name)
-	vm, err := d.createRecord(ctx, p)
+	vm, err := d.createRecord(ctx, p, sb)
 	if err == nil && !p.NoStart {
 		if d.lifecycle == nil {
 			err = rpc.Errorf(rpc.CodeOperationFailed, "VM %s was recorded but cannot be started: the VM runtime is unavailable (%s); see `banger doctor`, or create with --no-start", vm.Name, d.rt.disabled)

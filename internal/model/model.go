@@ -48,6 +48,8 @@ type VM struct {
 	Runtime Runtime `json:"runtime"`
 	// Workspace records the last prepared workspace, if any.
 	Workspace *Workspace `json:"workspace,omitempty"`
+	// Sandbox is set on VMs created through the E2B-compatible API.
+	Sandbox *Sandbox `json:"sandbox,omitempty"`
 }
 
 // Runtime is the durable teardown identity of a VM's resources.

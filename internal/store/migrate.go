@@ -101,6 +101,16 @@ func migrations() []migration {
 			`ALTER TABLE vms ADD COLUMN allow_lan INTEGER NOT NULL DEFAULT 0`,
 			`ALTER TABLE vms ADD COLUMN ports TEXT NOT NULL DEFAULT '[]'`,
 		}},
+		{4, "e2b sandboxes and api keys", []string{
+			`ALTER TABLE vms ADD COLUMN sandbox TEXT`,
+			`CREATE TABLE e2b_keys (
+				id         TEXT PRIMARY KEY,
+				name       TEXT NOT NULL DEFAULT '',
+				hash       TEXT NOT NULL UNIQUE,
+				created_at TEXT NOT NULL,
+				revoked_at TEXT
+			)`,
+		}},
 	}
 }
 

@@ -32,7 +32,7 @@ func (e *AmbiguousRefError) Error() string {
 // Unwrap makes errors.Is(err, ErrAmbiguous) true.
 func (e *AmbiguousRefError) Unwrap() error { return ErrAmbiguous }
 
-const vmColumns = `id, name, state, image, kernel, driver, vcpu, memory_mib, disk_size_mib, nat, ip, mac, error, runtime, workspace, created_at, updated_at, allow_lan, ports`
+const vmColumns = `id, name, state, image, kernel, driver, vcpu, memory_mib, disk_size_mib, nat, ip, mac, error, runtime, workspace, created_at, updated_at, allow_lan, ports, sandbox`
 
 // CreateVM inserts vm. Zero CreatedAt/UpdatedAt are set to now (on vm as
 // well). A taken name or id gives an error wrapping model.ErrAlreadyExists
@@ -59,10 +59,14 @@ func (s *Store) CreateVM(ctx context.Context, vm *model.VM) error {
 	if err != nil {
 		return err
 	}
-	_, err = s.db.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	sb, err := sandboxJSON(vm)
+	if err != nil {
+		return err
+	}
+	_, err = s.db.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		vm.ID, vm.Name, string(vm.State), vm.Image, vm.Kernel, vm.Driver, vm.VCPU, vm.MemoryMiB, vm.DiskSizeMiB,
 		boolInt(vm.NAT), vm.IP, vm.MAC, vm.Error, rt, ws, formatTime(vm.CreatedAt), formatTime(vm.UpdatedAt),
-		boolInt(vm.AllowLAN), ports)
+		boolInt(vm.AllowLAN), ports, sb)
 	if err != nil {
 		if isConstraint(err) {
 			return s.duplicateVM(ctx, vm, err)
@@ -110,6 +114,18 @@ func portsJSON(vm *model.VM) (string, error) {
 	return string(b), nil
 }
 
+// sandboxJSON encodes the VM's E2B sandbox record (NULL for none).
+func sandboxJSON(vm *model.VM) (sql.NullString, error) {
+	if vm.Sandbox == nil {
+		return sql.NullString{}, nil
+	}
+	b, err := json.Marshal(vm.Sandbox)
+	if err != nil {
+		return sql.NullString{}, fmt.Errorf("encode sandbox of vm %s: %w", vm.Name, err)
+	}
+	return sql.NullString{String: string(b), Valid: true}, nil
+}
+
 type scanner interface{ Scan(dest ...any) error }
 
 func scanVM(row scanner) (*model.VM, error) {
@@ -120,9 +136,10 @@ func scanVM(row scanner) (*model.VM, error) {
 		nat, allowLAN      int
 		ws                 sql.NullString
 		ports              string
+		sb                 sql.NullString
 	)
 	if err := row.Scan(&vm.ID, &vm.Name, &state, &vm.Image, &vm.Kernel, &vm.Driver, &vm.VCPU, &vm.MemoryMiB,
-		&vm.DiskSizeMiB, &nat, &vm.IP, &vm.MAC, &vm.Error, &rt, &ws, &created, &updated, &allowLAN, &ports); err != nil {
+		&vm.DiskSizeMiB, &nat, &vm.IP, &vm.MAC, &vm.Error, &rt, &ws, &created, &updated, &allowLAN, &ports, &sb); err != nil {
 		return nil, err
 	}
 	vm.State = model.VMState(state)
@@ -140,6 +157,12 @@ func scanVM(row scanner) (*model.VM, error) {
 		vm.Workspace = new(model.Workspace)
 		if err := json.Unmarshal([]byte(ws.String), vm.Workspace); err != nil {
 			return nil, fmt.Errorf("decode workspace of vm %s: %w", vm.Name, err)
+		}
+	}
+	if sb.Valid {
+		vm.Sandbox = new(model.Sandbox)
+		if err := json.Unmarshal([]byte(sb.String), vm.Sandbox); err != nil {
+			return nil, fmt.Errorf("decode sandbox of vm %s: %w", vm.Name, err)
 		}
 	}
 	var err error
@@ -274,13 +297,17 @@ func (s *Store) UpdateVM(ctx context.Context, vm *model.VM) error {
 	if err != nil {
 		return err
 	}
+	sb, err := sandboxJSON(vm)
+	if err != nil {
+		return err
+	}
 	updated := s.now()
 	res, err := s.db.ExecContext(ctx, `UPDATE vms SET name = ?, state = ?, image = ?, kernel = ?, driver = ?, vcpu = ?,
 		memory_mib = ?, disk_size_mib = ?, nat = ?, ip = ?, mac = ?, error = ?, runtime = ?, workspace = ?, updated_at = ?,
-		allow_lan = ?, ports = ?
+		allow_lan = ?, ports = ?, sandbox = ?
 		WHERE id = ?`,
 		vm.Name, string(vm.State), vm.Image, vm.Kernel, vm.Driver, vm.VCPU, vm.MemoryMiB, vm.DiskSizeMiB,
-		boolInt(vm.NAT), vm.IP, vm.MAC, vm.Error, rt, ws, formatTime(updated), boolInt(vm.AllowLAN), ports, vm.ID)
+		boolInt(vm.NAT), vm.IP, vm.MAC, vm.Error, rt, ws, formatTime(updated), boolInt(vm.AllowLAN), ports, sb, vm.ID)
 	if err != nil {
 		if isConstraint(err) {
 			return fmt.Errorf("%w: cannot rename vm %s to %q: a VM with that name exists", model.ErrAlreadyExists, vm.ID, vm.Name)

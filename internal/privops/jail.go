@@ -14,12 +14,16 @@ package privops
 //	    <id>/               root, 0711 (a stale one is removed first)
 //	      root/             root, 0755: the chroot; the owner cannot write here
 //	        run/            the owner's, 0700: the API and vsock sockets
-//	        <files>         hard links to the VM's files, or dm device nodes
+//	        <files>         hard links to the VM's files (bind mounts when the
+//	                        source is on another mount), or dm device nodes
 //	        <created>       empty files the owner's VMM writes (serial log ...)
 //
 // Every source file is opened once below a managed root without symlinks
 // (openBeneath) and linked from that descriptor (linkat AT_EMPTY_PATH); it
-// must be a regular file of the owner's (or root's). A block-device drive
+// must be a regular file of the owner's (or root's); when it is on another
+// mount than the base (systemd's ReadWritePaths= are separate bind mounts of
+// one filesystem, and link(2) never crosses mounts) it is bind-mounted onto
+// an empty file instead, and RemoveJail unmounts it. A block-device drive
 // must be banger's device-mapper device (/dev/mapper/NAME, checked in
 // sysfs) and is recreated with mknodat. RemoveJail deletes one VM's <id>
 // directory on descriptors without following a symlink or crossing a mount
@@ -157,12 +161,12 @@ func (l *Local) PrepareJail(ctx context.Context, spec JailSpec) (string, error) 
 	}
 	defer exec.Close()
 	efd := int(exec.Fd())
-	if err := removeAllAt(efd, spec.ID, 0); err != nil {
+	if err := removeJailAt(efd, spec.ID); err != nil {
 		return "", fmt.Errorf("prepare jail: remove stale jail %s: %w", filepath.Join(exec.Name(), spec.ID), err)
 	}
 	chroot := filepath.Join(exec.Name(), spec.ID, "root")
 	if err := l.buildJail(efd, chroot, spec); err != nil {
-		if rerr := removeAllAt(efd, spec.ID, 0); rerr != nil {
+		if rerr := removeJailAt(efd, spec.ID); rerr != nil {
 			err = errors.Join(err, fmt.Errorf("undo: %w", rerr))
 		}
 		return "", fmt.Errorf("prepare jail for %s: %w", spec.ID, err)
@@ -230,13 +234,77 @@ func (l *Local) placeJailFile(rfd int, f JailFile, owner int) error {
 	if len(l.Roots) > 0 && int(st.Uid) != owner && st.Uid != 0 {
 		return fmt.Errorf("%w: %w: %s belongs to uid %d, not to the owner (%d)", ErrInvalidArgument, ErrUnsafePath, f.Source, st.Uid, owner)
 	}
-	if err := unix.Linkat(int(src.Fd()), "", rfd, f.Name, unix.AT_EMPTY_PATH); err != nil {
-		if errors.Is(err, unix.EXDEV) {
-			return fmt.Errorf("hard link %s into the jail: the jailer chroot base must be on the same filesystem as images and kernels: %w", f.Source, err)
-		}
+	err = unix.Linkat(int(src.Fd()), "", rfd, f.Name, unix.AT_EMPTY_PATH)
+	if errors.Is(err, unix.EXDEV) {
+		// Another filesystem, or another mount of the same one (systemd's
+		// ReadWritePaths= and StateDirectory= are separate bind mounts):
+		// bind-mount the opened file instead. The jailer carries it into
+		// its mount namespace (it bind-mounts the chroot with MS_REC).
+		return bindInto(src, rfd, f.Name)
+	}
+	if err != nil {
 		return fmt.Errorf("hard link %s into the jail: %w", f.Source, err)
 	}
 	return nil
+}
+
+// bindInto bind-mounts the file src (a descriptor) onto a new empty file
+// name in the directory rfd, both named through /proc/self/fd so nothing is
+// resolved by path.
+func bindInto(src *os.File, rfd int, name string) error {
+	tfd, err := unix.Openat(rfd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return fmt.Errorf("create mount point %s: %w", name, err)
+	}
+	defer unix.Close(tfd)
+	if err := unix.Mount("/proc/self/fd/"+strconv.Itoa(int(src.Fd())), "/proc/self/fd/"+strconv.Itoa(tfd), "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind %s into the jail (not on the jail's filesystem, and a bind mount failed): %w", src.Name(), err)
+	}
+	return nil
+}
+
+// unmountJailFiles detaches the bind mounts bindInto made directly in the
+// chroot <id>/root (below dirfd). The chroot is root's, so the owner cannot
+// have swapped its entries; a mount is recognised with statx
+// (STATX_ATTR_MOUNT_ROOT) and unmounted through /proc/self/fd, without
+// following a symlink.
+func unmountJailFiles(dirfd int, id string) error {
+	fd, err := unix.Openat(dirfd, id+"/root", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ENOENT) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("open %s/root: %w", id, err)
+	}
+	d := os.NewFile(uintptr(fd), id+"/root")
+	defer d.Close()
+	names, err := d.Readdirnames(-1)
+	if err != nil {
+		return fmt.Errorf("read %s/root: %w", id, err)
+	}
+	var errs []error
+	for _, n := range names {
+		var stx unix.Statx_t
+		if err := unix.Statx(fd, n, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_TYPE, &stx); err != nil {
+			continue
+		}
+		if stx.Attributes_mask&unix.STATX_ATTR_MOUNT_ROOT == 0 || stx.Attributes&unix.STATX_ATTR_MOUNT_ROOT == 0 || stx.Mode&unix.S_IFMT == unix.S_IFLNK {
+			continue
+		}
+		if err := unix.Unmount("/proc/self/fd/"+strconv.Itoa(fd)+"/"+n, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW); err != nil {
+			errs = append(errs, fmt.Errorf("unmount %s/root/%s: %w", id, n, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// removeJailAt removes the jail id in the exec directory dirfd: its bind
+// mounts first, then the tree.
+func removeJailAt(dirfd int, id string) error {
+	if err := unmountJailFiles(dirfd, id); err != nil {
+		return err
+	}
+	return removeAllAt(dirfd, id, 0)
 }
 
 // placeDMNode recreates banger's device-mapper device NAME as a block
@@ -289,7 +357,7 @@ func (l *Local) RemoveJail(ctx context.Context, spec JailSpec) error {
 		return fmt.Errorf("remove jail: %w", err)
 	}
 	defer exec.Close()
-	if err := removeAllAt(int(exec.Fd()), spec.ID, 0); err != nil {
+	if err := removeJailAt(int(exec.Fd()), spec.ID); err != nil {
 		return fmt.Errorf("remove jail %s: %w", filepath.Join(exec.Name(), spec.ID), err)
 	}
 	return nil

@@ -272,3 +272,39 @@ func TestValidateJailSpec(t *testing.T) {
 		wantInvalid(t, name, ValidateJailSpec(s), "jail.")
 	}
 }
+
+// A source on another mount than the jail base (systemd's ReadWritePaths=
+// are separate bind mounts of one filesystem: link(2) fails with EXDEV) is
+// bind-mounted into the jail, and RemoveJail unmounts it.
+func TestPrepareJailAcrossMounts(t *testing.T) {
+	f := newJailFixture(t)
+	if err := unix.Mount(f.root, f.root, "", unix.MS_BIND, ""); err != nil {
+		t.Skipf("cannot bind-mount here: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(f.root, unix.MNT_DETACH) })
+	ctx := context.Background()
+	chroot, err := f.l.PrepareJail(ctx, f.spec())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := filepath.Join(chroot, "vmlinux")
+	var stx unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, dst, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_TYPE, &stx); err != nil || stx.Attributes&unix.STATX_ATTR_MOUNT_ROOT == 0 {
+		t.Fatalf("%s is not a bind mount (%v)", dst, err)
+	}
+	if b, err := os.ReadFile(dst); err != nil || string(b) != "kernel" {
+		t.Fatalf("jailed kernel reads %q, %v", b, err)
+	}
+	if err := f.l.RemoveJail(ctx, JailSpec{ExecName: "firecracker", ID: "vm-1"}); err != nil {
+		t.Fatal(err)
+	}
+	if mi, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mi), f.base) {
+		t.Errorf("a mount below %s is left", f.base)
+	}
+	if _, err := os.Lstat(f.idDir()); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("jail left behind: %v", err)
+	}
+	if b, err := os.ReadFile(f.kernel); err != nil || string(b) != "kernel" {
+		t.Errorf("kernel after RemoveJail: %q %v", b, err)
+	}
+}

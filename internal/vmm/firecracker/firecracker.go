@@ -9,9 +9,9 @@
 //     lines go to Spec.LogPath (its stdout/stderr).
 //   - jailer: a chroot per VM at <ChrootBase>/<exec name>/<VMID>/root, where
 //     ChrootBase is root's own directory (the root helper pins it from its
-//     configuration and refuses any other --chroot-base-dir) on the same
-//     filesystem as the images. The chroot is built by the privileged side
-//     (privops PrepareJail: kernel, initrd and file drives hard linked in,
+//     configuration and refuses any other --chroot-base-dir). The chroot is
+//     built by the privileged side (privops PrepareJail: kernel, initrd and
+//     file drives hard linked in, or bind-mounted from another mount,
 //     dm drives as device nodes, run/ and the serial/log/metrics files the
 //     VMM's) and removed by it (RemoveJail); the driver never writes there.
 //     `jailer --daemonize` without --new-pid-ns (so the jailer execs into
@@ -72,8 +72,7 @@ type Config struct {
 type JailerConfig struct {
 	Binary string // default "jailer"
 	// ChrootBase must equal the privileged side's jailer chroot base
-	// (paths.Layout.JailerChrootBase; the root helper refuses any other)
-	// and lie on the filesystem of images and kernels (hard links).
+	// (paths.Layout.JailerChrootBase; the root helper refuses any other).
 	ChrootBase string
 }
 

@@ -115,8 +115,13 @@ func ValidateJailSpec(spec JailSpec) error {
 		if err := entry(field+".name", f.Name); err != nil {
 			return err
 		}
-		if f.Source == "" || !filepath.IsAbs(f.Source) || filepath.Clean(f.Source) != f.Source || strings.ContainsRune(f.Source, 0) {
-			return invalid(field+".source", "%q must be a clean absolute path", clip(f.Source))
+		if err := checkCleanPath(field+".source", f.Source); err != nil {
+			return err
+		}
+		if dm, ok := strings.CutPrefix(f.Source, "/dev/mapper/"); ok {
+			if err := checkDMName(field+".source", DMNamePrefix, dm); err != nil {
+				return err
+			}
 		}
 	}
 	for i, n := range spec.Create {
@@ -312,8 +317,8 @@ func removeJailAt(dirfd int, id string) error {
 // identified by its sysfs dm/name, so a name that is not a dm device (or a
 // /dev/mapper entry pointing elsewhere) is refused.
 func placeDMNode(rfd int, entry, name string) error {
-	if err := checkDMChars("jail.files.source", name); err != nil || strings.Contains(name, "/") {
-		return invalid("jail.files.source", "%q is not a device-mapper name", clip(name))
+	if err := checkDMName("jail.files.source", DMNamePrefix, name); err != nil {
+		return err
 	}
 	var st unix.Stat_t
 	if err := unix.Stat("/dev/mapper/"+name, &st); err != nil {

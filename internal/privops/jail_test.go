@@ -259,6 +259,8 @@ func TestValidateJailSpec(t *testing.T) {
 		"duplicate":    func(s *JailSpec) { s.Create[0] = "vmlinux" },
 		"relative src": func(s *JailSpec) { s.Files[0].Source = "k" },
 		"unclean src":  func(s *JailSpec) { s.Files[0].Source = "/s/../k" },
+		"host dm":      func(s *JailSpec) { s.Files[1].Source = "/dev/mapper/vg0-root" },
+		"dm dot-dot":   func(s *JailSpec) { s.Files[1].Source = "/dev/mapper/banger-x/../../sda" },
 		"too many": func(s *JailSpec) {
 			for i := 0; i < maxJailFiles; i++ {
 				s.Create = append(s.Create, "f"+strings.Repeat("x", i))

@@ -123,7 +123,8 @@ func (e *env) bareBoot(name string, k *testguest.Artifacts) time.Duration {
 		VCPU: v.VCPU, MemoryMiB: v.MemoryMiB, LogPath: filepath.Join(dir, "console.log"),
 		Drives: []vmm.Drive{{ID: "root", Path: v.Runtime.RootDisk, Root: true}, {ID: "work", Path: v.Runtime.WorkDisk}},
 		Net:    []vmm.NetIface{{Tap: tap, MAC: v.MAC}}}
-	argv := qemu.Args("qemu-system-x86_64", spec, qemu.MachineMicrovm, qemu.AccelTCG)
+	khz, _, _ := qemu.HostTSCKHz()
+	argv := qemu.Args("qemu-system-x86_64", spec, qemu.MachineMicrovm, qemu.AccelTCG, khz)
 	start := time.Now()
 	cmd := exec.Command("ip", append([]string{"netns", "exec", e.ns}, argv...)...)
 	if err := cmd.Start(); err != nil {

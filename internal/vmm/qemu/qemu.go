@@ -46,10 +46,11 @@ const (
 	PIDFileName   = "qemu.pid"
 )
 
-// TSCEarlyKHz is appended to the kernel command line on microvm under TCG:
-// without a PIT/HPET to calibrate against, ~1 boot in 4 hung calibrating the
-// TSC; with it 0 in 24.
-const TSCEarlyKHz = "tsc_early_khz=2000000"
+// TSCEarlyKHzArg is the kernel parameter banger adds on microvm under TCG
+// with the host's TSC rate (see tsc.go): without a PIT/HPET to calibrate
+// against, ~1 boot in 4 hung calibrating the TSC; with it 0 in 24, and the
+// guest's clocks run at the host's rate.
+const TSCEarlyKHzArg = "tsc_early_khz="
 
 // Config selects the binary, machine and accelerator.
 type Config struct {
@@ -60,6 +61,9 @@ type Config struct {
 	StartTimeout time.Duration // until QMP answers "running"; default 60s
 	// Runner runs the QEMU probe of the KVM check; nil = hostexec.Real{}.
 	Runner hostexec.Runner
+	// TSCKHz reports the host's TSC rate in kHz and its source, asked once
+	// at the first TCG start; nil = HostTSCKHz.
+	TSCKHz func() (khz int64, source string, err error)
 }
 
 // Driver implements vmm.Driver, vmm.Pauser, vmm.Snapshotter,
@@ -77,6 +81,9 @@ type Driver struct {
 	versionOnce sync.Once
 	version     string
 	versionErr  error
+
+	tscOnce sync.Once
+	tscKHz  int64
 }
 
 // New returns a QEMU driver. launcher starts and signals the processes.
@@ -101,6 +108,9 @@ func New(cfg Config, launcher vmm.Launcher, logger *slog.Logger) (*Driver, error
 	}
 	if cfg.Runner == nil {
 		cfg.Runner = hostexec.Real{}
+	}
+	if cfg.TSCKHz == nil {
+		cfg.TSCKHz = HostTSCKHz
 	}
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
@@ -161,22 +171,43 @@ func (d *Driver) probeQEMUKVM() error {
 	return err
 }
 
+// TSCKHz returns the guest TSC rate the driver puts on TCG kernel command
+// lines: the host's (asked once), or FallbackTSCKHz when it cannot be
+// found.
+func (d *Driver) TSCKHz() int64 {
+	d.tscOnce.Do(func() {
+		khz, source, err := d.cfg.TSCKHz()
+		if err != nil || khz <= 0 {
+			d.log.Warn("host tsc rate unknown; guest clocks under tcg may run off until the clock sync steps them",
+				"err", err, "assumed_khz", FallbackTSCKHz)
+			khz = FallbackTSCKHz
+		} else {
+			d.log.Info("host tsc rate", "khz", khz, "source", source)
+		}
+		d.tscKHz = khz
+	})
+	return d.tscKHz
+}
+
 // qemuValue escapes a value for QEMU's comma-separated option syntax.
 func qemuValue(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 
 var serialID = regexp.MustCompile(`^[A-Za-z0-9_-]{1,20}$`)
 
-// KernelCmdline returns spec.Cmdline plus the machine-specific arguments.
-func KernelCmdline(spec vmm.Spec, machine, accel string) string {
+// KernelCmdline returns spec.Cmdline plus the machine-specific arguments:
+// on microvm under TCG, tsc_early_khz=tscKHz (the host's TSC rate, which a
+// TCG guest's TSC runs at) unless the command line already sets it.
+func KernelCmdline(spec vmm.Spec, machine, accel string, tscKHz int64) string {
 	args := strings.TrimSpace(spec.Cmdline)
-	if machine == MachineMicrovm && accel == AccelTCG && !strings.Contains(args, "tsc_early_khz=") {
-		args = strings.TrimSpace(args + " " + TSCEarlyKHz)
+	if machine == MachineMicrovm && accel == AccelTCG && tscKHz > 0 && !strings.Contains(args, TSCEarlyKHzArg) {
+		args = strings.TrimSpace(args + " " + TSCEarlyKHzArg + strconv.FormatInt(tscKHz, 10))
 	}
 	return args
 }
 
-// Args returns the full QEMU command line (argv[0] included) for spec.
-func Args(binary string, spec vmm.Spec, machine, accel string) []string {
+// Args returns the full QEMU command line (argv[0] included) for spec;
+// tscKHz is the host's TSC rate (Driver.TSCKHz), used under TCG.
+func Args(binary string, spec vmm.Spec, machine, accel string, tscKHz int64) []string {
 	qmp := filepath.Join(spec.RuntimeDir, QMPSocketName)
 	name := spec.Name
 	if name == "" {
@@ -207,7 +238,7 @@ func Args(binary string, spec vmm.Spec, machine, accel string) []string {
 	if spec.Initrd != "" {
 		a = append(a, "-initrd", spec.Initrd)
 	}
-	a = append(a, "-append", KernelCmdline(spec, machine, accel))
+	a = append(a, "-append", KernelCmdline(spec, machine, accel, tscKHz))
 	for i, dr := range spec.Drives {
 		id := "drive" + strconv.Itoa(i)
 		opt := "if=none,id=" + id + ",file=" + qemuValue(dr.Path) + ",format=raw,discard=unmap"
@@ -240,6 +271,15 @@ func Args(binary string, spec vmm.Spec, machine, accel string) []string {
 		"-pidfile", filepath.Join(spec.RuntimeDir, PIDFileName),
 	)
 	return a
+}
+
+// args is Args with this driver's binary, machine and TSC rate.
+func (d *Driver) args(spec vmm.Spec, accel string) []string {
+	var khz int64
+	if accel == AccelTCG {
+		khz = d.TSCKHz()
+	}
+	return Args(d.cfg.Binary, spec, d.cfg.Machine, accel, khz)
 }
 
 // marker is the cmdline evidence of this VM's QEMU: its QMP socket option.
@@ -285,7 +325,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Handle, error) 
 		}
 	}
 	accel, _ := d.Accel()
-	argv := Args(d.cfg.Binary, spec, d.cfg.Machine, accel)
+	argv := d.args(spec, accel)
 	pid, err := d.launcher.LaunchVMM(ctx, privops.LaunchSpec{
 		Argv: argv, Dir: spec.RuntimeDir, LogPath: spec.LogPath, UID: spec.UID, GID: spec.GID,
 	})

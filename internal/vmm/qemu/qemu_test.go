@@ -33,12 +33,12 @@ func testSpec(dir string) vmm.Spec {
 }
 
 func TestArgsMicrovmTCG(t *testing.T) {
-	got := strings.Join(Args("qemu-system-x86_64", testSpec("/run/b/vm1"), MachineMicrovm, AccelTCG), " ")
+	got := strings.Join(Args("qemu-system-x86_64", testSpec("/run/b/vm1"), MachineMicrovm, AccelTCG, testTSCKHz), " ")
 	want := "qemu-system-x86_64 -name guest=sandbox" +
 		" -machine microvm,x-option-roms=off,pit=on,pic=on,isa-serial=on,rtc=on,pcie=off" +
 		" -accel tcg,thread=multi -cpu max -smp 2 -m 1024 -nodefaults -no-user-config -no-reboot -display none" +
 		" -chardev file,id=serial0,path=/run/b/vm1/vm.log,append=on -serial chardev:serial0" +
-		" -kernel /k/vmlinuz -initrd /k/initrd.img -append console=ttyS0 root=/dev/vda tsc_early_khz=2000000" +
+		" -kernel /k/vmlinuz -initrd /k/initrd.img -append console=ttyS0 root=/dev/vda tsc_early_khz=2445000" +
 		" -drive if=none,id=drive0,file=/d/root,,1.ext4,format=raw,discard=unmap -device virtio-blk-device,drive=drive0,serial=root" +
 		" -drive if=none,id=drive1,file=/d/work.ext4,format=raw,discard=unmap -device virtio-blk-device,drive=drive1,serial=work" +
 		" -drive if=none,id=drive2,file=/d/seed.ext4,format=raw,discard=unmap,readonly=on -device virtio-blk-device,drive=drive2,serial=seed" +
@@ -53,7 +53,7 @@ func TestArgsQ35KVM(t *testing.T) {
 	spec := testSpec("/run/b/vm1")
 	spec.Initrd = ""
 	spec.Net = nil
-	got := Args("/usr/bin/qemu-system-x86_64", spec, MachineQ35, AccelKVM)
+	got := Args("/usr/bin/qemu-system-x86_64", spec, MachineQ35, AccelKVM, 0)
 	line := strings.Join(got, " ")
 	for _, want := range []string{"-machine q35 -accel kvm -cpu host", "virtio-blk-pci,drive=drive0,serial=root", "-append console=ttyS0 root=/dev/vda -drive"} {
 		if !strings.Contains(line, want) {
@@ -67,12 +67,15 @@ func TestArgsQ35KVM(t *testing.T) {
 	}
 }
 
+// testTSCKHz is a host TSC rate that is not the old fixed 2000000.
+const testTSCKHz = 2445000
+
 func TestKernelCmdlineKeepsExplicitTSC(t *testing.T) {
 	spec := vmm.Spec{Cmdline: "console=ttyS0 tsc_early_khz=1000000"}
-	if got := KernelCmdline(spec, MachineMicrovm, AccelTCG); got != spec.Cmdline {
+	if got := KernelCmdline(spec, MachineMicrovm, AccelTCG, testTSCKHz); got != spec.Cmdline {
 		t.Errorf("got %q", got)
 	}
-	if got := KernelCmdline(vmm.Spec{Cmdline: "a"}, MachineMicrovm, AccelKVM); got != "a" {
+	if got := KernelCmdline(vmm.Spec{Cmdline: "a"}, MachineMicrovm, AccelKVM, testTSCKHz); got != "a" {
 		t.Errorf("kvm: got %q", got)
 	}
 }

@@ -33,7 +33,7 @@ func TestMigrationURI(t *testing.T) {
 func TestArgsRestore(t *testing.T) {
 	spec := testSpec("/run/b/vm1")
 	spec.RestoreFrom = "/state/t/state"
-	a := Args("qemu-system-x86_64", spec, MachineMicrovm, AccelTCG)
+	a := Args("qemu-system-x86_64", spec, MachineMicrovm, AccelTCG, testTSCKHz)
 	i := slices.Index(a, "-incoming")
 	if i < 0 || a[i+1] != "exec:cat '/state/t/state'" {
 		t.Fatalf("argv lacks -incoming: %s", strings.Join(a, " "))

@@ -74,6 +74,9 @@ type runtimeState struct {
 	cowWhy   string
 	driver   string
 	disabled string // why there is no VM lifecycle ("" = there is one)
+
+	clocksStop context.CancelFunc // ends the guest clock keeper
+	clocksDone chan struct{}      // closed when it has ended
 }
 
 // initRuntime builds the VM runtime services from the daemon's
@@ -314,6 +317,14 @@ func (d *Daemon) startRuntime(ctx context.Context) {
 	if _, err := rt.mgr.Reconcile(ctx); err != nil {
 		d.logger.Error("reconcile", "err", err)
 	}
+	// Guest clocks stop while paused and do not follow the host's NTP:
+	// step them back in line now and then (vm.Manager.KeepClocks).
+	cctx, cancel := context.WithCancel(ctx)
+	rt.clocksStop, rt.clocksDone = cancel, make(chan struct{})
+	go func() {
+		defer close(rt.clocksDone)
+		rt.mgr.KeepClocks(cctx, vm.DefaultClockInterval)
+	}()
 	// The bridge (and with it the tap pool and resolver routing) is set up
 	// when a VM first needs it; here only when VMs already run. A daemon
 	// that only keeps records never touches the host's network. After
@@ -370,6 +381,10 @@ func (d *Daemon) stopRuntime() {
 	rt := &d.rt
 	if rt.mgr == nil {
 		return
+	}
+	if rt.clocksStop != nil {
+		rt.clocksStop()
+		<-rt.clocksDone
 	}
 	_ = rt.mgr.Close()
 	_ = rt.dns.Close()

@@ -18,6 +18,12 @@ func (d *Daemon) newImageStore() *image.Store {
 		Catalog:  d.store,
 		Runner:   d.runner,
 		Mirror:   d.cfg.Images.Mirror,
+		// Pulled images without `ip` (most container images) configure
+		// their network with it.
+		Busybox: image.HostBusybox(image.HostBusyboxPaths),
+	}
+	if st.Busybox == "" {
+		d.logger.Warn("no static busybox on this host: pulled images without `ip` get no network (install busybox-static)")
 	}
 	if os.Geteuid() != 0 {
 		// debootstrap needs root: the root helper builds the file.

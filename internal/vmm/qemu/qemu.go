@@ -46,11 +46,18 @@ const (
 	PIDFileName   = "qemu.pid"
 )
 
-// TSCEarlyKHzArg is the kernel parameter banger adds on microvm under TCG
-// with the host's TSC rate (see tsc.go): without a PIT/HPET to calibrate
-// against, ~1 boot in 4 hung calibrating the TSC; with it 0 in 24, and the
-// guest's clocks run at the host's rate.
-const TSCEarlyKHzArg = "tsc_early_khz="
+// TSCEarlyKHzArg and TSCReliableArg are the kernel parameters banger adds
+// on microvm under TCG (see tsc.go). microvm has no HPET or PM timer: the
+// guest kernel could only calibrate its TSC against the PIT (~1 boot in 4
+// hung doing so), so it is told the rate, the host's (a TCG guest's TSC
+// runs at it). And its clocksource watchdog could only check the TSC
+// against jiffies, which under TCG are the unreliable ones: it marked the
+// TSC unstable within 2 s of boot and the guest fell back to
+// refined-jiffies (clocks 22% fast here). tsc=reliable keeps the TSC.
+const (
+	TSCEarlyKHzArg = "tsc_early_khz="
+	TSCReliableArg = "tsc=reliable"
+)
 
 // Config selects the binary, machine and accelerator.
 type Config struct {
@@ -196,13 +203,30 @@ var serialID = regexp.MustCompile(`^[A-Za-z0-9_-]{1,20}$`)
 
 // KernelCmdline returns spec.Cmdline plus the machine-specific arguments:
 // on microvm under TCG, tsc_early_khz=tscKHz (the host's TSC rate, which a
-// TCG guest's TSC runs at) unless the command line already sets it.
+// TCG guest's TSC runs at) and tsc=reliable, each unless the command line
+// already sets it.
 func KernelCmdline(spec vmm.Spec, machine, accel string, tscKHz int64) string {
 	args := strings.TrimSpace(spec.Cmdline)
-	if machine == MachineMicrovm && accel == AccelTCG && tscKHz > 0 && !strings.Contains(args, TSCEarlyKHzArg) {
+	if machine != MachineMicrovm || accel != AccelTCG {
+		return args
+	}
+	if tscKHz > 0 && !strings.Contains(args, TSCEarlyKHzArg) {
 		args = strings.TrimSpace(args + " " + TSCEarlyKHzArg + strconv.FormatInt(tscKHz, 10))
 	}
+	if !hasParam(args, "tsc") {
+		args = strings.TrimSpace(args + " " + TSCReliableArg)
+	}
 	return args
+}
+
+// hasParam reports whether a kernel command line sets the parameter key.
+func hasParam(cmdline, key string) bool {
+	for _, f := range strings.Fields(cmdline) {
+		if k, _, _ := strings.Cut(f, "="); k == key {
+			return true
+		}
+	}
+	return false
 }
 
 // Args returns the full QEMU command line (argv[0] included) for spec;

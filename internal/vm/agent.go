@@ -120,13 +120,6 @@ func (a *agentClients) get(id string, mk func() (agent.Client, error)) (agent.Cl
 	return c, nil
 }
 
-// cached returns the open client of a VM, nil when there is none.
-func (a *agentClients) cached(id string) agent.Client {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.m[id]
-}
-
 func (a *agentClients) drop(id string) {
 	a.mu.Lock()
 	c := a.m[id]

@@ -100,9 +100,10 @@ func (m *Manager) syncClockAtBoot(ctx context.Context, vm *model.VM) {
 }
 
 // KeepClocks runs SyncClock every interval (DefaultClockInterval when ≤ 0)
-// for every running VM whose agent client is open (Start opens it), until
-// ctx ends. It takes no VM lock: it only talks to the guest, over the
-// agent connection the VM's other callers share.
+// for every running VM, until ctx ends. It takes no VM lock: it only talks
+// to the guest, over the agent connection the VM's other callers share (a
+// client it opens for a VM that is stopping meanwhile is harmless: it
+// dials per session, and the VM's next start reuses it).
 func (m *Manager) KeepClocks(ctx context.Context, interval time.Duration) {
 	if interval <= 0 {
 		interval = DefaultClockInterval
@@ -130,9 +131,9 @@ func (m *Manager) syncClocks(ctx context.Context) {
 		if vm.State != model.StateRunning {
 			continue
 		}
-		c := m.agents.cached(vm.ID)
-		if c == nil {
-			continue
+		c, err := m.Agent(vm)
+		if err != nil {
+			continue // no agent channel: nothing to sync with
 		}
 		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		s, err := syncClock(sctx, c, m.o.Now)

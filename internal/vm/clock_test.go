@@ -3,11 +3,13 @@ package vm
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/bangerdev/banger/internal/agent"
+	"github.com/bangerdev/banger/internal/model"
 )
 
 // clockGuest is an agent.Client whose guest wall clock runs offset from a
@@ -83,5 +85,32 @@ func TestSyncClockErrors(t *testing.T) {
 	// The agent's time is the zero time when the host clock is.
 	if _, err := syncClock(context.Background(), g, g.now); err == nil {
 		t.Error("a ping without a time was accepted")
+	}
+}
+
+// One pass of KeepClocks steps the running VMs' clocks and leaves the
+// others alone.
+func TestSyncClocksStepsRunningVMs(t *testing.T) {
+	st := newFakeStore()
+	run := &model.VM{ID: "a1", Name: "run", State: model.StateRunning}
+	stopped := &model.VM{ID: "b2", Name: "stopped", State: model.StateStopped}
+	st.put(run)
+	st.put(stopped)
+	host := time.Unix(1_800_000_000, 0)
+	gRun := &clockGuest{host: host, offset: 5 * time.Second, leg: time.Millisecond}
+	gStopped := &clockGuest{host: host, offset: 5 * time.Second, leg: time.Millisecond}
+	m := &Manager{o: Options{Store: st, Logger: slog.New(slog.DiscardHandler), Now: gRun.now}}
+	m.agents.m = map[string]agent.Client{"a1": gRun, "b2": gStopped}
+	m.syncClocks(context.Background())
+	if len(gRun.applied) != 1 || gRun.offset != 0 {
+		t.Errorf("running VM: %d steps, left %s off", len(gRun.applied), gRun.offset)
+	}
+	if len(gStopped.applied) != 0 {
+		t.Errorf("stopped VM stepped %d times", len(gStopped.applied))
+	}
+	// In step now: the next pass changes nothing.
+	m.syncClocks(context.Background())
+	if len(gRun.applied) != 1 {
+		t.Errorf("a guest in step was stepped again (%d steps)", len(gRun.applied))
 	}
 }

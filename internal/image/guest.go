@@ -11,6 +11,9 @@ package image
 //     for built images), otherwise it is a small PID 1 that mounts /proc,
 //     /sys, /dev, /run, mounts /root, runs the network and host-key steps,
 //     starts sshd and a serial getty, and reaps children.
+//   - On QEMU microvm under TCG the driver adds `tsc_early_khz=<the host's
+//     TSC rate in kHz> tsc=reliable` (internal/vmm/qemu/tsc.go: the guest's
+//     TSC runs at the host's rate and is its only good clocksource).
 //   - /etc/banger/image.env records INIT= (the init to use), SYSTEMD=0|1 and
 //     SSHD=present|first-boot|absent.
 //
@@ -52,6 +55,12 @@ package image
 //     installs openssh-server with apt, apk, dnf/yum/microdnf, pacman or
 //     zypper according to /etc/os-release. It needs network access to the
 //     distribution's mirrors, i.e. a VM created with --nat.
+//
+// Clock
+//   - The guest's wall clock starts from the RTC (QEMU: host time, UTC) and
+//     the daemon sets it from the host through the agent after every boot
+//     and then every minute (vm.Manager.SyncClock / KeepClocks); images
+//     need no time daemon (nothing in a guest can reach a time server).
 //
 // Power
 //   - /usr/lib/banger/poweroff: syncs, then asks PID 1 to power off

@@ -33,7 +33,7 @@ const DefaultClockInterval = time.Minute
 
 // bootAgentWait bounds Start's wait for a new guest's agent (it starts
 // before sshd, so it normally answers at once).
-const bootAgentWait = 10 * time.Second
+const bootAgentWait = 5 * time.Second
 
 // ClockSync is the result of one SyncClock.
 type ClockSync struct {

@@ -56,9 +56,10 @@ func ociTree(t testing.TB) (tree, repo string) {
 	if _, err := os.Stat(filepath.Join(dir, "complete")); err == nil {
 		return tree, repo
 	}
-	_ = os.RemoveAll(dir)
-	work := dir + ".tmp"
-	_ = os.RemoveAll(work)
+	work, err := os.MkdirTemp(filepath.Dir(dir), filepath.Base(dir)+".tmp-")
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() { _ = os.RemoveAll(work) })
 	start := time.Now()
 	run(t, "debootstrap", "--variant=minbase", "bookworm", filepath.Join(work, "rootfs"), mirror)
@@ -113,6 +114,10 @@ func ociTree(t testing.TB) (tree, repo string) {
 	if err := os.WriteFile(filepath.Join(work, "complete"), []byte(time.Since(start).String()+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := os.Stat(filepath.Join(dir, "complete")); err == nil {
+		return tree, repo // another run finished first
+	}
+	_ = os.RemoveAll(dir) // an incomplete leftover
 	if err := os.Rename(work, dir); err != nil {
 		t.Fatal(err)
 	}
@@ -263,6 +268,26 @@ func (e *env) serveRegistry(t testing.TB) (hostAddr, nsAddr string) {
 		t.Cleanup(func() { _ = srv.Close() })
 	}
 	return hostLn.Addr().String(), nsLn.Addr().String()
+}
+
+// TestE2EOCIFixture checks the fixture TestE2EPulledImageBoots boots (and
+// builds it into the cache without booting anything): the tree has no sshd
+// and no `ip`, the repository offers openssh-server.
+func TestE2EOCIFixture(t *testing.T) {
+	testreq.E2E(t)
+	tree, repo := ociTree(t)
+	for _, p := range []string{"usr/sbin/sshd", "usr/bin/ip", "sbin/ip"} {
+		if _, err := os.Lstat(filepath.Join(tree, p)); err == nil {
+			t.Errorf("the tree has /%s", p)
+		}
+	}
+	idx, err := os.ReadFile(filepath.Join(repo, "Packages"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(idx), "Package: openssh-server\n") {
+		t.Errorf("the repository lacks openssh-server:\n%s", idx)
+	}
 }
 
 // TestE2EPulledImageBoots builds an OCI image from a debootstrap tree

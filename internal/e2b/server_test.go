@@ -116,13 +116,15 @@ const (
 type fixture struct {
 	api     *httptest.Server
 	backend *fakeBackend
+	home    string
 }
 
 func newFixture(t *testing.T, envdToken string) *fixture {
 	t.Helper()
+	home := t.TempDir()
 	guest := envd.New(envd.Options{
 		Token:            func() (string, error) { return "guest-token", nil },
-		Accounts:         selfAccounts{home: t.TempDir()},
+		Accounts:         selfAccounts{home: home},
 		SwitchCredential: func(*envd.Account) bool { return false },
 	})
 	gs := httptest.NewServer(guest.Handler())
@@ -133,7 +135,7 @@ func newFixture(t *testing.T, envdToken string) *fixture {
 	srv := New(Options{Backend: fb, EnvdPort: p, ReadyTimeout: 2 * time.Second})
 	api := httptest.NewServer(srv.Handler())
 	t.Cleanup(api.Close)
-	return &fixture{api: api, backend: fb}
+	return &fixture{api: api, backend: fb, home: home}
 }
 
 func (f *fixture) call(t *testing.T, method, path, key string, body any) (int, []byte) {

@@ -6,8 +6,8 @@ package sdktest
 
 import (
 	"bytes"
-	_ "embed"
 	"context"
+	_ "embed"
 	"fmt"
 	"os"
 	"os/exec"

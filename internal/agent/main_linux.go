@@ -69,12 +69,9 @@ Usage: banger-agent [flags]
 const envdUID = 1000
 
 // serveEnvd serves the E2B-compatible envd API (internal/envd) until ctx
-// ends. Its access token is derived from the agent token, read again on
+// ends. The default user is created on first use when the image lacks it. Its access token is derived from the agent token, read again on
 // every request so a rotated token holds at once.
 func serveEnvd(ctx context.Context, addr, tokenFile string, log *slog.Logger) {
-	if err := envd.EnsureUser("/", envd.DefaultUser, envdUID); err != nil {
-		log.Warn("envd: cannot create the default user", "user", envd.DefaultUser, "err", err)
-	}
 	srv := envd.New(envd.Options{
 		Token: func() (string, error) {
 			data, err := os.ReadFile(tokenFile)
@@ -87,7 +84,7 @@ func serveEnvd(ctx context.Context, addr, tokenFile string, log *slog.Logger) {
 			}
 			return envd.AccessToken(t), nil
 		},
-		Accounts: envd.FileAccounts{Root: "/"},
+		Accounts: &envd.EnsuringAccounts{Root: "/", UID: envdUID},
 		AsUser:   envd.RunAsUser,
 		BaseEnv:  []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"},
 		Logger:   log,

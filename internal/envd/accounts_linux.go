@@ -6,7 +6,9 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
+	"sync"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -43,6 +45,32 @@ func RunAsUser(a *Account, fn func() error) error {
 	return <-errc
 }
 
+// EnsuringAccounts is FileAccounts that creates DefaultUser on first
+// lookup when the image lacks it (EnsureUser). Creating it lazily, not at
+// agent start, matters: the agent starts early in boot, possibly before
+// the root filesystem is writable.
+type EnsuringAccounts struct {
+	Root string
+	UID  uint32 // preferred uid of the created user (the next free one if taken)
+
+	mu sync.Mutex
+}
+
+// Lookup implements Accounts.
+func (e *EnsuringAccounts) Lookup(name string) (*Account, error) {
+	fa := FileAccounts{Root: e.Root}
+	a, err := fa.Lookup(name)
+	if err == nil || name != DefaultUser || !errors.Is(err, ErrNoUser) {
+		return a, err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err := EnsureUser(e.Root, name, e.UID); err != nil {
+		return nil, err
+	}
+	return fa.Lookup(name)
+}
+
 // EnsureUser creates user name (home /home/<name>, shell /bin/bash when
 // present) under root when it does not exist: with useradd when the image
 // has it, else by appending to passwd, group and shadow.
@@ -52,6 +80,7 @@ func EnsureUser(root, name string, uid uint32) error {
 	} else if !errors.Is(err, ErrNoUser) {
 		return err
 	}
+	uid = freeUID(root, uid)
 	shell := "/bin/sh"
 	if _, err := os.Stat(filepath.Join(root, "bin/bash")); err == nil {
 		shell = "/bin/bash"
@@ -95,4 +124,27 @@ func EnsureUser(root, name string, uid uint32) error {
 		return fmt.Errorf("add user %s: home: %w", name, err)
 	}
 	return nil
+}
+
+// freeUID returns want, or the next uid (and gid) no passwd or group entry
+// under root uses.
+func freeUID(root string, want uint32) uint32 {
+	used := map[uint32]bool{}
+	for _, f := range []string{"etc/passwd", "etc/group"} {
+		data, err := os.ReadFile(filepath.Join(root, f))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			if fs := strings.Split(line, ":"); len(fs) >= 3 {
+				if n, err := strconv.ParseUint(fs[2], 10, 32); err == nil {
+					used[uint32(n)] = true
+				}
+			}
+		}
+	}
+	for used[want] {
+		want++
+	}
+	return want
 }

@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -529,23 +530,47 @@ func TestParseAccounts(t *testing.T) {
 }
 
 func TestEnsureUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("chown of the new home needs root")
+	}
 	root := t.TempDir()
 	os.MkdirAll(filepath.Join(root, "etc"), 0o755)
 	os.WriteFile(filepath.Join(root, "etc/passwd"), []byte("root:x:0:0:root:/root:/bin/sh"), 0o644)
-	u, _ := user.Current()
-	uid, _ := strconv.Atoi(u.Uid)
-	if err := EnsureUser(root, "user", uint32(uid)); err != nil {
+	if err := EnsureUser(root, "user", 4242); err != nil {
 		t.Fatal(err)
 	}
 	a, err := FileAccounts{Root: root}.Lookup("user")
-	if err != nil || a.Home != "/home/user" || a.UID != uint32(uid) {
+	if err != nil || a.Home != "/home/user" || a.UID != 4242 || a.GID != 4242 {
 		t.Fatalf("%+v %v", a, err)
 	}
-	if err := EnsureUser(root, "user", uint32(uid)); err != nil {
+	if fi, err := os.Stat(filepath.Join(root, "home/user")); err != nil || fi.Sys().(*syscall.Stat_t).Uid != 4242 {
+		t.Fatalf("home: %v", err)
+	}
+	if err := EnsureUser(root, "user", 4242); err != nil {
 		t.Fatal(err)
 	}
 	data, _ := os.ReadFile(filepath.Join(root, "etc/passwd"))
 	if strings.Count(string(data), "\nuser:") != 1 || !strings.HasPrefix(string(data), "root:x:0:0:root:/root:/bin/sh\n") {
 		t.Fatalf("passwd %q", data)
+	}
+}
+
+func TestEnsuringAccountsCreatesDefaultUserOnce(t *testing.T) {
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "etc"), 0o755)
+	os.WriteFile(filepath.Join(root, "etc/passwd"), []byte("root:x:0:0:root:/root:/bin/sh\nother:x:1000:1000::/home/other:/bin/sh\n"), 0o644)
+	ea := &EnsuringAccounts{Root: root, UID: 1000}
+	if _, err := ea.Lookup("mallory"); !errors.Is(err, ErrNoUser) {
+		t.Fatalf("only the default user is created: %v", err)
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("chown of the new home needs root")
+	}
+	a, err := ea.Lookup(DefaultUser)
+	if err != nil || a.UID != 1001 || a.Home != "/home/user" {
+		t.Fatalf("created %+v %v (uid 1000 is taken)", a, err)
+	}
+	if b, err := ea.Lookup(DefaultUser); err != nil || b.UID != a.UID {
+		t.Fatalf("second lookup %+v %v", b, err)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/bangerdev/banger/internal/envd"
@@ -41,11 +42,54 @@ type Options struct {
 	Now       func() time.Time
 }
 
+// routeTTL is how long the router reuses a sandbox's address and state:
+// a command loop would otherwise ask the daemon once per call. A kill
+// through this server drops the entry at once; a sandbox deleted
+// elsewhere (timeout, `vm delete`) is routed to for at most this long.
+const routeTTL = 2 * time.Second
+
 // Server is the E2B-compatible API. Create it with New.
 type Server struct {
 	o      Options
 	client *http.Client
 	proxy  *httputil.ReverseProxy
+
+	mu     sync.Mutex
+	routes map[string]routeEntry
+}
+
+type routeEntry struct {
+	sb      *Sandbox
+	expires time.Time
+}
+
+// lookupRoute returns the sandbox for routing, from the cache when fresh.
+func (s *Server) lookupRoute(ctx context.Context, id string) (*Sandbox, error) {
+	now := s.o.Now()
+	s.mu.Lock()
+	e, ok := s.routes[id]
+	s.mu.Unlock()
+	if ok && now.Before(e.expires) {
+		return e.sb, nil
+	}
+	sb, err := s.o.Backend.Get(ctx, id)
+	if err != nil {
+		s.forget(id)
+		return nil, err
+	}
+	s.mu.Lock()
+	if len(s.routes) > 4096 { // bounded: drop everything rather than track ages
+		s.routes = map[string]routeEntry{}
+	}
+	s.routes[id] = routeEntry{sb: sb, expires: now.Add(routeTTL)}
+	s.mu.Unlock()
+	return sb, nil
+}
+
+func (s *Server) forget(id string) {
+	s.mu.Lock()
+	delete(s.routes, id)
+	s.mu.Unlock()
 }
 
 // New returns a Server.
@@ -70,7 +114,7 @@ func New(o Options) *Server {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	s := &Server{o: o, client: &http.Client{Transport: o.Transport}}
+	s := &Server{o: o, client: &http.Client{Transport: o.Transport}, routes: map[string]routeEntry{}}
 	s.proxy = &httputil.ReverseProxy{
 		Rewrite:       func(*httputil.ProxyRequest) {}, // the target is set by route
 		Transport:     o.Transport,
@@ -197,7 +241,7 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request, id string, port i
 		writeError(w, http.StatusBadGateway, fmt.Sprintf("sandbox %q not found", id))
 		return
 	}
-	sb, err := s.o.Backend.Get(r.Context(), id)
+	sb, err := s.lookupRoute(r.Context(), id)
 	if err != nil || !sb.Running || sb.IP == "" {
 		writeError(w, http.StatusBadGateway, fmt.Sprintf("sandbox %q not found or not running", id))
 		return
@@ -477,10 +521,12 @@ func (s *Server) kill(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	s.forget(sb.ID)
 	if err := s.o.Backend.Delete(r.Context(), sb.ID); err != nil {
 		backendError(w, err)
 		return
 	}
+	s.forget(sb.ID)
 	s.o.Logger.Info("sandbox killed", "id", sb.ID)
 	w.WriteHeader(http.StatusNoContent)
 }

@@ -25,6 +25,7 @@ import (
 // real envd server on loopback.
 type fakeBackend struct {
 	mu      sync.Mutex
+	gets    int
 	keys    map[string]string // secret -> key id
 	sbs     map[string]*Sandbox
 	n       int
@@ -58,6 +59,7 @@ func (f *fakeBackend) Create(_ context.Context, req CreateRequest) (*Sandbox, er
 func (f *fakeBackend) Get(_ context.Context, id string) (*Sandbox, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.gets++
 	sb, ok := f.sbs[id]
 	if !ok {
 		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
@@ -374,5 +376,30 @@ func TestKeys(t *testing.T) {
 	}
 	if HashKey(k) == HashKey(k+"x") || len(HashKey(k)) != 64 || strings.Contains(HashKey(k), k[4:]) {
 		t.Fatal("hash")
+	}
+}
+
+func TestRouterCachesLookupsAndForgetsKilled(t *testing.T) {
+	f := newFixture(t, "guest-token")
+	sb := f.create(t, keyA, nil)
+	f.backend.mu.Lock()
+	before := f.backend.gets
+	f.backend.mu.Unlock()
+	for i := 0; i < 5; i++ {
+		if _, code, st := f.run(t, sb.SandboxID, sb.EnvdAccessToken, "true", false); st != 200 || code != 0 {
+			t.Fatalf("run %d: %d %d", i, st, code)
+		}
+	}
+	f.backend.mu.Lock()
+	gets := f.backend.gets - before
+	f.backend.mu.Unlock()
+	if gets != 1 {
+		t.Fatalf("5 routed calls asked the backend %d times, want 1", gets)
+	}
+	if st, _ := f.call(t, "DELETE", "/sandboxes/"+sb.SandboxID, keyA, nil); st != 204 {
+		t.Fatalf("kill: %d", st)
+	}
+	if _, _, st := f.run(t, sb.SandboxID, sb.EnvdAccessToken, "true", false); st != http.StatusBadGateway {
+		t.Fatalf("routed to a killed sandbox from the cache: %d", st)
 	}
 }

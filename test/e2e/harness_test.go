@@ -24,7 +24,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -174,6 +173,7 @@ type env struct {
 	vars   []string
 
 	daemonEnv []string
+	tapPool   int
 
 	mu     sync.Mutex
 	daemon *exec.Cmd
@@ -260,6 +260,7 @@ cow = %q
 		"HOME=" + filepath.Join(dir, "home"),
 	}
 	e.daemonEnv = o.DaemonEnv
+	e.tapPool = o.TapPool
 	if err := os.MkdirAll(filepath.Join(dir, "home"), 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -514,158 +515,6 @@ func loopsUnder(dir string) []string {
 		}
 	}
 	return res
-}
-
-// leakReport checks the host side against the records: every tap, lease,
-// loop, VMM process, file and nft element must belong to a running VM (or a
-// stopped VM's kept disks and lease). It returns the problems found.
-func (e *env) leakReport() []string {
-	t := e.t
-	t.Helper()
-	vms := e.list()
-	running := map[string]*model.VM{}
-	byID := map[string]*model.VM{}
-	for _, vm := range vms {
-		byID[vm.ID] = vm
-		if vm.State == model.StateRunning {
-			running[vm.ID] = vm
-		}
-	}
-	var problems []string
-	// taps
-	out, _ := exec.Command("ip", "-n", e.ns, "-o", "link", "show").Output()
-	wantTaps := map[string]bool{}
-	for _, vm := range running {
-		wantTaps[vm.Runtime.Tap] = true
-	}
-	for _, l := range strings.Split(string(out), "\n") {
-		f := strings.Fields(l)
-		if len(f) < 2 {
-			continue
-		}
-		name, _, _ := strings.Cut(strings.TrimSuffix(f[1], ":"), "@")
-		if strings.HasPrefix(name, "bgtap") && !wantTaps[name] && !strings.HasPrefix(name, "bgtapp") {
-			problems = append(problems, "leaked tap "+name)
-		}
-	}
-	// VMM processes
-	wantPIDs := map[int]bool{}
-	for _, vm := range running {
-		wantPIDs[vm.Runtime.PID] = true
-	}
-	for pid, comm := range e.nsPIDs() {
-		isVMM := strings.HasPrefix(comm, "qemu") || strings.HasPrefix(comm, "firecracker") || strings.HasPrefix(comm, "fakefc")
-		// a running VM's VMM may have children (the Firecracker double's qemu)
-		if isVMM && !wantPIDs[pid] && !wantPIDs[ppid(pid)] {
-			problems = append(problems, fmt.Sprintf("leaked VMM pid %d (%s)", pid, comm))
-		}
-	}
-	for pid := range wantPIDs {
-		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err != nil {
-			problems = append(problems, fmt.Sprintf("running VM's VMM pid %d is gone", pid))
-		}
-	}
-	// leases: only VMs that have an address in their record
-	ctx := context.Background()
-	if st, err := store.Open(ctx, e.layout.DBPath()); err == nil {
-		leases, err := st.ListLeases(ctx)
-		st.Close()
-		if err != nil {
-			problems = append(problems, "list leases: "+err.Error())
-		}
-		for _, l := range leases {
-			vm := byID[l.VMID]
-			if vm == nil || vm.IP != l.IP {
-				problems = append(problems, fmt.Sprintf("leaked lease %s of vm %s", l.IP, l.VMID))
-			}
-		}
-	} else {
-		problems = append(problems, "open store: "+err.Error())
-	}
-	// loops
-	for _, l := range loopsUnder(e.dir) {
-		problems = append(problems, "leaked loop "+l)
-	}
-	// nft: the NAT set holds exactly the running VMs with NAT
-	wantNAT := []string{}
-	for _, vm := range running {
-		if vm.NAT {
-			wantNAT = append(wantNAT, vm.IP)
-		}
-	}
-	sort.Strings(wantNAT)
-	gotNAT := e.natElements()
-	if strings.Join(gotNAT, ",") != strings.Join(wantNAT, ",") {
-		problems = append(problems, fmt.Sprintf("nft %s set holds %v, want %v", "nat_vms", gotNAT, wantNAT))
-	}
-	// files: runtime dirs only for running VMs; VM dirs only for VMs with
-	// disks; no scratch files
-	if ents, err := os.ReadDir(filepath.Join(e.layout.RuntimeDir, "vms")); err == nil {
-		for _, d := range ents {
-			if running[d.Name()] == nil {
-				problems = append(problems, "leaked runtime dir vms/"+d.Name())
-			}
-		}
-	}
-	if ents, err := os.ReadDir(filepath.Join(e.layout.StateDir, "vms")); err == nil {
-		for _, d := range ents {
-			vm := byID[d.Name()]
-			files, _ := os.ReadDir(filepath.Join(e.layout.StateDir, "vms", d.Name()))
-			if vm != nil && !vm.Runtime.Provisioned && vm.Runtime.LogPath != "" && len(files) == 1 && files[0].Name() == "console.log" {
-				continue // a failed first start keeps its console log for `vm logs`
-			}
-			if vm == nil || !vm.Runtime.Provisioned {
-				problems = append(problems, "leaked VM dir vms/"+d.Name())
-				continue
-			}
-			for _, f := range files {
-				if strings.HasSuffix(f.Name(), ".new") || strings.HasSuffix(f.Name(), ".tmp") || strings.HasPrefix(f.Name(), ".") {
-					problems = append(problems, "leaked scratch file vms/"+d.Name()+"/"+f.Name())
-				}
-			}
-		}
-	}
-	return problems
-}
-
-// natElements lists the addresses in banger's nft NAT set.
-func (e *env) natElements() []string {
-	out, err := exec.Command("ip", "netns", "exec", e.ns, "nft", "-j", "list", "set", "ip", "banger", "nat_vms").Output()
-	if err != nil {
-		return []string{}
-	}
-	var doc struct {
-		Nftables []map[string]json.RawMessage `json:"nftables"`
-	}
-	if json.Unmarshal(out, &doc) != nil {
-		return []string{}
-	}
-	res := []string{}
-	for _, item := range doc.Nftables {
-		raw, ok := item["set"]
-		if !ok {
-			continue
-		}
-		var set struct {
-			Elem []json.RawMessage `json:"elem"`
-		}
-		_ = json.Unmarshal(raw, &set)
-		for _, el := range set.Elem {
-			var s string
-			if json.Unmarshal(el, &s) == nil {
-				res = append(res, s)
-			}
-		}
-	}
-	sort.Strings(res)
-	return res
-}
-
-func (e *env) assertNoLeaks(when string) {
-	e.t.Helper()
-	if p := e.leakReport(); len(p) > 0 {
-		e.t.Errorf("%s: leaks:\n  %s", when, strings.Join(p, "\n  "))
-	}
 }
 
 // waitState polls vm.show until the VM is in state (or fails after limit).

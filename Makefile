@@ -25,7 +25,7 @@ export BANGER_TEST_CACHE ?= $(HOME)/.cache/banger-test
 export FAKEFC_SPEC_DIR ?= $(abspath $(CURDIR)/../shared/firecracker-api)
 GOTEST_FLAGS ?= -race -timeout 30m
 
-.PHONY: all build build-test deps lint test unit integration e2e test-all bench fuzz demo install clean
+.PHONY: all build build-test deps lint test unit integration e2e test-all soak bench fuzz demo install clean
 
 all: build
 
@@ -64,6 +64,19 @@ e2e: build-test
 # Everything CI runs: lint, unit, integration and end-to-end tests.
 test-all: deps lint build build-test
 	BANGER_E2E=1 BANGER_TEST_EXPECT_COW=copy,reflink BANGER_BIN=$(TEST_BIN) $(GO) test $(GOTEST_FLAGS) -p 2 ./...
+
+# The long forms of the reliability harness (docs/testing.md): the crash
+# loop (SOAK_CRASH_PASSES passes, each killing the daemon at every create,
+# start, stop and delete step), the create/delete stress (SOAK_STRESS_SEQ
+# sequential, SOAK_STRESS_PAR parallel cycles) and the concurrency test.
+# CI runs the short forms (one pass, 5 + 4 cycles). Hours under TCG.
+SOAK_CRASH_PASSES ?= 50
+SOAK_STRESS_SEQ ?= 50
+SOAK_STRESS_PAR ?= 8
+soak: build-test
+	BANGER_E2E=1 BANGER_BIN=$(TEST_BIN) BANGER_CRASH_PASSES=$(SOAK_CRASH_PASSES) \
+	BANGER_STRESS_SEQ=$(SOAK_STRESS_SEQ) BANGER_STRESS_PAR=$(SOAK_STRESS_PAR) \
+	$(GO) test -race -count=1 -timeout 12h -v -run 'TestE2E(CrashLoop|CreateDeleteStress|ConcurrentCreatesPullsAndDeletes)$$' ./test/e2e/
 
 bench: build
 	BANGER_BIN=$(BIN) ./scripts/bench

@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"fmt"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -12,65 +14,231 @@ import (
 	"github.com/bangerdev/banger/internal/vm"
 )
 
-// TestE2ECrashDuringCreate kills the daemon with SIGKILL in the middle of a
-// create, at several steps (before the root disk, the work disk, the tap,
-// the NAT, the VMM, the DNS record and the ssh wait: the last two with the
-// VMM already running), restarts it, and checks that reconcile rolled the
-// create back: the VM is in state error naming the step, and no tap, lease,
-// loop, process, file or nft element is left. One rolled-back VM is then
-// started for real, and the daemon is killed again at the start of its
-// stop: after the restart the stop is finished. One boot.
-func TestE2ECrashDuringCreate(t *testing.T) {
-	e := newEnv(t, envOptions{TapPool: 1})
-	steps := []string{vm.StepRootDisk, vm.StepWorkDisk, vm.StepTap, vm.StepNAT, vm.StepVMM, vm.StepDNS, vm.StepSSH}
-	var last string
-	for i, step := range steps {
-		name := fmt.Sprintf("c%d", i)
-		e.stopDaemon(syscall.SIGTERM)
-		e.startDaemon("BANGER_TEST_CRASH_AT=" + vm.OpCreate + ":" + step)
-		out, serr, err := e.banger("vm", "create", "--name", name, "--nat")
-		if err == nil {
-			t.Fatalf("create %s survived a crash at %s: %s", name, step, out)
-		}
-		if !e.waitDaemonExit(30 * time.Second) {
-			t.Fatalf("the daemon did not crash at %s (create said: %v %s)", step, err, serr)
-		}
-		e.startDaemon()
-		got := e.show(name)
-		if got.State != model.StateError || !strings.Contains(got.Error, `"`+step+`"`) || got.IP != "" || got.Runtime.Tap != "" || got.Runtime.PID != 0 {
-			t.Errorf("after a crash at %s: %s is %s (%q) ip %q tap %q pid %d", step, name, got.State, got.Error, got.IP, got.Runtime.Tap, got.Runtime.PID)
-		}
-		e.assertNoLeaks("after a crash at " + step)
-		last = name
+// envInt reads a positive count from the environment (def when unset).
+func envInt(t testing.TB, name string, def int) int {
+	t.Helper()
+	v := os.Getenv(name)
+	if v == "" {
+		return def
 	}
-
-	// The rolled-back VM starts normally.
-	e.must("vm", "start", last)
-	running := e.show(last)
-	if running.State != model.StateRunning || running.Error != "" {
-		t.Fatalf("start after rollback: %+v", running)
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 {
+		t.Fatalf("%s=%q: want a count", name, v)
 	}
-	e.mustSSH(running.IP, "true")
+	return n
+}
 
-	// A crash as the stop begins: the restarted daemon finishes the stop.
+// crashPoint is one place the daemon is killed: the crash hook fires when
+// operation op reaches step.
+type crashPoint struct{ op, step string }
+
+func (p crashPoint) String() string { return p.op + ":" + p.step }
+
+// Every step of create, start, stop (the shutdown and the teardown it
+// runs) and delete (the teardown and the destroy steps).
+var (
+	createSteps   = []string{vm.StepArtifacts, vm.StepLease, vm.StepRootDisk, vm.StepWorkDisk, vm.StepGuestConfig, vm.StepTap, vm.StepNAT, vm.StepVMM, vm.StepDNS, vm.StepSSH}
+	teardownSteps = []string{vm.StepRelease, vm.StepUnPorts, vm.StepUnNAT, vm.StepUntap, vm.StepUnDNS, vm.StepDetach, vm.StepRunDir}
+	destroySteps  = []string{vm.StepRemove, vm.StepForgetKey, vm.StepUnlease}
+)
+
+func stopPoints() []crashPoint {
+	ps := []crashPoint{{vm.OpStop, vm.StepShutdown}}
+	for _, s := range teardownSteps {
+		ps = append(ps, crashPoint{vm.OpTeardown, s})
+	}
+	return ps
+}
+
+func deletePoints() []crashPoint {
+	var ps []crashPoint
+	for _, s := range destroySteps {
+		ps = append(ps, crashPoint{vm.OpDestroy, s})
+	}
+	for _, s := range teardownSteps {
+		ps = append(ps, crashPoint{vm.OpTeardown, s})
+	}
+	return ps
+}
+
+// crashAt runs the CLI command args against a daemon that kills itself
+// (SIGKILL) when p is reached, then starts a clean daemon, which
+// reconciles. It fails the test when the command succeeded or the daemon
+// did not die.
+func (e *env) crashAt(p crashPoint, args ...string) {
+	e.t.Helper()
 	e.stopDaemon(syscall.SIGTERM)
-	e.startDaemon("BANGER_TEST_CRASH_AT=" + vm.OpStop + ":" + vm.StepShutdown)
-	if _, _, err := e.banger("vm", "stop", last); err == nil {
-		t.Fatal("stop survived the crash")
+	e.startDaemon("BANGER_TEST_CRASH_AT=" + p.String())
+	out, serr, err := e.banger(args...)
+	if err == nil {
+		e.t.Fatalf("banger %s survived a crash at %s: %s", strings.Join(args, " "), p, out)
 	}
-	if !e.waitDaemonExit(30 * time.Second) {
-		t.Fatal("the daemon did not crash at the stop")
+	if !e.waitDaemonExit(60 * time.Second) {
+		e.t.Fatalf("the daemon did not crash at %s (banger %s said: %v %s)", p, strings.Join(args, " "), err, serr)
 	}
 	e.startDaemon()
-	if got := e.show(last); got.State != model.StateStopped || got.Runtime.PID != 0 {
-		t.Errorf("after a crash during stop: %+v", got)
+}
+
+// assertSettled checks that every VM is running (and, with reach, answers
+// ssh) or cleanly stopped or in error with a reason: nothing is left
+// creating, starting or stopping after reconcile.
+func (e *env) assertSettled(when string, reach bool) {
+	e.t.Helper()
+	for _, v := range e.list() {
+		switch v.State {
+		case model.StateRunning:
+			if v.IP == "" || v.Runtime.PID == 0 || v.Runtime.Tap == "" {
+				e.t.Errorf("%s: running VM %s lacks ip/pid/tap: %+v", when, v.Name, v.Runtime)
+			}
+			if reach {
+				if out, err := e.ssh(v.IP, "true"); err != nil {
+					e.t.Errorf("%s: running VM %s does not answer ssh: %v %s", when, v.Name, err, out)
+				}
+			}
+		case model.StateStopped:
+			if v.Runtime.PID != 0 || v.Runtime.Tap != "" || v.Runtime.RuntimeDir != "" || v.Runtime.NATActive {
+				e.t.Errorf("%s: stopped VM %s still holds %+v", when, v.Name, v.Runtime)
+			}
+		case model.StateError:
+			if v.Error == "" {
+				e.t.Errorf("%s: VM %s is in error without a reason", when, v.Name)
+			}
+			if v.Runtime.PID != 0 || v.Runtime.Tap != "" {
+				e.t.Errorf("%s: VM %s in error still holds pid %d tap %q", when, v.Name, v.Runtime.PID, v.Runtime.Tap)
+			}
+		default:
+			e.t.Errorf("%s: VM %s is %s after reconcile", when, v.Name, v.State)
+		}
 	}
-	e.assertNoLeaks("after a crash during stop")
-	e.must("vm", "prune", "-f")
-	if vms := e.list(); len(vms) != 0 {
-		t.Errorf("after prune: %d VMs left", len(vms))
+}
+
+// TestE2ECrashLoop kills the daemon (SIGKILL, through the crash hook) at
+// every step of create, start, stop and delete, restarts it after each
+// kill and lets reconcile run, then checks the host with the leak checker
+// (taps, loops, nft elements and rules, VMM processes, files, leases, DNS)
+// and that every VM is running, stopped or in error, never half-way; VMs
+// that run answer ssh, and every VM can be deleted at the end.
+//
+// One pass: 10 create kills (fresh VMs, with NAT), 8 VMs booted, 8 stop
+// kills (the shutdown and each teardown step, one running VM each; the
+// other VMs keep running across every restart), 10 start kills on a
+// provisioned VM, 10 delete kills (destroy steps on provisioned VMs,
+// teardown steps on the rest), the VM of the start kills started for real
+// and reached, then everything deleted. CI runs one pass;
+// BANGER_CRASH_PASSES=N (`make soak`) runs N.
+func TestE2ECrashLoop(t *testing.T) {
+	passes := envInt(t, "BANGER_CRASH_PASSES", 1)
+	e := newEnv(t, envOptions{TapPool: 2})
+	kills := 0
+	began := time.Now()
+	for pass := 0; pass < passes; pass++ {
+		passStart := time.Now()
+		name := func(kind string, i int) string { return fmt.Sprintf("%s%d-%d", kind, pass, i) }
+
+		// Create: each step kills a fresh VM's first start.
+		var created []string
+		for i, step := range createSteps {
+			n := name("c", i)
+			e.crashAt(crashPoint{vm.OpCreate, step}, "vm", "create", "--name", n, "--nat")
+			kills++
+			got := e.show(n)
+			if got.State != model.StateError || !strings.Contains(got.Error, `"`+step+`"`) || got.IP != "" || got.Runtime.Tap != "" || got.Runtime.PID != 0 {
+				t.Errorf("pass %d, after a crash at create:%s: %s is %s (%q) ip %q tap %q pid %d", pass, step, n, got.State, got.Error, got.IP, got.Runtime.Tap, got.Runtime.PID)
+			}
+			e.assertSettled("after a crash at create:"+step, false)
+			e.assertNoLeaks(fmt.Sprintf("pass %d, after a crash at create:%s", pass, step))
+			created = append(created, n)
+		}
+		t.Logf("pass %d: %d create kills in %s", pass, len(createSteps), time.Since(passStart).Round(time.Second))
+
+		// Boot one VM per stop point (the rolled-back VMs start normally).
+		sp := stopPoints()
+		runners := created[:len(sp)]
+		bootStart := time.Now()
+		for i := 0; i < len(runners); i += 4 {
+			e.must(append([]string{"vm", "start"}, runners[i:min(i+4, len(runners))]...)...)
+		}
+		t.Logf("pass %d: %d VMs booted in %s", pass, len(runners), time.Since(bootStart).Round(time.Second))
+		e.assertSettled("after booting", true)
+		e.assertNoLeaks(fmt.Sprintf("pass %d, after booting", pass))
+
+		// Stop: the shutdown and each teardown step, one running VM each.
+		phase := time.Now()
+		for i, p := range sp {
+			e.crashAt(p, "vm", "stop", runners[i])
+			kills++
+			if got := e.show(runners[i]); got.State != model.StateStopped && got.State != model.StateError {
+				t.Errorf("pass %d, after a crash at %s during stop: %s is %s", pass, p, runners[i], got.State)
+			}
+			for _, other := range runners[i+1:] {
+				if got := e.show(other); got.State != model.StateRunning {
+					t.Errorf("pass %d, after a crash at %s: %s is %s, want running (the restart must not touch it)", pass, p, other, got.State)
+				}
+			}
+			e.assertSettled("after a crash at "+p.String()+" during stop", false)
+			e.assertNoLeaks(fmt.Sprintf("pass %d, after a crash at %s during stop", pass, p))
+		}
+		t.Logf("pass %d: %d stop kills in %s", pass, len(sp), time.Since(phase).Round(time.Second))
+
+		// Start: each step on a provisioned, stopped VM.
+		phase = time.Now()
+		target := runners[0]
+		for _, step := range createSteps {
+			e.crashAt(crashPoint{vm.OpStart, step}, "vm", "start", target)
+			kills++
+			if got := e.show(target); got.State != model.StateError && got.State != model.StateStopped {
+				t.Errorf("pass %d, after a crash at start:%s: %s is %s", pass, step, target, got.State)
+			}
+			e.assertSettled("after a crash at start:"+step, false)
+			e.assertNoLeaks(fmt.Sprintf("pass %d, after a crash at start:%s", pass, step))
+		}
+		t.Logf("pass %d: %d start kills in %s", pass, len(createSteps), time.Since(phase).Round(time.Second))
+
+		// Delete: the destroy steps on provisioned VMs first, then the
+		// teardown steps; the VM is either gone or deletable.
+		phase = time.Now()
+		victims := append(append([]string{}, runners[1:]...), created[len(sp):]...)
+		extra := name("n", 0)
+		e.must("vm", "create", "--no-start", "--name", extra)
+		victims = append(victims, extra)
+		for i, p := range deletePoints() {
+			v := victims[i]
+			e.crashAt(p, "vm", "delete", v)
+			kills++
+			e.assertSettled("after a crash at "+p.String()+" during delete", false)
+			if out, serr, err := e.banger("vm", "delete", v); err != nil && !strings.Contains(serr, "not found") {
+				t.Errorf("pass %d, after a crash at %s: delete %s again: %v %s %s", pass, p, v, err, out, serr)
+			}
+			e.assertNoLeaks(fmt.Sprintf("pass %d, after a crash at %s during delete", pass, p))
+		}
+		t.Logf("pass %d: %d delete kills in %s", pass, len(deletePoints()), time.Since(phase).Round(time.Second))
+
+		// The VM of the start kills starts for real and answers.
+		e.must("vm", "start", target)
+		got := e.show(target)
+		if got.State != model.StateRunning || got.Error != "" {
+			t.Fatalf("pass %d: start after the start kills: %+v", pass, got)
+		}
+		e.mustSSH(got.IP, "true")
+		e.assertSettled("at the end of the pass", true)
+		e.assertNoLeaks(fmt.Sprintf("pass %d, end", pass))
+		var left []string
+		for _, v := range e.list() {
+			left = append(left, v.Name)
+		}
+		if len(left) > 0 {
+			e.must(append([]string{"vm", "delete"}, left...)...)
+		}
+		if vms := e.list(); len(vms) != 0 {
+			t.Errorf("pass %d: %d VMs left after deleting all", pass, len(vms))
+		}
+		e.assertNoLeaks(fmt.Sprintf("pass %d, after deleting all", pass))
+		t.Logf("pass %d: done in %s (%d kills so far)", pass, time.Since(passStart).Round(time.Second), kills)
+		if t.Failed() {
+			break
+		}
 	}
-	e.assertNoLeaks("after prune")
+	t.Logf("crash loop: %d pass(es), %d daemon kills, %s", passes, kills, time.Since(began).Round(time.Second))
 }
 
 // TestE2EParallelCreatesAndPrune creates 8 VMs at once (records, leases on

@@ -444,7 +444,7 @@ func (e *env) hostSnapshot(vms []*model.VM) (hostState, error) {
 	if _, err := exec.LookPath("dig"); err == nil {
 		h.DNS = map[string][]string{}
 		for _, vm := range vms {
-			out, _ := exec.Command("ip", "netns", "exec", e.ns, "dig", "+short", "+time=1", "+tries=2", "@127.0.0.1", vm.Name+".vm", "A").Output()
+			out, _ := exec.Command("ip", "netns", "exec", e.ns, "dig", "+short", "+time=1", "+tries=1", "@127.0.0.1", vm.Name+".vm", "A").Output()
 			for _, a := range strings.Fields(string(out)) {
 				h.DNS[vm.Name] = append(h.DNS[vm.Name], a)
 			}

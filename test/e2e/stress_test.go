@@ -153,50 +153,6 @@ func TestE2ECreateDeleteStress(t *testing.T) {
 	e.assertNoLeaks("after the parallel cycles")
 }
 
-// listenInNetns opens a TCP listener on 127.0.0.1 inside the environment's
-// netns (a socket stays in the netns it was made in), so a server in the
-// test process is reachable by the daemon.
-func (e *env) listenInNetns() (net.Listener, error) {
-	type res struct {
-		ln  net.Listener
-		err error
-	}
-	ch := make(chan res, 1)
-	go func() {
-		// The thread changes netns: it is locked and, if it cannot be
-		// restored, never unlocked (the runtime then discards it).
-		runtime.LockOSThread()
-		orig, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- res{nil, err}
-			return
-		}
-		defer orig.Close()
-		target, err := os.Open(filepath.Join("/run/netns", e.ns))
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- res{nil, err}
-			return
-		}
-		defer target.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			ch <- res{nil, fmt.Errorf("setns: %w", err)}
-			return
-		}
-		ln, lerr := net.Listen("tcp", "127.0.0.1:0")
-		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-			ch <- res{ln, fmt.Errorf("restore netns: %w", err)} // thread stays locked
-			return
-		}
-		runtime.UnlockOSThread()
-		ch <- res{ln, lerr}
-	}()
-	r := <-ch
-	return r.ln, r.err
-}
-
 // blobCounter is an in-process registry that counts blob GETs.
 type blobCounter struct {
 	mu   sync.Mutex
@@ -213,10 +169,10 @@ func (b *blobCounter) counts() map[string]int {
 	return out
 }
 
-// serveRegistry serves an in-process registry inside the netns and returns
-// its host:port and blob counter.
-func (e *env) serveRegistry(t *testing.T) (string, *blobCounter) {
-	ln, err := e.listenInNetns()
+// serveCountingRegistry serves an in-process registry inside the netns and
+// returns its host:port and blob counter.
+func (e *env) serveCountingRegistry(t *testing.T) (string, *blobCounter) {
+	ln, err := listenInNetns(e.ns)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -306,7 +262,7 @@ func testOCIImage(t *testing.T) v1.Image {
 // and, once all are deleted, nothing leaks.
 func TestE2EConcurrentCreatesPullsAndDeletes(t *testing.T) {
 	e := newEnv(t, envOptions{TapPool: 2})
-	addr, blobs := e.serveRegistry(t)
+	addr, blobs := e.serveCountingRegistry(t)
 	dial := func(ctx context.Context) (net.Conn, error) {
 		// The registry's socket is in the netns; a socket the test makes
 		// there reaches it.

@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -28,7 +27,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
-	"golang.org/x/sys/unix"
 
 	"github.com/bangerdev/banger/internal/model"
 )
@@ -169,41 +167,50 @@ func (b *blobCounter) counts() map[string]int {
 	return out
 }
 
-// serveCountingRegistry serves an in-process registry inside the netns and
-// returns its host:port and blob counter.
-func (e *env) serveCountingRegistry(t *testing.T) (string, *blobCounter) {
-	ln, err := listenInNetns(e.ns)
+// serveCountingRegistry serves one in-process registry that counts blob
+// GETs on the host's loopback (for the test to push) and on the netns's
+// loopback (for the daemon to pull); it returns both addresses and the
+// counter.
+func (e *env) serveCountingRegistry(t *testing.T) (hostAddr, nsAddr string, bc *blobCounter) {
+	t.Helper()
+	nsLn, err := listenInNetns(e.ns)
 	if err != nil {
 		t.Fatal(err)
 	}
-	bc := &blobCounter{gets: map[string]int{}}
+	hostLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bc = &blobCounter{gets: map[string]int{}}
 	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/sha256:") {
 			bc.mu.Lock()
 			bc.gets[r.URL.Path[strings.LastIndex(r.URL.Path, "/")+1:]]++
 			bc.mu.Unlock()
 		}
 		reg.ServeHTTP(w, r)
-	})}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Close() })
-	return ln.Addr().String(), bc
+	})
+	for _, ln := range []net.Listener{hostLn, nsLn} {
+		srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = srv.Serve(ln) }()
+		t.Cleanup(func() { _ = srv.Close() })
+	}
+	return hostLn.Addr().String(), nsLn.Addr().String(), bc
 }
 
-// pushTestImage pushes img to the registry at addr (inside the netns),
-// dialling it with dial.
-func pushTestImage(t *testing.T, addr string, ln func(ctx context.Context) (net.Conn, error), img v1.Image) string {
+// pushTestImage pushes img as test/conc:latest to the registry at
+// hostAddr and returns its reference at nsAddr (as the daemon sees it).
+func pushTestImage(t *testing.T, hostAddr, nsAddr string, img v1.Image) string {
 	t.Helper()
-	ref, err := name.ParseReference(addr+"/test/conc:latest", name.Insecure)
+	ref, err := name.ParseReference(hostAddr+"/test/conc:latest", name.Insecure)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) { return ln(ctx) }}
-	if err := remote.Write(ref, img, remote.WithTransport(tr)); err != nil {
+	if err := remote.Write(ref, img); err != nil {
 		t.Fatalf("push %s: %v", ref, err)
 	}
-	return ref.String()
+	return nsAddr + "/test/conc:latest"
 }
 
 // testOCIImage is a small two-layer image (no sshd: it is pulled, not
@@ -262,14 +269,9 @@ func testOCIImage(t *testing.T) v1.Image {
 // and, once all are deleted, nothing leaks.
 func TestE2EConcurrentCreatesPullsAndDeletes(t *testing.T) {
 	e := newEnv(t, envOptions{TapPool: 2})
-	addr, blobs := e.serveCountingRegistry(t)
-	dial := func(ctx context.Context) (net.Conn, error) {
-		// The registry's socket is in the netns; a socket the test makes
-		// there reaches it.
-		return e.dialInNetns(ctx, addr)
-	}
+	hostAddr, nsAddr, blobs := e.serveCountingRegistry(t)
 	img := testOCIImage(t)
-	ref := pushTestImage(t, addr, dial, img)
+	ref := pushTestImage(t, hostAddr, nsAddr, img)
 	before := blobs.counts()
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
@@ -378,50 +380,4 @@ func TestE2EConcurrentCreatesPullsAndDeletes(t *testing.T) {
 		e.must(append([]string{"vm", "delete"}, left...)...)
 	}
 	e.assertNoLeaks("after deleting all")
-}
-
-// dialInNetns connects to addr from inside the environment's netns.
-func (e *env) dialInNetns(ctx context.Context, addr string) (net.Conn, error) {
-	type res struct {
-		c   net.Conn
-		err error
-	}
-	ch := make(chan res, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- res{nil, err}
-			return
-		}
-		defer orig.Close()
-		target, err := os.Open(filepath.Join("/run/netns", e.ns))
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- res{nil, err}
-			return
-		}
-		defer target.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			ch <- res{nil, fmt.Errorf("setns: %w", err)}
-			return
-		}
-		// The socket is made on this thread, so in the netns; where the
-		// connect then completes does not matter.
-		c, derr := net.DialTimeout("tcp", addr, 10*time.Second)
-		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-			ch <- res{c, fmt.Errorf("restore netns: %w", err)}
-			return
-		}
-		runtime.UnlockOSThread()
-		ch <- res{c, derr}
-	}()
-	select {
-	case r := <-ch:
-		return r.c, r.err
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
 }

@@ -28,7 +28,17 @@ func buildBanger(t *testing.T, dir, version string) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("build %s: %v\n%s", version, err, out)
 	}
+	// A release carries the static guest agent too (banger-release refuses
+	// a --bin without it), and a user install keeps it beside bangerd.
+	cmd = exec.Command("go", "build", "-trimpath", "-ldflags", ld+" -s -w", "-o", dir+"/", "../../cmd/banger-agent")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build %s banger-agent: %v\n%s", version, err, out)
+	}
 }
+
+// installed are the files a user install holds and an update replaces.
+var installed = []string{"banger", "bangerd", "banger-agent"}
 
 type userInstall struct {
 	t      *testing.T
@@ -84,7 +94,7 @@ func (u *userInstall) daemonVersion() string {
 func (u *userInstall) binaries() map[string][]byte {
 	u.t.Helper()
 	m := map[string][]byte{}
-	for _, n := range []string{"banger", "bangerd"} {
+	for _, n := range installed {
 		data, err := os.ReadFile(filepath.Join(u.prefix, n))
 		if err != nil {
 			u.t.Fatal(err)
@@ -95,7 +105,12 @@ func (u *userInstall) binaries() map[string][]byte {
 }
 
 func sameBinaries(a, b map[string][]byte) bool {
-	return bytes.Equal(a["banger"], b["banger"]) && bytes.Equal(a["bangerd"], b["bangerd"])
+	for _, n := range installed {
+		if !bytes.Equal(a[n], b[n]) {
+			return false
+		}
+	}
+	return true
 }
 
 // TestUserModeUpdateEndToEnd updates a real user-mode install (banger and
@@ -235,7 +250,7 @@ func TestUserModeUpdateEndToEnd(t *testing.T) {
 	if got := u.must("version", "--json"); !strings.Contains(got, `"version": "v1.1.0"`) {
 		t.Fatalf("installed banger: %s", got)
 	}
-	for _, n := range []string{"banger", "bangerd"} {
+	for _, n := range installed {
 		prev, _ := os.ReadFile(filepath.Join(u.prefix, n+".previous"))
 		if !bytes.Equal(prev, v1[n]) {
 			t.Errorf("%s.previous is not the v1.0.0 binary", n)
@@ -249,7 +264,9 @@ func TestUserModeUpdateEndToEnd(t *testing.T) {
 	// 2. A release whose daemon does not come up is rolled back.
 	broken := filepath.Join(root, "broken")
 	os.MkdirAll(broken, 0o755)
-	os.WriteFile(filepath.Join(broken, "banger"), must(os.ReadFile(filepath.Join(root, "v1.2.0", "banger"))), 0o755)
+	for _, n := range []string{"banger", "banger-agent"} {
+		os.WriteFile(filepath.Join(broken, n), must(os.ReadFile(filepath.Join(root, "v1.2.0", n))), 0o755)
+	}
 	os.WriteFile(filepath.Join(broken, "bangerd"), []byte(fmt.Sprintf(`#!/bin/sh
 case "$1" in --version|--check-migrations) exec %s "$@" ;; esac
 echo "bangerd: simulated start-up failure" >&2

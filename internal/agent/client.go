@@ -9,18 +9,29 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"time"
 )
 
 // DialFunc opens a new byte stream to the agent (one session).
 type DialFunc func(ctx context.Context) (io.ReadWriteCloser, error)
 
 // Conn is the Client over any stream transport: it dials lazily, keeps one
-// session open, multiplexes calls over it by frame id and redials after the
-// session broke. Use NewConn.
+// session open while calls are in flight (and IdleClose after the last),
+// multiplexes calls over it by frame id and redials after the session broke
+// or was closed idle. Use NewConn.
+//
+// Closing idle sessions matters on QEMU's virtio-serial chardev, which
+// serves one host connection at a time: a session held open forever by the
+// daemon would lock out every other client (a debugging tool, a test, the
+// next daemon after a hand-off).
 type Conn struct {
 	dial  DialFunc
 	token string
 	name  string // transport, for errors
+	// IdleClose is how long a session stays open with no call in flight
+	// (DefaultIdleClose from NewConn; ≤ 0 keeps it open). Set it before
+	// the first call.
+	IdleClose time.Duration
 
 	mu     sync.Mutex
 	sess   *session
@@ -39,8 +50,17 @@ func NewConn(dial DialFunc, token, name string) *Conn {
 	// Random start, top bit clear: ids never repeat across reconnects, so a
 	// late reply meant for an earlier host session matches nothing.
 	start := binary.BigEndian.Uint64(b[:])>>1 | 1
-	return &Conn{dial: dial, token: token, name: name, nextID: start}
+	return &Conn{dial: dial, token: token, name: name, nextID: start, IdleClose: DefaultIdleClose}
 }
+
+// DefaultIdleClose is how long a Conn keeps a session with no call in
+// flight: long enough for a burst of calls (a clock sync, a readiness
+// poll) to share one, short enough to free a one-client channel at once.
+const DefaultIdleClose = 2 * time.Second
+
+// errIdle ends a session closed for want of calls (not a failure: the next
+// call redials).
+var errIdle = errors.New("session closed while idle")
 
 type session struct {
 	rwc     io.ReadWriteCloser
@@ -49,11 +69,40 @@ type session struct {
 	pending map[uint64]chan *Frame
 	done    chan struct{}
 	err     error // set before done is closed
+	idle    time.Duration
+	timer   *time.Timer // armed while pending is empty (idle > 0)
+}
+
+// armIdleLocked starts the idle countdown when no call is in flight.
+// s.mu is held.
+func (s *session) armIdleLocked() {
+	if s.idle <= 0 || len(s.pending) > 0 {
+		return
+	}
+	if s.timer != nil {
+		s.timer.Stop()
+	}
+	var t *time.Timer
+	t = time.AfterFunc(s.idle, func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		// Checked and closed under one lock: a call that registers
+		// meanwhile either stopped this timer or finds the session done.
+		if s.timer == t && len(s.pending) == 0 {
+			s.failLocked(errIdle)
+		}
+	})
+	s.timer = t
 }
 
 func (s *session) fail(err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.failLocked(err)
+}
+
+// failLocked is fail with s.mu held.
+func (s *session) failLocked(err error) {
 	select {
 	case <-s.done:
 		return
@@ -111,10 +160,31 @@ func (c *Conn) session(ctx context.Context) (*session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %w", ErrUnavailable, c.name, err)
 	}
-	s := &session{rwc: rwc, w: NewFrameWriter(rwc), pending: map[uint64]chan *Frame{}, done: make(chan struct{})}
+	s := &session{rwc: rwc, w: NewFrameWriter(rwc), pending: map[uint64]chan *Frame{}, done: make(chan struct{}), idle: c.IdleClose}
+	s.mu.Lock()
+	s.armIdleLocked()
+	s.mu.Unlock()
 	go s.readLoop()
 	c.sess = s
 	return s, nil
+}
+
+// register adds a call to the session, stopping the idle countdown; false
+// when the session has ended.
+func (s *session) register(id uint64, ch chan *Frame) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	select {
+	case <-s.done:
+		return false
+	default:
+	}
+	s.pending[id] = ch
+	if s.timer != nil {
+		s.timer.Stop()
+		s.timer = nil
+	}
+	return true
 }
 
 // call is one request in flight.
@@ -126,9 +196,13 @@ type call struct {
 }
 
 func (c *Conn) start(ctx context.Context, kind string, body any) (*call, error) {
-	s, err := c.session(ctx)
-	if err != nil {
-		return nil, err
+	f := &Frame{V: Protocol, Kind: kind, Token: c.token}
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return nil, fmt.Errorf("agent %s: encode: %w", kind, err)
+		}
+		f.Body = b
 	}
 	c.mu.Lock()
 	id := c.nextID
@@ -137,24 +211,25 @@ func (c *Conn) start(ctx context.Context, kind string, body any) (*call, error) 
 		c.nextID = 1
 	}
 	c.mu.Unlock()
-	f := &Frame{V: Protocol, ID: id, Kind: kind, Token: c.token}
-	if body != nil {
-		b, err := json.Marshal(body)
+	f.ID = id
+	cl := &call{c: c, id: id, ch: make(chan *Frame, 64)}
+	for {
+		s, err := c.session(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("agent %s: encode: %w", kind, err)
+			return nil, err
 		}
-		f.Body = b
+		if s.register(id, cl.ch) {
+			cl.s = s
+			break
+		}
+		// Closed idle between session() and register: dial again.
 	}
-	cl := &call{c: c, s: s, id: id, ch: make(chan *Frame, 64)}
-	s.mu.Lock()
-	s.pending[id] = cl.ch
-	s.mu.Unlock()
-	if err := s.w.WriteFrame(f); err != nil {
+	if err := cl.s.w.WriteFrame(f); err != nil {
 		cl.end()
 		if errors.Is(err, ErrFrameTooLarge) {
 			return nil, fmt.Errorf("agent %s: %w", kind, err)
 		}
-		s.fail(err)
+		cl.s.fail(err)
 		return nil, fmt.Errorf("%w: %s: %w", ErrUnavailable, c.name, err)
 	}
 	return cl, nil
@@ -163,6 +238,7 @@ func (c *Conn) start(ctx context.Context, kind string, body any) (*call, error) 
 func (cl *call) end() {
 	cl.s.mu.Lock()
 	delete(cl.s.pending, cl.id)
+	cl.s.armIdleLocked()
 	cl.s.mu.Unlock()
 }
 

@@ -212,11 +212,15 @@ func TestOpIDOnResultsAndErrors(t *testing.T) {
 		t.Fatalf("result frame op id %q", id)
 	}
 
-	// Each request is logged with method, op id, code and duration.
+	// Each request is logged with method, op id, code and duration. The
+	// record is written after the reply, so the client may see the reply
+	// before it: wait for it a little.
 	found := false
-	for _, r := range ts.logs.records(t) {
-		if r["msg"] == "rpc" && r["method"] == "fail" && r["op_id"] == "cli-op-8" && r["code"] == "not_found" && r["duration"] != nil {
-			found = true
+	for deadline := time.Now().Add(5 * time.Second); !found && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		for _, r := range ts.logs.records(t) {
+			if r["msg"] == "rpc" && r["method"] == "fail" && r["op_id"] == "cli-op-8" && r["code"] == "not_found" && r["duration"] != nil {
+				found = true
+			}
 		}
 	}
 	if !found {

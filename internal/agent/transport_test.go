@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
-	"sync"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 

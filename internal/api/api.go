@@ -27,6 +27,7 @@ const (
 	MethodVMSet     = "vm.set"
 	MethodVMLogs    = "vm.logs"
 	MethodVMStats   = "vm.stats"
+	MethodVMPorts   = "vm.ports"
 
 	MethodImageList     = "image.list"
 	MethodImageShow     = "image.show"
@@ -254,4 +255,21 @@ type StoreStatus struct {
 type SSHCredentials struct {
 	PrivateKey string   `json:"private_key"` // OpenSSH PEM
 	HostKeys   []string `json:"host_keys"`   // the VM's pinned host keys, authorized_keys format
+}
+
+// VMPorts is the result of vm.ports: what the guest listens on (from the
+// guest) and the VM's forwards from the host.
+type VMPorts struct {
+	VM        string              `json:"vm"`
+	Listening []GuestPort         `json:"listening"`
+	Forwards  []model.PortForward `json:"forwards"`
+}
+
+// GuestPort is one listening socket in a guest.
+type GuestPort struct {
+	Proto   string `json:"proto"`   // "tcp", "tcp6", "udp", "udp6"
+	Address string `json:"address"` // local address ("0.0.0.0", "::", "127.0.0.1")
+	Port    int    `json:"port"`
+	PID     int    `json:"pid,omitempty"`
+	Process string `json:"process,omitempty"`
 }

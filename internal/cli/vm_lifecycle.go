@@ -47,6 +47,7 @@ is not running is not an error.`,
 		a.vmSetCmd(),
 		a.vmLogsCmd(),
 		a.vmStatsCmd(),
+		a.vmPortsCmd(),
 	}
 }
 

@@ -246,4 +246,5 @@ func (d *Daemon) register() {
 	d.registerLifecycle()
 	d.registerWorkspace()
 	d.registerE2B()
+	d.registerPorts()
 }

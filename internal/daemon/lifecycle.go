@@ -43,6 +43,7 @@ import (
 	"github.com/bangerdev/banger/internal/model"
 	"github.com/bangerdev/banger/internal/netw"
 	"github.com/bangerdev/banger/internal/paths"
+	"github.com/bangerdev/banger/internal/portfwd"
 	"github.com/bangerdev/banger/internal/privops"
 	"github.com/bangerdev/banger/internal/progress"
 	"github.com/bangerdev/banger/internal/rpc"
@@ -70,6 +71,7 @@ type runtimeState struct {
 	net      *lazyNet
 	dns      *vmdns.Server
 	guests   *vm.SSHGuests
+	fwds     *portfwd.Manager
 	cow      disk.Strategy
 	cowWhy   string
 	driver   string
@@ -127,8 +129,10 @@ func (d *Daemon) initRuntime(ctx context.Context) error {
 	agentBin := d.agentBinary()
 	dns := vmdns.New(cfg.Network.DNSAddr, DNSDomain, d.logger)
 	net := &lazyNet{Manager: nm, dns: dns, logger: d.logger}
+	fwds := portfwd.New(d.logger)
 	mgr, err := vm.New(vm.Options{
-		Store: d.store, Artifacts: daemonArtifacts{d}, Drivers: drivers, DefaultDriver: def,
+		Forwards: fwds,
+		Store:    d.store, Artifacts: daemonArtifacts{d}, Drivers: drivers, DefaultDriver: def,
 		Network: net, Ops: d.privops, CoW: cow, Runner: d.runner, DNS: dns, Guests: guests,
 		Layout: d.layout, Logger: d.logger, Now: d.now, Domain: DNSDomain,
 		DNSServers: hostResolvers("/etc/resolv.conf"),
@@ -141,7 +145,7 @@ func (d *Daemon) initRuntime(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	d.rt = runtimeState{mgr: mgr, net: net, dns: dns, guests: guests, cow: strategy, cowWhy: why, driver: def}
+	d.rt = runtimeState{mgr: mgr, net: net, dns: dns, guests: guests, fwds: fwds, cow: strategy, cowWhy: why, driver: def}
 	d.logger.Info("vm runtime", "driver", def, "cow", strategy, "cow_reason", why, "bridge", cfg.Network.Bridge, "dns", cfg.Network.DNSAddr)
 	d.SetLifecycle(mgr)
 	return nil
@@ -387,6 +391,7 @@ func (d *Daemon) stopRuntime() {
 		<-rt.clocksDone
 	}
 	_ = rt.mgr.Close()
+	_ = rt.fwds.Close()
 	_ = rt.dns.Close()
 	if err := rt.net.Close(); err != nil {
 		d.logger.Warn("closing the tap pool", "err", err)

@@ -115,17 +115,18 @@ func (r *startRun) steps() []step {
 		step{name: StepGuestConfig, do: r.guestConfig},
 		step{name: StepTap, do: r.tap},
 	)
-	s = append(s,
-		step{name: StepNAT, detail: netDetail(r.vm), do: r.nat},
+	s = append(s, step{name: StepNAT, detail: netDetail(r.vm), do: r.nat})
+	if len(r.vm.Ports) > 0 {
+		// Before the VMM: a host port in use fails the start before the
+		// boot, not after it.
+		s = append(s, step{name: StepPorts, detail: portsDetail(r.vm.Ports), do: r.ports})
+	}
+	return append(s,
 		step{name: StepVMM, do: r.startVMM},
 		step{name: StepIdentity, detail: "the restored guest takes this VM's identity", do: r.identity, when: r.restoring},
 		step{name: StepDNS, do: r.dns},
 		step{name: StepSSH, detail: "waiting for the guest to boot", do: r.waitSSH},
 	)
-	if len(r.vm.Ports) > 0 {
-		s = append(s, step{name: StepPorts, detail: portsDetail(r.vm.Ports), do: r.ports})
-	}
-	return s
 }
 
 func (r *startRun) cleanup(ctx context.Context, _ *undoStack) error {

@@ -36,10 +36,10 @@ const (
 	StepGuestConfig = "guest-config" // hostname, hosts, network, host key into the root disk
 	StepTap         = "tap"          // tap on the bridge (warm pool)
 	StepNAT         = "nat"          // network policy: tap bound to IP+MAC; NAT and LAN access as the VM says
+	StepPorts       = "ports"        // port forwards from the host (only for VMs with ports)
 	StepVMM         = "vmm"          // VMM process
 	StepDNS         = "dns"          // <name>.vm record
 	StepSSH         = "ssh"          // wait until the guest's sshd accepts the key
-	StepPorts       = "ports"        // port forwards from the host (only for VMs with ports)
 )
 
 // Steps of stop and teardown (teardown runs every step even when one

@@ -109,6 +109,10 @@ const TokenBytes = 32
 //     exited and all of its output was written to Stdout/Stderr. A non-zero
 //     exit is not an error. Stdin, when set, is copied to the process and
 //     closed at EOF; nil means an empty stdin.
+//   - Halt flushes every filesystem, makes it read-only and answers; the
+//     guest resets a moment later (the VMM exits on a reset). No service
+//     is stopped: it is the fast stop, for a guest whose data matters only
+//     once it is on disk. A nil error means the disks are clean.
 //   - Close releases the connection; calls after Close fail with
 //     ErrClosed.
 type Client interface {
@@ -116,6 +120,7 @@ type Client interface {
 	ApplyIdentity(ctx context.Context, id Identity) (IdentityResult, error)
 	Ports(ctx context.Context) ([]Port, error)
 	Exec(ctx context.Context, req ExecRequest) (ExecResult, error)
+	Halt(ctx context.Context) error
 	Close() error
 }
 

@@ -323,6 +323,11 @@ func (c *Conn) Ports(ctx context.Context) ([]Port, error) {
 	return p, err
 }
 
+// Halt implements Client.
+func (c *Conn) Halt(ctx context.Context) error {
+	return c.do(ctx, KindHalt, nil, nil)
+}
+
 // Exec implements Client.
 func (c *Conn) Exec(ctx context.Context, req ExecRequest) (ExecResult, error) {
 	if len(req.Argv) == 0 {

@@ -10,14 +10,15 @@ import (
 	"sync"
 )
 
-// Frame kinds. Host → guest: KindPing, KindIdentity, KindPorts, KindExec
-// (requests), KindStdin and KindCancel (about a running exec). Guest → host:
+// Frame kinds. Host → guest: KindPing, KindIdentity, KindPorts, KindExec,
+// KindHalt (requests), KindStdin and KindCancel (about a running exec). Guest → host:
 // KindStdout, KindStderr (stream), KindResult and KindError (final).
 const (
 	KindPing     = "ping"
 	KindIdentity = "identity"
 	KindPorts    = "ports"
 	KindExec     = "exec"
+	KindHalt     = "halt"
 	KindStdin    = "stdin"
 	KindCancel   = "cancel"
 
@@ -129,7 +130,7 @@ func DecodeFrame(line []byte) (*Frame, error) {
 		return nil, fmt.Errorf("%w: no id", ErrBadFrame)
 	}
 	switch f.Kind {
-	case KindPing, KindIdentity, KindPorts, KindExec, KindStdin, KindCancel,
+	case KindPing, KindIdentity, KindPorts, KindExec, KindHalt, KindStdin, KindCancel,
 		KindStdout, KindStderr, KindResult, KindAck:
 	case KindError:
 		if f.Error == nil {

@@ -409,3 +409,74 @@ func waitHostKey(ctx context.Context, addr string, want ssh.PublicKey, limit tim
 		}
 	}
 }
+
+// haltWait bounds Halt's wait for the emergency remount, and haltResetDelay
+// is how long the reset waits for the answer to reach the host.
+const (
+	haltWait       = 2 * time.Second
+	haltResetDelay = 200 * time.Millisecond
+)
+
+// Halt implements System: sync, an emergency remount of every filesystem
+// read-only (sysrq u, which writes out the journals: the disks are clean),
+// a wait until no block-device filesystem is mounted read-write, sync, and
+// a reset (sysrq b, as the shutdown hook does) haltResetDelay after it
+// returns. On error nothing is reset: the host falls back to a poweroff.
+func (g *Guest) Halt(ctx context.Context) error {
+	if !g.Kernel {
+		return errors.New("halt: this agent does not act on the running kernel")
+	}
+	trigger := filepath.Join(g.ProcRoot, "sysrq-trigger")
+	unix.Sync()
+	if err := os.WriteFile(trigger, []byte("u"), 0); err != nil {
+		return fmt.Errorf("halt: remount read-only: %w", err)
+	}
+	deadline := time.Now().Add(haltWait)
+	for {
+		rw, err := writableBlockMounts(filepath.Join(g.ProcRoot, "mounts"))
+		if err != nil {
+			return fmt.Errorf("halt: %w", err)
+		}
+		if len(rw) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("halt: still mounted read-write after %s: %s", haltWait, strings.Join(rw, ", "))
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("halt: %w", ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	unix.Sync()
+	time.AfterFunc(haltResetDelay, func() { _ = os.WriteFile(trigger, []byte("b"), 0) })
+	return nil
+}
+
+// writableBlockMounts lists the mount points of block-device filesystems
+// mounted read-write, from a /proc/mounts file.
+func writableBlockMounts(mounts string) ([]string, error) {
+	data, err := os.ReadFile(mounts)
+	if err != nil {
+		return nil, err
+	}
+	return parseWritableBlockMounts(string(data)), nil
+}
+
+func parseWritableBlockMounts(data string) []string {
+	var rw []string
+	for _, line := range strings.Split(data, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 4 || !strings.HasPrefix(f[0], "/dev/") {
+			continue
+		}
+		for _, o := range strings.Split(f[3], ",") {
+			if o == "rw" {
+				rw = append(rw, f[1])
+				break
+			}
+		}
+	}
+	return rw
+}

@@ -23,6 +23,10 @@ type System interface {
 	Health(ctx context.Context) (Health, error)
 	ApplyIdentity(ctx context.Context, id Identity) (IdentityResult, error)
 	Ports(ctx context.Context) ([]Port, error)
+	// Halt flushes and remounts every filesystem read-only, then arranges
+	// for the machine to reset shortly after it returns (the server
+	// answers first).
+	Halt(ctx context.Context) error
 }
 
 // MaxInFlight bounds the requests one session may have running at once.
@@ -203,7 +207,7 @@ func (ss *serverSession) handle(f *Frame) {
 			e.cancel()
 		}
 		return
-	case KindPing, KindIdentity, KindPorts, KindExec:
+	case KindPing, KindIdentity, KindPorts, KindExec, KindHalt:
 	default:
 		ss.fail(f.ID, CodeBadRequest, fmt.Sprintf("%q is not a request", f.Kind))
 		return
@@ -288,6 +292,8 @@ func (ss *serverSession) run(ctx context.Context, f *Frame, es *execState) (any,
 			res.TokenChanged = true
 		}
 		return res, err
+	case KindHalt:
+		return struct{}{}, sys.Halt(ctx)
 	case KindPorts:
 		p, err := sys.Ports(ctx)
 		if p == nil && err == nil {

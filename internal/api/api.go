@@ -84,6 +84,14 @@ type Ref struct {
 	Ref string `json:"ref"`
 }
 
+// VMStopParams are the inputs of vm.stop (a plain Ref is a fast stop).
+type VMStopParams struct {
+	Ref string `json:"ref"`
+	// Timeout, a Go duration ("2m"), asks for a graceful shutdown through
+	// the guest's init, waiting up to that long.
+	Timeout string `json:"timeout,omitempty"`
+}
+
 // VMCreateParams are the inputs of vm.create. Zero values mean "use the
 // configured default".
 type VMCreateParams struct {

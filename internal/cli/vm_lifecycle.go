@@ -28,16 +28,7 @@ concurrently; the command continues past failures and exits 1 if any failed.`,
 			example: `  banger vm start dev
   banger vm start a1 a2`,
 		}),
-		a.vmRefsCmd(refsCmd{
-			use: "stop", method: api.MethodVMStop, short: "Stop VMs (sync and power off)", idempotentNotRunning: true,
-			long: `Stop one or more running VMs: banger runs sync and a poweroff in the guest
-over ssh, waits for the VM to exit and kills it if it does not (at once when
-ssh does not answer). The /root disk, the root disk and the address are kept:
-` + "`banger vm start`" + ` brings the VM back with its data. Stopping a VM that
-is not running is not an error.`,
-			example: `  banger vm stop dev
-  banger vm stop $(banger vm ps --json | jq -r '.[].name')`,
-		}),
+		a.vmStopCmd(),
 		a.vmRefsCmd(refsCmd{
 			use: "restart", method: api.MethodVMRestart, short: "Stop and start VMs again",
 			long:    "Restart one or more VMs: a stop as `banger vm stop`, then a start as `banger vm start`.",
@@ -57,9 +48,48 @@ type refsCmd struct {
 	// idempotentNotRunning reports a VM that is not running as done
 	// (stop), not as a failure.
 	idempotentNotRunning bool
+	// params builds the request for one VM (nil: api.Ref).
+	params func(ref string) any
+}
+
+func (a *app) vmStopCmd() *cobra.Command {
+	var timeout time.Duration
+	cmd := a.vmRefsCmd(refsCmd{
+		use: "stop", method: api.MethodVMStop, short: "Stop VMs (sync, read-only, off)", idempotentNotRunning: true,
+		long: `Stop one or more running VMs. By default the guest agent flushes the disks,
+remounts every filesystem read-only and resets the VM, about a second under
+TCG; no service is stopped, nothing written before the stop is lost.
+--timeout D asks the guest's init for a full graceful shutdown instead
+(services stopped in order) and waits up to D. A guest without an agent
+gets sync and a poweroff over ssh; one that does not go away in time is
+killed with a warning (at once when neither channel answers). The /root
+disk, the root disk and the address are kept: ` + "`banger vm start`" + ` brings the
+VM back with its data. Stopping a VM that is not running is not an error.`,
+		example: `  banger vm stop dev
+  banger vm stop --timeout 2m db      # let its services shut down in order
+  banger vm stop $(banger vm ps --json | jq -r '.[].name')`,
+		params: func(ref string) any {
+			if timeout > 0 {
+				return api.VMStopParams{Ref: ref, Timeout: timeout.String()}
+			}
+			return api.Ref{Ref: ref}
+		},
+	})
+	cmd.Flags().DurationVar(&timeout, "timeout", 0, "graceful shutdown through the guest's init, waiting up to this long (e.g. 2m); default: fast stop")
+	cmd.PreRunE = func(cmd *cobra.Command, args []string) error {
+		if timeout < 0 {
+			return fmt.Errorf("--timeout %s: must be positive (e.g. --timeout 2m)", timeout)
+		}
+		return nil
+	}
+	return cmd
 }
 
 func (a *app) vmRefsCmd(c refsCmd) *cobra.Command {
+	params := c.params
+	if params == nil {
+		params = func(ref string) any { return api.Ref{Ref: ref} }
+	}
 	return &cobra.Command{
 		Use:     c.use + " VM...",
 		Short:   c.short,
@@ -71,9 +101,9 @@ func (a *app) vmRefsCmd(c refsCmd) *cobra.Command {
 				var vm model.VM
 				var err error
 				if len(refs) == 1 {
-					err = a.callWithStages(ctx, c.method, api.Ref{Ref: ref}, &vm)
+					err = a.callWithStages(ctx, c.method, params(ref), &vm)
 				} else {
-					err = a.call(ctx, c.method, api.Ref{Ref: ref}, &vm)
+					err = a.call(ctx, c.method, params(ref), &vm)
 				}
 				if err != nil {
 					if c.idempotentNotRunning && rpc.CodeOf(err) == rpc.CodeNotRunning {

@@ -32,6 +32,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -431,9 +432,17 @@ func (d *Daemon) registerLifecycle() {
 			return m.Start(ctx, v)
 		})
 	}))
-	d.handleVM(api.MethodVMStop, rpc.Typed(func(ctx context.Context, p api.Ref) (*model.VM, error) {
+	d.handleVM(api.MethodVMStop, rpc.Typed(func(ctx context.Context, p api.VMStopParams) (*model.VM, error) {
+		var o vm.StopOptions
+		if p.Timeout != "" {
+			t, err := time.ParseDuration(p.Timeout)
+			if err != nil || t <= 0 {
+				return nil, rpc.Errorf(rpc.CodeBadRequest, "timeout %q: want a positive duration such as 2m", p.Timeout)
+			}
+			o.Graceful = t
+		}
 		return d.lifecycleOp(ctx, "vm.stop", p.Ref, func(ctx context.Context, m *vm.Manager, v *model.VM) (*model.VM, error) {
-			return m.Stop(ctx, v)
+			return m.StopWith(ctx, v, o)
 		})
 	}))
 	d.handleVM(api.MethodVMRestart, rpc.Typed(func(ctx context.Context, p api.Ref) (*model.VM, error) {

@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/bangerdev/banger/internal/agent"
 	"github.com/bangerdev/banger/internal/disk"
 	"github.com/bangerdev/banger/internal/model"
 	"github.com/bangerdev/banger/internal/progress"
@@ -239,13 +240,35 @@ func (m *Manager) shutdownGuest(ctx context.Context, vm *model.VM) bool {
 	return true
 }
 
-// Stop stops a running VM: `sync` and a detached poweroff over ssh, then
-// waits up to the stop grace for the VMM to exit and kills it if it has not
-// (killing at once when ssh is unreachable; never Ctrl-Alt-Del); then every
-// teardown step runs. Disks and lease are kept. Stopping a VM that is not
-// running returns an error wrapping model.ErrNotRunning, unless the record
-// holds leftovers of a failed run, which are released.
+// StopOptions tune StopWith.
+type StopOptions struct {
+	// Graceful, when > 0, asks the guest's init to shut down (systemd
+	// stops every service in order) and waits up to this long before the
+	// VMM is killed. Zero is the fast stop.
+	Graceful time.Duration
+}
+
+// FastStopGrace bounds the wait for the VMM to exit after a fast stop: the
+// guest resets itself a moment after the agent answered.
+const FastStopGrace = 3 * time.Second
+
+// Stop is StopWith and the fast stop.
 func (m *Manager) Stop(ctx context.Context, vm *model.VM) (*model.VM, error) {
+	return m.StopWith(ctx, vm, StopOptions{})
+}
+
+// StopWith stops a running VM. The fast stop (the default) has the guest
+// agent sync, remount read-only and reset (agent.Client.Halt; the VMM gets
+// FastStopGrace to exit); a graceful stop
+// (o.Graceful), a guest without an agent, or one whose agent does not
+// answer get `sync` and a detached poweroff over ssh and up to o.Graceful
+// (or the manager's stop grace) to exit. A VMM still running after that is
+// killed with a warning (at once when neither channel answers; never
+// Ctrl-Alt-Del); then every teardown step runs. Disks and lease are kept.
+// Stopping a VM that is not running returns an error wrapping
+// model.ErrNotRunning, unless the record holds leftovers of a failed run,
+// which are released.
+func (m *Manager) StopWith(ctx context.Context, vm *model.VM, o StopOptions) (*model.VM, error) {
 	if vm.State != model.StateRunning && vm.State != model.StateStopping && !hasTransient(vm) {
 		return vm, fmt.Errorf("VM %s is %s: %w", vm.Name, vm.State, model.ErrNotRunning)
 	}
@@ -253,7 +276,11 @@ func (m *Manager) Stop(ctx context.Context, vm *model.VM) (*model.VM, error) {
 	if err := m.save(ctx, vm); err != nil {
 		return vm, err
 	}
-	progress.Stage(ctx, StepShutdown, "sync and poweroff over ssh")
+	if o.Graceful > 0 {
+		progress.Stage(ctx, StepShutdown, fmt.Sprintf("graceful poweroff (up to %s)", o.Graceful))
+	} else {
+		progress.Stage(ctx, StepShutdown, "sync, read-only, reset")
+	}
 	if h := m.o.StepHook; h != nil {
 		if err := h(ctx, vm.ID, OpStop, StepShutdown); err != nil {
 			return m.finishStop(ctx, vm, err)
@@ -264,19 +291,83 @@ func (m *Manager) Stop(ctx context.Context, vm *model.VM) (*model.VM, error) {
 		return m.finishStop(ctx, vm, err)
 	}
 	if len(hs) > 0 {
-		if m.shutdownGuest(ctx, vm) {
-			if !m.waitGone(ctx, d, hs, m.o.StopGrace) {
-				m.o.Logger.WarnContext(ctx, "stop: guest did not power off in time; killing the VMM", "vm", vm.Name, "grace", m.o.StopGrace)
-			}
-		} else {
-			for _, h := range hs {
-				_ = d.Kill(ctx, h, syscall.SIGTERM)
-			}
-			m.waitGone(ctx, d, hs, 5*time.Second)
-		}
+		m.haltGuest(ctx, vm, d, hs, o)
 	}
 	progress.Stage(ctx, "teardown", "releasing VMM, NAT, tap, DNS and disk devices")
 	return m.finishStop(ctx, vm, nil)
+}
+
+// haltGuest gets the guest to stop its VMM: the fast stop through the agent
+// unless a graceful one is asked for or the agent does not answer, else a
+// poweroff over ssh, else SIGTERM. The teardown kills whatever still runs.
+func (m *Manager) haltGuest(ctx context.Context, vm *model.VM, d vmm.Driver, hs []*vmm.Handle, o StopOptions) {
+	if o.Graceful <= 0 {
+		switch m.fastStop(ctx, vm) {
+		case fastStopDone:
+			if !m.waitGone(ctx, d, hs, FastStopGrace) {
+				m.o.Logger.WarnContext(ctx, "stop: guest did not reset after syncing; killing the VMM (its filesystems were synced and read-only)", "vm", vm.Name, "grace", FastStopGrace)
+			}
+			return
+		case fastStopMaybe:
+			// The agent went away mid-request: most likely the reset.
+			if m.waitGone(ctx, d, hs, FastStopGrace) {
+				return
+			}
+		}
+	}
+	grace := m.o.StopGrace
+	if o.Graceful > 0 {
+		grace = o.Graceful
+	}
+	if m.shutdownGuest(ctx, vm) {
+		if !m.waitGone(ctx, d, hs, grace) {
+			m.o.Logger.WarnContext(ctx, "stop: guest did not power off in time; killing the VMM", "vm", vm.Name, "grace", grace)
+		}
+		return
+	}
+	for _, h := range hs {
+		_ = d.Kill(ctx, h, syscall.SIGTERM)
+	}
+	m.waitGone(ctx, d, hs, 5*time.Second)
+}
+
+type fastStopResult int
+
+const (
+	fastStopUnavailable fastStopResult = iota // no agent, or it did not answer a ping
+	fastStopDone                              // synced, read-only, reset on its way
+	fastStopMaybe                             // the request was sent, the answer lost
+)
+
+// fastStop runs fastStopScript through the VM's agent.
+func (m *Manager) fastStop(ctx context.Context, vm *model.VM) fastStopResult {
+	if m.o.AgentBinary == "" {
+		return fastStopUnavailable
+	}
+	// Not m.Agent: the VM is already recorded as stopping.
+	c, err := m.agents.get(vm.ID, func() (agent.Client, error) { return m.newAgentClient(vm) })
+	if err != nil {
+		return fastStopUnavailable
+	}
+	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	_, err = c.Ping(pctx)
+	cancel()
+	if err != nil {
+		m.o.Logger.InfoContext(ctx, "stop: agent not answering; poweroff over ssh", "vm", vm.Name, "err", err)
+		return fastStopUnavailable
+	}
+	hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	err = c.Halt(hctx)
+	switch {
+	case errors.Is(err, agent.ErrUnavailable):
+		m.o.Logger.InfoContext(ctx, "stop: agent went away during the fast stop", "vm", vm.Name, "err", err)
+		return fastStopMaybe
+	case err != nil:
+		m.o.Logger.WarnContext(ctx, "stop: fast stop failed in the guest; poweroff over ssh", "vm", vm.Name, "err", err)
+		return fastStopUnavailable
+	}
+	return fastStopDone
 }
 
 // finishStop runs the teardown and records the outcome.

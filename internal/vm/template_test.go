@@ -11,6 +11,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 
@@ -24,8 +25,9 @@ import (
 // fakeGuestSystem is the agent.System of a fake guest: it records the
 // identities applied and reports sshd listening.
 type fakeGuestSystem struct {
-	mu  sync.Mutex
-	ids []agent.Identity
+	mu    sync.Mutex
+	halts int
+	ids   []agent.Identity
 }
 
 func (f *fakeGuestSystem) Health(context.Context) (agent.Health, error) {
@@ -45,6 +47,28 @@ func (f *fakeGuestSystem) ApplyIdentity(_ context.Context, id agent.Identity) (a
 
 func (f *fakeGuestSystem) Ports(context.Context) ([]agent.Port, error) {
 	return []agent.Port{{Proto: "tcp", Address: "0.0.0.0", Port: 22, Process: "sshd"}}, nil
+}
+
+func (f *fakeGuestSystem) Halt(context.Context) error {
+	f.mu.Lock()
+	f.halts++
+	f.mu.Unlock()
+	return nil
+}
+
+// vmGuestSystem is one fake VM's guest: Halt makes its VMM exit a moment
+// after answering, as a reset does.
+type vmGuestSystem struct {
+	*fakeGuestSystem
+	reset func()
+}
+
+func (g vmGuestSystem) Halt(ctx context.Context) error {
+	if err := g.fakeGuestSystem.Halt(ctx); err != nil {
+		return err
+	}
+	time.AfterFunc(50*time.Millisecond, g.reset)
+	return nil
 }
 
 func (f *fakeGuestSystem) identities() []agent.Identity {
@@ -134,7 +158,16 @@ func (d *snapDriver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Handle, err
 	if err != nil {
 		return nil, err
 	}
-	srv := &agent.Server{Token: token, System: d.sys, Transport: "test", ExecDir: "/", ExecEnv: []string{"PATH=" + d.pathDir}}
+	sys := vmGuestSystem{d.sys, func() {
+		d.mu.Lock()
+		if l := d.listeners[spec.VMID]; l != nil {
+			_ = l.Close()
+			delete(d.listeners, spec.VMID)
+		}
+		d.mu.Unlock()
+		d.exit(spec.VMID)
+	}}
+	srv := &agent.Server{Token: token, System: sys, Transport: "test", ExecDir: "/", ExecEnv: []string{"PATH=" + d.pathDir}}
 	go func() {
 		for {
 			c, err := l.Accept()
@@ -448,5 +481,83 @@ func TestReconcileEndsAnUnfinishedTemplate(t *testing.T) {
 		if _, err := os.Stat(p); !os.IsNotExist(err) {
 			t.Errorf("%s left: %v", p, err)
 		}
+	}
+}
+
+// TestFastStopHaltsThroughTheAgent: the default stop asks the agent to halt
+// (no ssh poweroff, no signal: the fake VMM exits as on a reset); a
+// graceful stop goes through ssh and leaves the agent alone; an agent that
+// does not answer falls back to ssh.
+func TestFastStopHaltsThroughTheAgent(t *testing.T) {
+	r, d := newTemplateRig(t)
+	ctx := context.Background()
+	var mu sync.Mutex
+	var ran []string
+	r.guests.onRun = func(addr, cmd string) (int, error) {
+		mu.Lock()
+		ran = append(ran, cmd)
+		mu.Unlock()
+		return 0, nil
+	}
+	sshCmds := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		n := 0
+		for _, c := range ran {
+			if strings.Contains(c, "poweroff") {
+				n++
+			}
+		}
+		return n
+	}
+	vm, err := r.m.Start(ctx, r.newVM("fs", false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// (The template's own VMM was stopped with a signal.)
+	signalsBefore := len(d.signalLog())
+	start := time.Now()
+	if vm, err = r.m.Stop(ctx, vm); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	if vm.State != model.StateStopped || d.sys.halts != 1 || sshCmds() != 0 || len(d.signalLog()) != signalsBefore {
+		t.Fatalf("fast stop: state %s, halts %d, ssh poweroffs %d, signals %v", vm.State, d.sys.halts, sshCmds(), d.signalLog())
+	}
+	if took > FastStopGrace {
+		t.Errorf("fast stop took %s", took)
+	}
+
+	// Graceful: ssh poweroff, the agent is not asked to halt (the fake
+	// guest ignores the poweroff, so the VMM is killed after the grace).
+	if vm, err = r.m.Start(ctx, vm); err != nil {
+		t.Fatal(err)
+	}
+	if vm, err = r.m.StopWith(ctx, vm, StopOptions{Graceful: 300 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	if d.sys.halts != 1 || sshCmds() != 1 {
+		t.Fatalf("graceful stop: halts %d, ssh poweroffs %d", d.sys.halts, sshCmds())
+	}
+	if sig := d.signalLog(); len(sig) != signalsBefore+1 || !strings.HasSuffix(sig[signalsBefore], ":KILL") {
+		t.Fatalf("graceful stop of a guest that ignores it: signals %v", sig)
+	}
+
+	// No agent answering: ssh.
+	if vm, err = r.m.Start(ctx, vm); err != nil {
+		t.Fatal(err)
+	}
+	d.mu.Lock()
+	if l := d.listeners[vm.ID]; l != nil {
+		_ = l.Close()
+		delete(d.listeners, vm.ID)
+	}
+	d.mu.Unlock()
+	r.m.agents.drop(vm.ID)
+	if vm, err = r.m.Stop(ctx, vm); err != nil {
+		t.Fatal(err)
+	}
+	if d.sys.halts != 1 || sshCmds() != 2 || vm.State != model.StateStopped {
+		t.Fatalf("stop without an agent: halts %d, ssh poweroffs %d, %s", d.sys.halts, sshCmds(), vm.State)
 	}
 }

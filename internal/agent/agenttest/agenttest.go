@@ -29,6 +29,8 @@ type FakeSystem struct {
 	mu         sync.Mutex
 	Identities []agent.Identity
 	PortList   []agent.Port
+	Halts      int
+	OnHalt     func()
 }
 
 // Health implements agent.System.
@@ -47,6 +49,26 @@ func (f *FakeSystem) ApplyIdentity(ctx context.Context, id agent.Identity) (agen
 // Ports implements agent.System.
 func (f *FakeSystem) Ports(ctx context.Context) ([]agent.Port, error) {
 	return f.PortList, nil
+}
+
+// Halt implements agent.System: it counts, and runs OnHalt when set (a
+// fake VMM exits there).
+func (f *FakeSystem) Halt(ctx context.Context) error {
+	f.mu.Lock()
+	f.Halts++
+	on := f.OnHalt
+	f.mu.Unlock()
+	if on != nil {
+		on()
+	}
+	return nil
+}
+
+// HaltCount returns how many halts were asked for.
+func (f *FakeSystem) HaltCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.Halts
 }
 
 // NewServer returns the guest side the suite expects: Token, sys, commands
@@ -135,6 +157,15 @@ func Run(t *testing.T, h Harness) {
 		}
 		if len(p) != len(h.System.PortList) || (len(p) > 0 && p[0] != h.System.PortList[0]) {
 			t.Fatalf("ports = %+v, want %+v", p, h.System.PortList)
+		}
+	})
+	t.Run("Halt", func(t *testing.T) {
+		before := h.System.HaltCount()
+		if err := client(t).Halt(ctx(t)); err != nil {
+			t.Fatal(err)
+		}
+		if got := h.System.HaltCount(); got != before+1 {
+			t.Fatalf("halts = %d, want %d", got, before+1)
 		}
 	})
 	t.Run("ExecStreams", func(t *testing.T) {

@@ -138,8 +138,14 @@ func ListPorts(procRoot string) ([]Port, error) {
 		}
 		out = append(out, p)
 	}
-	sort.Slice(out, func(i, j int) bool {
-		a, b := out[i], out[j]
+	SortPorts(out)
+	return out, nil
+}
+
+// SortPorts orders ports as Client.Ports promises: by proto, port, address.
+func SortPorts(ps []Port) {
+	sort.SliceStable(ps, func(i, j int) bool {
+		a, b := ps[i], ps[j]
 		if a.Proto != b.Proto {
 			return a.Proto < b.Proto
 		}
@@ -148,7 +154,6 @@ func ListPorts(procRoot string) ([]Port, error) {
 		}
 		return a.Address < b.Address
 	})
-	return out, nil
 }
 
 type owner struct {

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
-	"sort"
 	"strconv"
 	"strings"
 
@@ -60,7 +59,7 @@ func (l AgentLister) Listening(ctx context.Context) ([]agent.Port, error) {
 	if err != nil {
 		return nil, err
 	}
-	sortPorts(ps)
+	agent.SortPorts(ps)
 	return ps, nil
 }
 
@@ -99,7 +98,7 @@ func ParseSS(out []byte) ([]agent.Port, error) {
 		}
 		ps = append(ps, p)
 	}
-	sortPorts(ps)
+	agent.SortPorts(ps)
 	return ps, nil
 }
 
@@ -146,19 +145,6 @@ func parseSSUsers(s string) (name string, pid int) {
 	}
 	pid, _ = strconv.Atoi(rest[:j])
 	return name, pid
-}
-
-func sortPorts(ps []agent.Port) {
-	sort.SliceStable(ps, func(i, j int) bool {
-		a, b := ps[i], ps[j]
-		if a.Proto != b.Proto {
-			return a.Proto < b.Proto
-		}
-		if a.Port != b.Port {
-			return a.Port < b.Port
-		}
-		return a.Address < b.Address
-	})
 }
 
 func clip(s string) string {

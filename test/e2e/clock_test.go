@@ -89,6 +89,9 @@ func (g *guestClock) sample(n int) (clockSample, error) {
 // host's, and over 60 s neither its wall clock nor its uptime drift by more
 // than 1%.
 func TestE2EGuestClock(t *testing.T) {
+	// Parallel: most of it is a 60 s wait on an idle guest, which overlaps
+	// with another parallel test's boot (CI time).
+	t.Parallel()
 	e := newEnv(t, envOptions{TapPool: 1})
 	e.must("vm", "create", "--name", "clk")
 	v := e.show("clk")

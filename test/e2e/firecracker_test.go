@@ -20,6 +20,8 @@ import (
 // pidfile), kill, delete, no leaks. Two boots.
 func TestE2EFirecrackerFakeFC(t *testing.T) {
 	testreq.E2E(t)
+	t.Parallel() // runs beside TestE2EGuestClock's idle minute
+
 	specDir := fakefc.SpecDirForTest(t)
 	bin := vmmtest.FakeFC(t) + "/firecracker"
 	e := newEnv(t, envOptions{TapPool: 1, Driver: "firecracker", FirecrackerBinary: bin, DaemonEnv: []string{

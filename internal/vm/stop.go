@@ -349,7 +349,9 @@ func (m *Manager) fastStop(ctx context.Context, vm *model.VM) fastStopResult {
 	if err != nil {
 		return fastStopUnavailable
 	}
-	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	// Generous: a reconnect to a guest that is busy writing its disks
+	// back (right after a sync, say) was seen to take over 2 s under TCG.
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	_, err = c.Ping(pctx)
 	cancel()
 	if err != nil {

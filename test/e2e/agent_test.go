@@ -78,6 +78,23 @@ func TestE2EAgent(t *testing.T) {
 	}
 	t.Logf("ping round trip over virtio-serial: %s", (time.Since(t0) / pings).Round(time.Microsecond))
 
+	// Reconnects: a session closed idle (as the daemon's are) and a new
+	// one a moment later must be served at once, again and again.
+	for i, pause := range []time.Duration{3 * time.Second, 100 * time.Millisecond, 1500 * time.Millisecond} {
+		c.Close()
+		time.Sleep(pause)
+		c = agent.NewConn(agent.DialUnix(sock), token, "virtio-serial")
+		t0 = time.Now()
+		pctx, pcancel := context.WithTimeout(ctx, 10*time.Second)
+		_, err := c.Ping(pctx)
+		pcancel()
+		if err != nil {
+			t.Fatalf("reconnect %d (after %s): %v", i, pause, err)
+		}
+		t.Logf("reconnect %d after %s: ping in %s", i, pause, time.Since(t0).Round(time.Millisecond))
+	}
+	defer c.Close()
+
 	var out, errb bytes.Buffer
 	res, err := c.Exec(ctx, agent.ExecRequest{Argv: []string{"sh", "-c", "echo to-out; echo to-err >&2; cat; exit 7"},
 		Stdin: strings.NewReader("from-stdin\n"), Stdout: &out, Stderr: &errb})

@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	_ "embed"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -80,6 +81,14 @@ func RunNode(t testing.TB, ctx context.Context, path string, env map[string]stri
 	if err != nil {
 		t.Fatal(err)
 	}
+	out, err := runNode(ctx, node, path, env, wrap...)
+	if err != nil {
+		t.Fatalf("node %s: %v\n%s", filepath.Base(path), err, out)
+	}
+	return out
+}
+
+func runNode(ctx context.Context, node, path string, env map[string]string, wrap ...string) (string, error) {
 	argv := append(append([]string{}, wrap...), node, path)
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Env = os.Environ()
@@ -88,10 +97,23 @@ func RunNode(t testing.TB, ctx context.Context, path string, env map[string]stri
 	}
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("node %s: %v\n%s", filepath.Base(path), err, out.String())
+	err := cmd.Run()
+	return out.String(), err
+}
+
+// TryCheck is Check that returns the failure instead of failing t (for a
+// caller that decides about a retry).
+func TryCheck(t testing.TB, ctx context.Context, env map[string]string) (string, error) {
+	t.Helper()
+	node, err := exec.LookPath("node")
+	if err != nil {
+		return "", err
 	}
-	return out.String()
+	out, err := runNode(ctx, node, Script(t, "sdk_check.mjs", checkScript), env)
+	if err == nil && !strings.Contains(out, "SDK CHECK OK") {
+		err = errors.New("sdk check did not finish")
+	}
+	return out, err
 }
 
 // Check runs sdk_check.mjs with env (E2B_API_URL, E2B_SANDBOX_URL,

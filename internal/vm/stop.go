@@ -349,10 +349,20 @@ func (m *Manager) fastStop(ctx context.Context, vm *model.VM) fastStopResult {
 	if err != nil {
 		return fastStopUnavailable
 	}
-	// Generous: a reconnect to a guest that is busy writing its disks
-	// back (right after a sync, say) was seen to take over 2 s under TCG.
-	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	_, err = c.Ping(pctx)
+	// Generous, and more than one try: a first ping to a guest busy
+	// writing its disks back (right after a sync, say) was seen to go
+	// unanswered for over 2 s under TCG; a later frame gets through.
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	for {
+		pctx, pcancel := context.WithTimeout(wctx, 1500*time.Millisecond)
+		_, err = c.Ping(pctx)
+		pcancel()
+		// No socket or a broken channel (ErrUnavailable) and a refused
+		// token will not heal in a few seconds.
+		if err == nil || wctx.Err() != nil || errors.Is(err, agent.ErrUnavailable) || agent.IsCode(err, agent.CodeUnauthorized) {
+			break
+		}
+	}
 	cancel()
 	if err != nil {
 		m.o.Logger.InfoContext(ctx, "stop: agent not answering; poweroff over ssh", "vm", vm.Name, "err", err)

@@ -78,11 +78,16 @@ func (s *Store) coalesce(ctx context.Context, name, key string, fn func(context.
 				return nil, ctx.Err()
 			}
 		}
+		var leave func()
 		if !running {
 			fctx, cancel := context.WithCancel(context.Background())
 			f = &flight{key: key, done: make(chan struct{}), cancel: cancel, sinks: map[int]progress.Sink{}}
 			fctx = progress.WithSink(fctx, f.report)
 			s.flights[name] = f
+			// Joined before the work starts: its first events (a cached
+			// debootstrap tree is reported within a millisecond) reach
+			// this caller too.
+			leave = f.join(ctx)
 			go func() {
 				img, err := fn(fctx)
 				s.mu.Lock()
@@ -93,7 +98,9 @@ func (s *Store) coalesce(ctx context.Context, name, key string, fn func(context.
 				cancel()
 			}()
 		}
-		leave := f.join(ctx)
+		if leave == nil {
+			leave = f.join(ctx)
+		}
 		s.mu.Unlock()
 		select {
 		case <-f.done:

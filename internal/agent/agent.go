@@ -170,6 +170,10 @@ type IdentityResult struct {
 	HostKeyFingerprint string  `json:"host_key_fingerprint,omitempty"` // ssh.FingerprintSHA256 of the installed key
 	ClockStep          float64 `json:"clock_step"`                     // seconds the clock was moved (0 if left alone)
 	EntropyBits        int     `json:"entropy_bits"`                   // bits credited to the RNG
+	// PhasesMS is how long each part of the apply took in the guest, in
+	// milliseconds ("clock", "rng", "files", "network", "hostkey"): the
+	// daemon logs it, so a slow restore shows where its time went.
+	PhasesMS map[string]int64 `json:"phases_ms,omitempty"`
 }
 
 // Port is one listening socket in the guest.

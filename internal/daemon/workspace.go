@@ -66,7 +66,7 @@ func (d *Daemon) prepareLocked(ctx context.Context, vm *model.VM, p api.Workspac
 	if err != nil {
 		return nil, rpc.Errorf(rpc.CodeBadRequest, "%w", err)
 	}
-	conn, err := d.rt.mgr.Conn(ctx, vm)
+	conn, err := d.rt.mgr.Runner(ctx, vm)
 	if err != nil {
 		return nil, err
 	}

@@ -66,7 +66,7 @@ func (d *Daemon) prepareLocked(ctx context.Context, vm *model.VM, p api.Workspac
 	if err != nil {
 		return nil, rpc.Errorf(rpc.CodeBadRequest, "%w", err)
 	}
-	conn, err := d.rt.mgr.Runner(ctx, vm)
+	conn, err := d.rt.mgr.Runner(ctx, vm, snap.Bytes())
 	if err != nil {
 		return nil, err
 	}

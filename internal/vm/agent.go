@@ -228,20 +228,28 @@ func (r agentRemote) Run(ctx context.Context, cmd string, stdin io.Reader, stdou
 // agentProbe bounds the ping that decides whether Runner uses the agent.
 const agentProbe = 3 * time.Second
 
-// Runner returns how to run commands in a running VM: its guest agent when
-// it answers (no encryption: bulk copies are several times faster), else
-// ssh (Conn). The caller must not close it.
-func (m *Manager) Runner(ctx context.Context, vm *model.VM) (interface {
+// AgentBulkLimit is the largest copy Runner sends through the agent. Below
+// it the agent wins (no ssh session to set up: about a second of guest work
+// under emulation, which dominates small copies); above it ssh does, since
+// the agent's JSON frames bound its bulk throughput.
+const AgentBulkLimit = 32 << 20
+
+// Runner returns how to run commands in a running VM whose stdin carries
+// about bulk bytes: its guest agent when it answers and bulk is at most
+// AgentBulkLimit, else ssh (Conn). The caller must not close it.
+func (m *Manager) Runner(ctx context.Context, vm *model.VM, bulk int64) (interface {
 	Run(ctx context.Context, cmd string, stdin io.Reader, stdout, stderr io.Writer) (int, error)
 }, error) {
-	if c, err := m.Agent(vm); err == nil {
-		pctx, cancel := context.WithTimeout(ctx, agentProbe)
-		_, perr := c.Ping(pctx)
-		cancel()
-		if perr == nil {
-			return agentRemote{c}, nil
+	if bulk <= AgentBulkLimit {
+		if c, err := m.Agent(vm); err == nil {
+			pctx, cancel := context.WithTimeout(ctx, agentProbe)
+			_, perr := c.Ping(pctx)
+			cancel()
+			if perr == nil {
+				return agentRemote{c}, nil
+			}
+			m.o.Logger.DebugContext(ctx, "guest agent did not answer; using ssh", "vm", vm.Name, "err", perr)
 		}
-		m.o.Logger.DebugContext(ctx, "guest agent did not answer; using ssh", "vm", vm.Name, "err", perr)
 	}
 	return m.Conn(ctx, vm)
 }

@@ -456,7 +456,8 @@ type fakeGuests struct {
 	waitErr error
 	dialErr error
 	onRun   func(addr, cmd string) (int, error)
-	waits   int
+	waits   int // WaitReady calls (ssh handshakes)
+	opens   int // WaitOpen calls (TCP probes)
 }
 
 func newFakeGuests() *fakeGuests { return &fakeGuests{pinned: map[string]ssh.PublicKey{}} }
@@ -503,6 +504,13 @@ func (g *fakeGuests) WaitReady(ctx context.Context, addr string, _ []string, _ s
 		return nil, err
 	}
 	return g.conn(addr), nil
+}
+
+func (g *fakeGuests) WaitOpen(ctx context.Context, addr string, _ string, _ time.Duration) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.opens++
+	return g.waitErr
 }
 
 func (g *fakeGuests) Dial(_ context.Context, addr string, _ []string, _ time.Duration) (GuestConn, error) {

@@ -124,6 +124,11 @@ type Guests interface {
 	// WaitReady dials addr until the guest's sshd accepts the managed key,
 	// timeout passes or ctx ends; the error carries the tail of serialLog.
 	WaitReady(ctx context.Context, addr string, aliases []string, serialLog string, timeout time.Duration) (GuestConn, error)
+	// WaitOpen waits until addr accepts TCP connections (no ssh
+	// handshake), timeout passes or ctx ends; the error carries the tail
+	// of serialLog. A restored guest's agent has already seen sshd serve
+	// the VM's key, so this only proves the host's path to it.
+	WaitOpen(ctx context.Context, addr string, serialLog string, timeout time.Duration) error
 	// Dial makes one connection attempt bounded by timeout.
 	Dial(ctx context.Context, addr string, aliases []string, timeout time.Duration) (GuestConn, error)
 }

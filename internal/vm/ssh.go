@@ -77,8 +77,13 @@ func (g *SSHGuests) WaitReady(ctx context.Context, addr string, aliases []string
 		pcancel()
 		if err == nil {
 			conn.Close()
+			open := time.Now()
 			c, err := guest.Dial(wctx, addr, g.opts(aliases, handshakeTimeout))
 			if err == nil {
+				if g.Logger != nil {
+					g.Logger.DebugContext(ctx, "ssh ready", "addr", addr, "attempts", attempts,
+						"port_open_after", open.Sub(start), "handshake", time.Since(open))
+				}
 				return c, nil
 			}
 			if errors.Is(err, guest.ErrHostKeyMismatch) {
@@ -100,6 +105,43 @@ func (g *SSHGuests) WaitReady(ctx context.Context, addr string, aliases []string
 				msg = fmt.Errorf("%w\n--- last lines of the guest console (%s) ---\n%s", msg, serialLog, tail)
 			}
 			return nil, msg
+		case <-time.After(poll):
+		}
+	}
+}
+
+// WaitOpen implements Guests: a TCP probe of addr every Poll.
+func (g *SSHGuests) WaitOpen(ctx context.Context, addr string, serialLog string, timeout time.Duration) error {
+	poll := g.Poll
+	if poll <= 0 {
+		poll = 100 * time.Millisecond
+	}
+	start := time.Now()
+	wctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	attempts := 0
+	for {
+		attempts++
+		var d net.Dialer
+		pctx, pcancel := context.WithTimeout(wctx, time.Second)
+		conn, err := d.DialContext(pctx, "tcp", addr)
+		pcancel()
+		if err == nil {
+			conn.Close()
+			return nil
+		}
+		select {
+		case <-wctx.Done():
+			cause := guest.ErrNotReady
+			if ctx.Err() != nil {
+				cause = context.Cause(ctx)
+			}
+			msg := fmt.Errorf("ssh port %s not open after %v (%d attempts): %w: last error: %v",
+				addr, time.Since(start).Round(100*time.Millisecond), attempts, cause, err)
+			if tail := guest.SerialTail(serialLog, 30); tail != "" {
+				msg = fmt.Errorf("%w\n--- last lines of the guest console (%s) ---\n%s", msg, serialLog, tail)
+			}
+			return msg
 		case <-time.After(poll):
 		}
 	}

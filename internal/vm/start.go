@@ -584,6 +584,17 @@ func (r *startRun) waitSSH(ctx context.Context, _ *undoStack) error {
 			cancel(errVMMExited)
 		}
 	}()
+	if r.restoring() {
+		// The identity step saw sshd serve this VM's key from inside the
+		// guest; what is left to prove is the host's path to it. A
+		// handshake here would cost a second of emulated guest crypto
+		// that the first real connection (the user's) pays anyway.
+		err := m.o.Guests.WaitOpen(wctx, sshAddr(vm), vm.Runtime.LogPath, m.o.SSHTimeout)
+		if err != nil && errors.Is(context.Cause(wctx), errVMMExited) {
+			return vmm.WithLogTail(errVMMExited, vm.Runtime.LogPath)
+		}
+		return err
+	}
 	c, err := m.o.Guests.WaitReady(wctx, sshAddr(vm), m.aliases(vm), vm.Runtime.LogPath, m.o.SSHTimeout)
 	if err != nil {
 		if errors.Is(context.Cause(wctx), errVMMExited) {

@@ -250,6 +250,14 @@ func TestCreateRestoresTemplate(t *testing.T) {
 	if b.Runtime.Template != a.Runtime.Template || d.saves != 1 {
 		t.Fatalf("b restored from %q (a from %q), %d saves", b.Runtime.Template, a.Runtime.Template, d.saves)
 	}
+	// Restored VMs are ready once the port answers: the agent saw sshd
+	// serve the new key, so no host handshake is made for readiness.
+	r.guests.mu.Lock()
+	waits, opens := r.guests.waits, r.guests.opens
+	r.guests.mu.Unlock()
+	if waits != 0 || opens != 2 {
+		t.Errorf("restores made %d ssh handshakes and %d port probes, want 0 and 2", waits, opens)
+	}
 
 	// The VMM specs: the template's boot, then two restores with the
 	// template's MAC on each VM's own tap.

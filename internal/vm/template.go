@@ -384,25 +384,10 @@ func waitPing(ctx context.Context, c agent.Client, alive func() bool) error {
 }
 
 // idleScript waits until systemd has finished starting units (in images
-// with systemd; others have nothing to wait for), then loads into the page
-// cache what every restored VM runs first (sshd and its libraries and PAM
-// modules, the shells, git and tar that a workspace copy runs), so restored
-// guests find them in the saved memory instead of reading them through an
-// emulated disk, and flushes the page cache's dirty data (not needed for
-// consistency, the saved memory holds it, but the disks then carry less
-// that only the template's memory knows).
+// with systemd; others have nothing to wait for) and flushes the page cache
+// (not needed for consistency, the saved memory holds it, but the disks
+// then carry less that only the template's memory knows).
 const idleScript = `if command -v systemctl >/dev/null 2>&1; then systemctl is-system-running --wait >/dev/null 2>&1; fi
-for b in /usr/sbin/sshd /bin/bash /bin/sh /usr/bin/git /bin/tar /usr/bin/tar; do
-  [ -x "$b" ] || continue
-  cat -- "$b" >/dev/null 2>&1
-  if command -v ldd >/dev/null 2>&1; then
-    for l in $(ldd "$b" 2>/dev/null | sed -n 's/.*=> \(\/[^ ]*\).*/\1/p'); do cat -- "$l" >/dev/null 2>&1; done
-  fi
-done
-for d in /usr/lib/openssh /lib/x86_64-linux-gnu/security /usr/lib/x86_64-linux-gnu/security /usr/lib/git-core; do
-  [ -d "$d" ] && find "$d" -maxdepth 1 -type f -exec cat -- {} + >/dev/null 2>&1
-done
-git --version >/dev/null 2>&1; tar --version >/dev/null 2>&1
 command -v sync >/dev/null 2>&1 && sync
 exit 0`
 

@@ -94,7 +94,9 @@ if [ -e "$dest" ] || [ -L "$dest" ]; then
 `)
 	}
 	b.WriteString(`fi
-mkdir -p -- "$(dirname -- "$dest")"
+parent=${dest%/*}
+[ -n "$parent" ] || parent=/
+[ -d "$parent" ] || mkdir -p -- "$parent"
 tmp=$(mktemp -d -- "$dest.banger-XXXXXX")
 trap 'chmod -R u+w -- "$tmp" 2>/dev/null; rm -rf -- "$tmp"' EXIT
 if ! tar -x -p -o -f - -C "$tmp"; then echo "banger: extracting the workspace failed (stream cut short, or guest disk full?); nothing was changed in $dest" >&2; exit 3; fi

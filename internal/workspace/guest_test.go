@@ -495,3 +495,22 @@ func TestApplyNeverLosesHostChanges(t *testing.T) {
 		t.Fatalf("empty patch: %+v, %v", res, err)
 	}
 }
+
+// TestPrepareMakesMissingParents: a guest path whose parents do not exist
+// yet gets them.
+func TestPrepareMakesMissingParents(t *testing.T) {
+	e := newEnv(t)
+	repo := fixture(t, e, false)
+	ctx := context.Background()
+	snap, err := Inspect(ctx, e.runner(), repo, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	guest := filepath.Join(e.home, "deep", "er", "repo")
+	if _, err := Prepare(ctx, e.remote(), snap, guest); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(filepath.Join(guest, ".git")); err != nil || !fi.IsDir() {
+		t.Fatalf("no repository at %s: %v", guest, err)
+	}
+}

@@ -273,6 +273,9 @@ func (g *Guest) applyNetwork(ctx context.Context, id Identity) (string, error) {
 	return iface, nil
 }
 
+// errNoInterface: no interface to configure (yet).
+var errNoInterface = errors.New("no network interface to configure")
+
 // setNetwork applies id's MAC, address, default route and DNS to the
 // running kernel over netlink, like the network script: lo up, the
 // interface found by MAC (else the only non-loopback one, whose MAC is
@@ -319,7 +322,7 @@ func (g *Guest) setNetwork(id Identity) (string, error) {
 	}
 	if link == nil {
 		if len(cands) != 1 {
-			return "", fmt.Errorf("network: no interface has MAC %s and there are %d others to choose from", id.MAC, len(cands))
+			return "", fmt.Errorf("network: %w: none has MAC %q and there are %d others to choose from", errNoInterface, id.MAC, len(cands))
 		}
 		link = cands[0]
 		if want != nil {

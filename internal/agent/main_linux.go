@@ -7,6 +7,8 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"syscall"
+	"time"
 
 	"github.com/bangerdev/banger/internal/buildinfo"
 	"github.com/bangerdev/banger/internal/envd"
@@ -38,8 +40,12 @@ Usage: banger-agent [flags]
 	envdAddr := fs.String("envd-listen", fmt.Sprintf(":%d", envd.Port), `address of the E2B-compatible envd API ("" = none)`)
 	debug := fs.Bool("debug", false, "log every session")
 	version := fs.Bool("version", false, "print the version and exit")
+	network := fs.Bool("network", false, "configure the network from "+NetworkEnvPath+" and exit (the guest contract's boot step; falls back to its script)")
 	if err := fs.Parse(args); err != nil {
 		return 2
+	}
+	if *network {
+		return bootNetwork(ctx, stderr)
 	}
 	if *version {
 		fmt.Fprintln(stderr, "banger-agent", bi.String())
@@ -63,6 +69,25 @@ Usage: banger-agent [flags]
 		return 1
 	}
 	return 0
+}
+
+// bootNetwork runs the boot-time network step; when it fails, the guest
+// contract's script takes over (same settings, shell and ip).
+func bootNetwork(ctx context.Context, stderr io.Writer) int {
+	g := &Guest{Root: "/", ProcRoot: "/proc", Kernel: true}
+	iface, err := g.BootNetwork(ctx, 5*time.Second)
+	if err == nil {
+		fmt.Fprintf(stderr, "banger-agent: network on %s\n", iface)
+		return 0
+	}
+	fmt.Fprintf(stderr, "banger-agent: %v; running %s instead\n", err, NetworkScript)
+	if _, serr := os.Stat(NetworkScript); serr != nil {
+		return 1
+	}
+	if xerr := syscall.Exec(NetworkScript, []string{NetworkScript}, os.Environ()); xerr != nil {
+		fmt.Fprintf(stderr, "banger-agent: %s: %v\n", NetworkScript, xerr)
+	}
+	return 1
 }
 
 // envdUID is the uid given to envd's default user when the image lacks it.

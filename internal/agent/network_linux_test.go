@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -8,6 +9,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netns"
 
@@ -119,5 +121,71 @@ func TestSetNetworkRefusesAmbiguousNIC(t *testing.T) {
 	}
 	if a := ipOut(t, ns, "-o", "-4", "addr"); strings.Contains(a, "10.9.0.7") {
 		t.Errorf("an address was set anyway: %s", a)
+	}
+}
+
+// TestNetworkConfig: network.env wins, the kernel arguments fill in what it
+// lacks, quotes and DNS lists are handled, no address is an error.
+func TestNetworkConfig(t *testing.T) {
+	root, proc := t.TempDir(), t.TempDir()
+	g := &Guest{Root: root, ProcRoot: proc}
+	if err := os.WriteFile(filepath.Join(proc, "cmdline"), []byte("console=ttyS0 banger.ip=10.0.0.9/24 banger.gw=10.0.0.1 banger.dns=9.9.9.9 banger.mac=02:AA:00:00:00:09\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	id, err := g.networkConfig()
+	if err != nil || id.Address != "10.0.0.9/24" || id.Gateway != "10.0.0.1" || id.MAC != "02:aa:00:00:00:09" || strings.Join(id.DNS, " ") != "9.9.9.9" {
+		t.Fatalf("cmdline only: %+v %v", id, err)
+	}
+	if err := os.MkdirAll(filepath.Join(root, "etc/banger"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	env := "ADDRESS=\"172.30.0.5/24\"\nGATEWAY=172.30.0.1\nDNS=172.30.0.1, 172.30.0.2\njunk line\n"
+	if err := os.WriteFile(filepath.Join(root, "etc/banger/network.env"), []byte(env), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	id, err = g.networkConfig()
+	if err != nil || id.Address != "172.30.0.5/24" || id.Gateway != "172.30.0.1" || id.MAC != "02:aa:00:00:00:09" ||
+		strings.Join(id.DNS, " ") != "172.30.0.1 172.30.0.2" {
+		t.Fatalf("env + cmdline: %+v %v", id, err)
+	}
+	if err := os.WriteFile(filepath.Join(proc, "cmdline"), []byte("console=ttyS0\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(root, "etc/banger/network.env")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g.networkConfig(); err == nil || !strings.Contains(err.Error(), "no address") {
+		t.Fatalf("no address: %v", err)
+	}
+}
+
+// TestBootNetworkWaitsForTheInterface: the boot step finds the NIC by the
+// MAC in network.env once it appears, and configures it.
+func TestBootNetworkWaitsForTheInterface(t *testing.T) {
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "etc/banger"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "etc/banger/network.env"), []byte("ADDRESS=10.9.0.7/24\nGATEWAY=10.9.0.1\nMAC=02:bb:00:00:00:07\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	g := &Guest{Root: root, ProcRoot: "/proc", Kernel: true}
+	var iface string
+	ns, err := inNetns(t, "", func() error {
+		// The NIC shows up 300 ms after the step started.
+		go func() {
+			time.Sleep(300 * time.Millisecond)
+			ns := fmt.Sprintf("bgagent%d", os.Getpid()) // inNetns's namespace
+			_ = exec.Command("sh", "-c", "ip -n "+ns+" tuntap add dev eth0 mode tap && ip -n "+ns+" link set eth0 address 02:bb:00:00:00:07").Run()
+		}()
+		var err error
+		iface, err = g.BootNetwork(context.Background(), 10*time.Second)
+		return err
+	})
+	if err != nil || iface != "eth0" {
+		t.Fatalf("BootNetwork: %q %v", iface, err)
+	}
+	if a := ipOut(t, ns, "-o", "-4", "addr", "show", "dev", "eth0"); !strings.Contains(a, "10.9.0.7/24") {
+		t.Errorf("addresses: %s", a)
 	}
 }

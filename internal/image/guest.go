@@ -90,7 +90,7 @@ import (
 // GuestContract is the version of this contract. Bump it whenever the
 // guest side changes in a way a booted guest keeps (scripts, units, paths):
 // VM templates (saved, booted guests) are keyed by it and rebuilt.
-const GuestContract = 1
+const GuestContract = 2
 
 // GuestNetworkEnv is the path of the per-VM network file the daemon writes.
 const GuestNetworkEnv = "/etc/banger/network.env"

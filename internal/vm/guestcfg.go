@@ -141,6 +141,10 @@ func (m *Manager) guestConfigBatch(vm *model.VM, n guestNetwork, hostKeyPEM []by
 	// the fstab timeout (ssh.service waits for /root).
 	b.Mkdir(workDeviceDropIn, 0o755, 0, 0)
 	b.WriteFile(workDeviceDropIn+"/50-device-timeout.conf", []byte(workDeviceTimeout), 0o644, 0, 0)
+	// Images built before these masks get them here.
+	for _, u := range image.BootMasks {
+		b.Symlink("/etc/systemd/system/"+u, "/dev/null")
+	}
 	return b
 }
 

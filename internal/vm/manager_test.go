@@ -93,6 +93,11 @@ func TestCreateRunsStepsInOrderAndConfiguresTheGuest(t *testing.T) {
 	if !strings.Contains(read(root, "/etc/systemd/system/dev-vdb.device.d/50-device-timeout.conf"), "JobRunningTimeoutSec=120s\n") {
 		t.Error("work disk device timeout drop-in")
 	}
+	for _, u := range image.BootMasks {
+		if fi, err := ext4.Stat(ctx, r.runner, root, "/etc/systemd/system/"+u); err != nil || fi.Target != "/dev/null" {
+			t.Errorf("%s not masked: %+v %v", u, fi, err)
+		}
+	}
 	// The work disk: seeded, authorized key, git identity, root-owned.
 	work := got.Runtime.WorkDisk
 	if read(work, "/.bashrc") != "# seed\n" || read(work, "/.ssh/authorized_keys") != r.guests.AuthorizedKey()+"\n" ||

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
+	"sync"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -65,7 +67,7 @@ func (g *SSHGuests) WaitReady(ctx context.Context, addr string, aliases []string
 		poll = 100 * time.Millisecond
 	}
 	start := time.Now()
-	wctx, cancel := context.WithTimeout(ctx, timeout)
+	wctx, cancel := bootDeadline(ctx, serialLog, timeout)
 	defer cancel()
 	var last error
 	attempts := 0
@@ -95,7 +97,7 @@ func (g *SSHGuests) WaitReady(ctx context.Context, addr string, aliases []string
 		}
 		select {
 		case <-wctx.Done():
-			cause := guest.ErrNotReady
+			cause := context.Cause(wctx)
 			if ctx.Err() != nil {
 				cause = context.Cause(ctx)
 			}
@@ -117,7 +119,7 @@ func (g *SSHGuests) WaitOpen(ctx context.Context, addr string, serialLog string,
 		poll = 100 * time.Millisecond
 	}
 	start := time.Now()
-	wctx, cancel := context.WithTimeout(ctx, timeout)
+	wctx, cancel := bootDeadline(ctx, serialLog, timeout)
 	defer cancel()
 	attempts := 0
 	for {
@@ -132,7 +134,7 @@ func (g *SSHGuests) WaitOpen(ctx context.Context, addr string, serialLog string,
 		}
 		select {
 		case <-wctx.Done():
-			cause := guest.ErrNotReady
+			cause := context.Cause(wctx)
 			if ctx.Err() != nil {
 				cause = context.Cause(ctx)
 			}
@@ -144,5 +146,63 @@ func (g *SSHGuests) WaitOpen(ctx context.Context, addr string, serialLog string,
 			return msg
 		case <-time.After(poll):
 		}
+	}
+}
+
+// bootCapFactor bounds a boot that keeps printing: bootDeadline's context
+// ends after bootCapFactor × idle in all.
+const bootCapFactor = 4
+
+// bootDeadline returns a context for waiting on a booting guest. It ends
+// once the guest's console log (serialLog) has not grown for idle — a
+// guest that stopped making progress — or after bootCapFactor × idle in
+// all, so a guest that boots slowly because the host is overloaded (eight
+// emulated boots on two cores take minutes) is not given up while it is
+// still getting somewhere. Its cause wraps guest.ErrNotReady and says
+// which limit ended it. Without a console log it is a plain timeout of
+// idle.
+func bootDeadline(ctx context.Context, serialLog string, idle time.Duration) (context.Context, context.CancelFunc) {
+	total := bootCapFactor * idle
+	if serialLog == "" {
+		total = idle
+	}
+	cctx, cancelCause := context.WithCancelCause(ctx)
+	tctx, cancelTotal := context.WithTimeoutCause(cctx, total,
+		fmt.Errorf("%w: still booting after %v (the cap is %d× the ssh timeout)", guest.ErrNotReady, total, bootCapFactor))
+	if serialLog == "" {
+		return tctx, func() { cancelTotal(); cancelCause(nil) }
+	}
+	stop := make(chan struct{})
+	go func() {
+		size := func() int64 {
+			if fi, err := os.Stat(serialLog); err == nil {
+				return fi.Size()
+			}
+			return -1
+		}
+		last, lastGrowth := size(), time.Now()
+		tick := time.NewTicker(min(time.Second, idle/4+time.Millisecond))
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tctx.Done():
+				return
+			case now := <-tick.C:
+				if n := size(); n != last {
+					last, lastGrowth = n, now
+				} else if now.Sub(lastGrowth) >= idle {
+					cancelCause(fmt.Errorf("%w: no console output for %v", guest.ErrNotReady, idle))
+					return
+				}
+			}
+		}
+	}()
+	var once sync.Once
+	return tctx, func() {
+		once.Do(func() { close(stop) })
+		cancelTotal()
+		cancelCause(nil)
 	}
 }

@@ -62,6 +62,35 @@ const handshakeTimeout = 30 * time.Second
 // and only handshakes once the port accepts; the first successful handshake
 // is the returned connection. A changed host key fails at once.
 func (g *SSHGuests) WaitReady(ctx context.Context, addr string, aliases []string, serialLog string, timeout time.Duration) (GuestConn, error) {
+	var c GuestConn
+	err := g.waitBoot(ctx, addr, serialLog, timeout, "ssh to %s not ready", func(wctx context.Context, attempts int, start time.Time) (bool, error) {
+		open := time.Now()
+		gc, err := guest.Dial(wctx, addr, g.opts(aliases, handshakeTimeout))
+		if err != nil {
+			return false, err
+		}
+		if g.Logger != nil {
+			g.Logger.DebugContext(ctx, "ssh ready", "addr", addr, "attempts", attempts,
+				"port_open_after", open.Sub(start), "handshake", time.Since(open))
+		}
+		c = gc
+		return true, nil
+	})
+	return c, err
+}
+
+// WaitOpen implements Guests: a TCP probe of addr every Poll.
+func (g *SSHGuests) WaitOpen(ctx context.Context, addr string, serialLog string, timeout time.Duration) error {
+	return g.waitBoot(ctx, addr, serialLog, timeout, "ssh port %s not open", nil)
+}
+
+// waitBoot probes addr's TCP port every Poll until it accepts and then
+// onOpen (when set) succeeds, or bootDeadline ends the wait. onOpen's
+// guest.ErrHostKeyMismatch ends it at once; other errors are retried. The
+// final error names what (a format with addr), the attempts, the last
+// error and the console's tail.
+func (g *SSHGuests) waitBoot(ctx context.Context, addr, serialLog string, timeout time.Duration, what string,
+	onOpen func(wctx context.Context, attempts int, start time.Time) (bool, error)) error {
 	poll := g.Poll
 	if poll <= 0 {
 		poll = 100 * time.Millisecond
@@ -77,22 +106,19 @@ func (g *SSHGuests) WaitReady(ctx context.Context, addr string, aliases []string
 		pctx, pcancel := context.WithTimeout(wctx, time.Second)
 		conn, err := d.DialContext(pctx, "tcp", addr)
 		pcancel()
+		last = err
 		if err == nil {
 			conn.Close()
-			open := time.Now()
-			c, err := guest.Dial(wctx, addr, g.opts(aliases, handshakeTimeout))
-			if err == nil {
-				if g.Logger != nil {
-					g.Logger.DebugContext(ctx, "ssh ready", "addr", addr, "attempts", attempts,
-						"port_open_after", open.Sub(start), "handshake", time.Since(open))
-				}
-				return c, nil
+			if onOpen == nil {
+				return nil
+			}
+			done, err := onOpen(wctx, attempts, start)
+			if done {
+				return nil
 			}
 			if errors.Is(err, guest.ErrHostKeyMismatch) {
-				return nil, err
+				return err
 			}
-			last = err
-		} else {
 			last = err
 		}
 		select {
@@ -101,45 +127,8 @@ func (g *SSHGuests) WaitReady(ctx context.Context, addr string, aliases []string
 			if ctx.Err() != nil {
 				cause = context.Cause(ctx)
 			}
-			msg := fmt.Errorf("ssh to %s not ready after %v (%d attempts): %w: last error: %v",
+			msg := fmt.Errorf(what+" after %v (%d attempts): %w: last error: %v",
 				addr, time.Since(start).Round(100*time.Millisecond), attempts, cause, last)
-			if tail := guest.SerialTail(serialLog, 30); tail != "" {
-				msg = fmt.Errorf("%w\n--- last lines of the guest console (%s) ---\n%s", msg, serialLog, tail)
-			}
-			return nil, msg
-		case <-time.After(poll):
-		}
-	}
-}
-
-// WaitOpen implements Guests: a TCP probe of addr every Poll.
-func (g *SSHGuests) WaitOpen(ctx context.Context, addr string, serialLog string, timeout time.Duration) error {
-	poll := g.Poll
-	if poll <= 0 {
-		poll = 100 * time.Millisecond
-	}
-	start := time.Now()
-	wctx, cancel := bootDeadline(ctx, serialLog, timeout)
-	defer cancel()
-	attempts := 0
-	for {
-		attempts++
-		var d net.Dialer
-		pctx, pcancel := context.WithTimeout(wctx, time.Second)
-		conn, err := d.DialContext(pctx, "tcp", addr)
-		pcancel()
-		if err == nil {
-			conn.Close()
-			return nil
-		}
-		select {
-		case <-wctx.Done():
-			cause := context.Cause(wctx)
-			if ctx.Err() != nil {
-				cause = context.Cause(ctx)
-			}
-			msg := fmt.Errorf("ssh port %s not open after %v (%d attempts): %w: last error: %v",
-				addr, time.Since(start).Round(100*time.Millisecond), attempts, cause, err)
 			if tail := guest.SerialTail(serialLog, 30); tail != "" {
 				msg = fmt.Errorf("%w\n--- last lines of the guest console (%s) ---\n%s", msg, serialLog, tail)
 			}

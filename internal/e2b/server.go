@@ -101,11 +101,15 @@ func New(o Options) *Server {
 		o.ReadyTimeout = DefaultReadyTimeout
 	}
 	if o.Transport == nil {
+		// No connection reuse towards guests: a pooled connection could
+		// be closed under a new streaming response by the late
+		// cancellation of the request that used it before (seen as a
+		// cut Connect stream, "use of closed network connection"). A new
+		// TCP connection to a guest on the local bridge costs next to
+		// nothing.
 		o.Transport = &http.Transport{
-			DialContext:         (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-			MaxIdleConns:        256,
-			MaxIdleConnsPerHost: 64,
-			IdleConnTimeout:     90 * time.Second,
+			DialContext:       (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			DisableKeepAlives: true,
 		}
 	}
 	if o.Logger == nil {

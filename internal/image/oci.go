@@ -140,8 +140,13 @@ type layerInfo struct {
 }
 
 func (s *Store) pull(ctx context.Context, ref name.Reference, o PullOptions) (*model.Image, error) {
-	if err := s.ensureAbsent(ctx, o.Name, o.Replace); err != nil {
-		return nil, err
+	// An existing image of this name is not an error yet: pulling the same
+	// content again (same repository and digest, kernel and size) is a
+	// no-op, as with docker pull, so that pulls which just missed a
+	// concurrent identical one still succeed.
+	existing, absentErr := s.existingImage(ctx, o.Name, o.Replace)
+	if absentErr != nil && existing == nil {
+		return nil, absentErr
 	}
 	kc := o.Keychain
 	if kc == nil {
@@ -164,6 +169,13 @@ func (s *Store) pull(ctx context.Context, ref name.Reference, o PullOptions) (*m
 	digest, err := img.Digest()
 	if err != nil {
 		return nil, fmt.Errorf("image pull: %w", classifyRemote(ref.String(), err))
+	}
+	if existing != nil {
+		if sameOCIContent(existing, ref, digest, o) {
+			progress.Stage(ctx, "done", fmt.Sprintf("image %q is up to date (%s)", o.Name, digest))
+			return existing, nil
+		}
+		return nil, absentErr
 	}
 	manifest, err := img.Manifest()
 	if err != nil {
@@ -249,7 +261,7 @@ func (s *Store) pull(ctx context.Context, ref name.Reference, o PullOptions) (*m
 	}
 	progress.Stage(ctx, "guest", "banger guest pieces")
 	facts := inspectTree(root)
-	facts.Source = "oci:" + ref.Context().Name() + "@" + digest.String()
+	facts.Source = ociSource(ref, digest)
 	facts.Busybox = s.Busybox
 	b := &ext4.Batch{}
 	if !asRoot {
@@ -275,6 +287,20 @@ func (s *Store) pull(ctx context.Context, ref name.Reference, o PullOptions) (*m
 	}
 	im := &model.Image{Name: o.Name, Source: facts.Source, Kernel: o.Kernel}
 	return s.publish(ctx, tmp, im, refs, o.Replace)
+}
+
+// ociSource is the Source recorded for an image pulled from repository
+// ref at digest.
+func ociSource(ref name.Reference, digest v1.Hash) string {
+	return "oci:" + ref.Context().Name() + "@" + digest.String()
+}
+
+// sameOCIContent reports whether im is what pulling ref at digest with o
+// would produce: same repository and digest, same kernel, and the size
+// asked for (0 = any size).
+func sameOCIContent(im *model.Image, ref name.Reference, digest v1.Hash, o PullOptions) bool {
+	return im.Source == ociSource(ref, digest) && im.Kernel == o.Kernel &&
+		(o.SizeMiB == 0 || im.SizeBytes == o.SizeMiB<<20)
 }
 
 // cachedBlob returns a small blob from the cache, or fetches, verifies and

@@ -408,9 +408,34 @@ func TestPullConcurrentFetchesEachBlobOnce(t *testing.T) {
 	if g := reg.gets(); len(g) != 0 {
 		t.Errorf("cached pull fetched blobs: %v", g)
 	}
-	// Same name again without Replace: refused.
-	if _, err := s.Pull(ctx, ref, PullOptions{Name: "conc", Insecure: true, SizeMiB: 32}); !errors.Is(err, model.ErrAlreadyExists) {
-		t.Errorf("pull over an existing name: %v", err)
+	// Same name, same content again: a no-op that returns the image
+	// already there (a pull that just missed a concurrent identical one).
+	reg.reset()
+	first, err := s.Catalog.GetImage(ctx, "conc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := s.Pull(ctx, ref, PullOptions{Name: "conc", Insecure: true, SizeMiB: 32})
+	if err != nil {
+		t.Fatalf("pull of the same content again: %v", err)
+	}
+	if again.SHA256 != first.SHA256 || again.Path != first.Path || !again.CreatedAt.Equal(first.CreatedAt) {
+		t.Errorf("repeated pull made a new image: %+v, was %+v", again, first)
+	}
+	if g := reg.gets(); len(g) != 0 {
+		t.Errorf("repeated pull fetched blobs: %v", g)
+	}
+	// Same name with anything else different without Replace: refused.
+	if _, err := s.Pull(ctx, ref, PullOptions{Name: "conc", Insecure: true, SizeMiB: 64}); !errors.Is(err, model.ErrAlreadyExists) {
+		t.Errorf("pull of another size over an existing name: %v", err)
+	}
+	if _, err := s.Pull(ctx, ref, PullOptions{Name: "conc", Insecure: true, SizeMiB: 32, Kernel: "other"}); !errors.Is(err, model.ErrAlreadyExists) {
+		t.Errorf("pull with another kernel over an existing name: %v", err)
+	}
+	// The same tag moved to other content: refused too.
+	other := reg.push(t, "test/conc:latest", mkImage(t, []tarEntry{{name: "c", body: "3"}}))
+	if _, err := s.Pull(ctx, other, PullOptions{Name: "conc", Insecure: true, SizeMiB: 32}); !errors.Is(err, model.ErrAlreadyExists) {
+		t.Errorf("pull of other content over an existing name: %v", err)
 	}
 
 	// Prune keeps blobs of existing images, drops them once both are gone.

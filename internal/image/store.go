@@ -283,17 +283,26 @@ func (s *Store) tempDir(kind string) (string, func(), error) {
 // ensureAbsent fails with model.ErrAlreadyExists when name exists and
 // replace is false.
 func (s *Store) ensureAbsent(ctx context.Context, name string, replace bool) error {
+	_, err := s.existingImage(ctx, name, replace)
+	return err
+}
+
+// existingImage is ensureAbsent that also returns the image in the way:
+// (nil, nil) when name is free or replace is set, (image, an error
+// wrapping model.ErrAlreadyExists) when it is taken, (nil, err) when the
+// catalog fails.
+func (s *Store) existingImage(ctx context.Context, name string, replace bool) (*model.Image, error) {
 	if replace {
-		return nil
+		return nil, nil
 	}
-	_, err := s.Catalog.GetImage(ctx, name)
+	im, err := s.Catalog.GetImage(ctx, name)
 	switch {
 	case err == nil:
-		return fmt.Errorf("image %q: %w (delete it first with `banger image delete %s`, or replace it)", name, model.ErrAlreadyExists, name)
+		return im, fmt.Errorf("image %q: %w (delete it first with `banger image delete %s`, or replace it)", name, model.ErrAlreadyExists, name)
 	case errors.Is(err, model.ErrNotFound):
-		return nil
+		return nil, nil
 	default:
-		return fmt.Errorf("image %q: %w", name, err)
+		return nil, fmt.Errorf("image %q: %w", name, err)
 	}
 }
 

@@ -62,7 +62,45 @@ func (g *qemuGuest) cleanup() { os.RemoveAll(g.dir) }
 func (g *qemuGuest) Exited() <-chan struct{} { return g.exited }
 
 func (g *qemuGuest) Boot(ctx context.Context, cfg *Config) error {
-	bs := *cfg.BootSource
+	return g.start(ctx, g.spec(cfg))
+}
+
+// Restore starts QEMU from the migration stream at statePath (written by
+// Save) with the devices of cfg: the restored snapshot's configuration with
+// the load request's overrides applied.
+func (g *qemuGuest) Restore(ctx context.Context, cfg *Config, statePath string) error {
+	spec := g.spec(cfg)
+	spec.RestoreFrom = statePath
+	return g.start(ctx, spec)
+}
+
+// Save writes the paused guest's QEMU migration stream to path.
+func (g *qemuGuest) Save(ctx context.Context, path string) error {
+	if g.handle == nil {
+		return errors.New("guest not started")
+	}
+	return g.driver.Save(ctx, g.handle, path)
+}
+
+func (g *qemuGuest) start(ctx context.Context, spec vmm.Spec) error {
+	h, err := g.driver.Start(ctx, spec)
+	if err != nil {
+		return err
+	}
+	g.handle = h
+	go func() {
+		_ = g.driver.Wait(context.Background(), h)
+		close(g.exited)
+	}()
+	return nil
+}
+
+// spec is the QEMU spec of a Firecracker configuration.
+func (g *qemuGuest) spec(cfg *Config) vmm.Spec {
+	var bs map[string]any
+	if cfg.BootSource != nil {
+		bs = *cfg.BootSource
+	}
 	spec := vmm.Spec{
 		VMID: "fakefc", Name: g.srv.ID, RuntimeDir: g.dir,
 		Kernel: g.srv.hostPath(str(bs, "kernel_image_path")), Cmdline: str(bs, "boot_args"),
@@ -100,16 +138,7 @@ func (g *qemuGuest) Boot(ctx context.Context, cfg *Config) error {
 		n := cfg.Nets[id]
 		spec.Net = append(spec.Net, vmm.NetIface{Tap: str(n, "host_dev_name"), MAC: str(n, "guest_mac")})
 	}
-	h, err := g.driver.Start(ctx, spec)
-	if err != nil {
-		return err
-	}
-	g.handle = h
-	go func() {
-		_ = g.driver.Wait(context.Background(), h)
-		close(g.exited)
-	}()
-	return nil
+	return spec
 }
 
 func (g *qemuGuest) CtrlAltDel(ctx context.Context) error {

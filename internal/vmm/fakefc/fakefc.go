@@ -8,6 +8,20 @@
 // guest for real through the QEMU driver, and the fake lives as long as the
 // guest; in boot mode "none" it only records the configuration.
 //
+// Snapshots: PATCH /vm pauses and resumes the guest (QMP stop/cont); PUT
+// /snapshot/create (only while paused) writes the QEMU migration stream of
+// the guest to snapshot_path (boot mode none: a one-line stand-in) and a
+// small JSON header to mem_file_path, since the stream already holds the
+// memory: the release, whether a guest was saved, and the configuration
+// (machine, boot source, drives, NICs, vsock) as Firecracker's state file
+// would record it. PUT /snapshot/load (only before any boot resource is
+// configured) reads both back, refuses another release's snapshot, applies
+// network_overrides and vsock_override, checks that every recorded drive
+// path opens (relative paths from the fake's working directory, as
+// Firecracker does), and starts QEMU from the stream with those devices;
+// resume_vm false leaves it paused. Unlike Firecracker, QEMU needs the
+// recorded kernel file at restore too.
+//
 // The binary (cmd/fakefc) is multi-call: run as "jailer*" it is the fake
 // jailer, otherwise the fake firecracker. Tests put symlinks named
 // "firecracker" and "jailer" to it in a temp dir so comm checks see the real
@@ -41,6 +55,7 @@ const (
 	EnvBootMode    = "FAKEFC_BOOT_MODE"    // none | qemu
 	EnvChroot      = "FAKEFC_CHROOT"       // set by the fake jailer: resolve guest paths inside it
 	EnvQEMUAccel   = "FAKEFC_QEMU_ACCEL"   // kvm | tcg | "" (auto)
+	EnvTrace       = "FAKEFC_TRACE"        // file to append every request to ("STATUS METHOD PATH BODY" lines)
 )
 
 // Boot modes.
@@ -93,6 +108,8 @@ type Config struct {
 // Guest is what boot mode drives: the real guest behind the fake.
 type Guest interface {
 	Boot(ctx context.Context, cfg *Config) error
+	Save(ctx context.Context, statePath string) error
+	Restore(ctx context.Context, cfg *Config, statePath string) error
 	CtrlAltDel(ctx context.Context) error
 	Pause(ctx context.Context) error
 	Resume(ctx context.Context) error
@@ -110,6 +127,11 @@ type Server struct {
 	Log     *slog.Logger
 	// Exit is called when the VMM should exit (guest reboot/poweroff).
 	Exit func(code int)
+	// Trace, when set, gets one line per request: status, method, path
+	// and the body as sent.
+	Trace io.Writer
+
+	traceMu sync.Mutex
 
 	mu      sync.Mutex
 	state   string // "Not started", "Running", "Paused"
@@ -159,12 +181,35 @@ var preBootOnly = map[string]bool{
 	"loadSnapshot": true, "putSerialDevice": true, "putGuestPmemByID": true, "putMemoryHotplug": true,
 }
 
+// statusWriter remembers the status of a response.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
 	if err != nil {
 		fault(w, http.StatusBadRequest, "cannot read body: %v", err)
 		return
+	}
+	if s.Trace != nil {
+		sw := &statusWriter{ResponseWriter: w}
+		w = sw
+		defer func() {
+			s.traceMu.Lock()
+			defer s.traceMu.Unlock()
+			line := strings.Join(strings.Fields(string(body)), " ")
+			fmt.Fprintf(s.Trace, "%d %s %s %s\n", sw.status, r.Method, r.URL.Path, line)
+		}()
 	}
 	if err := s.Spec.Validate(r.Method, r.URL.Path, body); err != nil {
 		s.Log.Warn("request refused by spec", "method", r.Method, "path", r.URL.Path, "err", err)
@@ -192,9 +237,16 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// hostPath maps a path as the (jailed) VMM sees it to the host.
+// hostPath maps a path as the (jailed) VMM sees it to the host: inside
+// the chroot, or relative to the working directory.
 func (s *Server) hostPath(p string) string {
-	if s.Chroot == "" || p == "" {
+	if p == "" {
+		return p
+	}
+	if s.Chroot == "" {
+		if abs, err := filepath.Abs(p); err == nil {
+			return abs
+		}
 		return p
 	}
 	return filepath.Join(s.Chroot, p)
@@ -310,22 +362,21 @@ func (s *Server) apply(ctx context.Context, opID string, params map[string]strin
 		if s.state != "Paused" {
 			return 400, "Create snapshot error: The microVM must be paused."
 		}
-		for _, k := range []string{"snapshot_path", "mem_file_path"} {
-			if err := os.WriteFile(s.hostPath(str(obj, k)), []byte("fakefc snapshot\n"), 0o600); err != nil {
-				return 400, fmt.Sprintf("Create snapshot error: %v", err)
-			}
+		if err := s.createSnapshot(ctx, s.hostPath(str(obj, "snapshot_path")), s.hostPath(str(obj, "mem_file_path"))); err != nil {
+			return 400, fmt.Sprintf("Create snapshot error: %v", err)
 		}
 	case "loadSnapshot":
-		if s.cfg.BootSource != nil || len(s.cfg.Drives) > 0 || s.cfg.Machine != nil {
+		if s.cfg.BootSource != nil || len(s.cfg.Drives) > 0 || s.cfg.Machine != nil || len(s.cfg.Nets) > 0 || s.cfg.Vsock != nil {
 			return 400, "Loading a microVM snapshot not allowed after configuring boot-specific resources."
 		}
-		if _, err := os.Stat(s.hostPath(str(obj, "snapshot_path"))); err != nil {
+		if err := s.loadSnapshot(ctx, obj); err != nil {
 			return 400, fmt.Sprintf("Load snapshot error: %v", err)
 		}
-		s.state = "Paused"
-		if resume, _ := obj["resume_vm"].(bool); resume {
-			s.state = "Running"
+	case "patchGuestDriveByID", "patchGuestNetworkInterfaceByID":
+		if s.state == "Not started" {
+			return 400, "The requested operation is not supported before starting the microVM."
 		}
+		s.cfg.Other[opID] = json.RawMessage(body)
 	default:
 		s.cfg.Other[opID] = json.RawMessage(body)
 	}
@@ -407,4 +458,161 @@ func (s *Server) console() io.Writer {
 		return io.Discard
 	}
 	return s.Console
+}
+
+// Snapshot files of the fake (see the package doc).
+const (
+	fakeStateLine  = "fakefc state (boot mode none)\n"
+	snapshotMagic  = "fakefc-snapshot-v1"
+	qemuStateMagic = "QEVM" // QEMU_VM_FILE_MAGIC, the first bytes of a migration stream
+)
+
+// snapshotHeader is what the fake writes to mem_file_path.
+type snapshotHeader struct {
+	Magic       string   `json:"magic"`
+	SpecVersion string   `json:"spec_version"`
+	Guest       bool     `json:"guest"` // snapshot_path holds a QEMU migration stream
+	Config      Config   `json:"config"`
+	DriveOrder  []string `json:"drive_order"`
+	NetOrder    []string `json:"net_order"`
+}
+
+// createSnapshot writes the state (QEMU's migration stream, or a stand-in)
+// and the header; Firecracker truncates existing files, so does the fake.
+// On failure neither file is left.
+func (s *Server) createSnapshot(ctx context.Context, statePath, memPath string) error {
+	for _, p := range []string{statePath, memPath} {
+		if err := os.Remove(p); err != nil && !os.IsNotExist(err) {
+			return err
+		}
+	}
+	var err error
+	if s.Guest != nil {
+		err = s.Guest.Save(ctx, statePath)
+	} else {
+		err = os.WriteFile(statePath, []byte(fakeStateLine), 0o600)
+	}
+	if err == nil {
+		var hdr []byte
+		hdr, err = json.Marshal(snapshotHeader{Magic: snapshotMagic, SpecVersion: s.Spec.Version, Guest: s.Guest != nil,
+			Config: s.cfg, DriveOrder: s.cfg.DriveOrder, NetOrder: s.cfg.NetOrder})
+		if err == nil {
+			err = os.WriteFile(memPath, hdr, 0o600)
+		}
+	}
+	if err != nil {
+		_ = os.Remove(statePath)
+		_ = os.Remove(memPath)
+		return err
+	}
+	fmt.Fprintf(s.console(), "fakefc: snapshot created id=%s state=%s mem=%s\n", s.ID, statePath, memPath)
+	return nil
+}
+
+// loadSnapshot restores a snapshot written by createSnapshot with the
+// request's overrides (the caller checked the state).
+func (s *Server) loadSnapshot(ctx context.Context, obj map[string]any) error {
+	memPath := str(obj, "mem_file_path")
+	mb, hasBackend := obj["mem_backend"].(map[string]any)
+	switch {
+	case hasBackend && memPath != "":
+		return fmt.Errorf("either mem_backend or mem_file_path must be present, not both")
+	case hasBackend:
+		if t := str(mb, "backend_type"); t != "File" {
+			return fmt.Errorf("memory backend %s is not emulated by fakefc", t)
+		}
+		memPath = str(mb, "backend_path")
+	case memPath == "":
+		return fmt.Errorf("missing mem_backend")
+	}
+	data, err := os.ReadFile(s.hostPath(memPath))
+	if err != nil {
+		return fmt.Errorf("cannot open the memory file: %w", err)
+	}
+	var hdr snapshotHeader
+	if json.Unmarshal(data, &hdr) != nil || hdr.Magic != snapshotMagic {
+		return fmt.Errorf("%s is not a memory file written by fakefc", memPath)
+	}
+	if hdr.SpecVersion != s.Spec.Version {
+		return fmt.Errorf("the snapshot was created by firecracker %s and cannot be loaded by %s", hdr.SpecVersion, s.Spec.Version)
+	}
+	statePath := s.hostPath(str(obj, "snapshot_path"))
+	head := make([]byte, len(fakeStateLine))
+	f, err := os.Open(statePath)
+	if err != nil {
+		return fmt.Errorf("cannot open the snapshot file: %w", err)
+	}
+	n, _ := f.Read(head)
+	f.Close()
+	head = head[:n]
+	if want := []byte(fakeStateLine); hdr.Guest {
+		want = []byte(qemuStateMagic)
+		if len(head) < len(want) || string(head[:len(want)]) != string(want) {
+			return fmt.Errorf("%s is not a microVM state file", statePath)
+		}
+	} else if string(head) != string(want) {
+		return fmt.Errorf("%s is not a microVM state file", statePath)
+	}
+	if hdr.Guest && s.Guest == nil {
+		return fmt.Errorf("the snapshot holds a running guest; this fake has boot mode none")
+	}
+	cfg := hdr.Config
+	cfg.DriveOrder, cfg.NetOrder = hdr.DriveOrder, hdr.NetOrder
+	if cfg.Drives == nil {
+		cfg.Drives = map[string]map[string]any{}
+	}
+	if cfg.Nets == nil {
+		cfg.Nets = map[string]map[string]any{}
+	}
+	if cfg.Other == nil {
+		cfg.Other = map[string]json.RawMessage{}
+	}
+	cfg.Logger, cfg.Metrics = s.cfg.Logger, s.cfg.Metrics
+	overrides, _ := obj["network_overrides"].([]any)
+	for _, o := range overrides {
+		ov, _ := o.(map[string]any)
+		id, tap := str(ov, "iface_id"), str(ov, "host_dev_name")
+		n, ok := cfg.Nets[id]
+		if !ok {
+			return fmt.Errorf("network override: the snapshot has no network interface %q", id)
+		}
+		if len(tap) > 15 {
+			return fmt.Errorf("network override: Invalid TAP name %s", tap)
+		}
+		n["host_dev_name"] = tap
+	}
+	if vo, ok := obj["vsock_override"].(map[string]any); ok {
+		if cfg.Vsock == nil {
+			return fmt.Errorf("vsock override: the snapshot has no vsock device")
+		}
+		cfg.Vsock["uds_path"] = str(vo, "uds_path")
+	}
+	for _, id := range cfg.DriveOrder {
+		if _, err := os.Stat(s.hostPath(str(cfg.Drives[id], "path_on_host"))); err != nil {
+			return fmt.Errorf("block device %s: BackingFile(%v)", id, err)
+		}
+	}
+	resume, _ := obj["resume_vm"].(bool)
+	if s.Guest != nil {
+		if err := s.Guest.Restore(ctx, &cfg, statePath); err != nil {
+			return err
+		}
+		if !resume {
+			if err := s.Guest.Pause(ctx); err != nil {
+				return err
+			}
+		}
+	}
+	s.cfg = cfg
+	s.state = "Paused"
+	if resume {
+		s.state = "Running"
+	}
+	var taps []string
+	for _, id := range cfg.NetOrder {
+		taps = append(taps, id+"="+str(cfg.Nets[id], "host_dev_name"))
+	}
+	fmt.Fprintf(s.console(), "fakefc: snapshot loaded id=%s state=%s vcpus=%v mem_mib=%v drives=%d nets=%v resumed=%v\n",
+		s.ID, statePath, cfg.Machine["vcpu_count"], cfg.Machine["mem_size_mib"], len(cfg.Drives), taps, resume)
+	return nil
 }

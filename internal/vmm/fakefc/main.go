@@ -67,6 +67,15 @@ func firecrackerMain(args []string) int {
 	srv.Log = logger
 	srv.Chroot = os.Getenv(EnvChroot)
 	sockPath := srv.hostPath(*apiSock)
+	if p := os.Getenv(EnvTrace); p != "" {
+		f, err := os.OpenFile(p, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "fakefc:", err)
+			return 1
+		}
+		defer f.Close()
+		srv.Trace = f
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer stop()
@@ -215,7 +224,7 @@ func jailerMain(args []string) int {
 		return die("%v", err)
 	}
 	env := []string{EnvChroot + "=" + chroot}
-	for _, k := range []string{EnvSpecDir, EnvSpecVersion, EnvBootMode, EnvQEMUAccel, "PATH"} {
+	for _, k := range []string{EnvSpecDir, EnvSpecVersion, EnvBootMode, EnvQEMUAccel, EnvTrace, "PATH"} {
 		if v, ok := os.LookupEnv(k); ok {
 			env = append(env, k+"="+v)
 		}

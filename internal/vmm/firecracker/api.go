@@ -119,6 +119,12 @@ type NetworkOverride struct {
 	HostDevName string `json:"host_dev_name"`
 }
 
+// VsockOverride re-points the vsock device at another unix socket on
+// snapshot load (Firecracker >= 1.16).
+type VsockOverride struct {
+	UDSPath string `json:"uds_path"`
+}
+
 // SnapshotLoad is PUT /snapshot/load. Set TrackDirtyPages; the client sends
 // it as enable_diff_snapshots to releases before 1.14.
 type SnapshotLoad struct {
@@ -128,6 +134,7 @@ type SnapshotLoad struct {
 	TrackDirtyPages     bool              `json:"track_dirty_pages,omitempty"`
 	ResumeVM            bool              `json:"resume_vm,omitempty"`
 	NetworkOverrides    []NetworkOverride `json:"network_overrides,omitempty"`
+	VsockOverride       *VsockOverride    `json:"vsock_override,omitempty"`
 }
 
 // InstanceInfo is GET /.
@@ -313,10 +320,15 @@ func (c *Client) CreateSnapshot(ctx context.Context, s SnapshotCreate) error {
 
 // LoadSnapshot is PUT /snapshot/load. On releases before 1.14 dirty-page
 // tracking is sent as enable_diff_snapshots and network overrides are
-// refused.
+// refused; a vsock override is refused before 1.16.
 func (c *Client) LoadSnapshot(ctx context.Context, s SnapshotLoad) error {
 	if len(s.NetworkOverrides) > 0 {
 		if err := c.requireLevel("snapshot load with network overrides", V1_14_1); err != nil {
+			return err
+		}
+	}
+	if s.VsockOverride != nil {
+		if err := c.requireLevel("snapshot load with a vsock override", V1_16_1); err != nil {
 			return err
 		}
 	}

@@ -23,6 +23,48 @@
 //     /dev/null, so the serial console is written to <chroot>/serial.log via
 //     PUT /serial (>= 1.14) and Handle.LogPath points there; on older
 //     releases the console is not captured in jailer mode.
+//
+// # Paths the VMM sees
+//
+// Firecracker reopens a restored VM's host resources where the saved VM had
+// them ("at the same relative paths", in its snapshot documentation). So
+// no path of a VM's own files is absolute in what Firecracker records:
+// under the jailer they are chroot-relative (/drive-<id>, /run/vsock.sock);
+// in plain mode Firecracker runs in RuntimeDir and is given paths relative
+// to it: drive <id> is drive-<id>, a symlink RuntimeDir/drive-<id> ->
+// Drive.Path made by Start, and a vsock socket inside RuntimeDir is given by
+// its base name. Kernel, initrd, logger and metrics keep host paths (a
+// snapshot does not record them).
+//
+// # Snapshots (vmm.Snapshotter, Spec.RestoreFrom)
+//
+// A saved state is two files: Save(path) sends PATCH /vm Paused and PUT
+// /snapshot/create {snapshot_type Full, snapshot_path path, mem_file_path
+// path+".mem"} (MemFileSuffix) and leaves the guest paused. path is the one
+// name the caller keeps and passes back as Spec.RestoreFrom; the memory file
+// is its sibling and goes (moves, is removed) with it. Neither may exist.
+//
+// Start with Spec.RestoreFrom launches Firecracker as a boot does (same
+// launcher, same stale-file removal), configures only the logger and
+// metrics (the only resources Firecracker accepts before a load), makes the
+// drive links, and sends PUT /snapshot/load {snapshot_path, mem_backend
+// {File, path+".mem"}, resume_vm true, network_overrides}: every NIC
+// eth<i> is re-pointed at Spec.Net[i].Tap, since tap names are host-global;
+// the drive links and a vsock socket in RuntimeDir need no override (see
+// above); a vsock socket outside RuntimeDir is re-pointed with
+// vsock_override. Start returns once the load (with resume) was accepted.
+//
+// What each release can do: network_overrides exist from 1.14, vsock_override
+// from 1.16; 1.5.0 loads (mem_backend, resume_vm) but cannot re-point a NIC.
+// A restore that needs an override the running release lacks fails before
+// anything is launched with an error wrapping vmm.ErrUnsupported and
+// ErrVersionTooOld: boot cold. Capabilities().Snapshots is true in plain
+// mode on releases >= 1.14.1 (`firecracker --version`, read once), where
+// every banger VM (one tap, vsock in RuntimeDir) restores; on 1.5.0 it is
+// false, though Save works and a spec without NICs restores. Jailer mode has
+// no snapshots (Save and RestoreFrom return vmm.ErrUnsupported): the state
+// files would have to be moved into and out of the chroot by the privileged
+// side. VMMVersion (vmm.Versioner) is "firecracker X.Y.Z".
 package firecracker
 
 import (
@@ -46,6 +88,8 @@ import (
 
 // File names.
 const (
+	MemFileSuffix   = ".mem"             // a saved state's memory file: the state path plus this
+	DriveLinkPrefix = "drive-"           // drive <id> is drive-<id> in RuntimeDir (plain) or the chroot (jailer)
 	SocketName      = "firecracker.sock" // plain mode, in RuntimeDir
 	PIDFileName     = "firecracker.pid"  // RuntimeDir
 	JailerLinkName  = "api.sock"         // jailer mode: RuntimeDir symlink to the chroot socket
@@ -83,7 +127,8 @@ type JailOps interface {
 	RemoveJail(ctx context.Context, spec privops.JailSpec) error
 }
 
-// Driver implements vmm.Driver and vmm.Pauser with Firecracker.
+// Driver implements vmm.Driver, vmm.Pauser, vmm.Snapshotter and
+// vmm.Versioner with Firecracker.
 type Driver struct {
 	cfg      Config
 	launcher vmm.Launcher
@@ -135,11 +180,31 @@ func New(cfg Config, launcher vmm.Launcher, runner hostexec.Runner, logger *slog
 // Name implements vmm.Driver.
 func (d *Driver) Name() string { return "firecracker" }
 
-// Capabilities implements vmm.Driver.
+// Capabilities implements vmm.Driver. Snapshots depends on the release
+// (see the package doc): the first call may run `firecracker --version`.
 func (d *Driver) Capabilities() vmm.Capabilities {
-	// Snapshots stay false until the driver implements them: nothing
-	// behind a capability is worse than no capability.
-	return vmm.Capabilities{Vsock: true, Pause: true}
+	return vmm.Capabilities{Vsock: true, Pause: true, Snapshots: d.snapshotsSupported()}
+}
+
+// snapshotsSupported: plain mode on a release that can re-point a NIC on
+// load. An undetectable version has no snapshots (Start then fails anyway).
+func (d *Driver) snapshotsSupported() bool {
+	if d.cfg.Jailer != nil {
+		return false
+	}
+	v, err := d.BinaryVersion(context.Background())
+	return err == nil && FeatureLevel(v).AtLeast(V1_14_1)
+}
+
+// VMMVersion implements vmm.Versioner: "firecracker X.Y.Z" from
+// `firecracker --version`. A snapshot loads only into the release that
+// wrote it (Firecracker's state file is versioned by release).
+func (d *Driver) VMMVersion(ctx context.Context) (string, error) {
+	v, err := d.BinaryVersion(ctx)
+	if err != nil {
+		return "", err
+	}
+	return "firecracker " + v.String(), nil
 }
 
 // BinaryVersion runs `firecracker --version` once and checks the supported
@@ -221,15 +286,23 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Handle, error) 
 	if len(spec.SerialPorts) > 0 {
 		return nil, fmt.Errorf("firecracker: virtio-serial ports: %w (use vsock)", vmm.ErrUnsupported)
 	}
-	if spec.RestoreFrom != "" {
-		return nil, fmt.Errorf("firecracker: restore from a snapshot: %w (boot cold, or use the qemu driver)", vmm.ErrUnsupported)
-	}
 	l, err := d.layout(spec)
 	if err != nil {
 		return nil, fmt.Errorf("firecracker: %w", err)
 	}
-	if _, err := d.BinaryVersion(ctx); err != nil {
+	for _, dr := range spec.Drives {
+		if strings.ContainsAny(dr.ID, "/\x00") || dr.ID == "." || dr.ID == ".." {
+			return nil, fmt.Errorf("firecracker: drive id %q: must not contain '/'", dr.ID)
+		}
+	}
+	version, err := d.BinaryVersion(ctx)
+	if err != nil {
 		return nil, err
+	}
+	if spec.RestoreFrom != "" {
+		if err := d.checkRestore(spec, l, version); err != nil {
+			return nil, err
+		}
 	}
 	if h, err := d.Find(ctx, spec); err == nil {
 		return nil, fmt.Errorf("firecracker: vm %s is already running (pid %d): %w", spec.VMID, h.PID, model.ErrAlreadyExists)
@@ -252,7 +325,9 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Handle, error) 
 			Argv: []string{d.cfg.Binary, "--api-sock", l.socket, "--id", spec.VMID},
 			Dir:  spec.RuntimeDir, LogPath: spec.LogPath, PIDFile: l.pidFile, UID: spec.UID, GID: spec.GID, Env: d.cfg.Env,
 		}
-		paths = hostPaths(spec)
+		if paths, err = plainPaths(spec); err != nil {
+			return nil, fmt.Errorf("firecracker: vm %s: %w", spec.VMID, err)
+		}
 	} else {
 		if paths, err = d.prepareChroot(ctx, spec, l); err != nil {
 			return nil, fmt.Errorf("firecracker: prepare jail for vm %s: %w", spec.VMID, err)
@@ -315,8 +390,43 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Handle, error) 
 		return fail(err)
 	}
 	h = d.handle(spec, l, pid) // the serial log may exist now
-	d.log.Info("firecracker started", "vm", spec.VMID, "pid", pid, "version", c.Version.String(), "jailed", l.chroot != "")
+	d.log.Info("firecracker started", "vm", spec.VMID, "pid", pid, "version", c.Version.String(), "jailed", l.chroot != "", "restored", spec.RestoreFrom != "")
 	return h, nil
+}
+
+// checkRestore refuses, before anything is launched, a restore this mode or
+// release cannot do (vmm.ErrUnsupported: boot cold) or whose files are
+// missing.
+func (d *Driver) checkRestore(spec vmm.Spec, l layout, v Version) error {
+	unsupported := func(what string, min Version) error {
+		return fmt.Errorf("firecracker %s: restore vm %s from a snapshot: %s needs firecracker >= %s: %w: %w (boot cold)",
+			v, spec.VMID, what, min, vmm.ErrUnsupported, ErrVersionTooOld)
+	}
+	if l.chroot != "" {
+		return fmt.Errorf("firecracker: restore vm %s from a snapshot under the jailer: %w (boot cold, or run without the jailer)", spec.VMID, vmm.ErrUnsupported)
+	}
+	level := FeatureLevel(v)
+	if len(spec.Net) > 0 && !level.AtLeast(V1_14_1) {
+		return unsupported("re-pointing its network interface at tap "+spec.Net[0].Tap+" (network_overrides)", V1_14_1)
+	}
+	if spec.VsockPath != "" && !relativeVsock(spec) && !level.AtLeast(V1_16_1) {
+		return unsupported("a vsock socket outside its runtime dir (vsock_override)", V1_16_1)
+	}
+	if !filepath.IsAbs(spec.RestoreFrom) {
+		return fmt.Errorf("firecracker: restore vm %s: state file %q must be an absolute path", spec.VMID, spec.RestoreFrom)
+	}
+	for _, p := range []string{spec.RestoreFrom, spec.RestoreFrom + MemFileSuffix} {
+		if _, err := os.Stat(p); err != nil {
+			return fmt.Errorf("firecracker: restore vm %s: %w", spec.VMID, err)
+		}
+	}
+	return nil
+}
+
+// relativeVsock reports a vsock socket directly in RuntimeDir, which
+// plain mode names by its base name (see the package doc).
+func relativeVsock(spec vmm.Spec) bool {
+	return spec.VsockPath != "" && filepath.Dir(spec.VsockPath) == filepath.Clean(spec.RuntimeDir)
 }
 
 // killStarting kills a jailed VMM that failed to start. Until the jailer
@@ -347,16 +457,32 @@ type guestPaths struct {
 	drives                                         []string
 }
 
-func hostPaths(spec vmm.Spec) guestPaths {
+// plainPaths are the paths a plain-mode Firecracker (working directory
+// RuntimeDir) is given: drives through links RuntimeDir/drive-<id> (made
+// here) and a vsock socket in RuntimeDir by its base name, so that a
+// snapshot records no path of this VM's (see the package doc).
+func plainPaths(spec vmm.Spec) (guestPaths, error) {
 	p := guestPaths{kernel: spec.Kernel, initrd: spec.Initrd, metrics: spec.MetricsPath, vsock: spec.VsockPath,
 		logger: filepath.Join(spec.RuntimeDir, "firecracker.log")}
-	for _, dr := range spec.Drives {
-		p.drives = append(p.drives, dr.Path)
+	if relativeVsock(spec) {
+		p.vsock = filepath.Base(spec.VsockPath)
 	}
-	return p
+	for _, dr := range spec.Drives {
+		name := DriveLinkPrefix + dr.ID
+		target, err := filepath.Abs(dr.Path)
+		if err != nil {
+			return guestPaths{}, fmt.Errorf("drive %s: %w", dr.ID, err)
+		}
+		if err := replaceSymlink(target, filepath.Join(spec.RuntimeDir, name)); err != nil {
+			return guestPaths{}, fmt.Errorf("drive %s: link: %w", dr.ID, err)
+		}
+		p.drives = append(p.drives, name)
+	}
+	return p, nil
 }
 
-// configure sends the pre-boot requests and InstanceStart.
+// configure sends the pre-boot requests and InstanceStart, or, with
+// Spec.RestoreFrom, the snapshot load (see restore).
 func (d *Driver) configure(ctx context.Context, c *Client, spec vmm.Spec, l layout, p guestPaths) error {
 	hostFile := func(guest string) string {
 		if l.chroot == "" {
@@ -387,6 +513,9 @@ func (d *Driver) configure(ctx context.Context, c *Client, spec vmm.Spec, l layo
 			return err
 		}
 	}
+	if spec.RestoreFrom != "" {
+		return restore(ctx, c, spec)
+	}
 	if err := c.PutMachineConfig(ctx, MachineConfig{VCPUCount: spec.VCPU, MemSizeMiB: spec.MemoryMiB}); err != nil {
 		return err
 	}
@@ -399,7 +528,7 @@ func (d *Driver) configure(ctx context.Context, c *Client, spec vmm.Spec, l layo
 		}
 	}
 	for i, n := range spec.Net {
-		if err := c.PutNetworkInterface(ctx, NetworkInterface{IfaceID: "eth" + strconv.Itoa(i), HostDevName: n.Tap, GuestMAC: n.MAC}); err != nil {
+		if err := c.PutNetworkInterface(ctx, NetworkInterface{IfaceID: ifaceID(i), HostDevName: n.Tap, GuestMAC: n.MAC}); err != nil {
 			return err
 		}
 	}
@@ -410,6 +539,29 @@ func (d *Driver) configure(ctx context.Context, c *Client, spec vmm.Spec, l layo
 	}
 	return c.Action(ctx, ActionInstanceStart)
 }
+
+// restore loads Spec.RestoreFrom with the overrides that make the guest
+// use this VM's taps (and vsock socket when it is outside RuntimeDir), and
+// resumes it.
+func restore(ctx context.Context, c *Client, spec vmm.Spec) error {
+	load := SnapshotLoad{
+		SnapshotPath: spec.RestoreFrom,
+		MemBackend:   &MemoryBackend{BackendType: "File", BackendPath: spec.RestoreFrom + MemFileSuffix},
+		ResumeVM:     true,
+	}
+	for i, n := range spec.Net {
+		load.NetworkOverrides = append(load.NetworkOverrides, NetworkOverride{IfaceID: ifaceID(i), HostDevName: n.Tap})
+	}
+	if spec.VsockPath != "" && !relativeVsock(spec) {
+		load.VsockOverride = &VsockOverride{UDSPath: spec.VsockPath}
+	}
+	if err := c.LoadSnapshot(ctx, load); err != nil {
+		return fmt.Errorf("restore from %s: %w", spec.RestoreFrom, err)
+	}
+	return nil
+}
+
+func ifaceID(i int) string { return "eth" + strconv.Itoa(i) }
 
 // ensureFile creates an empty file Firecracker opens without O_CREAT
 // (logger, metrics), owned by the VMM's user; made (the jail's, by
@@ -450,7 +602,7 @@ func (d *Driver) prepareChroot(ctx context.Context, spec vmm.Spec, l layout) (gu
 		js.Files = append(js.Files, privops.JailFile{Name: "initrd", Source: spec.Initrd})
 	}
 	for _, dr := range spec.Drives {
-		name := "drive-" + dr.ID
+		name := DriveLinkPrefix + dr.ID
 		js.Files = append(js.Files, privops.JailFile{Name: name, Source: dr.Path})
 		p.drives = append(p.drives, "/"+name)
 	}
@@ -595,14 +747,39 @@ func (d *Driver) Resume(ctx context.Context, h *vmm.Handle) error {
 	return d.client(h).PatchVM(ctx, VMResumed)
 }
 
-// CreateSnapshot pauses the VM, writes a full snapshot (state + memory; paths
-// as the VMM sees them) and leaves the VM paused.
-func (d *Driver) CreateSnapshot(ctx context.Context, h *vmm.Handle, statePath, memPath string) error {
+// Save implements vmm.Snapshotter: PATCH /vm Paused, then PUT
+// /snapshot/create (Full) to path and path+MemFileSuffix, neither of which
+// may exist. The guest stays paused. On failure the partial files are
+// removed. Not under the jailer (vmm.ErrUnsupported).
+func (d *Driver) Save(ctx context.Context, h *vmm.Handle, path string) error {
+	if h.Chroot != "" {
+		return fmt.Errorf("firecracker: save under the jailer: %w", vmm.ErrUnsupported)
+	}
+	if !filepath.IsAbs(path) {
+		return fmt.Errorf("firecracker: save: state file %q must be an absolute path", path)
+	}
+	mem := path + MemFileSuffix
+	for _, p := range []string{path, mem} {
+		if _, err := os.Lstat(p); err == nil {
+			return fmt.Errorf("firecracker: save: %s already exists", p)
+		} else if !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("firecracker: save: %w", err)
+		}
+	}
 	c := d.client(h)
 	if err := c.PatchVM(ctx, VMPaused); err != nil {
+		return fmt.Errorf("firecracker: save: pause guest: %w", err)
+	}
+	if err := c.CreateSnapshot(ctx, SnapshotCreate{SnapshotType: "Full", SnapshotPath: path, MemFilePath: mem}); err != nil {
+		err = fmt.Errorf("firecracker: save to %s: %w", path, err)
+		for _, p := range []string{path, mem} {
+			if rerr := os.Remove(p); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+				err = errors.Join(err, rerr)
+			}
+		}
 		return err
 	}
-	return c.CreateSnapshot(ctx, SnapshotCreate{SnapshotType: "Full", SnapshotPath: statePath, MemFilePath: memPath})
+	return nil
 }
 
 // Describe returns GET / of a running VM (state "Running" / "Paused").

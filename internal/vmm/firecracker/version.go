@@ -15,7 +15,8 @@ type Version struct{ Major, Minor, Patch int }
 var (
 	MinVersion     = Version{1, 5, 0}
 	V1_14_1        = Version{1, 14, 1}
-	NewestTested   = Version{1, 16, 1}
+	V1_16_1        = Version{1, 16, 1}
+	NewestTested   = V1_16_1
 	TestedVersions = []Version{MinVersion, V1_14_1, NewestTested}
 )
 

@@ -292,7 +292,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Handle, error) 
 	}
 	for _, dr := range spec.Drives {
 		if strings.ContainsAny(dr.ID, "/\x00") || dr.ID == "." || dr.ID == ".." {
-			return nil, fmt.Errorf("firecracker: drive id %q: must not contain '/'", dr.ID)
+			return nil, fmt.Errorf("firecracker: drive id %q: must be a file name (no '/', not . or ..)", dr.ID)
 		}
 	}
 	version, err := d.BinaryVersion(ctx)

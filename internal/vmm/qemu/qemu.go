@@ -54,9 +54,17 @@ const (
 // against jiffies, which under TCG are the unreliable ones: it marked the
 // TSC unstable within 2 s of boot and the guest fell back to
 // refined-jiffies (clocks 22% fast here). tsc=reliable keeps the TSC.
+//
+// RebootTripleFaultArg: microvm has no ACPI, PCI or i8042, so a guest
+// kernel's default reset path (ACPI, then the keyboard controller polled
+// twenty times, then port 0xcf9) finds nothing to reset it until it falls
+// through to a triple fault, after a delay that grew past 3 s on a loaded
+// host; that is the fast stop's reset (the agent's sysrq b). reboot=t goes
+// to the triple fault at once, which QEMU (-no-reboot) turns into its exit.
 const (
-	TSCEarlyKHzArg = "tsc_early_khz="
-	TSCReliableArg = "tsc=reliable"
+	TSCEarlyKHzArg       = "tsc_early_khz="
+	TSCReliableArg       = "tsc=reliable"
+	RebootTripleFaultArg = "reboot=t"
 )
 
 // Config selects the binary, machine and accelerator.
@@ -202,12 +210,18 @@ func qemuValue(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 var serialID = regexp.MustCompile(`^[A-Za-z0-9_-]{1,20}$`)
 
 // KernelCmdline returns spec.Cmdline plus the machine-specific arguments:
-// on microvm under TCG, tsc_early_khz=tscKHz (the host's TSC rate, which a
+// on microvm reboot=t, and under TCG also tsc_early_khz=tscKHz (the host's TSC rate, which a
 // TCG guest's TSC runs at) and tsc=reliable, each unless the command line
 // already sets it.
 func KernelCmdline(spec vmm.Spec, machine, accel string, tscKHz int64) string {
 	args := strings.TrimSpace(spec.Cmdline)
-	if machine != MachineMicrovm || accel != AccelTCG {
+	if machine != MachineMicrovm {
+		return args
+	}
+	if !hasParam(args, "reboot") {
+		args = strings.TrimSpace(args + " " + RebootTripleFaultArg)
+	}
+	if accel != AccelTCG {
 		return args
 	}
 	if tscKHz > 0 && !strings.Contains(args, TSCEarlyKHzArg) {

@@ -38,7 +38,7 @@ func TestArgsMicrovmTCG(t *testing.T) {
 		" -machine microvm,x-option-roms=off,pit=on,pic=on,isa-serial=on,rtc=on,pcie=off" +
 		" -accel tcg,thread=multi -cpu max -smp 2 -m 1024 -nodefaults -no-user-config -no-reboot -display none" +
 		" -chardev file,id=serial0,path=/run/b/vm1/vm.log,append=on -serial chardev:serial0" +
-		" -kernel /k/vmlinuz -initrd /k/initrd.img -append console=ttyS0 root=/dev/vda tsc_early_khz=2445000 tsc=reliable" +
+		" -kernel /k/vmlinuz -initrd /k/initrd.img -append console=ttyS0 root=/dev/vda reboot=t tsc_early_khz=2445000 tsc=reliable" +
 		" -drive if=none,id=drive0,file=/d/root,,1.ext4,format=raw,discard=unmap -device virtio-blk-device,drive=drive0,serial=root" +
 		" -drive if=none,id=drive1,file=/d/work.ext4,format=raw,discard=unmap -device virtio-blk-device,drive=drive1,serial=work" +
 		" -drive if=none,id=drive2,file=/d/seed.ext4,format=raw,discard=unmap,readonly=on -device virtio-blk-device,drive=drive2,serial=seed" +
@@ -70,13 +70,22 @@ func TestArgsQ35KVM(t *testing.T) {
 // testTSCKHz is a host TSC rate that is not the old fixed 2000000.
 const testTSCKHz = 2445000
 
-func TestKernelCmdlineKeepsExplicitTSC(t *testing.T) {
-	spec := vmm.Spec{Cmdline: "console=ttyS0 tsc_early_khz=1000000 tsc=unstable"}
+func TestKernelCmdlineKeepsExplicitSettings(t *testing.T) {
+	spec := vmm.Spec{Cmdline: "console=ttyS0 tsc_early_khz=1000000 tsc=unstable reboot=k"}
 	if got := KernelCmdline(spec, MachineMicrovm, AccelTCG, testTSCKHz); got != spec.Cmdline {
 		t.Errorf("got %q", got)
 	}
-	if got := KernelCmdline(vmm.Spec{Cmdline: "a"}, MachineMicrovm, AccelKVM, testTSCKHz); got != "a" {
-		t.Errorf("kvm: got %q", got)
+}
+
+func TestKernelCmdlineByMachineAndAccel(t *testing.T) {
+	for _, c := range []struct{ machine, accel, want string }{
+		{MachineMicrovm, AccelTCG, "a reboot=t tsc_early_khz=2445000 tsc=reliable"},
+		{MachineMicrovm, AccelKVM, "a reboot=t"},
+		{MachineQ35, AccelTCG, "a"},
+	} {
+		if got := KernelCmdline(vmm.Spec{Cmdline: "a"}, c.machine, c.accel, testTSCKHz); got != c.want {
+			t.Errorf("%s/%s: got %q, want %q", c.machine, c.accel, got, c.want)
+		}
 	}
 }
 

@@ -27,7 +27,7 @@ func TestDriverUsesHostTSCRate(t *testing.T) {
 	spec := testSpec("/run/b/vm1")
 	for range 2 {
 		line := strings.Join(d.args(spec, AccelTCG), " ")
-		if !strings.Contains(line, "-append console=ttyS0 root=/dev/vda tsc_early_khz=2445000 tsc=reliable -drive") {
+		if !strings.Contains(line, "-append console=ttyS0 root=/dev/vda reboot=t tsc_early_khz=2445000 tsc=reliable -drive") {
 			t.Fatalf("cmdline lacks the host tsc rate: %s", line)
 		}
 	}

@@ -39,6 +39,32 @@
 //
 // and then closes the connection.
 //
+// # Streams
+//
+// A method registered with HandleStream streams: after its request the
+// client may send stream frames, and before its final frame the server may
+// send them (between event frames, in order). A stream frame is either a
+// message or an acknowledgement:
+//
+//	{"stream":{"ch":0,"data":"<base64>"}}   data on channel ch (0-15)
+//	{"stream":{"ch":0,"eof":true}}          the end of channel ch
+//	{"stream":{"ctl":{"signal":"INT"}}}     a control message (a JSON object)
+//	{"ack":65792}                           window returned to the peer
+//
+// A message carries exactly one of data (at most StreamChunk bytes, 32
+// KiB), eof and ctl (at most MaxStreamCtl bytes, 4 KiB); channels and
+// control messages mean what the method says. Flow control is per
+// direction: a sender keeps at most StreamWindow (256 KiB) unacknowledged,
+// where each message costs its data length plus 256; the receiver
+// acknowledges what its reader consumed (in batches of a quarter window).
+// A client frame over 64 KiB, a malformed or unknown frame, data beyond
+// the window or an ack of more than was sent ends the call with
+// bad_request (the handler is cancelled). The final frame ends the stream;
+// later frames are ignored. A client hangs up to cancel, as with any call.
+// Call on a streaming method works (it acknowledges and drops the
+// server's messages and sends none); OpenStream on a plain method just
+// waits for its answer.
+//
 // # Behaviour
 //
 //   - Before reading anything, the server checks the peer's uid with
@@ -51,8 +77,8 @@
 //     logged with the method, duration and code, and returned on results and
 //     errors. The client forwards OpIDFrom(ctx) so ids carry across hops
 //     (CLI -> daemon -> root helper).
-//   - After its request the client sends nothing more and must not
-//     half-close its side: the server reads the connection while the handler
+//   - After its request the client sends nothing more (except the stream
+//     frames of a streaming method) and must not half-close its side: the server reads the connection while the handler
 //     runs, and EOF or an error there means the client hung up, which
 //     cancels the handler's context. A client cancels a call by closing the
 //     connection.

@@ -40,7 +40,10 @@ type errorFrame struct {
 }
 
 // responseFrame is what a client decodes: exactly one field group is set.
+// Stream and Ack come only from streaming methods.
 type responseFrame struct {
+	Stream *StreamMsg      `json:"stream"`
+	Ack    int             `json:"ack"`
 	Event  *progress.Event `json:"event"`
 	Result json.RawMessage `json:"result"`
 	OpID   string          `json:"op_id"`

@@ -72,11 +72,12 @@ type Server struct {
 
 	mu       sync.RWMutex
 	handlers map[string]Handler
+	streams  map[string]StreamHandler
 }
 
 // NewServer returns a server with no methods.
 func NewServer(opts ServerOptions) *Server {
-	s := &Server{logger: opts.Logger, allow: opts.AllowUID, handlers: map[string]Handler{},
+	s := &Server{logger: opts.Logger, allow: opts.AllowUID, handlers: map[string]Handler{}, streams: map[string]StreamHandler{},
 		maxRequest: opts.MaxRequest, readTimeout: opts.ReadTimeout}
 	if opts.MaxConns <= 0 {
 		opts.MaxConns = DefaultMaxConns
@@ -111,18 +112,36 @@ func (s *Server) Handle(method string, h Handler) {
 	if h == nil {
 		panic("rpc: nil handler for " + method)
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if _, dup := s.handlers[method]; dup {
-		panic("rpc: method registered twice: " + method)
-	}
-	s.handlers[method] = h
+	s.register(method, func() { s.handlers[method] = h })
 }
 
-func (s *Server) handler(method string) Handler {
+// HandleStream registers h for method as a streaming method (see the
+// package doc, "Streams"). It panics like Handle.
+func (s *Server) HandleStream(method string, h StreamHandler) {
+	if !validMethod(method) {
+		panic(fmt.Sprintf("rpc: malformed method name %q", method))
+	}
+	if h == nil {
+		panic("rpc: nil handler for " + method)
+	}
+	s.register(method, func() { s.streams[method] = h })
+}
+
+func (s *Server) register(method string, add func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, dup := s.handlers[method]
+	_, dupStream := s.streams[method]
+	if dup || dupStream {
+		panic("rpc: method registered twice: " + method)
+	}
+	add()
+}
+
+func (s *Server) handler(method string) (Handler, StreamHandler) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return s.handlers[method]
+	return s.handlers[method], s.streams[method]
 }
 
 // Serve accepts connections on ln until ctx is done, then closes ln,
@@ -263,8 +282,8 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
 		s.logger.Warn("rpc rejected", "op_id", opID, "code", rerr.Code, "err", rerr.Message, "peer_uid", peer.UID)
 		return
 	}
-	h := s.handler(req.Method)
-	if h == nil {
+	h, sh := s.handler(req.Method)
+	if h == nil && sh == nil {
 		e := &Error{Code: CodeUnknownMethod, OpID: opID,
 			Message: fmt.Sprintf("unknown method %q: %s does not offer it (if banger was just upgraded, restart the daemon with `banger daemon stop`)", req.Method, s.desc)}
 		_ = w.write(errorFrame{Error: e}, true)
@@ -282,20 +301,30 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
 			}
 		})
 	}
-	// The client sends nothing after its request: any read result (EOF,
-	// reset, or our own Close) means it hung up.
 	_ = conn.SetReadDeadline(time.Time{})
-	go func() {
-		var buf [256]byte
-		for {
-			if _, err := br.Read(buf[:]); err != nil {
-				cancel(errClientGone)
-				return
+	var stream *Stream
+	if sh != nil {
+		stream = newStream(func(v any) error { return w.write(v, false) })
+		go readStream(br, stream, cancel)
+	} else {
+		// The client sends nothing after its request: any read result
+		// (EOF, reset, or our own Close) means it hung up.
+		go func() {
+			var buf [256]byte
+			for {
+				if _, err := br.Read(buf[:]); err != nil {
+					cancel(errClientGone)
+					return
+				}
 			}
-		}
-	}()
+		}()
+	}
 
-	res, err := s.invoke(hctx, h, req, opID)
+	res, err := s.invoke(hctx, h, sh, stream, req, opID)
+	var violation *Error
+	if err != nil && errors.As(context.Cause(hctx), &violation) {
+		err = violation // the client broke the stream protocol
+	}
 	var frame any
 	if err == nil {
 		raw, merr := json.Marshal(res)
@@ -345,14 +374,53 @@ func codeOrOK(err error) string {
 }
 
 // invoke runs h, turning a panic into operation_failed.
-func (s *Server) invoke(ctx context.Context, h Handler, req request, opID string) (res any, err error) {
+func (s *Server) invoke(ctx context.Context, h Handler, sh StreamHandler, stream *Stream, req request, opID string) (res any, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			s.logger.Error("rpc handler panicked", "method", req.Method, "op_id", opID, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
 			res, err = nil, Errorf(CodeOperationFailed, "internal error in %s (see the daemon log)", req.Method)
 		}
 	}()
+	if sh != nil {
+		return sh(ctx, req.Params, stream)
+	}
 	return h(ctx, req.Params)
+}
+
+// readStream reads a streaming call's client frames into st until the
+// connection ends. A client that hangs up cancels the handler with
+// errClientGone; one that breaks the protocol (garbage, an oversized
+// frame, data beyond the window) with a bad_request *Error, which becomes
+// the call's answer.
+func readStream(br *bufio.Reader, st *Stream, cancel context.CancelCauseFunc) {
+	fail := func(err error) {
+		st.finish(err)
+		cancel(err)
+	}
+	for {
+		line, err := readFrame(br, maxStreamFrame)
+		if err != nil {
+			var re *Error
+			if errors.As(err, &re) {
+				fail(Errorf(CodeBadRequest, "stream frame larger than %d KiB", maxStreamFrame>>10))
+			} else {
+				fail(errClientGone)
+			}
+			return
+		}
+		f, err := decodeStreamFrame(line)
+		if err == nil {
+			if f.Stream != nil {
+				err = st.deliver(f.Stream)
+			} else {
+				err = st.ack(f.Ack)
+			}
+		}
+		if err != nil {
+			fail(Errorf(CodeBadRequest, "%s", err.Error()))
+			return
+		}
+	}
 }
 
 // readFrame reads up to and excluding the first newline. A frame ended by

@@ -58,6 +58,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"syscall"
 	"time"
 )
 
@@ -133,6 +134,32 @@ type Health struct {
 	Uptime    float64   `json:"uptime"`    // seconds, /proc/uptime
 	Time      time.Time `json:"time"`      // guest wall clock when answering
 	Transport string    `json:"transport"` // "virtio-serial", "vsock" or "test"
+	// Features lists what this agent supports beyond protocol 1's first
+	// release (FeatureSignal); an older agent sends none.
+	Features []string `json:"features,omitempty"`
+}
+
+// FeatureSignal: the agent accepts KindSignal for a running exec.
+const FeatureSignal = "signal"
+
+// Features is what this package's agent reports in Health.Features.
+var Features = []string{FeatureSignal}
+
+// HasFeature reports whether h lists feature.
+func (h Health) HasFeature(feature string) bool {
+	for _, f := range h.Features {
+		if f == feature {
+			return true
+		}
+	}
+	return false
+}
+
+// Signals are the names KindSignal accepts (and ExecRequest.Signals
+// carries), as in kill -s.
+var Signals = map[string]syscall.Signal{
+	"INT": syscall.SIGINT, "TERM": syscall.SIGTERM, "HUP": syscall.SIGHUP, "QUIT": syscall.SIGQUIT,
+	"KILL": syscall.SIGKILL, "USR1": syscall.SIGUSR1, "USR2": syscall.SIGUSR2,
 }
 
 // Identity is what makes a VM itself. ApplyIdentity applies, in this order:
@@ -195,6 +222,12 @@ type ExecRequest struct {
 	Stdin  io.Reader `json:"-"`
 	Stdout io.Writer `json:"-"` // nil = discard
 	Stderr io.Writer `json:"-"` // nil = discard
+	// Signals, when set, carries signal names (keys of Signals) to deliver
+	// to the command's process group while it runs. Only an agent that
+	// reports FeatureSignal delivers them: an older one refuses the frame
+	// as malformed (an error with id 0, which ends no call), so the signal
+	// is lost; check Health first when that matters.
+	Signals <-chan string `json:"-"`
 }
 
 // ExecResult is how a command ended.

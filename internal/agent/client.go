@@ -343,6 +343,23 @@ func (c *Conn) Exec(ctx context.Context, req ExecRequest) (ExecResult, error) {
 	}
 	defer cl.end()
 	acks := make(chan int, StdinWindow/ChunkSize+8)
+	if req.Signals != nil {
+		sigCtx, stop := context.WithCancel(ctx)
+		defer stop()
+		go func() {
+			for {
+				select {
+				case name := <-req.Signals:
+					body, _ := json.Marshal(signalBody{Signal: name})
+					if cl.send(&Frame{Kind: KindSignal, Body: body}) != nil {
+						return
+					}
+				case <-sigCtx.Done():
+					return
+				}
+			}
+		}()
+	}
 	if req.Stdin != nil {
 		stdinCtx, stop := context.WithCancel(ctx)
 		defer stop()
@@ -389,6 +406,11 @@ func (c *Conn) Exec(ctx context.Context, req ExecRequest) (ExecResult, error) {
 			return r, nil
 		}
 	}
+}
+
+// signalBody is the body of a KindSignal frame.
+type signalBody struct {
+	Signal string `json:"signal"`
 }
 
 func (cl *call) copyStdin(ctx context.Context, r io.Reader, acks <-chan int) {

@@ -11,7 +11,7 @@ import (
 )
 
 // Frame kinds. Host → guest: KindPing, KindIdentity, KindPorts, KindExec,
-// KindHalt (requests), KindStdin and KindCancel (about a running exec). Guest → host:
+// KindHalt (requests), KindStdin, KindCancel and KindSignal (about a running exec). Guest → host:
 // KindStdout, KindStderr (stream), KindResult and KindError (final).
 const (
 	KindPing     = "ping"
@@ -21,6 +21,7 @@ const (
 	KindHalt     = "halt"
 	KindStdin    = "stdin"
 	KindCancel   = "cancel"
+	KindSignal   = "signal" // body {"signal":"INT"}: signal a running exec's process group (FeatureSignal)
 
 	KindAck = "ack" // guest → host: N bytes of stdin were handed to the process
 
@@ -130,7 +131,7 @@ func DecodeFrame(line []byte) (*Frame, error) {
 		return nil, fmt.Errorf("%w: no id", ErrBadFrame)
 	}
 	switch f.Kind {
-	case KindPing, KindIdentity, KindPorts, KindExec, KindHalt, KindStdin, KindCancel,
+	case KindPing, KindIdentity, KindPorts, KindExec, KindHalt, KindStdin, KindCancel, KindSignal,
 		KindStdout, KindStderr, KindResult, KindAck:
 	case KindError:
 		if f.Error == nil {

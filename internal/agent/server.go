@@ -150,6 +150,7 @@ type serverSession struct {
 type execState struct {
 	stdin  chan []byte // nil data = EOF
 	cancel context.CancelFunc
+	pgid   atomic.Int64 // the command's process group, once started
 }
 
 func (ss *serverSession) reply(f *Frame) {
@@ -205,6 +206,24 @@ func (ss *serverSession) handle(f *Frame) {
 		ss.mu.Unlock()
 		if e != nil {
 			e.cancel()
+		}
+		return
+	case KindSignal:
+		ss.mu.Lock()
+		e := ss.execs[f.ID]
+		ss.mu.Unlock()
+		var body signalBody
+		_ = json.Unmarshal(f.Body, &body)
+		sig, ok := Signals[body.Signal]
+		if !ok {
+			// No reply: an error frame would end the command's call.
+			ss.srv.logger().Warn("agent: ignored an unknown signal", "id", f.ID, "signal", body.Signal)
+			return
+		}
+		if e != nil {
+			if pgid := e.pgid.Load(); pgid > 1 {
+				_ = syscall.Kill(-int(pgid), sig)
+			}
 		}
 		return
 	case KindPing, KindIdentity, KindPorts, KindExec, KindHalt:
@@ -273,6 +292,7 @@ func (ss *serverSession) run(ctx context.Context, f *Frame, es *execState) (any,
 	case KindPing:
 		h, err := sys.Health(ctx)
 		h.Protocol = Protocol
+		h.Features = Features
 		if h.Transport == "" {
 			h.Transport = ss.transport
 		}
@@ -380,6 +400,7 @@ func (ss *serverSession) exec(ctx context.Context, id uint64, req ExecRequest, s
 		}
 		return ExecResult{}, fmt.Errorf("exec %s: %w", req.Argv[0], err)
 	}
+	es.pgid.Store(int64(cmd.Process.Pid))
 	if stdinW != nil {
 		go ss.feedStdin(ctx, id, stdinW, es.stdin)
 	}

@@ -247,6 +247,37 @@ func Run(t *testing.T, h Harness) {
 			t.Fatalf("ping after cancel: %v", err)
 		}
 	})
+	t.Run("ExecSignal", func(t *testing.T) {
+		c := client(t)
+		hl, err := c.Ping(ctx(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !hl.HasFeature(agent.FeatureSignal) {
+			t.Fatalf("health lists no %q feature: %+v", agent.FeatureSignal, hl)
+		}
+		sigs := make(chan string, 2)
+		var once sync.Once
+		var out strings.Builder
+		// The trap proves the shell got the signal (not a kill); the
+		// child sleep shares its process group, so it ends too. TERM,
+		// not INT: a test run from a non-interactive shell's background
+		// job inherits INT ignored, and sh cannot trap it then.
+		res, err := c.Exec(ctx(t), agent.ExecRequest{
+			Argv: []string{"sh", "-c", "trap 'echo got-term; exit 7' TERM; echo up; sleep 60 & wait"},
+			Stdout: writerFunc(func(p []byte) {
+				out.Write(p)
+				once.Do(func() { sigs <- "BOGUS"; sigs <- "TERM" })
+			}),
+			Signals: sigs,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.ExitCode != 7 || !strings.Contains(out.String(), "got-term") {
+			t.Fatalf("after TERM: %+v, output %q", res, out.String())
+		}
+	})
 	t.Run("Concurrent", func(t *testing.T) {
 		c := client(t)
 		var wg sync.WaitGroup

@@ -247,4 +247,5 @@ func (d *Daemon) register() {
 	d.registerWorkspace()
 	d.registerE2B()
 	d.registerPorts()
+	d.registerExec()
 }

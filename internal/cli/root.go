@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/bangerdev/banger/internal/buildinfo"
+	"github.com/bangerdev/banger/internal/config"
 	"github.com/bangerdev/banger/internal/rpc"
 	"github.com/bangerdev/banger/internal/system"
 )
@@ -93,6 +94,19 @@ func (a *app) printError(err error) {
 	fmt.Fprintf(a.env.Stderr, "banger: %s\n", msg)
 }
 
+// debugf prints a debug line on stderr with --log-level debug (or
+// BANGER_LOG_LEVEL=debug).
+func (a *app) debugf(format string, args ...any) {
+	level := a.logLevel
+	if level == "" && a.env.Getenv != nil {
+		level = a.env.Getenv(config.EnvLogLevel)
+	}
+	if level != "debug" {
+		return
+	}
+	fmt.Fprintf(a.env.Stderr, "banger: debug: "+format+"\n", args...)
+}
+
 func (a *app) rootCmd() *cobra.Command {
 	root := &cobra.Command{
 		Use:   "banger",
@@ -112,7 +126,7 @@ The banger CLI talks to bangerd, the owner daemon, which it starts on demand.`,
 		Version:       a.env.Build.String(),
 	}
 	root.SetVersionTemplate("banger {{.Version}}\n")
-	root.PersistentFlags().StringVar(&a.logLevel, "log-level", "", "daemon log level when auto-starting it (debug, info, warn, error)")
+	root.PersistentFlags().StringVar(&a.logLevel, "log-level", "", "daemon log level when auto-starting it (debug, info, warn, error); debug also prints the CLI's own debug lines")
 	root.AddCommand(a.versionCmd(), a.doctorCmd(), a.daemonCmd(), a.vmCmd(), a.imageCmd(), a.kernelCmd(), a.sshConfigCmd(), a.systemCmd(), a.updateCmd(), a.e2bCmd())
 	a.withCompletion(root)
 	return root

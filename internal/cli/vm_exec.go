@@ -101,7 +101,7 @@ A stopped VM is refused (not_running): start it with ` + "`banger vm start`" + `
 			if err := a.checkWorkspaceFresh(ctx, vm, autoPrepare); err != nil {
 				return bangerFailure(err)
 			}
-			status, err := a.runCommand(ctx, vm, execDir(vm, guestPath), argv, a.wantPTY(tty, noTTY))
+			status, err := a.runCommandAuto(ctx, nil, vm, execDir(vm, guestPath), argv, a.wantPTY(tty, noTTY))
 			if err != nil {
 				return bangerFailure(err)
 			}

@@ -251,12 +251,16 @@ func (a *app) vmRun(ctx context.Context, f *runFlags, r runArgs) error {
 	}
 	a.printRunSpec(f, p)
 
-	// With a command, the CLI's own ssh connection is opened while the
-	// daemon waits for ssh (see predial).
+	// With a command that goes over ssh, the CLI's own ssh connection is
+	// opened while the daemon waits for ssh (see predial). A command
+	// without a pty goes through the guest agent (vm.exec) and needs no
+	// ssh at all, so nothing is dialed for it (a handshake costs the guest
+	// CPU); ssh is dialed afterwards only if the agent cannot run it.
+	pty := a.wantPTY(f.tty, f.noTTY)
 	pre := &predial{}
 	defer pre.close()
 	var hook func(progress.Event)
-	if r.argv != nil {
+	if r.argv != nil && !a.agentExecWanted(pty) {
 		hook = pre.hook(a, ctx, p.params.Name)
 	}
 	vm, err := a.createForRun(ctx, f, p, hook)
@@ -277,7 +281,7 @@ func (a *app) vmRun(ctx context.Context, f *runFlags, r runArgs) error {
 	}
 	var status int
 	if r.argv != nil {
-		status, err = a.runCommandOn(ctx, pre.take(30*time.Second), vm, p.workDir, r.argv, a.wantPTY(f.tty, f.noTTY))
+		status, err = a.runCommandAuto(ctx, pre, vm, p.workDir, r.argv, pty)
 	} else {
 		status, err = a.interactiveShell(ctx, vm, p.workDir)
 	}

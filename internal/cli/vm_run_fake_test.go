@@ -27,6 +27,10 @@ type fakeDaemon struct {
 	createErr *rpc.Error
 	// prepareErr: vm.workspace.prepare fails.
 	prepareErr *rpc.Error
+	// exec, when set, serves vm.exec (else the method is unknown, as on
+	// an older daemon).
+	exec func(ctx context.Context, p api.VMExecParams, st *rpc.Stream) (*api.VMExecResult, error)
+	execParams []api.VMExecParams
 }
 
 func (f *fakeDaemon) record(m string) {
@@ -50,7 +54,9 @@ func (f *fakeDaemon) called(m string) bool {
 // runMain sets must already be in place: call after t.Setenv).
 func startFakeDaemon(t *testing.T, f *fakeDaemon, socket string) {
 	t.Helper()
-	f.vms = map[string]*model.VM{}
+	if f.vms == nil {
+		f.vms = map[string]*model.VM{}
+	}
 	s := rpc.NewServer(rpc.ServerOptions{})
 	s.Handle(api.MethodPing, rpc.Typed(func(ctx context.Context, _ api.Empty) (*api.PingResult, error) {
 		return &api.PingResult{Protocol: rpc.ProtocolVersion, Mode: "user"}, nil
@@ -89,6 +95,15 @@ func startFakeDaemon(t *testing.T, f *fakeDaemon, socket string) {
 		f.record(api.MethodVMWorkspacePrepare)
 		return nil, f.prepareErr
 	}))
+	if f.exec != nil {
+		s.HandleStream(api.MethodVMExec, rpc.TypedStream(func(ctx context.Context, p api.VMExecParams, st *rpc.Stream) (*api.VMExecResult, error) {
+			f.record(api.MethodVMExec)
+			f.mu.Lock()
+			f.execParams = append(f.execParams, p)
+			f.mu.Unlock()
+			return f.exec(ctx, p, st)
+		}))
+	}
 	if err := os.MkdirAll(filepath.Dir(socket), 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -105,6 +120,12 @@ func startFakeDaemon(t *testing.T, f *fakeDaemon, socket string) {
 // runWithFake runs the CLI against a fake daemon.
 func runWithFake(t *testing.T, f *fakeDaemon, dir string, args ...string) (string, string, int) {
 	t.Helper()
+	return runWithFakeIn(t, f, "", dir, args...)
+}
+
+// runWithFakeIn is runWithFake with stdin.
+func runWithFakeIn(t *testing.T, f *fakeDaemon, stdin, dir string, args ...string) (string, string, int) {
+	t.Helper()
 	root := t.TempDir()
 	for k, v := range map[string]string{
 		"BANGER_STATE_DIR": filepath.Join(root, "state"), "BANGER_CACHE_DIR": filepath.Join(root, "cache"),
@@ -118,7 +139,7 @@ func runWithFake(t *testing.T, f *fakeDaemon, dir string, args ...string) (strin
 		t.Chdir(dir)
 	}
 	var out, errb bytes.Buffer
-	code := Main(context.Background(), Env{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errb, Getenv: os.Getenv}, args)
+	code := Main(context.Background(), Env{Stdin: strings.NewReader(stdin), Stdout: &out, Stderr: &errb, Getenv: os.Getenv}, args)
 	return out.String(), errb.String(), code
 }
 

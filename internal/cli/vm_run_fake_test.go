@@ -29,7 +29,7 @@ type fakeDaemon struct {
 	prepareErr *rpc.Error
 	// exec, when set, serves vm.exec (else the method is unknown, as on
 	// an older daemon).
-	exec func(ctx context.Context, p api.VMExecParams, st *rpc.Stream) (*api.VMExecResult, error)
+	exec       func(ctx context.Context, p api.VMExecParams, st *rpc.Stream) (*api.VMExecResult, error)
 	execParams []api.VMExecParams
 }
 

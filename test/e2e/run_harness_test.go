@@ -126,8 +126,14 @@ func (e *env) bangerIn(dir string, stdin []byte, args ...string) result {
 // bangerT is bangerIn reporting to t (a subtest).
 func (e *env) bangerT(t testing.TB, dir string, stdin []byte, args ...string) result {
 	t.Helper()
+	return e.bangerEnvT(t, nil, dir, stdin, args...)
+}
+
+// bangerEnvT is bangerT with extra environment (KEY=VALUE).
+func (e *env) bangerEnvT(t testing.TB, extraEnv []string, dir string, stdin []byte, args ...string) result {
+	t.Helper()
 	cmd := exec.Command("ip", append([]string{"netns", "exec", e.ns, filepath.Join(e.bin, "banger")}, args...)...)
-	cmd.Env = e.environ()
+	cmd.Env = e.environ(extraEnv...)
 	cmd.Dir = dir
 	if stdin != nil {
 		cmd.Stdin = bytes.NewReader(stdin)

@@ -295,6 +295,32 @@ func TestE2EVMRunWorkspace(t *testing.T) {
 		}
 	})
 
+	t.Run("agent-path", func(t *testing.T) {
+		// Without a pty, commands go through the daemon and the guest
+		// agent (vm.exec), not ssh: stdin in, streams apart, the status
+		// out; BANGER_EXEC_VIA=ssh takes the ssh path, with the same
+		// results and the same login environment.
+		in := []byte("stdin through the agent\n")
+		script := `cat; echo "to-stderr $(pwd)" >&2; exit 4`
+		agent := e.bangerT(t, "", in, "--log-level", "debug", "vm", "exec", "ws", "--", script)
+		if agent.code != 4 || agent.stdout != string(in) || !strings.Contains(agent.stderr, "to-stderr /root/repo\n") ||
+			!strings.Contains(agent.stderr, "through the guest agent") {
+			t.Errorf("agent path: %s", agent)
+		}
+		ssh := e.bangerEnvT(t, []string{"BANGER_EXEC_VIA=ssh"}, "", in, "--log-level", "debug", "vm", "exec", "ws", "--", script)
+		if ssh.code != 4 || ssh.stdout != string(in) || !strings.Contains(ssh.stderr, "to-stderr /root/repo\n") ||
+			!strings.Contains(ssh.stderr, "over ssh") {
+			t.Errorf("ssh path: %s", ssh)
+		}
+		t.Logf("vm exec through the agent: %s; over ssh: %s", agent.took.Round(time.Millisecond), ssh.took.Round(time.Millisecond))
+		envScript := `echo "$HOME $USER $LOGNAME"; case ":$PATH:" in *:/usr/bin:*) echo path-ok;; esac; [ -n "$BASH_VERSION" ] && shopt -q login_shell && echo login-bash`
+		a := e.bangerT(t, "", nil, "vm", "exec", "ws", "--", envScript)
+		s := e.bangerEnvT(t, []string{"BANGER_EXEC_VIA=ssh"}, "", nil, "vm", "exec", "ws", "--", envScript)
+		if a.code != 0 || a.stdout != s.stdout || !strings.Contains(a.stdout, "/root root root\npath-ok\n") {
+			t.Errorf("login environment: agent %q, ssh %q", a.stdout, s.stdout)
+		}
+	})
+
 	t.Run("interrupt", func(t *testing.T) {
 		// Ctrl-C reaches every process of the command (here a pipeline),
 		// not just the shell sshd started.

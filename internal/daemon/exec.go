@@ -115,13 +115,44 @@ func execThroughAgent(ctx context.Context, log *slog.Logger, c agent.Client, p a
 	return out, nil
 }
 
-// pumpClient reads the client's messages: stdin data into w (nil: the
+// pumpClient reads the client's messages: stdin data for w (nil: the
 // command has no stdin, and data is a protocol error), control messages
 // into signals. When the agent cannot signal, any signal kills the
 // command (cancel). It returns when the client's side ends.
+//
+// Stdin is written by its own goroutine and each message's window is
+// released only once written (RecvHold), so a command that does not read
+// its stdin holds at most a window of it here, and a signal sent behind
+// that stdin still arrives.
 func pumpClient(ctx context.Context, log *slog.Logger, st *rpc.Stream, w *io.PipeWriter, signals chan<- string, canSignal bool, cancel context.CancelCauseFunc) {
+	var stdin chan rpc.StreamMsg
+	if w != nil {
+		// Never full: unreleased messages are bounded by the window.
+		stdin = make(chan rpc.StreamMsg, rpc.StreamWindow/256+1)
+		defer func() {
+			if stdin != nil {
+				close(stdin)
+			}
+		}()
+		go func(stdin <-chan rpc.StreamMsg, w *io.PipeWriter) {
+			broken := false
+			for m := range stdin {
+				switch {
+				case m.EOF:
+					_ = w.Close()
+					broken = true
+				case !broken:
+					// Blocks until the agent took it.
+					if _, err := w.Write(m.Data); err != nil {
+						broken = true // the command is gone; drain
+					}
+				}
+				st.Release(m)
+			}
+		}(stdin, w)
+	}
 	for {
-		m, err := st.Recv(ctx)
+		m, err := st.RecvHold(ctx)
 		if err != nil {
 			if w != nil {
 				_ = w.CloseWithError(fmt.Errorf("client went away: %w", err))
@@ -148,18 +179,16 @@ func pumpClient(ctx context.Context, log *slog.Logger, st *rpc.Stream, w *io.Pip
 			case signals <- ctl.Signal:
 			default: // a burst of signals: the ones queued will do
 			}
-		case m.Ch != api.ExecStdin || w == nil:
-			cancel(rpc.Errorf(rpc.CodeBadRequest, "vm.exec: data on channel %d (stdin goes on channel %d, with stdin set)", m.Ch, api.ExecStdin))
+		case m.Ch != api.ExecStdin || stdin == nil:
+			cancel(rpc.Errorf(rpc.CodeBadRequest, "vm.exec: data on channel %d (stdin goes on channel %d, with stdin set, before its eof)", m.Ch, api.ExecStdin))
 			return
 		case m.EOF:
-			_ = w.Close()
+			stdin <- m
+			close(stdin)
+			stdin = nil
 			w = nil
 		default:
-			// Blocks until the agent took it: that is the back-pressure
-			// that keeps the client within its window.
-			if _, err := w.Write(m.Data); err != nil {
-				w = nil // the command is gone; keep reading for signals
-			}
+			stdin <- m
 		}
 	}
 }

@@ -127,6 +127,15 @@ func TestVMExecThroughAgent(t *testing.T) {
 			t.Errorf("out %q res %+v err %v", out, res, err)
 		}
 	})
+	t.Run("signal behind unread stdin", func(t *testing.T) {
+		// The command never reads its stdin: 2 MB of it wait in the
+		// windows, and the signal sent after them still arrives.
+		out, _, res, err := runExec(t, rc, api.VMExecParams{Ref: "vm", Stdin: true,
+			Argv: []string{"/bin/sh", "-c", "trap 'echo got-term; exit 9' TERM; echo up; sleep 60 & wait"}}, strings.Repeat("x", 2<<20), "up", `{"signal":"TERM"}`)
+		if err != nil || !strings.Contains(out, "got-term") || res.Status != 9 {
+			t.Errorf("out %q res %+v err %v", out, res, err)
+		}
+	})
 	t.Run("killed by a signal", func(t *testing.T) {
 		_, _, res, err := runExec(t, rc, api.VMExecParams{Ref: "vm", Argv: []string{"/bin/sh", "-c", "echo up; sleep 60"}}, "", "up", `{"signal":"KILL"}`)
 		if err != nil || res.Status != 128+9 || res.Signal != "KILL" || res.ExitCode != -1 {

@@ -28,6 +28,8 @@ const (
 	// streamOverhead is what every message costs in the window besides its
 	// data, so a peer cannot flood its receiver with empty frames.
 	streamOverhead = 256
+	// streamCtlReserve is the part of the window data never takes.
+	streamCtlReserve = 16 * streamOverhead
 )
 
 // StreamMsg is one message of a stream: Data on channel Ch, the end of
@@ -85,8 +87,8 @@ type streamFrame struct {
 var ErrStreamClosed = errors.New("stream closed")
 
 // Stream is one side of a streaming call: messages both ways, flow
-// controlled. Send and Recv may be used from different goroutines (one
-// sender and one receiver at a time each).
+// controlled. Send is safe for concurrent use (messages go out whole, in
+// some order); Recv and RecvHold are for one receiving goroutine.
 //
 // Flow control: a sender keeps at most StreamWindow bytes (data plus
 // streamOverhead per message) unacknowledged; the receiver acknowledges
@@ -136,6 +138,12 @@ func (s *Stream) Send(ctx context.Context, m StreamMsg) error {
 		return err
 	}
 	cost := streamCost(&m)
+	need := cost
+	if len(m.Data) > 0 {
+		// Data leaves room for control messages, which a receiver
+		// holding data (RecvHold) must still get.
+		need += streamCtlReserve
+	}
 	for {
 		s.mu.Lock()
 		if s.end != nil {
@@ -143,7 +151,7 @@ func (s *Stream) Send(ctx context.Context, m StreamMsg) error {
 			s.mu.Unlock()
 			return err
 		}
-		if s.credit >= cost {
+		if s.credit >= need {
 			s.credit -= cost
 			s.mu.Unlock()
 			break
@@ -163,6 +171,10 @@ func (s *Stream) Send(ctx context.Context, m StreamMsg) error {
 // will send no more (after every message it sent was returned), ctx's
 // error, or the reason the stream broke.
 func (s *Stream) Recv(ctx context.Context) (StreamMsg, error) {
+	return s.recv(ctx, false)
+}
+
+func (s *Stream) recv(ctx context.Context, hold bool) (StreamMsg, error) {
 	select {
 	case m, ok := <-s.in:
 		if !ok {
@@ -173,20 +185,39 @@ func (s *Stream) Recv(ctx context.Context) (StreamMsg, error) {
 			}
 			return StreamMsg{}, io.EOF
 		}
-		s.consumedMsg(streamCost(&m))
+		if !hold || len(m.Data) == 0 {
+			// Control and EOF messages are acknowledged at once: they are
+			// rare, and a sender whose data is held needs their window.
+			s.consumedMsg(streamCost(&m), len(m.Data) == 0)
+		}
 		return m, nil
 	case <-ctx.Done():
 		return StreamMsg{}, ctx.Err()
 	}
 }
 
+// RecvHold is Recv, except that a data message's window is not returned
+// to the peer until Release(m): a receiver that queues data somewhere slow
+// (a pipe to a process) can keep receiving control messages behind it
+// while the peer stays within the window of data not yet released.
+func (s *Stream) RecvHold(ctx context.Context) (StreamMsg, error) {
+	return s.recv(ctx, true)
+}
+
+// Release returns a data message's window to the peer (after RecvHold).
+func (s *Stream) Release(m StreamMsg) {
+	if len(m.Data) > 0 {
+		s.consumedMsg(streamCost(&m), false)
+	}
+}
+
 // consumedMsg records that cost bytes were handed out and acknowledges
-// them once a quarter window has piled up.
-func (s *Stream) consumedMsg(cost int) {
+// them once a quarter window has piled up, or at once with now.
+func (s *Stream) consumedMsg(cost int, now bool) {
 	s.mu.Lock()
 	s.consumed += cost
 	n := 0
-	if s.consumed >= StreamWindow/4 && s.end == nil {
+	if (now || s.consumed >= StreamWindow/4) && s.end == nil {
 		n = s.consumed
 		s.consumed = 0
 		s.rcvd -= n

@@ -53,6 +53,30 @@ func streamServer(sent *atomic.Int64, handlerDone chan error) func(s *Server) {
 			}
 			return 256 * len(chunk), nil
 		}))
+		// hold receives with RecvHold and releases nothing until the
+		// client sends a control message, which it must still see.
+		s.HandleStream("hold", TypedStream(func(ctx context.Context, p struct{}, st *Stream) (int, error) {
+			var held []StreamMsg
+			n := 0
+			for {
+				m, err := st.RecvHold(ctx)
+				if err != nil {
+					return 0, err
+				}
+				if len(m.Ctl) > 0 {
+					for _, h := range held {
+						st.Release(h)
+					}
+					held = nil
+					continue
+				}
+				if m.EOF {
+					return n, nil
+				}
+				n += len(m.Data)
+				held = append(held, m)
+			}
+		}))
 		// hang waits for the client to go.
 		s.HandleStream("hang", TypedStream(func(ctx context.Context, p struct{}, st *Stream) (any, error) {
 			_, err := st.Recv(context.Background())
@@ -154,6 +178,55 @@ func TestStreamFlowControl(t *testing.T) {
 	var n int
 	if err := st.Wait(ctx, &n); err != nil || n != 4<<20 || total != n {
 		t.Fatalf("flood: result %d, received %d, err %v", n, total, err)
+	}
+}
+
+// RecvHold keeps the sender within the window of unreleased data, and
+// control messages still get through behind it.
+func TestStreamRecvHold(t *testing.T) {
+	ts := start(t, ServerOptions{}, streamServer(nil, nil))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st, err := ts.client().OpenStream(ctx, "hold", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	chunk := bytes.Repeat([]byte("d"), StreamChunk)
+	var sent atomic.Int64
+	go func() {
+		for i := 0; i < 64; i++ { // 2 MiB
+			if st.Send(ctx, StreamMsg{Data: chunk}) != nil {
+				return
+			}
+			sent.Add(int64(len(chunk)))
+		}
+	}()
+	time.Sleep(300 * time.Millisecond)
+	if n := sent.Load(); n > StreamWindow || n == 0 {
+		t.Fatalf("sent %d bytes that the handler holds (window %d)", n, StreamWindow)
+	}
+	// A control message is a separate, small cost: it passes while data
+	// is held, and makes the handler release everything.
+	for sent.Load() < 64*int64(len(chunk)) {
+		ctl := make(chan error, 1)
+		go func() { ctl <- st.Send(ctx, StreamMsg{Ctl: json.RawMessage(`{}`)}) }()
+		select {
+		case err := <-ctl:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-ctx.Done():
+			t.Fatal("control message stuck behind held data")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := st.Send(ctx, StreamMsg{EOF: true}); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	if err := st.Wait(ctx, &n); err != nil || n != 64*len(chunk) {
+		t.Fatalf("hold: %d %v", n, err)
 	}
 }
 

@@ -62,7 +62,10 @@ shell command line, several are one command and its arguments. stdout and
 stderr stay separate, stdin is passed through, and banger exits with the
 command's status (128+N when signal N killed it; 125 when banger itself
 fails). Ctrl-C is forwarded to the command. A pty is used only when stdin
-and stdout are terminals (-t forces one, -T refuses one).
+and stdout are terminals (-t forces one, -T refuses one). Without a pty the
+command runs through the VM's guest agent, by way of the daemon (no ssh
+handshake); with one, or when the VM has no agent, over ssh
+(BANGER_EXEC_VIA=ssh forces ssh; --log-level debug says which was used).
 
 When the host repository's HEAD moved since the workspace was prepared (you
 committed or switched branches), exec warns on stderr that the guest has the

@@ -155,6 +155,9 @@ stdout are terminals (force with -t, refuse with -T). Ctrl-C is forwarded to
 the command (a second Ctrl-C stops waiting for it). banger exits with the
 command's status (0-255; a command killed by signal N gives 128+N); when
 banger itself fails (bad flags, the VM, ssh, the copy) it exits 125.
+Without a pty the command runs through the VM's guest agent, by way of the
+daemon (no ssh handshake); with one, or when the VM has no agent, over ssh
+(BANGER_EXEC_VIA=ssh forces ssh; --log-level debug says which was used).
 
 Without CMD and with a terminal: an interactive ssh session (the system ssh
 client) in /root/repo. Without CMD and without a terminal, the guest's login

@@ -9,11 +9,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/bangerdev/banger/internal/agent"
 	"github.com/bangerdev/banger/internal/privops"
 	"github.com/bangerdev/banger/internal/vmm"
 	"github.com/bangerdev/banger/internal/vmm/qemu"
@@ -30,6 +32,17 @@ type qemuGuest struct {
 	handle  *vmm.Handle
 	exited  chan struct{}
 	launchQ chan launchReq
+
+	// vsockPorts are the emulated vsock ports (port -> virtio-serial
+	// port name in the guest); see vsock.go.
+	vsockPorts map[uint32]string
+	vsock      *VsockBridge // while the guest has a vsock device
+}
+
+// DefaultVsockPorts are the vsock ports the fake emulates: banger's guest
+// agent, which serves the same protocol on its virtio-serial port.
+func DefaultVsockPorts() map[uint32]string {
+	return map[uint32]string{agent.VsockPort: agent.PortName}
 }
 
 // newQEMUGuest keeps QEMU's files next to the API socket (so a SIGKILLed
@@ -46,7 +59,7 @@ func newQEMUGuest(srv *Server, sockPath string, logger *slog.Logger) (*qemuGuest
 	if err != nil {
 		return nil, err
 	}
-	g := &qemuGuest{srv: srv, log: logger, dir: dir, exited: make(chan struct{}), launchQ: make(chan launchReq)}
+	g := &qemuGuest{srv: srv, log: logger, dir: dir, exited: make(chan struct{}), launchQ: make(chan launchReq), vsockPorts: DefaultVsockPorts()}
 	go g.launcherThread()
 	d, err := qemu.New(qemu.Config{Accel: os.Getenv(EnvQEMUAccel)}, g, logger)
 	if err != nil {
@@ -56,22 +69,34 @@ func newQEMUGuest(srv *Server, sockPath string, logger *slog.Logger) (*qemuGuest
 	return g, nil
 }
 
-func (g *qemuGuest) cleanup() { os.RemoveAll(g.dir) }
+func (g *qemuGuest) cleanup() {
+	if g.vsock != nil {
+		_ = g.vsock.Close()
+	}
+	os.RemoveAll(g.dir)
+}
 
 // Exited is closed when QEMU exits.
 func (g *qemuGuest) Exited() <-chan struct{} { return g.exited }
 
 func (g *qemuGuest) Boot(ctx context.Context, cfg *Config) error {
-	return g.start(ctx, g.spec(cfg))
+	spec, err := g.spec(cfg)
+	if err != nil {
+		return err
+	}
+	return g.start(ctx, cfg, spec)
 }
 
 // Restore starts QEMU from the migration stream at statePath (written by
 // Save) with the devices of cfg: the restored snapshot's configuration with
 // the load request's overrides applied.
 func (g *qemuGuest) Restore(ctx context.Context, cfg *Config, statePath string) error {
-	spec := g.spec(cfg)
+	spec, err := g.spec(cfg)
+	if err != nil {
+		return err
+	}
 	spec.RestoreFrom = statePath
-	return g.start(ctx, spec)
+	return g.start(ctx, cfg, spec)
 }
 
 // Save writes the paused guest's QEMU migration stream to path.
@@ -82,12 +107,33 @@ func (g *qemuGuest) Save(ctx context.Context, path string) error {
 	return g.driver.Save(ctx, g.handle, path)
 }
 
-func (g *qemuGuest) start(ctx context.Context, spec vmm.Spec) error {
+// start binds the vsock socket when cfg has a vsock device (Firecracker
+// binds it while building the VM, before the guest runs) and starts QEMU.
+func (g *qemuGuest) start(ctx context.Context, cfg *Config, spec vmm.Spec) error {
+	var bridge *VsockBridge
+	if cfg.Vsock != nil {
+		ports := map[uint32]string{}
+		for p := range g.vsockPorts {
+			ports[p] = g.vsockSocket(p)
+		}
+		uds := g.srv.hostPath(str(cfg.Vsock, "uds_path"))
+		var err error
+		if bridge, err = ListenVsock(uds, ports, g.log); err != nil {
+			return err
+		}
+	}
 	h, err := g.driver.Start(ctx, spec)
 	if err != nil {
+		if bridge != nil {
+			_ = bridge.Close()
+			_ = os.Remove(bridge.Path)
+		}
 		return err
 	}
-	g.handle = h
+	if g.vsock != nil {
+		_ = g.vsock.Close()
+	}
+	g.handle, g.vsock = h, bridge
 	go func() {
 		_ = g.driver.Wait(context.Background(), h)
 		close(g.exited)
@@ -95,8 +141,16 @@ func (g *qemuGuest) start(ctx context.Context, spec vmm.Spec) error {
 	return nil
 }
 
-// spec is the QEMU spec of a Firecracker configuration.
-func (g *qemuGuest) spec(cfg *Config) vmm.Spec {
+// vsockSocket is the host socket of the virtio-serial port that emulates
+// vsock port p.
+func (g *qemuGuest) vsockSocket(p uint32) string {
+	return filepath.Join(g.dir, fmt.Sprintf("vsock-%d.sock", p))
+}
+
+// spec is the QEMU spec of a Firecracker configuration. A vsock device
+// becomes one virtio-serial port per emulated vsock port, with its host
+// socket in the fake's QEMU directory (see vsock.go).
+func (g *qemuGuest) spec(cfg *Config) (vmm.Spec, error) {
 	var bs map[string]any
 	if cfg.BootSource != nil {
 		bs = *cfg.BootSource
@@ -138,7 +192,22 @@ func (g *qemuGuest) spec(cfg *Config) vmm.Spec {
 		n := cfg.Nets[id]
 		spec.Net = append(spec.Net, vmm.NetIface{Tap: str(n, "host_dev_name"), MAC: str(n, "guest_mac")})
 	}
-	return spec
+	if cfg.Vsock != nil {
+		ports := make([]uint32, 0, len(g.vsockPorts))
+		for p := range g.vsockPorts {
+			ports = append(ports, p)
+		}
+		slices.Sort(ports) // the same device order at boot and restore
+		for _, p := range ports {
+			sock := g.vsockSocket(p)
+			if len(sock) > vmm.MaxSocketPath {
+				err := fmt.Errorf("socket path %s is longer than %d bytes", sock, vmm.MaxSocketPath)
+				return vmm.Spec{}, fmt.Errorf("vsock port %d: %w", p, err)
+			}
+			spec.SerialPorts = append(spec.SerialPorts, vmm.SerialPort{Name: g.vsockPorts[p], Socket: sock})
+		}
+	}
+	return spec, nil
 }
 
 func (g *qemuGuest) CtrlAltDel(ctx context.Context) error {

@@ -22,6 +22,17 @@
 // resume_vm false leaves it paused. Unlike Firecracker, QEMU needs the
 // recorded kernel file at restore too.
 //
+// Vsock (boot mode qemu): a configured vsock device (PUT /vsock, and the
+// snapshot's device with vsock_override applied on load) is emulated as
+// Firecracker's hybrid vsock: the fake binds uds_path (relative paths from
+// its working directory, like the drives) when the guest starts or is
+// restored, answers "CONNECT <port>\n" with "OK <host port>\n" and bridges
+// the connection to a virtio-serial port it adds to the QEMU guest, named
+// after the guest program that serves the port (DefaultVsockPorts: banger's
+// agent, port 1024, on org.banger.agent.0). Other ports are closed without
+// an answer, as Firecracker closes a port nothing listens on. See vsock.go
+// for what differs from Firecracker.
+//
 // The binary (cmd/fakefc) is multi-call: run as "jailer*" it is the fake
 // jailer, otherwise the fake firecracker. Tests put symlinks named
 // "firecracker" and "jailer" to it in a temp dir so comm checks see the real

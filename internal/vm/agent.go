@@ -165,15 +165,27 @@ func (m *Manager) newAgentClient(vm *model.VM) (agent.Client, error) {
 	if rdir == "" {
 		rdir = m.o.Layout.VMRuntimeDir(vm.ID)
 	}
-	switch vm.Driver {
+	dial, name, err := agentDial(vm.Driver, rdir)
+	if err != nil {
+		return nil, fmt.Errorf("VM %s: %w", vm.Name, err)
+	}
+	return agent.NewConn(dial, token, name), nil
+}
+
+// agentDial returns how the host reaches the agent of a guest whose VMM
+// (of driver) runs in rdir, and a name of that channel for errors: the
+// virtio-serial port's socket on QEMU, the hybrid vsock on Firecracker
+// (see agentSpec).
+func agentDial(driver, rdir string) (agent.DialFunc, string, error) {
+	switch driver {
 	case "qemu":
 		p := filepath.Join(rdir, AgentSocketName)
-		return agent.NewConn(agent.DialUnix(p), token, "virtio-serial "+p), nil
+		return agent.DialUnix(p), "virtio-serial " + p, nil
 	case "firecracker":
 		p := filepath.Join(rdir, VsockSocketName)
-		return agent.NewConn(agent.DialHybridVsock(p, agent.VsockPort), token, "vsock "+p), nil
+		return agent.DialHybridVsock(p, agent.VsockPort), "vsock " + p, nil
 	}
-	return nil, fmt.Errorf("VM %s: driver %q: %w", vm.Name, vm.Driver, ErrNoAgent)
+	return nil, "", fmt.Errorf("driver %q: %w", driver, ErrNoAgent)
 }
 
 // WaitAgent polls the VM's agent until it answers a ping or ctx ends.

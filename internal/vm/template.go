@@ -47,6 +47,7 @@ import (
 	"github.com/bangerdev/banger/internal/progress"
 	"github.com/bangerdev/banger/internal/template"
 	"github.com/bangerdev/banger/internal/vmm"
+	"github.com/bangerdev/banger/internal/vmm/firecracker"
 )
 
 // Template files (relative to the template's directory).
@@ -295,7 +296,11 @@ func (m *Manager) makeTemplate(ctx context.Context, key template.Key, dir string
 	}
 	defer m.stopTemplateVMM(d, h)
 
-	c := agent.NewConn(agent.DialUnix(filepath.Join(rdir, AgentSocketName)), token, "template "+tv.ID)
+	dial, chName, err := agentDial(tv.Driver, rdir)
+	if err != nil {
+		return template.Files{}, fmt.Errorf("%w: %w", ErrNoTemplate, err)
+	}
+	c := agent.NewConn(dial, token, "template "+tv.ID+" "+chName)
 	defer c.Close()
 	bctx, cancel := context.WithTimeout(ctx, m.o.SSHTimeout)
 	defer cancel()
@@ -315,7 +320,13 @@ func (m *Manager) makeTemplate(ctx context.Context, key template.Key, dir string
 		return template.Files{}, err
 	}
 	m.o.Logger.InfoContext(ctx, "template made", "image", key.Image, "id", key.ID(), "took", m.o.Now().Sub(start).Round(time.Millisecond))
-	return template.Files{State: templateStateFile, RootDisk: templateRootFile, WorkDisk: templateWorkFile}, nil
+	files := template.Files{State: templateStateFile, RootDisk: templateRootFile, WorkDisk: templateWorkFile}
+	if key.Driver == "firecracker" {
+		// Firecracker's snapshot is two files: the state and, beside it,
+		// the guest memory (the store checks both are there).
+		files.Memory = templateStateFile + firecracker.MemFileSuffix
+	}
+	return files, nil
 }
 
 // runtimeDir creates a VMM runtime directory owned by the VMM's user.
@@ -521,8 +532,10 @@ func (r *startRun) cloneWorkDisk(ctx context.Context, path string) error {
 // larger work disk is grown.
 func (r *startRun) identity(ctx context.Context, _ *undoStack) error {
 	m, vm := r.m, r.vm
-	rdir := vm.Runtime.RuntimeDir
-	sock := filepath.Join(rdir, AgentSocketName)
+	dial, chName, err := agentDial(vm.Driver, vm.Runtime.RuntimeDir)
+	if err != nil {
+		return err
+	}
 	signer, pemData, err := hostKey(m.o.Layout.VMDir(vm.ID))
 	if err != nil {
 		return err
@@ -544,7 +557,7 @@ func (r *startRun) identity(ctx context.Context, _ *undoStack) error {
 		Hostname: vm.Name, Domain: m.o.Domain, MAC: vm.MAC, Address: n.Address, Gateway: n.Gateway,
 		DNS: strings.Split(n.DNS, ","), HostKey: pemData,
 	}
-	c := agent.NewConn(agent.DialUnix(sock), r.tmplToken, "restored "+vm.Name)
+	c := agent.NewConn(dial, r.tmplToken, "restored "+vm.Name+" "+chName)
 	ictx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	t0 := m.o.Now()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -20,6 +21,8 @@ import (
 	"github.com/bangerdev/banger/internal/progress"
 	"github.com/bangerdev/banger/internal/template"
 	"github.com/bangerdev/banger/internal/vmm"
+	"github.com/bangerdev/banger/internal/vmm/fakefc"
+	"github.com/bangerdev/banger/internal/vmm/firecracker"
 )
 
 // fakeGuestSystem is the agent.System of a fake guest: it records the
@@ -86,8 +89,13 @@ type snapDriver struct {
 	sys     *fakeGuestSystem
 	pathDir string // PATH of the fake guest's commands
 
+	// firecracker makes the guests Firecracker-like: the state has a
+	// memory file beside it and the agent is reached through a hybrid
+	// vsock socket (fakefc's bridge) instead of a virtio-serial one.
+	firecracker bool
+
 	mu         sync.Mutex
-	listeners  map[string]net.Listener // by VM id
+	listeners  map[string]io.Closer // by VM id
 	saves      int
 	restoreErr error
 	resizes    []string
@@ -99,7 +107,7 @@ func newSnapDriver(t *testing.T) *snapDriver {
 	if err := os.WriteFile(filepath.Join(dir, "resize2fs"), []byte("#!/bin/sh\necho resized \"$@\"\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	d := &snapDriver{fakeDriver: newFakeDriver(), sys: &fakeGuestSystem{}, pathDir: dir, listeners: map[string]net.Listener{}}
+	d := &snapDriver{fakeDriver: newFakeDriver(), sys: &fakeGuestSystem{}, pathDir: dir, listeners: map[string]io.Closer{}}
 	t.Cleanup(func() {
 		d.mu.Lock()
 		defer d.mu.Unlock()
@@ -118,6 +126,11 @@ func (d *snapDriver) Save(_ context.Context, _ *vmm.Handle, path string) error {
 	d.mu.Lock()
 	d.saves++
 	d.mu.Unlock()
+	if d.firecracker {
+		if err := os.WriteFile(path+firecracker.MemFileSuffix, []byte("guest memory"), 0o600); err != nil {
+			return err
+		}
+	}
 	return os.WriteFile(path, []byte("saved guest"), 0o600)
 }
 
@@ -140,11 +153,23 @@ func (d *snapDriver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Handle, err
 		if b, err := os.ReadFile(spec.RestoreFrom); err != nil || string(b) != "saved guest" {
 			return nil, errors.New("fake: not a saved guest")
 		}
+		if _, err := os.Stat(spec.RestoreFrom + firecracker.MemFileSuffix); d.firecracker && err != nil {
+			return nil, fmt.Errorf("fake: no memory file: %w", err)
+		}
 		tokenFile = filepath.Join(filepath.Dir(spec.RestoreFrom), templateTokenFile)
 	}
 	h, err := d.fakeDriver.Start(ctx, spec)
-	if err != nil || len(spec.SerialPorts) == 0 {
+	if err != nil {
 		return h, err
+	}
+	sock := ""
+	switch {
+	case d.firecracker && spec.VsockPath != "":
+		sock = filepath.Join(spec.RuntimeDir, "guest-port.sock")
+	case !d.firecracker && len(spec.SerialPorts) > 0:
+		sock = spec.SerialPorts[0].Socket
+	default:
+		return h, nil
 	}
 	data, err := os.ReadFile(tokenFile)
 	if err != nil {
@@ -154,9 +179,20 @@ func (d *snapDriver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Handle, err
 	if err != nil {
 		return nil, err
 	}
-	l, err := net.Listen("unix", spec.SerialPorts[0].Socket)
+	l, err := net.Listen("unix", sock)
 	if err != nil {
 		return nil, err
+	}
+	var closer io.Closer = l
+	if d.firecracker {
+		// The daemon dials the hybrid vsock; fakefc's bridge takes it to
+		// the guest's port, as in boot mode qemu.
+		b, err := fakefc.ListenVsock(spec.VsockPath, map[uint32]string{agent.VsockPort: sock}, nil)
+		if err != nil {
+			l.Close()
+			return nil, err
+		}
+		closer = closers{b, l}
 	}
 	sys := vmGuestSystem{d.sys, func() {
 		d.mu.Lock()
@@ -179,9 +215,19 @@ func (d *snapDriver) Start(ctx context.Context, spec vmm.Spec) (*vmm.Handle, err
 		}
 	}()
 	d.mu.Lock()
-	d.listeners[spec.VMID] = l
+	d.listeners[spec.VMID] = closer
 	d.mu.Unlock()
 	return h, nil
+}
+
+// closers closes each in turn.
+type closers []io.Closer
+
+func (cs closers) Close() error {
+	for _, c := range cs {
+		_ = c.Close()
+	}
+	return nil
 }
 
 func (d *snapDriver) Kill(ctx context.Context, h *vmm.Handle, sig syscall.Signal) error {
@@ -198,17 +244,25 @@ func (d *snapDriver) Kill(ctx context.Context, h *vmm.Handle, sig syscall.Signal
 
 // newTemplateRig is newRig with snapDriver, an agent binary and a
 // template store.
-func newTemplateRig(t *testing.T) (*rig, *snapDriver) {
+func newTemplateRig(t *testing.T) (*rig, *snapDriver) { return newTemplateRigOn(t, false) }
+
+// newTemplateRigOn is newTemplateRig, with Firecracker-like guests when fc.
+func newTemplateRigOn(t *testing.T, fc bool) (*rig, *snapDriver) {
 	r := newRig(t)
 	d := newSnapDriver(t)
+	d.firecracker = fc
 	bin := filepath.Join(t.TempDir(), "banger-agent")
 	if err := os.WriteFile(bin, []byte("\x7fELF fake agent"), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	r.drv = d.fakeDriver
 	// Named qemu: the manager gives QEMU VMs the virtio-serial agent port.
-	r.opts.Drivers = map[string]vmm.Driver{"qemu": d}
-	r.opts.DefaultDriver = "qemu"
+	driver := "qemu"
+	if d.firecracker {
+		driver = "firecracker" // and Firecracker VMs the hybrid vsock
+	}
+	r.opts.Drivers = map[string]vmm.Driver{driver: d}
+	r.opts.DefaultDriver = driver
 	r.opts.AgentBinary = bin
 	r.opts.Templates = template.NewStore(filepath.Join(r.layout.StateDir, "templates"), nil)
 	r.opts.TemplateDiskMiB = 64
@@ -567,5 +621,59 @@ func TestFastStopHaltsThroughTheAgent(t *testing.T) {
 	}
 	if d.sys.halts != 1 || sshCmds() != 2 || vm.State != model.StateStopped {
 		t.Fatalf("stop without an agent: halts %d, ssh poweroffs %d, %s", d.sys.halts, sshCmds(), vm.State)
+	}
+}
+
+// TestCreateRestoresTemplateFirecracker is the restore path on a driver
+// named firecracker: the template keeps the memory file beside its state,
+// and every agent call (the template's readiness, the restored guest's
+// identity, the VM's own client) goes through the hybrid vsock socket.
+func TestCreateRestoresTemplateFirecracker(t *testing.T) {
+	r, d := newTemplateRigOn(t, true)
+	ctx := context.Background()
+	a, err := r.m.Start(ctx, r.newVM("a", false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := r.m.Start(ctx, r.newVM("b", false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Runtime.Template == "" || b.Runtime.Template != a.Runtime.Template || d.saves != 1 {
+		t.Fatalf("a from %q, b from %q, %d saves", a.Runtime.Template, b.Runtime.Template, d.saves)
+	}
+	ts, err := r.m.Templates().Store().List()
+	if err != nil || len(ts) != 1 || ts[0].Key.Driver != "firecracker" || ts[0].Files.Memory != templateStateFile+firecracker.MemFileSuffix {
+		t.Fatalf("templates: %+v, %v", ts, err)
+	}
+	for _, s := range d.specs {
+		if s.VsockPath == "" || len(s.SerialPorts) != 0 {
+			t.Errorf("spec %s: vsock %q, serial ports %+v; want the hybrid vsock only", s.VMID, s.VsockPath, s.SerialPorts)
+		}
+	}
+	if ids := d.sys.identities(); len(ids) != 2 || ids[0].Hostname != "a" || ids[1].Hostname != "b" {
+		t.Fatalf("identities applied: %+v", ids)
+	}
+	c, err := r.m.Agent(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Ping(ctx); err != nil {
+		t.Fatalf("ping b over vsock with its own token: %v", err)
+	}
+	// A template whose memory file is gone is no template: the store
+	// drops it and the next create makes a new one.
+	if err := os.Remove(filepath.Join(ts[0].Dir, ts[0].Files.Memory)); err != nil {
+		t.Fatal(err)
+	}
+	v, err := r.m.Start(ctx, r.newVM("c", false))
+	if err != nil {
+		t.Fatalf("create after the memory file went: %v", err)
+	}
+	if v.State != model.StateRunning || v.Runtime.Template == "" || d.saves != 2 {
+		t.Fatalf("c: template %q after %d saves", v.Runtime.Template, d.saves)
+	}
+	if _, err := os.Stat(filepath.Join(ts[0].Dir, ts[0].Files.Memory)); err != nil {
+		t.Errorf("the remade template has no memory file: %v", err)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -85,13 +86,39 @@ func benchVMRunTemplate(b *testing.B, rounds int) {
 		return res.took.Seconds()
 	}
 	runOnce := func(extra ...string) float64 { return runEnv(nil, extra...) }
+	// rpcs returns the daemon's rpc records (method: duration) logged by
+	// run, to show where a restored vm run spends its time.
+	rpcs := func(run func() float64) (float64, string) {
+		logPath := filepath.Join(e.dir, "bangerd.log")
+		before, _ := os.ReadFile(logPath)
+		took := run()
+		after, _ := os.ReadFile(logPath)
+		var out []string
+		if len(after) >= len(before) {
+			for _, l := range strings.Split(string(after[len(before):]), "\n") {
+				var rec struct {
+					Msg      string `json:"msg"`
+					Method   string `json:"method"`
+					Duration int64  `json:"duration"`
+				}
+				if json.Unmarshal([]byte(l), &rec) == nil && rec.Msg == "rpc" && rec.Method != "" {
+					out = append(out, fmt.Sprintf("%s %s", rec.Method, time.Duration(rec.Duration).Round(time.Millisecond)))
+				}
+			}
+		}
+		return took, strings.Join(out, ", ")
+	}
 	viaSSH := []string{"BANGER_EXEC_VIA=ssh"}
 	// Warm-up of both paths (page cache).
 	runOnce()
 	runOnce("--cold")
+	var lastWarm, lastSSH string
 	for i := 0; i < rounds; i++ {
-		r.Warm = append(r.Warm, runOnce())
-		r.WarmSSH = append(r.WarmSSH, runEnv(viaSSH))
+		var took float64
+		took, lastWarm = rpcs(func() float64 { return runOnce() })
+		r.Warm = append(r.Warm, took)
+		took, lastSSH = rpcs(func() float64 { return runEnv(viaSSH) })
+		r.WarmSSH = append(r.WarmSSH, took)
 		r.Cold = append(r.Cold, runOnce("--cold"))
 	}
 	if ts := e.templates(); len(ts) != 1 || ts[0].ID != id {
@@ -102,6 +129,8 @@ func benchVMRunTemplate(b *testing.B, rounds int) {
 	table := fmt.Sprintf("\n%-52s %10s %10s %8s\n", "", "template", "--cold", "ratio") +
 		fmt.Sprintf("%-52s %9.2fs %9.2fs %7.2fx\n", "vm run --rm REPO -- true: template vs --cold", warm, cold, cold/warm) +
 		fmt.Sprintf("%-52s %9.2fs %9.2fs %7.2fx\n", "same, the command over ssh (BANGER_EXEC_VIA=ssh)", warmSSH, cold, cold/warmSSH) +
+		fmt.Sprintf("last restored run, daemon side: %s\n", lastWarm) +
+		fmt.Sprintf("same over ssh: %s\n", lastSSH) +
 		fmt.Sprintf("template: made in %.1fs (image warm), %.1f MiB on disk\n", r.MakeSeconds, float64(r.TemplateBytes)/(1<<20)) +
 		fmt.Sprintf("(medians of %d rounds; ratio = cold / template, goal >= 8)", rounds)
 	b.Log(table)

@@ -2,8 +2,10 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -94,6 +96,7 @@ func TestE2EFirecrackerTemplate(t *testing.T) {
 		vms[i] = v
 		t.Logf("%s restored on firecracker -> ssh ready in %s", name, took.Round(time.Millisecond))
 	}
+	logRestoreSteps(t, e, "f1", "f2")
 	for i, v := range vms {
 		id := ids[i]
 		pem, err := os.ReadFile(filepath.Join(e.layout.VMDir(v.ID), "ssh_host_ed25519_key"))
@@ -186,4 +189,37 @@ func TestE2EFirecrackerTemplate(t *testing.T) {
 		t.Errorf("warm --rm: %q", out)
 	}
 	e.assertNoLeaks("after delete")
+}
+
+// logRestoreSteps logs where the restores of the named VMs spent their
+// time, from the daemon's debug log (JSON lines): the create steps and the
+// identity step's agent timings.
+func logRestoreSteps(t *testing.T, e *env, names ...string) {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(e.dir, "bangerd.log"))
+	if err != nil {
+		t.Logf("daemon log: %v", err)
+		return
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		var rec map[string]any
+		if json.Unmarshal([]byte(l), &rec) != nil || !slices.Contains(names, fmt.Sprint(rec["vm"])) {
+			continue
+		}
+		switch rec["msg"] {
+		case "step done":
+			if rec["op"] == "create" {
+				t.Logf("%s: step %v took %v", rec["vm"], rec["step"], time.Duration(toInt(rec["took"])).Round(time.Millisecond))
+			}
+		case "identity applied":
+			t.Logf("%s: agent answered after %v, identity applied in %v, phases_ms %v", rec["vm"],
+				time.Duration(toInt(rec["agent_answered_after"])).Round(time.Millisecond),
+				time.Duration(toInt(rec["apply_took"])).Round(time.Millisecond), rec["phases_ms"])
+		}
+	}
+}
+
+func toInt(v any) int64 {
+	f, _ := v.(float64)
+	return int64(f)
 }

@@ -19,9 +19,11 @@ package image
 //
 // Disks
 //   - /dev/vda: the root filesystem (a copy-on-write view of the image).
-//   - /dev/vdb: the VM's work disk, mounted on /root by fstab
-//     (`/dev/vdb /root ext4 defaults,nofail,x-systemd.device-timeout=120s 0 2`)
-//     or by banger's init. The daemon creates it seeded from the image's
+//   - /dev/vdb: the VM's work disk, mounted on /root by
+//     banger-workdisk.service (systemd images, see boot.go) or by banger's
+//     init. /etc/fstab keeps the line
+//     `/dev/vdb /root ext4 defaults,nofail,x-systemd.device-timeout=120s 0 2`
+//     for `mount /root` by hand; systemd's root.mount is masked. The daemon creates it seeded from the image's
 //     /usr/share/banger/work-seed (a copy of the image's /root, taken at
 //     build time), e.g. with ext4.Extract + ext4.Build.
 //
@@ -71,9 +73,11 @@ package image
 //     VMM turns into an exit (firecracker exits on reset; run qemu with
 //     -no-reboot).
 //   - systemd images: serial-getty@ttyS0 enabled; units that only wait or
-//     are useless in a VM are masked (see maskedUnits); ssh.service is
-//     started early (DefaultDependencies=no, after network, host keys and
-//     the /root mount).
+//     are useless in a VM are masked (see maskedUnits and BootMasks);
+//     ssh.service is started early (DefaultDependencies=no, after network,
+//     host keys, the /root mount and the /tmp cleanup). The boot path is
+//     described in boot.go and written per VM before every boot
+//     (BootBatch).
 
 import (
 	"fmt"
@@ -90,7 +94,7 @@ import (
 // GuestContract is the version of this contract. Bump it whenever the
 // guest side changes in a way a booted guest keeps (scripts, units, paths):
 // VM templates (saved, booted guests) are keyed by it and rebuilt.
-const GuestContract = 2
+const GuestContract = 3
 
 // GuestNetworkEnv is the path of the per-VM network file the daemon writes.
 const GuestNetworkEnv = "/etc/banger/network.env"
@@ -134,16 +138,6 @@ var maskedUnits = []string{
 	"systemd-journal-catalog-update.service", "systemd-update-done.service",
 	"systemd-pstore.service", "logrotate.timer", "motd-news.timer",
 }
-
-// BootMasks are units masked in every VM (by the image, and per VM for
-// images built before): on a banger guest they do nothing but each costs
-// about a second of emulated exec on the boot's critical path to ssh.
-// systemd-remount-fs applies fstab's options for / and the API filesystems,
-// and banger's fstab has no / line (the kernel mounts / rw);
-// systemd-sysusers only creates the system users the packages already
-// created when they were installed, and runs at every boot because
-// systemd-update-done (masked) never marks /etc as updated.
-var BootMasks = []string{"systemd-remount-fs.service", "systemd-sysusers.service"}
 
 const sshdDropIn = `# banger: key-only root login; see /usr/lib/banger and banger's docs.
 PermitRootLogin prohibit-password
@@ -352,15 +346,6 @@ func unit(desc string, lines ...string) string {
 	return "[Unit]\nDescription=" + desc + "\n" + strings.Join(lines, "\n") + "\n"
 }
 
-var networkUnit = unit("banger guest network (static address from /etc/banger/network.env)",
-	"DefaultDependencies=no",
-	"After=systemd-remount-fs.service systemd-udevd.service",
-	"Before=network-pre.target network.target ssh.service shutdown.target",
-	"Wants=network.target",
-	"Conflicts=shutdown.target",
-	"", "[Service]", "Type=oneshot", "RemainAfterExit=yes", "ExecStart=/usr/lib/banger/banger-network",
-	"", "[Install]", "WantedBy=multi-user.target")
-
 var hostkeysUnit = unit("banger: ssh host key when the daemon injected none",
 	"DefaultDependencies=no",
 	"ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key",
@@ -377,23 +362,14 @@ var installSSHDUnit = unit("banger: install openssh-server on first boot (needs 
 	"", "[Service]", "Type=oneshot", "RemainAfterExit=yes", "TimeoutStartSec=15min", "ExecStart=/usr/lib/banger/install-sshd",
 	"", "[Install]", "WantedBy=multi-user.target")
 
-// ssh.service starts as soon as the network, a host key and /root are
-// there, without waiting for sysinit/basic.target.
-const sshEarlyDropIn = `[Unit]
-DefaultDependencies=no
-Wants=banger-network.service banger-hostkeys.service
-After=banger-network.service banger-hostkeys.service root.mount systemd-remount-fs.service systemd-tmpfiles-setup.service
-Before=shutdown.target
-Conflicts=shutdown.target
-`
-
 // FstabWorkDeviceTimeout is how long systemd waits for /dev/vdb before
 // booting without /root on the work disk (fstab's x-systemd.device-timeout).
 // It is generous on purpose: under TCG emulation on a busy host udev
 // announces /dev/vdb seconds after systemd starts waiting for it (5 s and
 // 30 s were both too short), and ssh waits for the /root mount anyway, so a
-// present disk costs nothing extra. The VM lifecycle also writes a per-VM
-// drop-in with the same timeout, for images built before this value.
+// present disk costs nothing extra. Since GuestContract 3 systemd guests
+// mount /root with banger-workdisk.service and never wait for the device
+// (boot.go); the line stays for `mount /root` and older daemons.
 const FstabWorkDeviceTimeout = "120s"
 
 const fstab = `# banger: / is mounted by the kernel (root=/dev/vda rw).
@@ -489,20 +465,16 @@ func guestBatch(b *ext4.Batch, tree string, f guestFacts) error {
 	if f.Systemd {
 		sd := "/etc/systemd/system"
 		dir(sd)
-		file(sd+"/banger-network.service", networkUnit, 0o644)
+		BootBatch(b) // the network unit, the work disk, ssh's ordering, BootMasks
 		file(sd+"/banger-hostkeys.service", hostkeysUnit, 0o644)
-		dir(sd + "/multi-user.target.wants")
-		b.Symlink(sd+"/multi-user.target.wants/banger-network.service", sd+"/banger-network.service")
 		b.Symlink(sd+"/multi-user.target.wants/banger-hostkeys.service", sd+"/banger-hostkeys.service")
 		if !f.SSHD {
 			file(sd+"/banger-install-sshd.service", installSSHDUnit, 0o644)
 			b.Symlink(sd+"/multi-user.target.wants/banger-install-sshd.service", sd+"/banger-install-sshd.service")
 		}
-		dir(sd + "/ssh.service.d")
-		file(sd+"/ssh.service.d/banger.conf", sshEarlyDropIn, 0o644)
 		dir(sd + "/getty.target.wants")
 		b.Symlink(sd+"/getty.target.wants/serial-getty@ttyS0.service", "/lib/systemd/system/serial-getty@.service")
-		for _, u := range append(append([]string(nil), maskedUnits...), BootMasks...) {
+		for _, u := range maskedUnits {
 			b.Symlink(sd+"/"+u, "/dev/null")
 		}
 		dir("/usr/lib/systemd/system-shutdown")

@@ -98,12 +98,6 @@ func (m *Manager) guestNetwork(vm *model.VM) (guestNetwork, error) {
 	}, nil
 }
 
-// workDeviceDropIn is the systemd drop-in directory of the work disk's
-// device unit in the guest.
-const workDeviceDropIn = "/etc/systemd/system/dev-vdb.device.d"
-
-const workDeviceTimeout = "# banger: wait for the /root disk (udev is slow under emulation)\n[Unit]\nJobRunningTimeoutSec=" + image.FstabWorkDeviceTimeout + "\n"
-
 // hostsFile is the guest's /etc/hosts.
 func hostsFile(name, domain string) []byte {
 	return []byte(fmt.Sprintf("127.0.0.1\tlocalhost\n127.0.1.1\t%s.%s %s\n::1\tlocalhost ip6-localhost ip6-loopback\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n", name, domain, name))
@@ -134,17 +128,9 @@ func (m *Manager) guestConfigBatch(vm *model.VM, n guestNetwork, hostKeyPEM []by
 	pub := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(hostPub))) + " root@" + vm.Name + "\n"
 	b.WriteFile(image.GuestHostKey+".pub", []byte(pub), 0o644, 0, 0)
 	b.WriteFile(image.GuestAuthorizedKeys, []byte(m.o.Guests.AuthorizedKey()+"\n"), 0o644, 0, 0)
-	// Current images' fstab already gives /dev/vdb this timeout; images
-	// built earlier had 5 s or 30 s, which under emulation is shorter than
-	// udev takes to announce the disk, and /root would silently stay on the
-	// root disk. This drop-in has the generator's file name, so it replaces
-	// the fstab timeout (ssh.service waits for /root).
-	b.Mkdir(workDeviceDropIn, 0o755, 0, 0)
-	b.WriteFile(workDeviceDropIn+"/50-device-timeout.conf", []byte(workDeviceTimeout), 0o644, 0, 0)
-	// Images built before these masks get them here.
-	for _, u := range image.BootMasks {
-		b.Symlink("/etc/systemd/system/"+u, "/dev/null")
-	}
+	// The boot path (work disk without udev, ssh's ordering, masks): images
+	// built before it get it here, every image gets the current one.
+	image.BootBatch(b)
 	return b
 }
 

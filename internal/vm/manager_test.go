@@ -90,8 +90,21 @@ func TestCreateRunsStepsInOrderAndConfiguresTheGuest(t *testing.T) {
 	if fi, err := ext4.Stat(ctx, r.runner, root, image.GuestHostKey); err != nil || fi.Mode.Perm() != 0o600 || fi.UID != 0 {
 		t.Errorf("host key: %+v %v", fi, err)
 	}
-	if !strings.Contains(read(root, "/etc/systemd/system/dev-vdb.device.d/50-device-timeout.conf"), "JobRunningTimeoutSec=120s\n") {
-		t.Error("work disk device timeout drop-in")
+	// The boot path (image.BootBatch, whose exact content the image
+	// package checks) is written per VM: /root mounted without udev,
+	// fstab's root.mount masked, ssh ordered after the work disk.
+	if !strings.Contains(read(root, image.GuestWorkDiskUnit), "ExecStart="+image.GuestWorkDiskScript+"\n") ||
+		!strings.Contains(read(root, image.GuestWorkDiskScript), "mount -t ext4 -o defaults /dev/vdb /root") {
+		t.Error("work disk unit/script")
+	}
+	if fi, err := ext4.Stat(ctx, r.runner, root, "/etc/systemd/system/local-fs.target.wants/banger-workdisk.service"); err != nil || fi.Target != image.GuestWorkDiskUnit {
+		t.Errorf("work disk unit not enabled: %+v %v", fi, err)
+	}
+	if !strings.Contains(read(root, "/etc/systemd/system/ssh.service.d/banger.conf"), "After=banger-network.service banger-hostkeys.service banger-workdisk.service") {
+		t.Error("ssh drop-in does not wait for the work disk")
+	}
+	if _, err := ext4.Stat(ctx, r.runner, root, "/etc/systemd/system/dev-vdb.device.d/50-device-timeout.conf"); err == nil {
+		t.Error("the udev device timeout drop-in is still written")
 	}
 	for _, u := range image.BootMasks {
 		if fi, err := ext4.Stat(ctx, r.runner, root, "/etc/systemd/system/"+u); err != nil || fi.Target != "/dev/null" {

@@ -73,7 +73,13 @@ Wants=banger-network.service banger-hostkeys.service banger-workdisk.service
 After=banger-network.service banger-hostkeys.service banger-workdisk.service root.mount systemd-tmpfiles-setup.service
 Before=shutdown.target
 Conflicts=shutdown.target
+
+[Service]
+ExecStartPre=
 `},
+		"/etc/systemd/system/modprobe@.service.d/banger.conf":            {0o644, "# banger: nothing to load without modules for the running kernel.\n[Unit]\nConditionPathExists=/lib/modules/%v/modules.dep\n"},
+		"/etc/systemd/system/systemd-modules-load.service.d/banger.conf": {0o644, "# banger: nothing to load without modules for the running kernel.\n[Unit]\nConditionPathExists=/lib/modules/%v/modules.dep\n"},
+		"/etc/systemd/system/systemd-udevd.service.d/banger.conf":        {0o644, "# banger: udev is off the path to ssh; let it use the idle time.\n[Service]\nNice=19\n"},
 		"/etc/systemd/system/banger-network.service": {0o644, `[Unit]
 Description=banger guest network (static address from /etc/banger/network.env)
 DefaultDependencies=no
@@ -112,7 +118,10 @@ WantedBy=multi-user.target
 	for _, u := range BootMasks {
 		links["/etc/systemd/system/"+u] = "/dev/null"
 	}
-	for _, u := range []string{"root.mount", "getty-static.service", "systemd-update-utmp.service", "modprobe@loop.service", "sys-kernel-debug.mount"} {
+	for _, g := range BootGeneratorMasks {
+		links["/etc/systemd/system-generators/"+g] = "/dev/null"
+	}
+	for _, u := range []string{"root.mount", "getty-static.service", "systemd-update-utmp.service", "sys-kernel-debug.mount"} {
 		if links["/etc/systemd/system/"+u] != "/dev/null" {
 			t.Errorf("%s is not in BootMasks", u)
 		}
@@ -127,6 +136,13 @@ WantedBy=multi-user.target
 // TestBootPathKeepsWhatBangerNeeds guards the masks against units a banger
 // guest cannot boot or be reached without.
 func TestBootPathKeepsWhatBangerNeeds(t *testing.T) {
+	for _, g := range BootGeneratorMasks {
+		for _, keep := range []string{"systemd-fstab-generator", "systemd-sysv-generator", "systemd-rc-local-generator", "systemd-run-generator", "systemd-debug-generator"} {
+			if g == keep {
+				t.Errorf("generator %s serves the user's configuration and must not be masked", g)
+			}
+		}
+	}
 	for _, u := range BootMasks {
 		for _, keep := range []string{"ssh", "banger-", "serial-getty", "systemd-journald", "systemd-tmpfiles-setup", "dev-mqueue", "-.mount"} {
 			if strings.HasPrefix(u, keep) {

@@ -71,11 +71,12 @@ func CheckGuestPath(p string) error {
 //     PreparedRef (a ref to a tree, written through a copy of the index, so
 //     only the files that came as bytes are hashed), the default base of
 //     Export; it lives in the guest's repository, so it survives VM
-//     stop/start and daemon restarts. The refresh and this recording run
-//     concurrently (each hashes the dirty files; the guest has two vCPUs
-//     by default), and the recording stores the objects it writes
-//     uncompressed (core.looseCompression=0: deflating an incompressible
-//     dirty file costs more guest CPU than its hashing);
+//     stop/start and daemon restarts. The recording copies the refreshed
+//     index (running both at once on a copy taken before the refresh was
+//     measured slower: each then hashes what the refresh settles), and
+//     stores the objects it writes uncompressed (core.looseCompression=0:
+//     deflating an incompressible dirty file costs the guest more CPU than
+//     hashing it);
 //   - with o.ReadOnly, `chmod a-w` on the directories (files arrive
 //     without write bits), except .git;
 //   - renames the result to guestPath (replacing the old tree with
@@ -102,7 +103,7 @@ parent=${dest%/*}
 [ -n "$parent" ] || parent=/
 [ -d "$parent" ] || mkdir -p -- "$parent"
 tmp=$(mktemp -d -- "$dest.banger-XXXXXX")
-trap 'wait 2>/dev/null; chmod -R u+w -- "$tmp" 2>/dev/null; rm -rf -- "$tmp"' EXIT
+trap 'chmod -R u+w -- "$tmp" 2>/dev/null; rm -rf -- "$tmp"' EXIT
 if ! tar -x -p -o -f - -C "$tmp"; then echo "banger: extracting the workspace failed (stream cut short, or guest disk full?); nothing was changed in $dest" >&2; exit 3; fi
 if [ ! -f "$tmp/` + completeMarker + `" ]; then echo "banger: the workspace stream ended early; nothing was changed in $dest" >&2; exit 3; fi
 cd -- "$tmp"
@@ -115,14 +116,12 @@ for list in ` + checkoutPrefix + `[0-7][0-7][0-7][0-7]; do
 done
 rm -f .git/info/attributes
 if [ -f ` + attributesFile + ` ]; then mv ` + attributesFile + ` .git/info/attributes; fi
+git update-index -q --unmerged --refresh >/dev/null 2>&1 || true
 pidx=.git/banger/prepared-index
 cp .git/index "$pidx"
-git update-index -q --unmerged --refresh >/dev/null 2>&1 &
-refresh=$!
 if GIT_INDEX_FILE=$pidx git -c core.looseCompression=0 add -A --ignore-errors >/dev/null 2>&1 || [ "$?" = 1 ]; then
   git update-ref ` + PreparedRef + ` "$(GIT_INDEX_FILE=$pidx git write-tree)"
 fi
-wait "$refresh" || true
 rm -rf .git/banger
 chmod 0755 .
 `)

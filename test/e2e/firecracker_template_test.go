@@ -56,8 +56,9 @@ func readTrace(t *testing.T, path string) []traceLine {
 // guest agent) and restores two VMs from it: each has its own hostname,
 // address, MAC, machine-id and host key (ssh strict against banger's pinned
 // key), a file written in one is absent in the other, stop/start keeps
-// /root, and the snapshot create and load requests fakefc saw are valid
-// for the release's API spec (re-checked here from FAKEFC_TRACE).
+// /root, the snapshot create and load requests fakefc saw are valid for
+// the release's API spec (re-checked here from FAKEFC_TRACE), and a
+// corrupted snapshot falls back to a cold boot with a warning.
 func TestE2EFirecrackerTemplate(t *testing.T) {
 	testreq.E2E(t)
 	specDir := fakefc.SpecDirForTest(t)
@@ -182,11 +183,38 @@ func TestE2EFirecrackerTemplate(t *testing.T) {
 		t.Errorf("fakefc saw %d snapshot creates and %d loads on taps %v; want 1 and 2 on two taps", creates, loads, taps)
 	}
 
-	for _, n := range []string{"f1", "f2"} {
+	// A corrupted snapshot: Firecracker (the fake) refuses the load, the
+	// create warns, discards the template and cold-boots.
+	state := filepath.Join(e.layout.TemplatesDir(), tmpl.ID, tmpl.Files.State)
+	if err := os.WriteFile(state, []byte("not a microVM state"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	res := e.bangerT(t, "", nil, "vm", "create", "--name", "f3")
+	if res.code != 0 || !strings.Contains(res.stderr, "failed to restore") || !strings.Contains(res.stderr, "booting from scratch") {
+		t.Fatalf("create with a corrupted template: %s", res)
+	}
+	if f3 := e.show("f3"); f3.State != model.StateRunning || f3.Runtime.Template != "" || e.mustSSH(f3.IP, "hostname") != "f3" {
+		t.Fatalf("f3 after the fallback: %+v", f3)
+	}
+	if _, err := os.Stat(filepath.Dir(state)); !os.IsNotExist(err) {
+		t.Errorf("the corrupted template was not discarded: %v", err)
+	}
+	tr := readTrace(t, trace)
+	var last traceLine
+	for _, tl := range tr {
+		if tl.path == "/snapshot/load" {
+			last = tl
+		}
+	}
+	if last.status != "400" {
+		t.Errorf("the load of the corrupted snapshot answered %q, want 400", last.status)
+	}
+
+	for _, n := range []string{"f1", "f2", "f3"} {
 		e.must("vm", "delete", n)
 	}
-	if out := e.must("image", "warm", "--rm"); !strings.Contains(out, "removed 1") {
-		t.Errorf("warm --rm: %q", out)
+	if len(e.templates()) != 0 {
+		t.Error("templates left after the corrupted one was discarded")
 	}
 	e.assertNoLeaks("after delete")
 }

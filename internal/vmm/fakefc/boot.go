@@ -51,7 +51,10 @@ func DefaultVsockPorts() map[uint32]string {
 func newQEMUGuest(srv *Server, sockPath string, logger *slog.Logger) (*qemuGuest, error) {
 	dir := filepath.Join(filepath.Dir(sockPath), "fakefc-qemu")
 	var err error
-	if len(filepath.Join(dir, qemu.QMPSocketName)) > vmm.MaxSocketPath {
+	// The longest socket name the fake makes there: QMP's, or a vsock
+	// port's (see vsockSocket).
+	longest := max(len(qemu.QMPSocketName), len(vsockSocketName(^uint32(0))))
+	if len(dir)+1+longest > vmm.MaxSocketPath {
 		dir, err = os.MkdirTemp("", "fakefc-")
 	} else {
 		err = os.MkdirAll(dir, 0o700)
@@ -144,8 +147,10 @@ func (g *qemuGuest) start(ctx context.Context, cfg *Config, spec vmm.Spec) error
 // vsockSocket is the host socket of the virtio-serial port that emulates
 // vsock port p.
 func (g *qemuGuest) vsockSocket(p uint32) string {
-	return filepath.Join(g.dir, fmt.Sprintf("vsock-%d.sock", p))
+	return filepath.Join(g.dir, vsockSocketName(p))
 }
+
+func vsockSocketName(p uint32) string { return fmt.Sprintf("vsock-%d.sock", p) }
 
 // spec is the QEMU spec of a Firecracker configuration. A vsock device
 // becomes one virtio-serial port per emulated vsock port, with its host

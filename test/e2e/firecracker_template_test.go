@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/crypto/ssh"
-
 	"github.com/bangerdev/banger/internal/model"
 	"github.com/bangerdev/banger/internal/testreq"
 	"github.com/bangerdev/banger/internal/vm"
@@ -98,30 +96,7 @@ func TestE2EFirecrackerTemplate(t *testing.T) {
 		t.Logf("%s restored on firecracker -> ssh ready in %s", name, took.Round(time.Millisecond))
 	}
 	logRestoreSteps(t, e, "f1", "f2")
-	for i, v := range vms {
-		id := ids[i]
-		pem, err := os.ReadFile(filepath.Join(e.layout.VMDir(v.ID), "ssh_host_ed25519_key"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		signer, err := ssh.ParsePrivateKey(pem)
-		if err != nil {
-			t.Fatal(err)
-		}
-		wantKey := strings.Fields(string(ssh.MarshalAuthorizedKey(signer.PublicKey())))[1]
-		if id.hostname != v.Name || id.machineID != vm.MachineID(v.ID) || id.mac != v.MAC ||
-			id.addr != v.IP+"/24" || id.hostKey != wantKey || len(id.random) != 64 {
-			t.Errorf("%s identity %+v; want hostname %s machine-id %s mac %s addr %s/24 host key %s",
-				v.Name, id, v.Name, vm.MachineID(v.ID), v.MAC, v.IP, wantKey)
-		}
-	}
-	a, b := ids[0], ids[1]
-	for what, pair := range map[string][2]string{"hostname": {a.hostname, b.hostname}, "machine-id": {a.machineID, b.machineID},
-		"mac": {a.mac, b.mac}, "address": {a.addr, b.addr}, "host key": {a.hostKey, b.hostKey}, "urandom": {a.random, b.random}} {
-		if pair[0] == pair[1] {
-			t.Errorf("both restored VMs have the same %s: %q", what, pair[0])
-		}
-	}
+	e.checkRestoredIdentities(t, vms, ids)
 
 	e.mustSSH(vms[0].IP, "echo only-f1 > /root/only-f1 && sync")
 	if got := e.mustSSH(vms[1].IP, "test -e /root/only-f1 && echo present || echo absent"); got != "absent" {

@@ -86,31 +86,8 @@ func TestE2ETemplate(t *testing.T) {
 		vms[i] = v
 		t.Logf("%s restored -> ssh ready in %s: %+v", name, took.Round(time.Millisecond), ids[i])
 	}
-	for i, v := range vms {
-		id := ids[i]
-		pub, err := os.ReadFile(filepath.Join(e.layout.VMDir(v.ID), "ssh_host_ed25519_key"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		signer, err := ssh.ParsePrivateKey(pub)
-		if err != nil {
-			t.Fatal(err)
-		}
-		wantKey := strings.Fields(string(ssh.MarshalAuthorizedKey(signer.PublicKey())))[1]
-		if id.hostname != v.Name || id.machineID != vm.MachineID(v.ID) || id.mac != v.MAC ||
-			id.addr != v.IP+"/24" || id.hostKey != wantKey || len(id.random) != 64 {
-			t.Errorf("%s identity %+v; want hostname %s machine-id %s mac %s addr %s/24 host key %s",
-				v.Name, id, v.Name, vm.MachineID(v.ID), v.MAC, v.IP, wantKey)
-		}
-	}
-	a, b := ids[0], ids[1]
-	for what, pair := range map[string][2]string{"hostname": {a.hostname, b.hostname}, "machine-id": {a.machineID, b.machineID},
-		"mac": {a.mac, b.mac}, "address": {a.addr, b.addr}, "host key": {a.hostKey, b.hostKey}, "urandom": {a.random, b.random}} {
-		if pair[0] == pair[1] {
-			t.Errorf("both restored VMs have the same %s: %q", what, pair[0])
-		}
-	}
-	if a.bootID != b.bootID {
+	e.checkRestoredIdentities(t, vms, ids)
+	if a, b := ids[0], ids[1]; a.bootID != b.bootID {
 		t.Logf("boot ids differ (%s, %s); they are the template's by nature", a.bootID, b.bootID)
 	}
 
@@ -185,4 +162,35 @@ func TestE2ETemplate(t *testing.T) {
 		t.Error("templates left after warm --rm")
 	}
 	e.assertNoLeaks("after delete")
+}
+
+// checkRestoredIdentities checks that each restored VM shows its own
+// identity (hostname, machine id, MAC, address, the host key banger
+// pinned, 64 random bytes) and that no part of it is shared by the two.
+func (e *env) checkRestoredIdentities(t *testing.T, vms [2]*model.VM, ids [2]guestIdentity) {
+	t.Helper()
+	for i, v := range vms {
+		id := ids[i]
+		pem, err := os.ReadFile(filepath.Join(e.layout.VMDir(v.ID), "ssh_host_ed25519_key"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		signer, err := ssh.ParsePrivateKey(pem)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantKey := strings.Fields(string(ssh.MarshalAuthorizedKey(signer.PublicKey())))[1]
+		if id.hostname != v.Name || id.machineID != vm.MachineID(v.ID) || id.mac != v.MAC ||
+			id.addr != v.IP+"/24" || id.hostKey != wantKey || len(id.random) != 64 {
+			t.Errorf("%s identity %+v; want hostname %s machine-id %s mac %s addr %s/24 host key %s",
+				v.Name, id, v.Name, vm.MachineID(v.ID), v.MAC, v.IP, wantKey)
+		}
+	}
+	a, b := ids[0], ids[1]
+	for what, pair := range map[string][2]string{"hostname": {a.hostname, b.hostname}, "machine-id": {a.machineID, b.machineID},
+		"mac": {a.mac, b.mac}, "address": {a.addr, b.addr}, "host key": {a.hostKey, b.hostKey}, "urandom": {a.random, b.random}} {
+		if pair[0] == pair[1] {
+			t.Errorf("both restored VMs have the same %s: %q", what, pair[0])
+		}
+	}
 }

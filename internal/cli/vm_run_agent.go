@@ -110,15 +110,9 @@ func (a *app) execViaAgent(ctx context.Context, vm *model.VM, dir string, argv [
 			return -1, fmt.Errorf("run the command in %s through its guest agent: %w", vm.Name, o.err)
 		case sig := <-sigs:
 			signals++
-			name := sshSignalName(sig)
-			if signals == 1 {
-				fmt.Fprintf(a.env.Stderr, "\nbanger: sending SIG%s to the command (again to stop waiting for it)\n", name)
-			} else {
-				fmt.Fprintf(a.env.Stderr, "\nbanger: killing the command\n")
-				name = "KILL"
-				if forced == nil {
-					forced = time.After(5 * time.Second)
-				}
+			name := a.escalate(sig, signals)
+			if name == "KILL" && forced == nil {
+				forced = time.After(5 * time.Second)
 			}
 			ctl, _ := json.Marshal(api.VMExecControl{Signal: name})
 			go func() { _ = st.Send(sctx, rpc.StreamMsg{Ctl: ctl}) }()

@@ -198,6 +198,20 @@ func (f *pgidFilter) PGID() int {
 	return f.pgid
 }
 
+// escalate says what the n-th host signal during a remote command does and
+// returns the signal name to deliver: the first is passed on as it is,
+// any later one kills the command ("KILL"; the caller stops waiting 5 s
+// later).
+func (a *app) escalate(sig os.Signal, n int) string {
+	if n == 1 {
+		name := sshSignalName(sig)
+		fmt.Fprintf(a.env.Stderr, "\nbanger: sending SIG%s to the command (again to stop waiting for it)\n", name)
+		return name
+	}
+	fmt.Fprintf(a.env.Stderr, "\nbanger: killing the command\n")
+	return "KILL"
+}
+
 // sshSignalName maps a host signal to its ssh name.
 func sshSignalName(sig os.Signal) string {
 	switch sig {
@@ -317,12 +331,8 @@ func (a *app) runOn(c *guest.Client, dir string, argv []string, pty bool) (int, 
 			}
 		case sig := <-sigs:
 			signals++
-			name := sshSignalName(sig)
-			if signals == 1 {
-				fmt.Fprintf(a.env.Stderr, "\nbanger: sending SIG%s to the command (again to stop waiting for it)\n", name)
-			} else {
-				fmt.Fprintf(a.env.Stderr, "\nbanger: killing the command\n")
-				name = "KILL"
+			name := a.escalate(sig, signals)
+			if name == "KILL" {
 				forced = time.After(5 * time.Second)
 			}
 			a.signalRemote(c, sess, filter, name)

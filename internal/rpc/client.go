@@ -54,23 +54,10 @@ func WithEvents(fn func(progress.Event)) CallOption {
 // first, in which case the connection is closed and the server cancels the
 // handler.
 func (c *Client) Call(ctx context.Context, method string, params, result any, opts ...CallOption) error {
-	var o callOptions
-	for _, opt := range opts {
-		opt(&o)
-	}
-	req := request{V: ProtocolVersion, OpID: OpIDFrom(ctx), Method: method, Events: o.events != nil}
-	if params != nil {
-		raw, err := json.Marshal(params)
-		if err != nil {
-			return fmt.Errorf("encode %s params: %w", method, err)
-		}
-		req.Params = raw
-	}
-	line, err := json.Marshal(req)
+	o, line, err := requestLine(ctx, method, params, opts)
 	if err != nil {
-		return fmt.Errorf("encode %s request: %w", method, err)
+		return err
 	}
-	line = append(line, '\n')
 
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", c.path)
@@ -154,23 +141,10 @@ type ClientStream struct {
 // delivered on the stream's reading goroutine. Close hangs up, which
 // cancels the server's handler; so does the end of ctx. Always Close.
 func (c *Client) OpenStream(ctx context.Context, method string, params any, opts ...CallOption) (*ClientStream, error) {
-	var o callOptions
-	for _, opt := range opts {
-		opt(&o)
-	}
-	req := request{V: ProtocolVersion, OpID: OpIDFrom(ctx), Method: method, Events: o.events != nil}
-	if params != nil {
-		raw, err := json.Marshal(params)
-		if err != nil {
-			return nil, fmt.Errorf("encode %s params: %w", method, err)
-		}
-		req.Params = raw
-	}
-	line, err := json.Marshal(req)
+	o, line, err := requestLine(ctx, method, params, opts)
 	if err != nil {
-		return nil, fmt.Errorf("encode %s request: %w", method, err)
+		return nil, err
 	}
-	line = append(line, '\n')
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", c.path)
 	if err != nil {
@@ -283,4 +257,26 @@ func (cs *ClientStream) Wait(ctx context.Context, result any) error {
 func (cs *ClientStream) Close() error {
 	cs.stop()
 	return cs.conn.Close()
+}
+
+// requestLine applies opts and encodes the request frame of a call of
+// method with params, newline included.
+func requestLine(ctx context.Context, method string, params any, opts []CallOption) (callOptions, []byte, error) {
+	var o callOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	req := request{V: ProtocolVersion, OpID: OpIDFrom(ctx), Method: method, Events: o.events != nil}
+	if params != nil {
+		raw, err := json.Marshal(params)
+		if err != nil {
+			return o, nil, fmt.Errorf("encode %s params: %w", method, err)
+		}
+		req.Params = raw
+	}
+	line, err := json.Marshal(req)
+	if err != nil {
+		return o, nil, fmt.Errorf("encode %s request: %w", method, err)
+	}
+	return o, append(line, '\n'), nil
 }

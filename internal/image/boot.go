@@ -30,6 +30,8 @@ package image
 //   - banger-network.service: ordered only after journald's socket, not
 //     after systemd-udevd: the network step finds the interface by its MAC
 //     over netlink and waits for it, so it need not wait for udev.
+//   - no /run/nologin (NologinTmpfilesMask): logins are not held back
+//     until systemd-user-sessions runs, late in boot.
 //   - BootMasks and BootGeneratorMasks: units and generators that do
 //     nothing useful in a banger guest and cost an exec each early in boot
 //     (see the lists); modprobe@.service and systemd-modules-load.service
@@ -183,4 +185,14 @@ func BootBatch(b *ext4.Batch) {
 	for _, g := range BootGeneratorMasks {
 		b.Symlink("/etc/systemd/system-generators/"+g, "/dev/null")
 	}
+	b.Mkdir("/etc/tmpfiles.d", 0o755, 0, 0)
+	b.Symlink(NologinTmpfilesMask, "/dev/null")
 }
+
+// NologinTmpfilesMask masks systemd's tmpfiles entry that creates
+// /run/nologin at boot ("System is booting up. Unprivileged users are not
+// permitted to log in yet"), removed by systemd-user-sessions late in
+// boot. sshd now answers long before that, and pam_nologin would print the
+// message into the first commands' output (and refuse non-root users); a
+// sandbox has no reason to hold logins back while systemd finishes.
+const NologinTmpfilesMask = "/etc/tmpfiles.d/systemd-nologin.conf"

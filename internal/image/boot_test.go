@@ -114,6 +114,7 @@ WantedBy=multi-user.target
 	links := map[string]string{
 		"/etc/systemd/system/local-fs.target.wants/banger-workdisk.service":  GuestWorkDiskUnit,
 		"/etc/systemd/system/multi-user.target.wants/banger-network.service": "/etc/systemd/system/banger-network.service",
+		"/etc/tmpfiles.d/systemd-nologin.conf":                               "/dev/null",
 	}
 	for _, u := range BootMasks {
 		links["/etc/systemd/system/"+u] = "/dev/null"

@@ -92,14 +92,7 @@ func streamServer(sent *atomic.Int64, handlerDone chan error) func(s *Server) {
 }
 
 func TestStreamRoundTrip(t *testing.T) {
-	ts := start(t, ServerOptions{}, streamServer(nil, nil))
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	st, err := ts.client().OpenStream(ctx, "upper", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	ctx, st := openTestStream(t, streamServer(nil, nil), "upper")
 	// 3 MiB: far more than the window both ways, in odd sizes (Send
 	// splits what is over StreamChunk).
 	in := bytes.Repeat([]byte("abcdefghij"), 300<<10)
@@ -152,14 +145,7 @@ func TestStreamRoundTrip(t *testing.T) {
 // A client that does not read stalls the handler's Send at the window.
 func TestStreamFlowControl(t *testing.T) {
 	var sent atomic.Int64
-	ts := start(t, ServerOptions{}, streamServer(&sent, nil))
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	st, err := ts.client().OpenStream(ctx, "flood", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	ctx, st := openTestStream(t, streamServer(&sent, nil), "flood")
 	time.Sleep(300 * time.Millisecond)
 	if n := sent.Load(); n > StreamWindow || n == 0 {
 		t.Fatalf("handler sent %d bytes to a client that reads nothing (window %d)", n, StreamWindow)
@@ -184,14 +170,7 @@ func TestStreamFlowControl(t *testing.T) {
 // RecvHold keeps the sender within the window of unreleased data, and
 // control messages still get through behind it.
 func TestStreamRecvHold(t *testing.T) {
-	ts := start(t, ServerOptions{}, streamServer(nil, nil))
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	st, err := ts.client().OpenStream(ctx, "hold", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	ctx, st := openTestStream(t, streamServer(nil, nil), "hold")
 	chunk := bytes.Repeat([]byte("d"), StreamChunk)
 	var sent atomic.Int64
 	go func() {
@@ -404,4 +383,19 @@ func FuzzStreamFrame(f *testing.F) {
 			t.Fatalf("accepted ack %d", fr.Ack)
 		}
 	})
+}
+
+// openTestStream serves handlers and opens a stream of method on them,
+// with a 30 s bound; the stream is closed when the test ends.
+func openTestStream(t *testing.T, handlers func(*Server), method string) (context.Context, *ClientStream) {
+	t.Helper()
+	ts := start(t, ServerOptions{}, handlers)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	st, err := ts.client().OpenStream(ctx, method, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	return ctx, st
 }

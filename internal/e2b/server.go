@@ -260,6 +260,12 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request, id string, port i
 	out.RequestURI = ""
 	out.Header.Del("E2b-Sandbox-Id")
 	out.Header.Del("E2b-Sandbox-Port")
+	// An HTTP/1 server closes the request body once response headers
+	// are flushed; the transport's final read of the forwarded body then
+	// fails and it closes the guest connection under the streaming
+	// response (a cut Connect stream, "use of closed network
+	// connection"). Full duplex keeps the body readable.
+	_ = http.NewResponseController(w).EnableFullDuplex()
 	s.proxy.ServeHTTP(w, out)
 }
 

@@ -29,6 +29,18 @@
 // process that does not read its stdin never stalls the shared stream.
 // Output is not windowed: the host reads every frame as it arrives.
 //
+// Raw payloads (FeatureBinary): a stream frame may carry its bytes after
+// the line instead of base64 inside it. The line then has "size": N and no
+// data, and exactly N raw bytes (at most MaxFrame) follow the newline. The
+// host sends stdin this way only to an agent whose Health lists
+// FeatureBinary, and asks for output this way with the exec request's
+// binary_output (an older agent ignores it and sends base64). Bulk copies
+// need it: decoding base64 inside JSON costs an emulated guest more than
+// the copy itself. The guest reads a payload only after checking the
+// line's token, so bytes from anyone else are still read as lines, and a
+// torn payload from an earlier host costs error replies, as a torn line
+// does.
+//
 // # Authentication
 //
 // Every host frame carries the VM's token (Token): 32 random bytes, hex,
@@ -68,8 +80,13 @@ const Protocol = 1
 // MaxFrame bounds one frame (one line, newline included) in both directions.
 const MaxFrame = 1 << 20
 
-// ChunkSize is the largest Data payload a peer puts in one stream frame.
+// ChunkSize is the largest Data payload a peer puts in one base64 stream
+// frame.
 const ChunkSize = 32 << 10
+
+// RawChunkSize is the largest raw payload a peer puts in one stream frame
+// (FeatureBinary): fewer, larger frames for bulk data.
+const RawChunkSize = 256 << 10
 
 // StdinWindow is how many stdin bytes the host may send ahead of the
 // guest's acknowledgements.
@@ -142,8 +159,12 @@ type Health struct {
 // FeatureSignal: the agent accepts KindSignal for a running exec.
 const FeatureSignal = "signal"
 
+// FeatureBinary: the agent reads raw stdin payloads and sends raw output
+// payloads when asked (see the package doc).
+const FeatureBinary = "binary"
+
 // Features is what this package's agent reports in Health.Features.
-var Features = []string{FeatureSignal}
+var Features = []string{FeatureSignal, FeatureBinary}
 
 // HasFeature reports whether h lists feature.
 func (h Health) HasFeature(feature string) bool {
@@ -228,6 +249,15 @@ type ExecRequest struct {
 	// as malformed (an error with id 0, which ends no call), so the signal
 	// is lost; check Health first when that matters.
 	Signals <-chan string `json:"-"`
+}
+
+// execBody is the body of a KindExec frame.
+type execBody struct {
+	ExecRequest
+	Stdin bool `json:"stdin"` // stdin frames follow
+	// BinaryOutput asks for output frames with raw payloads
+	// (FeatureBinary; an older agent ignores it).
+	BinaryOutput bool `json:"binary_output,omitempty"`
 }
 
 // ExecResult is how a command ended.

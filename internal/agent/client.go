@@ -71,6 +71,8 @@ type session struct {
 	err     error // set before done is closed
 	idle    time.Duration
 	timer   *time.Timer // armed while pending is empty (idle > 0)
+
+	health *Health // the last ping's answer on this session (s.mu)
 }
 
 // armIdleLocked starts the idle countdown when no call is in flight.
@@ -304,9 +306,48 @@ func (c *Conn) do(ctx context.Context, kind string, body, result any) error {
 
 // Ping implements Client.
 func (c *Conn) Ping(ctx context.Context) (Health, error) {
-	var h Health
-	err := c.do(ctx, KindPing, nil, &h)
-	return h, err
+	cl, err := c.start(ctx, KindPing, nil)
+	if err != nil {
+		return Health{}, err
+	}
+	defer cl.end()
+	for {
+		f, err := cl.next(ctx)
+		if err != nil {
+			return Health{}, err
+		}
+		switch f.Kind {
+		case KindResult:
+			var h Health
+			if err := json.Unmarshal(f.Body, &h); err != nil {
+				return Health{}, fmt.Errorf("agent ping: decode result: %w", err)
+			}
+			cl.s.mu.Lock()
+			cl.s.health = &h
+			cl.s.mu.Unlock()
+			return h, nil
+		case KindError:
+			return Health{}, f.Error
+		}
+	}
+}
+
+// rawStdin reports whether the agent takes raw stdin payloads
+// (FeatureBinary), from the open session's last ping or a new one.
+func (c *Conn) rawStdin(ctx context.Context) bool {
+	c.mu.Lock()
+	s := c.sess
+	c.mu.Unlock()
+	if s != nil {
+		s.mu.Lock()
+		h := s.health
+		s.mu.Unlock()
+		if h != nil {
+			return h.HasFeature(FeatureBinary)
+		}
+	}
+	h, err := c.Ping(ctx)
+	return err == nil && h.HasFeature(FeatureBinary)
 }
 
 // ApplyIdentity implements Client.
@@ -333,16 +374,13 @@ func (c *Conn) Exec(ctx context.Context, req ExecRequest) (ExecResult, error) {
 	if len(req.Argv) == 0 {
 		return ExecResult{}, errors.New("agent exec: empty command")
 	}
-	body := struct {
-		ExecRequest
-		Stdin bool `json:"stdin"`
-	}{req, req.Stdin != nil}
-	cl, err := c.start(ctx, KindExec, body)
+	raw := req.Stdin != nil && c.rawStdin(ctx)
+	cl, err := c.start(ctx, KindExec, execBody{ExecRequest: req, Stdin: req.Stdin != nil, BinaryOutput: true})
 	if err != nil {
 		return ExecResult{}, err
 	}
 	defer cl.end()
-	acks := make(chan int, StdinWindow/ChunkSize+8)
+	acks := make(chan int, StdinWindow/ChunkSize+8) // acks come per chunk
 	if req.Signals != nil {
 		sigCtx, stop := context.WithCancel(ctx)
 		defer stop()
@@ -363,7 +401,7 @@ func (c *Conn) Exec(ctx context.Context, req ExecRequest) (ExecResult, error) {
 	if req.Stdin != nil {
 		stdinCtx, stop := context.WithCancel(ctx)
 		defer stop()
-		go cl.copyStdin(stdinCtx, req.Stdin, acks)
+		go cl.copyStdin(stdinCtx, req.Stdin, acks, raw)
 	}
 	var werr error
 	write := func(w io.Writer, p []byte) {
@@ -413,11 +451,17 @@ type signalBody struct {
 	Signal string `json:"signal"`
 }
 
-func (cl *call) copyStdin(ctx context.Context, r io.Reader, acks <-chan int) {
-	buf := make([]byte, ChunkSize)
+// copyStdin sends r as stdin frames (raw payloads with raw), keeping at
+// most StdinWindow bytes unacknowledged.
+func (cl *call) copyStdin(ctx context.Context, r io.Reader, acks <-chan int, raw bool) {
+	chunk := ChunkSize
+	if raw {
+		chunk = RawChunkSize
+	}
+	buf := make([]byte, chunk)
 	credit := StdinWindow
 	for ctx.Err() == nil {
-		for credit < ChunkSize {
+		for credit < chunk {
 			select {
 			case a := <-acks:
 				credit += a
@@ -428,7 +472,7 @@ func (cl *call) copyStdin(ctx context.Context, r io.Reader, acks <-chan int) {
 		n, err := r.Read(buf)
 		credit -= n
 		if n > 0 {
-			if cl.send(&Frame{Kind: KindStdin, Data: append([]byte(nil), buf[:n]...)}) != nil {
+			if cl.send(&Frame{Kind: KindStdin, Data: buf[:n], Raw: raw}) != nil {
 				return
 			}
 		}

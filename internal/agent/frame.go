@@ -42,6 +42,14 @@ type Frame struct {
 	EOF   bool            `json:"eof,omitempty"`   // KindStdin: no more input
 	N     int             `json:"n,omitempty"`     // KindAck: stdin bytes consumed
 	Error *Error          `json:"error,omitempty"` // KindError
+	// Size, on a stream frame (KindStdin, KindStdout, KindStderr) of a
+	// peer that reported FeatureBinary, says that Size raw bytes follow
+	// the line: the frame's Data, without base64 or JSON around it (see
+	// the package doc). Data is then absent from the line.
+	Size int `json:"size,omitempty"`
+	// Raw asks EncodeFrame to send Data as a raw payload (Size) instead of
+	// base64 in the line.
+	Raw bool `json:"-"`
 }
 
 // ErrFrameTooLarge is returned (wrapped) by ReadFrame for a line longer
@@ -58,6 +66,12 @@ var ErrBadFrame = errors.New("malformed frame")
 type FrameReader struct {
 	r   *bufio.Reader
 	max int
+	// Accept, when set, decides whether the raw payload a frame's Size
+	// announces is read (the guest accepts only frames with its token).
+	// A frame it refuses is returned without its payload, whose bytes
+	// are then read as lines: a peer that does not hold the token can
+	// never make the reader skip the next frames.
+	Accept func(*Frame) bool
 }
 
 // NewFrameReader reads frames of at most max bytes (MaxFrame when max <= 0).
@@ -74,7 +88,25 @@ func (fr *FrameReader) ReadFrame() (*Frame, error) {
 	if err != nil {
 		return nil, err
 	}
-	return DecodeFrame(line)
+	f, err := DecodeFrame(line)
+	if err != nil || f.Size == 0 {
+		return f, err
+	}
+	if f.Size > fr.max {
+		return nil, fmt.Errorf("%w: payload of %d bytes (limit %d)", ErrFrameTooLarge, f.Size, fr.max)
+	}
+	if fr.Accept != nil && !fr.Accept(f) {
+		f.Size = 0
+		return f, nil
+	}
+	f.Data = make([]byte, f.Size)
+	if _, err := io.ReadFull(fr.r, f.Data); err != nil {
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			err = io.EOF // a torn payload, like a torn line
+		}
+		return nil, err
+	}
+	return f, nil
 }
 
 // readLine returns the next line without its newline. A line over the limit
@@ -130,6 +162,16 @@ func DecodeFrame(line []byte) (*Frame, error) {
 		// not read (too large, malformed), which have no id to answer.
 		return nil, fmt.Errorf("%w: no id", ErrBadFrame)
 	}
+	if f.Size != 0 {
+		switch {
+		case f.Size < 0 || f.Size > MaxFrame:
+			return nil, fmt.Errorf("%w: payload size %d (limit %d)", ErrFrameTooLarge, f.Size, MaxFrame)
+		case len(f.Data) != 0:
+			return nil, fmt.Errorf("%w: both data and a payload size", ErrBadFrame)
+		case f.Kind != KindStdin && f.Kind != KindStdout && f.Kind != KindStderr:
+			return nil, fmt.Errorf("%w: a payload on a %q frame", ErrBadFrame, f.Kind)
+		}
+	}
 	switch f.Kind {
 	case KindPing, KindIdentity, KindPorts, KindExec, KindHalt, KindStdin, KindCancel, KindSignal,
 		KindStdout, KindStderr, KindResult, KindAck:
@@ -165,8 +207,18 @@ func (fw *FrameWriter) WriteFrame(f *Frame) error {
 	return err
 }
 
-// EncodeFrame renders f as one line (newline included), checking MaxFrame.
+// EncodeFrame renders f as one line (newline included), checking MaxFrame;
+// with f.Raw and Data, the line announces Size and Data follows it raw.
 func EncodeFrame(f *Frame) ([]byte, error) {
+	var payload []byte
+	if f.Raw && len(f.Data) > 0 {
+		if len(f.Data) > MaxFrame {
+			return nil, fmt.Errorf("encode frame: %w (payload %d > %d bytes)", ErrFrameTooLarge, len(f.Data), MaxFrame)
+		}
+		hdr := *f
+		hdr.Data, hdr.Size = nil, len(f.Data)
+		f, payload = &hdr, f.Data
+	}
 	b, err := json.Marshal(f)
 	if err != nil {
 		return nil, fmt.Errorf("encode frame: %w", err)
@@ -175,5 +227,5 @@ func EncodeFrame(f *Frame) ([]byte, error) {
 	if len(b) > MaxFrame {
 		return nil, fmt.Errorf("encode frame: %w (%d > %d bytes)", ErrFrameTooLarge, len(b), MaxFrame)
 	}
-	return b, nil
+	return append(b, payload...), nil
 }

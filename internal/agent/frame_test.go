@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -96,6 +97,7 @@ func FuzzDecodeFrame(f *testing.F) {
 		`{"v":1,"id":3,"kind":"stdin","data":"aGVsbG8=","eof":true}`,
 		`{"v":1,"id":0,"kind":"error","error":{"code":"too_large","message":"x"}}`,
 		`{"v":1,"id":4,"kind":"ack","n":32768}`,
+		`{"v":1,"id":5,"kind":"stdin","size":4}`,
 		"\x00\xff", "{}", `{"id":1e400}`,
 	} {
 		f.Add([]byte(s))
@@ -127,6 +129,7 @@ func FuzzDecodeFrame(f *testing.F) {
 func FuzzFrameReader(f *testing.F) {
 	f.Add([]byte("{\"v\":1,\"id\":1,\"kind\":\"ping\"}\n\n\xff\n{\"v\":1,\"id\":2,\"kind\":\"ack\"}"))
 	f.Add(bytes.Repeat([]byte("x"), 600))
+	f.Add([]byte("{\"v\":1,\"id\":1,\"kind\":\"stdout\",\"size\":3}\nabc{\"v\":1,\"id\":2,\"kind\":\"stdin\",\"size\":9}\nab"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		fr := agent.NewFrameReader(bytes.NewReader(data), 512)
 		for i := 0; i < len(data)+2; i++ {
@@ -140,4 +143,57 @@ func FuzzFrameReader(f *testing.F) {
 		}
 		t.Fatal("reader did not reach EOF")
 	})
+}
+
+func TestFrameRawPayload(t *testing.T) {
+	data := []byte("raw\nbytes\x00\xff{\"v\":1}\n")
+	b, err := agent.EncodeFrame(&agent.Frame{V: 1, ID: 7, Kind: agent.KindStdin, Token: "tok", Data: data, Raw: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	line, payload, _ := bytes.Cut(b, []byte{'\n'})
+	if !bytes.Contains(line, []byte(`"size":`+strconv.Itoa(len(data)))) || bytes.Contains(line, []byte(`"data"`)) || !bytes.Equal(payload, data) {
+		t.Fatalf("encoded %q", b)
+	}
+	next, _ := agent.EncodeFrame(&agent.Frame{V: 1, ID: 8, Kind: agent.KindPing})
+	fr := agent.NewFrameReader(bytes.NewReader(append(b, next...)), 0)
+	f, err := fr.ReadFrame()
+	if err != nil || f.ID != 7 || !bytes.Equal(f.Data, data) {
+		t.Fatalf("got %+v %v", f, err)
+	}
+	if f, err := fr.ReadFrame(); err != nil || f.ID != 8 {
+		t.Fatalf("frame after the payload: %+v %v", f, err)
+	}
+	// A payload cut short is a torn frame.
+	if _, err := agent.NewFrameReader(bytes.NewReader(b[:len(b)-3]), 0).ReadFrame(); !errors.Is(err, io.EOF) {
+		t.Fatalf("torn payload: %v", err)
+	}
+}
+
+func TestFrameReaderRefusedPayloadIsReadAsLines(t *testing.T) {
+	inner, _ := agent.EncodeFrame(&agent.Frame{V: 1, ID: 9, Kind: agent.KindPing, Token: "good"})
+	b, _ := agent.EncodeFrame(&agent.Frame{V: 1, ID: 7, Kind: agent.KindStdin, Token: "bad", Data: inner, Raw: true})
+	fr := agent.NewFrameReader(bytes.NewReader(b), 0)
+	fr.Accept = func(f *agent.Frame) bool { return f.Token == "good" }
+	f, err := fr.ReadFrame()
+	if err != nil || f.ID != 7 || f.Data != nil || f.Size != 0 {
+		t.Fatalf("refused frame: %+v %v", f, err)
+	}
+	// The payload was not skipped: the frame inside it is read.
+	if f, err := fr.ReadFrame(); err != nil || f.ID != 9 {
+		t.Fatalf("payload as lines: %+v %v", f, err)
+	}
+}
+
+func TestDecodeFrameRejectsBadSizes(t *testing.T) {
+	for s, want := range map[string]error{
+		`{"v":1,"id":1,"kind":"ping","size":3}`:                 agent.ErrBadFrame,
+		`{"v":1,"id":1,"kind":"stdin","size":-1}`:               agent.ErrFrameTooLarge,
+		`{"v":1,"id":1,"kind":"stdin","size":1048577}`:          agent.ErrFrameTooLarge,
+		`{"v":1,"id":1,"kind":"stdout","size":2,"data":"eA=="}`: agent.ErrBadFrame,
+	} {
+		if _, err := agent.DecodeFrame([]byte(s)); !errors.Is(err, want) {
+			t.Errorf("DecodeFrame(%s) = %v, want %v", s, err, want)
+		}
+	}
 }

@@ -39,6 +39,10 @@ type Server struct {
 	Transport string // reported in Health, unless the stream has a Transport() string method
 	Logger    *slog.Logger
 
+	// Features is what Health reports (nil = the package's Features); a
+	// test sets fewer to play an older agent.
+	Features []string
+
 	ExecDir string   // default working directory ("" = "/root", else "/")
 	ExecEnv []string // base environment of commands (nil = DefaultExecEnv)
 
@@ -92,6 +96,7 @@ func (s *Server) Serve(ctx context.Context, rw io.ReadWriter) error {
 		sess.wg.Wait()
 	}()
 	fr := NewFrameReader(rw, MaxFrame)
+	fr.Accept = sess.authorized
 	type readResult struct {
 		f   *Frame
 		err error
@@ -292,7 +297,10 @@ func (ss *serverSession) run(ctx context.Context, f *Frame, es *execState) (any,
 	case KindPing:
 		h, err := sys.Health(ctx)
 		h.Protocol = Protocol
-		h.Features = Features
+		h.Features = ss.srv.Features
+		if h.Features == nil {
+			h.Features = Features
+		}
 		if h.Transport == "" {
 			h.Transport = ss.transport
 		}
@@ -321,17 +329,14 @@ func (ss *serverSession) run(ctx context.Context, f *Frame, es *execState) (any,
 		}
 		return p, err
 	default: // KindExec
-		var req struct {
-			ExecRequest
-			Stdin bool `json:"stdin"`
-		}
+		var req execBody
 		if err := json.Unmarshal(f.Body, &req); err != nil {
 			return nil, badRequest("exec: %v", err)
 		}
 		if len(req.Argv) == 0 || req.Argv[0] == "" {
 			return nil, badRequest("exec: empty command")
 		}
-		return ss.exec(ctx, f.ID, req.ExecRequest, req.Stdin, es)
+		return ss.exec(ctx, f.ID, req, es)
 	}
 }
 
@@ -340,13 +345,18 @@ type streamWriter struct {
 	ss   *serverSession
 	id   uint64
 	kind string
+	raw  bool // raw payloads (the host asked for binary_output)
 }
 
 func (w *streamWriter) Write(p []byte) (int, error) {
 	n := 0
+	chunk := ChunkSize
+	if w.raw {
+		chunk = RawChunkSize
+	}
 	for len(p) > 0 {
-		c := min(len(p), ChunkSize)
-		if err := w.ss.w.WriteFrame(&Frame{V: Protocol, ID: w.id, Kind: w.kind, Data: p[:c]}); err != nil {
+		c := min(len(p), chunk)
+		if err := w.ss.w.WriteFrame(&Frame{V: Protocol, ID: w.id, Kind: w.kind, Data: p[:c], Raw: w.raw}); err != nil {
 			return n, err
 		}
 		n += c
@@ -359,7 +369,7 @@ func (w *streamWriter) Write(p []byte) (int, error) {
 // (held by a background child) before the result is sent anyway.
 const execWaitDelay = 2 * time.Second
 
-func (ss *serverSession) exec(ctx context.Context, id uint64, req ExecRequest, stdin bool, es *execState) (ExecResult, error) {
+func (ss *serverSession) exec(ctx context.Context, id uint64, req execBody, es *execState) (ExecResult, error) {
 	cmd := exec.CommandContext(ctx, req.Argv[0], req.Argv[1:]...)
 	env := ss.srv.ExecEnv
 	if env == nil {
@@ -376,8 +386,8 @@ func (ss *serverSession) exec(ctx context.Context, id uint64, req ExecRequest, s
 			cmd.Dir = "/"
 		}
 	}
-	cmd.Stdout = &streamWriter{ss: ss, id: id, kind: KindStdout}
-	cmd.Stderr = &streamWriter{ss: ss, id: id, kind: KindStderr}
+	cmd.Stdout = &streamWriter{ss: ss, id: id, kind: KindStdout, raw: req.BinaryOutput}
+	cmd.Stderr = &streamWriter{ss: ss, id: id, kind: KindStderr, raw: req.BinaryOutput}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error {
 		// The whole process group: a shell's children die with it.
@@ -385,7 +395,7 @@ func (ss *serverSession) exec(ctx context.Context, id uint64, req ExecRequest, s
 	}
 	cmd.WaitDelay = execWaitDelay
 	var stdinW *os.File
-	if stdin {
+	if req.Stdin {
 		r, w, err := os.Pipe()
 		if err != nil {
 			return ExecResult{}, fmt.Errorf("exec: stdin pipe: %w", err)

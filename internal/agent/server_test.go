@@ -2,11 +2,15 @@ package agent_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -137,5 +141,84 @@ func TestServerEmptyTokenRejectsAll(t *testing.T) {
 	send(t, host, frame(1, agent.KindPing, "", agent.Protocol))
 	if f := recv(t, bufio.NewReader(host)); f.Kind != agent.KindError || f.Error.Code != agent.CodeUnauthorized {
 		t.Fatalf("got %+v", f)
+	}
+}
+
+// recordingConn keeps a copy of what the host sent.
+type recordingConn struct {
+	net.Conn
+	mu  sync.Mutex
+	got bytes.Buffer
+}
+
+func (r *recordingConn) Read(p []byte) (int, error) {
+	n, err := r.Conn.Read(p)
+	r.mu.Lock()
+	r.got.Write(p[:n])
+	r.mu.Unlock()
+	return n, err
+}
+
+// TestExecStdinEncoding: stdin travels as raw payloads to an agent that
+// reports FeatureBinary and as base64 to one that does not, with the same
+// bytes arriving either way; output comes back raw when asked.
+func TestExecStdinEncoding(t *testing.T) {
+	in := make([]byte, 3*agent.RawChunkSize+123)
+	for i := range in {
+		in[i] = byte(i*7 + i>>9)
+	}
+	for _, tc := range []struct {
+		name     string
+		features []string
+		raw      bool
+	}{{"binary agent", nil, true}, {"older agent", []string{agent.FeatureSignal}, false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := agenttest.NewServer(&agenttest.FakeSystem{}, t.TempDir())
+			srv.Features = tc.features
+			var rec *recordingConn
+			dial := func(context.Context) (io.ReadWriteCloser, error) {
+				host, guest := net.Pipe()
+				rec = &recordingConn{Conn: guest}
+				go srv.Serve(context.Background(), rec)
+				return host, nil
+			}
+			c := agent.NewConn(dial, agenttest.Token, "pipe")
+			defer c.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			var out bytes.Buffer
+			res, err := c.Exec(ctx, agent.ExecRequest{Argv: []string{"cat"}, Stdin: bytes.NewReader(in), Stdout: &out})
+			if err != nil || res.ExitCode != 0 {
+				t.Fatalf("exec: %+v %v", res, err)
+			}
+			if !bytes.Equal(out.Bytes(), in) {
+				t.Fatalf("%d bytes back of %d, or different", out.Len(), len(in))
+			}
+			rec.mu.Lock()
+			sent := rec.got.String()
+			rec.mu.Unlock()
+			rawFrames := strings.Count(sent, `"kind":"stdin","token":"`+agenttest.Token+`","size":`)
+			b64Frames := strings.Count(sent, `"kind":"stdin","token":"`+agenttest.Token+`","data":`)
+			if tc.raw && (rawFrames != 4 || b64Frames != 0) || !tc.raw && (rawFrames != 0 || b64Frames < len(in)/agent.ChunkSize) {
+				t.Fatalf("stdin frames: %d raw, %d base64", rawFrames, b64Frames)
+			}
+		})
+	}
+}
+
+// TestServerRawStdinWithWrongToken: a payload announced by a frame without
+// the token is not skipped, so it cannot hide the frames after it.
+func TestServerRawStdinWithWrongToken(t *testing.T) {
+	c, r := rawSession(t)
+	inner := frame(5, agent.KindPing, agenttest.Token, agent.Protocol) + "\n"
+	hdr := fmt.Sprintf(`{"v":1,"id":4,"kind":"stdin","token":"%s","size":%d}`, strings.Repeat("0", 64), len(inner))
+	if _, err := c.Write([]byte(hdr + "\n" + inner)); err != nil {
+		t.Fatal(err)
+	}
+	if f := recv(t, r); f.Kind != agent.KindError || f.ID != 4 || f.Error.Code != agent.CodeUnauthorized {
+		t.Fatalf("header with a wrong token: %+v", f)
+	}
+	if f := recv(t, r); f.Kind != agent.KindResult || f.ID != 5 {
+		t.Fatalf("the frame in the refused payload: %+v", f)
 	}
 }

@@ -29,17 +29,18 @@ func (c copyCoW) Reattach(ctx context.Context, h *Handle) error {
 	return fileDisk{Copy}.Reattach(ctx, h)
 }
 
-// createFile creates dst exclusively, fills it from base with fill, grows it
-// to the requested size and starts writing it back. On failure dst is
-// removed.
+// createFile creates dst exclusively, fills it from base with fill and
+// grows it to the requested size. On failure dst is removed.
 //
-// It does not wait for the data to reach the disk: an fsync here was most
-// of a copied clone's cost (0.35 of 0.47 s for a 310 MB root disk on this
-// project's CI machine), and it buys nothing a VM keeps: the guest's
-// writes are durable only from its own flushes, and the VMM's first flush
-// (the guest's first journal commit, or the identity step's syncfs after a
-// restore) makes the whole file durable. Writeback starts at once, so it
-// runs while the VMM starts and that flush finds little left to write.
+// It neither fsyncs dst nor starts its writeback. An fsync was most of a
+// copied clone's cost (0.35 of 0.47 s for a 310 MB root disk on this
+// project's CI machine), and it buys nothing a VM keeps: the guest's own
+// writes are durable only from its flushes, and the VMM's first flush
+// (the guest's first journal commit) makes the whole file durable. Started
+// writeback is no better: with ext4's ordered mode every fsync that follows
+// on the host (the VM's key and token files) waits for it. Left alone, the
+// kernel writes the copy back in its own time, and a VM deleted before
+// that (`vm run --rm`) never writes it at all.
 func createFile(ctx context.Context, s Strategy, base, dst string, sizeBytes int64,
 	fill func(ctx context.Context, out, in *os.File, n int64) error) (_ *Handle, err error) {
 	if err := ctx.Err(); err != nil {
@@ -72,9 +73,6 @@ func createFile(ctx context.Context, s Strategy, base, dst string, sizeBytes int
 	}
 	if err := out.Truncate(size); err != nil {
 		return nil, fmt.Errorf("create %s disk: grow to %d bytes: %w", s, size, err)
-	}
-	if err := unix.SyncFileRange(int(out.Fd()), 0, 0, unix.SYNC_FILE_RANGE_WRITE); err != nil && !errors.Is(err, unix.ENOSYS) {
-		return nil, fmt.Errorf("create %s disk: start writeback: %w", s, err)
 	}
 	if err := out.Close(); err != nil {
 		return nil, fmt.Errorf("create %s disk: %w", s, err)

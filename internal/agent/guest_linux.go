@@ -128,9 +128,11 @@ func (g *Guest) ApplyIdentity(ctx context.Context, id Identity) (IdentityResult,
 			return res, err
 		}
 	}
-	if err := g.syncFS(); err != nil {
-		return res, err
-	}
+	// No sync: the guest's next journal commit (or the fast stop's halt)
+	// makes these files durable, and a VM killed before that cold-boots
+	// with its configuration written again. A syncfs here made the VMM
+	// flush the whole root disk file, which a restore has just cloned and
+	// the host has not written back yet.
 	phase("files")
 	res.MachineID = strings.TrimSpace(string(must(os.ReadFile(g.path("/etc/machine-id")))))
 	if g.Kernel {
@@ -143,23 +145,8 @@ func (g *Guest) ApplyIdentity(ctx context.Context, id Identity) (IdentityResult,
 
 func must(b []byte, _ error) []byte { return b }
 
-// syncFS flushes the filesystem that holds the guest's /etc (syncfs).
-func (g *Guest) syncFS() error {
-	f, err := os.Open(g.path("/etc"))
-	if err != nil {
-		return fmt.Errorf("sync: %w", err)
-	}
-	defer f.Close()
-	if err := unix.Syncfs(int(f.Fd())); err != nil {
-		return fmt.Errorf("sync: %w", err)
-	}
-	return nil
-}
-
 // writeFile replaces a file atomically (temp file in the same directory,
-// rename). It does not fsync: ApplyIdentity syncs the filesystem once
-// after all its files (one journal commit instead of eight, which is
-// measurable on a guest just restored under emulation).
+// rename). It does not fsync (see ApplyIdentity).
 func (g *Guest) writeFile(p string, data []byte, mode os.FileMode) error {
 	full := g.path(p)
 	tmp, err := os.CreateTemp(filepath.Dir(full), "."+filepath.Base(full)+".banger-")

@@ -207,7 +207,21 @@ type Identity struct {
 	Gateway   string    `json:"gateway,omitempty"`
 	DNS       []string  `json:"dns,omitempty"`
 	HostKey   []byte    `json:"host_key,omitempty"` // OpenSSH PEM private key (ed25519)
+	// SSHDKeysPerConnection says that this guest's running sshd is known
+	// to load its host keys for every new connection (IdentityResult.SSHD
+	// was SSHDPerConnection when the same sshd, restored from the same
+	// snapshot, was checked): the agent writes HostKey and skips its
+	// handshake with sshd. An older agent ignores it and checks anyway.
+	SSHDKeysPerConnection bool `json:"sshd_keys_per_connection,omitempty"`
 }
+
+// How the guest's sshd came to serve a new host key (IdentityResult.SSHD).
+const (
+	SSHDPerConnection = "per-connection" // a new connection already got it (OpenSSH before 9.8 re-executes per connection)
+	SSHDReloaded      = "reloaded"       // only after SIGHUP to the listener
+	SSHDTrusted       = "trusted"        // not checked: Identity.SSHDKeysPerConnection
+	SSHDNotRunning    = "not-running"    // no sshd yet: it reads the key when it starts
+)
 
 // IdentityResult is what the guest reports after applying an Identity.
 type IdentityResult struct {
@@ -216,6 +230,7 @@ type IdentityResult struct {
 	Interface          string  `json:"interface,omitempty"` // the interface that got Address
 	MachineID          string  `json:"machine_id"`
 	HostKeyFingerprint string  `json:"host_key_fingerprint,omitempty"` // ssh.FingerprintSHA256 of the installed key
+	SSHD               string  `json:"sshd,omitempty"`                 // how sshd came to serve HostKey (SSHDPerConnection…)
 	ClockStep          float64 `json:"clock_step"`                     // seconds the clock was moved (0 if left alone)
 	EntropyBits        int     `json:"entropy_bits"`                   // bits credited to the RNG
 	// PhasesMS is how long each part of the apply took in the guest, in

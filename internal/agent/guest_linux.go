@@ -113,11 +113,11 @@ func (g *Guest) ApplyIdentity(ctx context.Context, id Identity) (IdentityResult,
 		phase("network")
 	}
 	if len(id.HostKey) > 0 {
-		fp, err := g.applyHostKey(ctx, id)
+		fp, how, err := g.applyHostKey(ctx, id)
 		if err != nil {
 			return res, err
 		}
-		res.HostKeyFingerprint = fp
+		res.HostKeyFingerprint, res.SSHD = fp, how
 		phase("hostkey")
 	}
 	if id.Token != "" {
@@ -410,15 +410,18 @@ func (g *Guest) ipTool() string {
 	return "ip"
 }
 
-// applyHostKey installs the VM's ssh host key, tells the running sshd to
-// reload (SIGHUP to the listener: it re-executes itself and reads its keys
-// again; existing sessions are untouched) and waits until sshd on
-// 127.0.0.1:22 serves the new key, so the host's first pinned connection
-// cannot meet the old one.
-func (g *Guest) applyHostKey(ctx context.Context, id Identity) (string, error) {
+// applyHostKey installs the VM's ssh host key and makes sure the running
+// sshd serves it, so the host's first pinned connection cannot meet the
+// old one: a handshake on 127.0.0.1:22 shows whether a new connection
+// already gets it, else the listener is told to reload (SIGHUP: it
+// re-executes itself and reads its keys again; existing sessions are
+// untouched) and the agent waits until it does. With
+// id.SSHDKeysPerConnection (this sshd was checked when its snapshot was
+// made) the files are written and nothing is checked. how says which.
+func (g *Guest) applyHostKey(ctx context.Context, id Identity) (fp, how string, err error) {
 	signer, err := ssh.ParsePrivateKey(id.HostKey)
 	if err != nil {
-		return "", fmt.Errorf("host key: %w", err)
+		return "", "", fmt.Errorf("host key: %w", err)
 	}
 	name := id.Hostname
 	if name == "" {
@@ -426,21 +429,27 @@ func (g *Guest) applyHostKey(ctx context.Context, id Identity) (string, error) {
 	}
 	pub := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(signer.PublicKey()))) + " root@" + name + "\n"
 	if err := os.MkdirAll(g.path("/etc/ssh"), 0o755); err != nil {
-		return "", fmt.Errorf("host key: %w", err)
+		return "", "", fmt.Errorf("host key: %w", err)
 	}
 	if err := g.writeFile("/etc/ssh/ssh_host_ed25519_key", id.HostKey, 0o600); err != nil {
-		return "", err
+		return "", "", err
 	}
 	if err := g.writeFile("/etc/ssh/ssh_host_ed25519_key.pub", []byte(pub), 0o644); err != nil {
-		return "", err
+		return "", "", err
 	}
-	fp := ssh.FingerprintSHA256(signer.PublicKey())
+	fp = ssh.FingerprintSHA256(signer.PublicKey())
 	if !g.Kernel {
-		return fp, nil
+		return fp, SSHDNotRunning, nil
 	}
 	pid := g.sshdListener()
 	if pid == 0 {
-		return fp, nil // no sshd running (yet): it reads the new key when it starts
+		return fp, SSHDNotRunning, nil // no sshd running (yet): it reads the new key when it starts
+	}
+	if id.SSHDKeysPerConnection {
+		// Checked on this very sshd when its snapshot was made; the
+		// handshake would cost half a second or more of emulated guest
+		// work (a re-executed sshd loading OpenSSL) on every restore.
+		return fp, SSHDTrusted, nil
 	}
 
 	// OpenSSH before 9.8 re-executes itself for every connection and
@@ -450,15 +459,15 @@ func (g *Guest) applyHostKey(ctx context.Context, id Identity) (string, error) {
 	match, _ := probeHostKey(pctx, "127.0.0.1:22", signer.PublicKey())
 	cancel()
 	if match {
-		return fp, nil
+		return fp, SSHDPerConnection, nil
 	}
 	if err := syscall.Kill(pid, syscall.SIGHUP); err != nil {
-		return fp, fmt.Errorf("reload sshd (pid %d): %w", pid, err)
+		return fp, "", fmt.Errorf("reload sshd (pid %d): %w", pid, err)
 	}
 	if err := waitHostKey(ctx, "127.0.0.1:22", signer.PublicKey(), 10*time.Second); err != nil {
-		return fp, fmt.Errorf("reload sshd: %w", err)
+		return fp, "", fmt.Errorf("reload sshd: %w", err)
 	}
-	return fp, nil
+	return fp, SSHDReloaded, nil
 }
 
 // sshdListener finds the sshd that listens (comm sshd, parent not sshd).

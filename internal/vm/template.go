@@ -20,10 +20,12 @@ package vm
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -57,7 +59,58 @@ const (
 	templateWorkFile  = "work.ext4"
 	templateTokenFile = "agent.token"
 	templateLogFile   = "console.log"
+	// templateSSHDFile records what the template's sshd was found to do
+	// with a new host key (sshdFacts).
+	templateSSHDFile = "sshd.json"
 )
+
+// sshdFacts is what making a template found out about its sshd.
+type sshdFacts struct {
+	// KeysPerConnection: a new connection got a host key written after
+	// sshd started, with no reload (OpenSSH before 9.8 re-executes itself
+	// per connection and reads its keys again). Every VM restored from
+	// the template runs this same sshd, so it is checked once, here, and
+	// the identity step only writes the VM's key.
+	KeysPerConnection bool `json:"keys_per_connection"`
+}
+
+// checkSSHD finds out, on a booted template guest, whether its sshd serves
+// a host key written after it started without being told to reload: the
+// agent installs a throwaway key and makes a handshake with sshd. Then the
+// template's own key goes back (without a check when it needs none) and
+// the guest syncs.
+func checkSSHD(ctx context.Context, c agent.Client, templateKey []byte) (sshdFacts, error) {
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return sshdFacts{}, fmt.Errorf("check sshd: %w", err)
+	}
+	block, err := ssh.MarshalPrivateKey(priv, "")
+	if err != nil {
+		return sshdFacts{}, fmt.Errorf("check sshd: %w", err)
+	}
+	res, err := c.ApplyIdentity(ctx, agent.Identity{HostKey: pem.EncodeToMemory(block)})
+	if err != nil {
+		return sshdFacts{}, fmt.Errorf("check sshd: %w", err)
+	}
+	f := sshdFacts{KeysPerConnection: res.SSHD == agent.SSHDPerConnection}
+	if _, err := c.ApplyIdentity(ctx, agent.Identity{HostKey: templateKey, SSHDKeysPerConnection: f.KeysPerConnection}); err != nil {
+		return sshdFacts{}, fmt.Errorf("check sshd: put the template's key back: %w", err)
+	}
+	if _, err := c.Exec(ctx, agent.ExecRequest{Argv: []string{"/bin/sh", "-c", "command -v sync >/dev/null 2>&1 && sync; exit 0"}}); err != nil {
+		return sshdFacts{}, fmt.Errorf("check sshd: sync: %w", err)
+	}
+	return f, nil
+}
+
+// readSSHDFacts reads a template's sshdFacts; a template without them (made
+// by an older daemon) knows nothing.
+func readSSHDFacts(t *template.Template) sshdFacts {
+	var f sshdFacts
+	if data, err := os.ReadFile(t.Path(templateSSHDFile)); err == nil {
+		_ = json.Unmarshal(data, &f)
+	}
+	return f
+}
 
 // templateHostname is the hostname a template guest boots with.
 const templateHostname = "banger-template"
@@ -311,6 +364,15 @@ func (m *Manager) makeTemplate(ctx context.Context, key template.Key, dir string
 	if err := waitIdle(bctx, c); err != nil {
 		return template.Files{}, vmm.WithLogTail(fmt.Errorf("template guest: %w", err), logPath)
 	}
+	facts, err := checkSSHD(bctx, c, pemData)
+	if err != nil {
+		return template.Files{}, vmm.WithLogTail(fmt.Errorf("template guest: %w", err), logPath)
+	}
+	if data, err := json.Marshal(facts); err != nil {
+		return template.Files{}, err
+	} else if err := atomicfile.Write(filepath.Join(dir, templateSSHDFile), data, 0o644); err != nil {
+		return template.Files{}, fmt.Errorf("template sshd facts: %w", err)
+	}
 	// The host end goes away before the save: the guest agent is then
 	// waiting for the next host, which is the restored VM's daemon.
 	_ = c.Close()
@@ -556,6 +618,7 @@ func (r *startRun) identity(ctx context.Context, _ *undoStack) error {
 		Token: token, Time: m.o.Now(), Entropy: entropy, MachineID: MachineID(vm.ID),
 		Hostname: vm.Name, Domain: m.o.Domain, MAC: vm.MAC, Address: n.Address, Gateway: n.Gateway,
 		DNS: strings.Split(n.DNS, ","), HostKey: pemData,
+		SSHDKeysPerConnection: readSSHDFacts(r.tmpl).KeysPerConnection,
 	}
 	c := agent.NewConn(dial, r.tmplToken, "restored "+vm.Name+" "+chName)
 	ictx, cancel := context.WithTimeout(ctx, time.Minute)
@@ -575,7 +638,7 @@ func (r *startRun) identity(ctx context.Context, _ *undoStack) error {
 		return fmt.Errorf("apply identity: the guest reports machine-id %q, hostname %q, host key %s; want %q, %q, %s",
 			res.MachineID, res.Hostname, res.HostKeyFingerprint, id.MachineID, vm.Name, want)
 	}
-	m.o.Logger.DebugContext(ctx, "identity applied", "vm", vm.Name, "iface", res.Interface, "clock_step", res.ClockStep,
+	m.o.Logger.DebugContext(ctx, "identity applied", "vm", vm.Name, "iface", res.Interface, "sshd", res.SSHD, "clock_step", res.ClockStep,
 		"entropy_bits", res.EntropyBits, "phases_ms", res.PhasesMS, "agent_answered_after", t1.Sub(t0), "apply_took", m.o.Now().Sub(t1))
 	if vm.DiskSizeMiB > r.tmpl.Key.DiskMiB {
 		return r.growWorkDisk(ictx)

@@ -26,11 +26,13 @@ import (
 )
 
 // fakeGuestSystem is the agent.System of a fake guest: it records the
-// identities applied and reports sshd listening.
+// identities applied and reports sshd listening. Its sshd takes a new key
+// per connection unless sshdNeedsReload.
 type fakeGuestSystem struct {
-	mu    sync.Mutex
-	halts int
-	ids   []agent.Identity
+	mu              sync.Mutex
+	halts           int
+	ids             []agent.Identity
+	sshdNeedsReload bool
 }
 
 func (f *fakeGuestSystem) Health(context.Context) (agent.Health, error) {
@@ -44,6 +46,14 @@ func (f *fakeGuestSystem) ApplyIdentity(_ context.Context, id agent.Identity) (a
 	res := agent.IdentityResult{Hostname: id.Hostname, MachineID: id.MachineID, TokenChanged: id.Token != ""}
 	if s, err := ssh.ParsePrivateKey(id.HostKey); err == nil {
 		res.HostKeyFingerprint = ssh.FingerprintSHA256(s.PublicKey())
+		switch {
+		case id.SSHDKeysPerConnection:
+			res.SSHD = agent.SSHDTrusted
+		case f.sshdNeedsReload:
+			res.SSHD = agent.SSHDReloaded
+		default:
+			res.SSHD = agent.SSHDPerConnection
+		}
 	}
 	return res, nil
 }
@@ -74,10 +84,31 @@ func (g vmGuestSystem) Halt(ctx context.Context) error {
 	return nil
 }
 
+// identities are the VMs' identities applied (with a hostname), without
+// the host-key-only ones of a template's sshd check.
 func (f *fakeGuestSystem) identities() []agent.Identity {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return append([]agent.Identity(nil), f.ids...)
+	var out []agent.Identity
+	for _, id := range f.ids {
+		if id.Hostname != "" {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+// sshdChecks are the host-key-only identities of templates' sshd checks.
+func (f *fakeGuestSystem) sshdChecks() []agent.Identity {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []agent.Identity
+	for _, id := range f.ids {
+		if id.Hostname == "" {
+			out = append(out, id)
+		}
+	}
+	return out
 }
 
 // snapDriver is fakeDriver plus snapshots: each started "guest" serves a
@@ -347,6 +378,16 @@ func TestCreateRestoresTemplate(t *testing.T) {
 	}
 	if string(ids[0].Entropy) == string(ids[1].Entropy) {
 		t.Error("two VMs got the same entropy")
+	}
+	// The template checked its sshd once (a throwaway key, then its own),
+	// so the restores only write their keys.
+	checks := d.sys.sshdChecks()
+	tkey, _ := os.ReadFile(filepath.Join(r.layout.StateDir, "templates", a.Runtime.Template, hostKeyFile))
+	if len(checks) != 2 || string(checks[0].HostKey) == string(tkey) || string(checks[1].HostKey) != string(tkey) || checks[0].SSHDKeysPerConnection {
+		t.Errorf("template sshd check: %d identities", len(checks))
+	}
+	if !ids[0].SSHDKeysPerConnection || !ids[1].SSHDKeysPerConnection {
+		t.Error("restored VMs were not told their sshd takes keys per connection")
 	}
 	// The VM's own token works from now on (the template's is refused).
 	c, err := r.m.Agent(a)
@@ -675,5 +716,24 @@ func TestCreateRestoresTemplateFirecracker(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(ts[0].Dir, ts[0].Files.Memory)); err != nil {
 		t.Errorf("the remade template has no memory file: %v", err)
+	}
+}
+
+// TestTemplateSSHDNeedsReload: a template whose sshd did not serve a new
+// key without a reload records so, and its restores make the agent check
+// (and reload) sshd again.
+func TestTemplateSSHDNeedsReload(t *testing.T) {
+	r, d := newTemplateRig(t)
+	d.sys.sshdNeedsReload = true
+	v, err := r.m.Start(context.Background(), r.newVM("a", false))
+	if err != nil || v.Runtime.Template == "" {
+		t.Fatalf("start: %v %+v", err, v)
+	}
+	data, err := os.ReadFile(filepath.Join(r.layout.StateDir, "templates", v.Runtime.Template, templateSSHDFile))
+	if err != nil || strings.TrimSpace(string(data)) != `{"keys_per_connection":false}` {
+		t.Fatalf("sshd facts %q: %v", data, err)
+	}
+	if ids := d.sys.identities(); len(ids) != 1 || ids[0].SSHDKeysPerConnection {
+		t.Fatalf("restore identities: %+v", ids)
 	}
 }

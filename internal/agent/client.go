@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -332,9 +333,9 @@ func (c *Conn) Ping(ctx context.Context) (Health, error) {
 	}
 }
 
-// rawStdin reports whether the agent takes raw stdin payloads
-// (FeatureBinary), from the open session's last ping or a new one.
-func (c *Conn) rawStdin(ctx context.Context) bool {
+// health is the agent's last ping answer on the open session, or a new
+// one's (nil when it does not answer).
+func (c *Conn) health(ctx context.Context) *Health {
 	c.mu.Lock()
 	s := c.sess
 	c.mu.Unlock()
@@ -343,11 +344,14 @@ func (c *Conn) rawStdin(ctx context.Context) bool {
 		h := s.health
 		s.mu.Unlock()
 		if h != nil {
-			return h.HasFeature(FeatureBinary)
+			return h
 		}
 	}
 	h, err := c.Ping(ctx)
-	return err == nil && h.HasFeature(FeatureBinary)
+	if err != nil {
+		return nil
+	}
+	return &h
 }
 
 // ApplyIdentity implements Client.
@@ -374,8 +378,23 @@ func (c *Conn) Exec(ctx context.Context, req ExecRequest) (ExecResult, error) {
 	if len(req.Argv) == 0 {
 		return ExecResult{}, errors.New("agent exec: empty command")
 	}
-	raw := req.Stdin != nil && c.rawStdin(ctx)
-	cl, err := c.start(ctx, KindExec, execBody{ExecRequest: req, Stdin: req.Stdin != nil, BinaryOutput: true})
+	body := execBody{ExecRequest: req, Stdin: req.Stdin != nil, BinaryOutput: true}
+	var raw, tcp bool
+	var nonce []byte
+	if req.Stdin != nil {
+		if h := c.health(ctx); h != nil {
+			raw = h.HasFeature(FeatureBinary)
+			tcp = req.StdinDial != nil && h.HasFeature(FeatureTCPStdin)
+		}
+		if tcp {
+			nonce = make([]byte, NonceBytes)
+			if _, err := rand.Read(nonce); err != nil {
+				return ExecResult{}, fmt.Errorf("agent exec: %w", err)
+			}
+			body.StdinTCP = hex.EncodeToString(nonce)
+		}
+	}
+	cl, err := c.start(ctx, KindExec, body)
 	if err != nil {
 		return ExecResult{}, err
 	}
@@ -398,10 +417,23 @@ func (c *Conn) Exec(ctx context.Context, req ExecRequest) (ExecResult, error) {
 			}
 		}()
 	}
-	if req.Stdin != nil {
-		stdinCtx, stop := context.WithCancel(ctx)
-		defer stop()
+	stdinCtx, stopStdin := context.WithCancel(ctx)
+	defer stopStdin()
+	if req.Stdin != nil && !tcp {
 		go cl.copyStdin(stdinCtx, req.Stdin, acks, raw)
+	}
+	stdinStarted := false
+	// sendTCP sends stdin over TCP to port, or as frames when the guest
+	// has no port or it cannot be reached. A connection cut short shows
+	// in the guest as a short stdin (which the workspace stream, the one
+	// bulk user, detects); the exec's result stays the command's.
+	sendTCP := func(port int) {
+		if port > 0 {
+			if dialed, _ := sendStdinConn(stdinCtx, req.StdinDial, port, nonce, req.Stdin); dialed {
+				return
+			}
+		}
+		cl.copyStdin(stdinCtx, req.Stdin, acks, raw)
 	}
 	var werr error
 	write := func(w io.Writer, p []byte) {
@@ -427,6 +459,11 @@ func (c *Conn) Exec(ctx context.Context, req ExecRequest) (ExecResult, error) {
 			select {
 			case acks <- f.N:
 			default: // more acks than chunks sent: a confused guest; ignore
+			}
+		case KindStdinPort:
+			if tcp && !stdinStarted {
+				stdinStarted = true
+				go sendTCP(f.N)
 			}
 		case KindError:
 			if werr != nil {

@@ -24,6 +24,10 @@ const (
 	KindSignal   = "signal" // body {"signal":"INT"}: signal a running exec's process group (FeatureSignal)
 
 	KindAck = "ack" // guest → host: N bytes of stdin were handed to the process
+	// KindStdinPort, guest → host, answers an exec with stdin_tcp: N is
+	// the TCP port to send stdin to, 0 to send it as frames
+	// (FeatureTCPStdin).
+	KindStdinPort = "stdin-port"
 
 	KindStdout = "stdout"
 	KindStderr = "stderr"
@@ -174,7 +178,7 @@ func DecodeFrame(line []byte) (*Frame, error) {
 	}
 	switch f.Kind {
 	case KindPing, KindIdentity, KindPorts, KindExec, KindHalt, KindStdin, KindCancel, KindSignal,
-		KindStdout, KindStderr, KindResult, KindAck:
+		KindStdout, KindStderr, KindResult, KindAck, KindStdinPort:
 	case KindError:
 		if f.Error == nil {
 			return nil, fmt.Errorf("%w: error frame without error", ErrBadFrame)

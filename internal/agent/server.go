@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"sync"
@@ -412,7 +413,25 @@ func (ss *serverSession) exec(ctx context.Context, id uint64, req execBody, es *
 	}
 	es.pgid.Store(int64(cmd.Process.Pid))
 	if stdinW != nil {
-		go ss.feedStdin(ctx, id, stdinW, es.stdin)
+		var conns <-chan net.Conn
+		lctx, stopListening := context.WithCancel(ctx)
+		defer stopListening()
+		if req.StdinTCP != "" {
+			port, ch, err := listenStdin(lctx, req.StdinTCP)
+			if err != nil {
+				var ae *Error
+				if errors.As(err, &ae) {
+					stdinW.Close()
+					_ = cmd.Cancel()
+					_ = cmd.Wait()
+					return ExecResult{}, err
+				}
+				ss.srv.logger().Warn("agent: no tcp stdin; frames instead", "err", err)
+			}
+			conns = ch
+			ss.reply(&Frame{ID: id, Kind: KindStdinPort, N: port})
+		}
+		go ss.feedStdin(ctx, id, stdinW, es.stdin, conns, stopListening)
 	}
 	err := cmd.Wait()
 	st := cmd.ProcessState
@@ -429,13 +448,24 @@ func (ss *serverSession) exec(ctx context.Context, id uint64, req execBody, es *
 	return res, nil
 }
 
-// feedStdin copies stdin frames to the process, acknowledging each chunk
-// once the process took it.
-func (ss *serverSession) feedStdin(ctx context.Context, id uint64, w *os.File, in <-chan []byte) {
+// feedStdin copies stdin to the process: frames, acknowledging each chunk
+// once the process took it, or the TCP connection that arrives on conns
+// (nil: frames only). The first frame closes the TCP listener
+// (stopListening).
+func (ss *serverSession) feedStdin(ctx context.Context, id uint64, w *os.File, in <-chan []byte, conns <-chan net.Conn, stopListening func()) {
 	defer w.Close()
 	for {
 		select {
+		case c := <-conns:
+			if c == nil {
+				conns = nil // nobody came: frames it is
+				continue
+			}
+			copyStdinConn(ctx, w, c)
+			return
 		case data := <-in:
+			stopListening()
+			conns = nil
 			if data == nil {
 				return
 			}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -220,5 +222,137 @@ func TestServerRawStdinWithWrongToken(t *testing.T) {
 	}
 	if f := recv(t, r); f.Kind != agent.KindResult || f.ID != 5 {
 		t.Fatalf("the frame in the refused payload: %+v", f)
+	}
+}
+
+// pipeConn is a Conn to an in-process agent over net.Pipe.
+func pipeConn(t *testing.T, srv *agent.Server) *agent.Conn {
+	t.Helper()
+	dial := func(context.Context) (io.ReadWriteCloser, error) {
+		host, guest := net.Pipe()
+		go srv.Serve(context.Background(), guest)
+		return host, nil
+	}
+	c := agent.NewConn(dial, agenttest.Token, "pipe")
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// loopbackDial reaches the in-process agent's TCP stdin port, counting
+// the dials.
+func loopbackDial(n *atomic.Int32) func(context.Context, int) (net.Conn, error) {
+	return func(ctx context.Context, port int) (net.Conn, error) {
+		n.Add(1)
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	}
+}
+
+// TestExecStdinTCP: with StdinDial, stdin goes over one TCP connection
+// (no stdin frames at all), bytes intact; a dial that fails falls back to
+// frames; a process that stops reading still ends cleanly.
+func TestExecStdinTCP(t *testing.T) {
+	in := make([]byte, 5<<20+77)
+	for i := range in {
+		in[i] = byte(i*13 + i>>11)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	srv := agenttest.NewServer(&agenttest.FakeSystem{}, t.TempDir())
+	var rec *recordingConn
+	dial := func(context.Context) (io.ReadWriteCloser, error) {
+		host, guest := net.Pipe()
+		rec = &recordingConn{Conn: guest}
+		go srv.Serve(context.Background(), rec)
+		return host, nil
+	}
+	c := agent.NewConn(dial, agenttest.Token, "pipe")
+	defer c.Close()
+	var dials atomic.Int32
+	var out bytes.Buffer
+	res, err := c.Exec(ctx, agent.ExecRequest{Argv: []string{"cat"}, Stdin: bytes.NewReader(in), Stdout: &out, StdinDial: loopbackDial(&dials)})
+	if err != nil || res.ExitCode != 0 || !bytes.Equal(out.Bytes(), in) {
+		t.Fatalf("exec: %+v %v, %d bytes back of %d", res, err, out.Len(), len(in))
+	}
+	rec.mu.Lock()
+	frames := strings.Count(rec.got.String(), `"kind":"stdin"`)
+	rec.mu.Unlock()
+	if dials.Load() != 1 || frames != 0 {
+		t.Fatalf("%d dials, %d stdin frames; want 1 and 0", dials.Load(), frames)
+	}
+
+	t.Run("dial fails", func(t *testing.T) {
+		c := pipeConn(t, agenttest.NewServer(&agenttest.FakeSystem{}, t.TempDir()))
+		refuse := func(context.Context, int) (net.Conn, error) { return nil, errors.New("no route") }
+		var out bytes.Buffer
+		res, err := c.Exec(ctx, agent.ExecRequest{Argv: []string{"cat"}, Stdin: bytes.NewReader(in), Stdout: &out, StdinDial: refuse})
+		if err != nil || res.ExitCode != 0 || !bytes.Equal(out.Bytes(), in) {
+			t.Fatalf("exec: %+v %v, %d bytes back", res, err, out.Len())
+		}
+	})
+	t.Run("process stops reading", func(t *testing.T) {
+		c := pipeConn(t, agenttest.NewServer(&agenttest.FakeSystem{}, t.TempDir()))
+		var out bytes.Buffer
+		res, err := c.Exec(ctx, agent.ExecRequest{Argv: []string{"sh", "-c", "head -c 10 >/dev/null; echo done"}, Stdin: bytes.NewReader(in), Stdout: &out, StdinDial: loopbackDial(new(atomic.Int32))})
+		if err != nil || res.ExitCode != 0 || out.String() != "done\n" {
+			t.Fatalf("exec: %+v %v %q", res, err, out.String())
+		}
+		if _, err := c.Ping(ctx); err != nil {
+			t.Fatalf("ping after: %v", err)
+		}
+	})
+}
+
+// TestServerTCPStdinNonce: the guest's stdin port takes only a connection
+// that starts with the nonce sent over the agent channel.
+func TestServerTCPStdinNonce(t *testing.T) {
+	c, r := rawSession(t)
+	nonce := strings.Repeat("ab", agent.NonceBytes)
+	body := fmt.Sprintf(`{"argv":["cat"],"stdin":true,"stdin_tcp":"%s"}`, nonce)
+	send(t, c, fmt.Sprintf(`{"v":1,"id":9,"kind":"exec","token":"%s","body":%s}`, agenttest.Token, body))
+	f := recv(t, r)
+	if f.Kind != agent.KindStdinPort || f.ID != 9 || f.N <= 0 {
+		t.Fatalf("want a stdin port, got %+v", f)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", f.N)
+	// Without the nonce: closed, nothing reaches the process.
+	bad, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = bad.Write([]byte(strings.Repeat("x", agent.NonceBytes) + "intruder"))
+	_ = bad.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := bad.Read(make([]byte, 1)); err == nil {
+		t.Fatal("a connection without the nonce was kept")
+	}
+	bad.Close()
+	good, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := hex.DecodeString(nonce)
+	_, _ = good.Write(append(raw, "hello"...))
+	good.(*net.TCPConn).CloseWrite()
+	var got strings.Builder
+	for {
+		f := recv(t, r)
+		switch f.Kind {
+		case agent.KindStdout:
+			got.Write(f.Data)
+			continue
+		case agent.KindResult:
+		default:
+			t.Fatalf("unexpected %+v", f)
+		}
+		break
+	}
+	good.Close()
+	if got.String() != "hello" {
+		t.Fatalf("stdout %q, want only the nonce holder's bytes", got.String())
+	}
+	// Not listening any more.
+	if cn, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		cn.Close()
+		t.Fatal("the stdin port still accepts")
 	}
 }

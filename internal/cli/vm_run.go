@@ -135,8 +135,8 @@ an interactive shell in /root/repo.
 
 Steps, shown live on stderr: resolve the settings (printed first), build the
 default image and pull the default kernel on first use, create and start the
-VM, wait for ssh, copy the workspace (one tar stream, through the guest agent up to 32 MiB,
-else over ssh), then run.
+VM, wait for ssh, copy the workspace (one tar stream through the guest agent, over the VM
+network), then run.
 
 The workspace: tracked files as they are in your work tree (uncommitted
 changes included), plus untracked files with --include-untracked (never

@@ -39,7 +39,8 @@ func (a *app) vmWorkspacePrepareCmd() *cobra.Command {
 		Use:   "prepare VM PATH",
 		Short: "Copy a git repository into a running VM",
 		Long: `Copy the git repository at PATH into a running VM (default /root/repo), as
-one tar stream (through the guest agent up to 32 MiB, else over ssh), and record it as the VM's workspace (host path,
+one tar stream (through the guest agent, over the VM network; ssh for a guest
+without one), and record it as the VM's workspace (host path,
 guest path, HEAD) for ` + "`vm exec`" + ` and ` + "`vm workspace export`" + `.
 
 Copied: tracked files as they are in the work tree (uncommitted changes

@@ -26,7 +26,14 @@ func TestAgentRemoteRunsLikeSSH(t *testing.T) {
 		return host, nil
 	}, agenttest.Token, "pipe")
 	defer conn.Close()
-	r := agentRemote{conn}
+	for _, r := range []agentRemote{{c: conn}, {c: conn, ip: "127.0.0.1"}} {
+		t.Run("ip="+r.ip, func(t *testing.T) { checkRemote(ctx, t, r) })
+	}
+}
+
+// checkRemote runs the workspace.Remote contract checks on r (stdin as
+// frames, or over TCP to r.ip).
+func checkRemote(ctx context.Context, t *testing.T, r agentRemote) {
 
 	// 3 MiB of stdin: more than the agent's unacknowledged-stdin window.
 	in := bytes.Repeat([]byte("0123456789abcdef"), 3<<16)

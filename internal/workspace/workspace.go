@@ -53,22 +53,23 @@
 //
 // # Where the guest's time goes
 //
-// Measured under QEMU TCG (2 vCPUs on a 2-core host, 2026-12-05, qemu
-// process CPU time) on the "mixed" corpus (205 MB, half incompressible
-// binaries; stream 165 MB): the ssh transfer itself costs about 60 ms of
-// emulated CPU per MB whatever the cipher (chacha20-poly1305, the system
-// ssh's default, and aes128-gcm, x/crypto's, are within noise: the cost is
-// the virtio-net/TCP/sshd path, not the cipher); extracting the stream
-// about 28 ms/MB; `git checkout-index` about 10 s (inflating 58 MB of
-// text to 105 MB about 4 s, the stored binaries under 1 s, writing 205 MB
-// the rest); the index refresh and the prepared-tree recording about 1-2 s.
-// A plain `tar | ssh tar` copy pays only the transfer and one write of
-// the files, so on a corpus of incompressible binaries the copy, which
-// must also write every object, costs more guest CPU; it wins where the
-// objects compress (the "source" corpus ships 35 MB for 128 MB). Two
-// ways to overlap the guest's work were tried and dropped: checking out
-// each batch of objects while the next arrives (both host cores are
-// already busy during the transfer: no measurable gain, more guest CPU),
+// Under QEMU TCG every byte the guest handles costs emulated CPU, so the
+// path matters more than the format. Measured here (2 vCPUs on a 2-core
+// host, 2026-12-05): 100 MB into the guest took 7–9 s over ssh and as
+// long through the agent's virtio-serial port (its guest driver takes one
+// 4 KiB buffer per interrupt), but 0.5–0.8 s over a plain TCP connection
+// on the VM network. So the daemon sends the stream to the guest agent
+// over TCP (agent.FeatureTCPStdin; ssh only for a guest without an agent).
+// What is left is the guest's own work, traced per step on the three
+// benchmark corpora: e2e-200m (stream 160 MB) 11.5 s = extraction 4.3 s,
+// `git checkout-index` 5.6 s (inflating and writing 205 MB), index
+// refresh and prepared tree 0.8 s; mixed (165 MB) 14.4 s = 6.2 + 5.5 +
+// 1.6; source (35 MB for 128 MB in 11478 files) 12.2 s = 2.3 + 7.6 +
+// 1.3. Single runs of the same copy vary by ±30% here. Storing the pack
+// uncompressed (no inflating in the guest, but more to write) was tried:
+// faster on mixed, slower on the other two. Two ways to overlap the
+// guest's work were tried and dropped earlier: checking out each batch of
+// objects while the next arrives (no measurable gain, more guest CPU),
 // and refreshing the index while recording the prepared tree (slower on
 // the e2e corpus, 3 runs of 3).
 //

@@ -219,6 +219,22 @@ func TestPrepareGuestDirectory(t *testing.T) {
 		}
 	}
 	mu.Unlock()
+	if fi, err := os.Stat(guest); err != nil || fi.Mode().Perm() != 0o755 {
+		t.Fatalf("workspace root: %v %v, want 0755", fi.Mode(), err)
+	}
+	// The prepared tree is recorded, as a tree, and nothing of the
+	// shipping is left (the temporary attributes included).
+	if typ := strings.TrimSpace(e.git(guest, "cat-file", "-t", PreparedRef)); typ != "tree" {
+		t.Fatalf("%s is a %q", PreparedRef, typ)
+	}
+	if head := strings.TrimSpace(e.git(guest, "rev-parse", "HEAD^{tree}")); strings.TrimSpace(e.git(guest, "rev-parse", PreparedRef)) != head {
+		t.Fatal("the prepared tree of a clean repository is not HEAD's tree")
+	}
+	for _, p := range []string{".git/banger", ".git/info/attributes"} {
+		if _, err := os.Stat(filepath.Join(guest, p)); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%s left in the guest: %v", p, err)
+		}
+	}
 	write(t, guest, "guest-work.txt", []byte("do not lose me"), 0o644)
 
 	t.Run("refuses a non-empty directory", func(t *testing.T) {

@@ -34,8 +34,10 @@ const (
 	// checkoutAttrs, when shipped, is the info/attributes in force while
 	// the guest checks files out: it turns off every conversion, so a
 	// checked-out file gets its blob's exact bytes (work-tree mode, where
-	// Inspect verified those equal the host's file).
-	checkoutAttrs = ".git/banger/checkout-attributes"
+	// Inspect verified those equal the host's file). It arrives in place;
+	// the host's own info/attributes (attributesFile) replaces it after the
+	// checkout.
+	checkoutAttrs = ".git/info/attributes"
 )
 
 // Stream writes the workspace of snap to w as one tar stream (PAX where a

@@ -94,7 +94,10 @@ func (m *Manager) Start(ctx context.Context, vm *model.VM) (*model.VM, error) {
 	if err := m.save(ctx, vm); err != nil {
 		return vm, err
 	}
-	m.syncClockAtBoot(ctx, vm)
+	if !r.restoring() {
+		// A restore set the clock in its identity step a moment ago.
+		m.syncClockAtBoot(ctx, vm)
+	}
 	m.o.Logger.InfoContext(ctx, "vm running", "vm", vm.Name, "op", op, "ip", vm.IP, "pid", vm.Runtime.PID, "took", m.o.Now().Sub(start).Round(time.Millisecond))
 	return vm, nil
 }

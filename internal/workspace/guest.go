@@ -65,7 +65,10 @@ func CheckGuestPath(p string) error {
 //     lists files whose host bytes are exactly that); with From the
 //     checkout applies the repository's attributes like `git checkout`;
 //   - refreshes the index (`git update-index --refresh`: hashes only the
-//     files that came as bytes) and deletes the shipping files;
+//     files that came as bytes) and deletes the shipping files; when
+//     nothing came as bytes and the index is HEAD's, the host ships
+//     PreparedRef (HEAD's tree) and the guest skips the refresh and the
+//     recording below;
 //   - spends as few processes as it can: under emulation each one costs
 //     the guest 50–100 ms (measured on a restored guest here, `sh -c
 //     true` included), so the temporary directory is made 0755 at once,
@@ -120,14 +123,16 @@ for list in ` + checkoutPrefix + `[0-7][0-7][0-7][0-7]; do
   (umask "${list##*-}" && git -c checkout.workers=0 checkout-index -u -f -z --stdin < "$list")
 done
 if [ -f ` + attributesFile + ` ]; then mv ` + attributesFile + ` .git/info/attributes; elif [ -f ` + checkoutAttrs + ` ]; then rm -f ` + checkoutAttrs + `; fi
-git update-index -q --unmerged --refresh >/dev/null 2>&1 || true
-pidx=.git/banger/prepared-index
-cp .git/index "$pidx"
-if GIT_INDEX_FILE=$pidx git -c core.looseCompression=0 add -A --ignore-errors >/dev/null 2>&1 || [ "$?" = 1 ]; then
-  tree=$(GIT_INDEX_FILE=$pidx git write-tree)
-  # A loose ref, written by the shell: one process less than update-ref.
-  [ -d .git/refs/banger ] || mkdir -p .git/refs/banger
-  printf '%s\n' "$tree" > .git/` + PreparedRef + `
+if [ ! -f .git/` + PreparedRef + ` ]; then
+  git update-index -q --unmerged --refresh >/dev/null 2>&1 || true
+  pidx=.git/banger/prepared-index
+  cp .git/index "$pidx"
+  if GIT_INDEX_FILE=$pidx git -c core.looseCompression=0 add -A --ignore-errors >/dev/null 2>&1 || [ "$?" = 1 ]; then
+    tree=$(GIT_INDEX_FILE=$pidx git write-tree)
+    # A loose ref, written by the shell: one process less than update-ref.
+    [ -d .git/refs/banger ] || mkdir -p .git/refs/banger
+    printf '%s\n' "$tree" > .git/` + PreparedRef + `
+  fi
 fi
 rm -rf .git/banger
 `)

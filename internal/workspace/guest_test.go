@@ -1,6 +1,7 @@
 package workspace
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"errors"
@@ -528,5 +529,94 @@ func TestPrepareMakesMissingParents(t *testing.T) {
 	}
 	if fi, err := os.Stat(filepath.Join(guest, ".git")); err != nil || !fi.IsDir() {
 		t.Fatalf("no repository at %s: %v", guest, err)
+	}
+}
+
+// TestPreparedTreeFromHost: a clean work tree whose index is HEAD's gets
+// PreparedRef from the host (the guest hashes nothing); a dirty file, a
+// staged change or an untracked file shipped leaves it to the guest. Either
+// way the guest ends with the tree exactly as prepared.
+func TestPreparedTreeFromHost(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	repo := t.TempDir()
+	e.git(repo, "init", "-q")
+	write(t, repo, "a.txt", []byte("one\n"), 0o644)
+	write(t, repo, "b/c.txt", []byte("two\n"), 0o644)
+	e.git(repo, "add", "-A")
+	e.git(repo, "commit", "-q", "-m", "one")
+	write(t, repo, "ignored-untracked.txt", []byte("not shipped\n"), 0o644)
+	headTree := strings.TrimSpace(e.git(repo, "rev-parse", "HEAD^{tree}"))
+
+	shippedRef := func(o Options) (string, bool) {
+		snap, err := Inspect(ctx, e.runner(), repo, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var buf bytes.Buffer
+		if _, err := Stream(ctx, snap, &buf); err != nil {
+			t.Fatal(err)
+		}
+		tr := tar.NewReader(&buf)
+		for {
+			h, err := tr.Next()
+			if err != nil {
+				return "", false
+			}
+			if h.Name == ".git/"+PreparedRef {
+				data, _ := io.ReadAll(tr)
+				return strings.TrimSpace(string(data)), true
+			}
+		}
+	}
+	prepare := func(name string, o Options) string {
+		snap, err := Inspect(ctx, e.runner(), repo, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		guest := filepath.Join(e.home, name)
+		if _, err := Prepare(ctx, e.remote(), snap, guest); err != nil {
+			t.Fatal(err)
+		}
+		return guest
+	}
+
+	if ref, ok := shippedRef(Options{}); !ok || ref != headTree {
+		t.Fatalf("clean tree: shipped %q %v, want HEAD's tree %s", ref, ok, headTree)
+	}
+	g := prepare("clean", Options{})
+	if got := strings.TrimSpace(e.git(g, "rev-parse", PreparedRef)); got != headTree {
+		t.Fatalf("clean: prepared %s, want %s", got, headTree)
+	}
+
+	// An untracked file shipped: the guest records it.
+	if _, ok := shippedRef(Options{IncludeUntracked: true}); ok {
+		t.Fatal("shipped PreparedRef with an untracked file in the stream")
+	}
+	g = prepare("untracked", Options{IncludeUntracked: true})
+	if out := e.git(g, "ls-tree", "-r", "--name-only", PreparedRef); !strings.Contains(out, "ignored-untracked.txt") {
+		t.Fatalf("untracked: prepared tree lacks the untracked file:\n%s", out)
+	}
+
+	// A staged change with the work tree matching it: no file travels as
+	// bytes, but the index is not HEAD's.
+	write(t, repo, "a.txt", []byte("staged\n"), 0o644)
+	e.git(repo, "add", "a.txt")
+	if _, ok := shippedRef(Options{}); ok {
+		t.Fatal("shipped PreparedRef with a staged change")
+	}
+	g = prepare("staged", Options{})
+	if got := e.git(g, "show", PreparedRef+":a.txt"); got != "staged\n" {
+		t.Fatalf("staged: prepared a.txt = %q", got)
+	}
+
+	// A dirty file.
+	write(t, repo, "b/c.txt", []byte("dirty\n"), 0o644)
+	if _, ok := shippedRef(Options{}); ok {
+		t.Fatal("shipped PreparedRef with a dirty file")
+	}
+	g = prepare("dirty", Options{})
+	if got := e.git(g, "show", PreparedRef+":b/c.txt"); got != "dirty\n" {
+		t.Fatalf("dirty: prepared b/c.txt = %q", got)
 	}
 }

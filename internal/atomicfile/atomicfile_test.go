@@ -6,7 +6,16 @@ import (
 	"testing"
 )
 
+// writers are the two ways to replace a file; every test runs both.
+var writers = map[string]func(string, []byte, os.FileMode) error{"Write": Write, "WriteUnsynced": WriteUnsynced}
+
 func TestWriteReplacesContentAndMode(t *testing.T) {
+	for name, Write := range writers {
+		t.Run(name, func(t *testing.T) { testReplaces(t, Write) })
+	}
+}
+
+func testReplaces(t *testing.T, Write func(string, []byte, os.FileMode) error) {
 	dir := t.TempDir()
 	p := filepath.Join(dir, "f")
 	if err := os.WriteFile(p, []byte("old content that is longer"), 0o644); err != nil {
@@ -33,6 +42,12 @@ func TestWriteReplacesContentAndMode(t *testing.T) {
 }
 
 func TestWriteFailureLeavesTargetAndNoTemp(t *testing.T) {
+	for name, Write := range writers {
+		t.Run(name, func(t *testing.T) { testFailure(t, Write) })
+	}
+}
+
+func testFailure(t *testing.T, Write func(string, []byte, os.FileMode) error) {
 	dir := t.TempDir()
 	p := filepath.Join(dir, "d")
 	if err := os.Mkdir(p, 0o755); err != nil { // renaming a file over a directory fails
@@ -51,7 +66,9 @@ func TestWriteFailureLeavesTargetAndNoTemp(t *testing.T) {
 }
 
 func TestWriteMissingDirectory(t *testing.T) {
-	if err := Write(filepath.Join(t.TempDir(), "no", "f"), nil, 0o644); err == nil {
-		t.Fatal("Write into a missing directory succeeded")
+	for name, Write := range writers {
+		if err := Write(filepath.Join(t.TempDir(), "no", "f"), nil, 0o644); err == nil {
+			t.Fatalf("%s into a missing directory succeeded", name)
+		}
 	}
 }

@@ -322,6 +322,11 @@ func (d *Daemon) startRuntime(ctx context.Context) {
 	if _, err := rt.mgr.Reconcile(ctx); err != nil {
 		d.logger.Error("reconcile", "err", err)
 	}
+	// The ssh_config is written without fsync: a crash may have left it
+	// stale.
+	if _, err := d.refreshSSHConfig(ctx); err != nil {
+		d.logger.Warn("refresh ssh config", "err", err)
+	}
 	// Guest clocks stop while paused and do not follow the host's NTP:
 	// step them back in line now and then (vm.Manager.KeepClocks).
 	cctx, cancel := context.WithCancel(ctx)

@@ -138,7 +138,9 @@ func Write(path string, opts Options) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("ssh config directory: %w", err)
 	}
-	if err := atomicfile.Write(path, []byte(Render(opts)), 0o600); err != nil {
+	// Derived from the VM records and rewritten from them (every VM change
+	// and daemon start): no fsync.
+	if err := atomicfile.WriteUnsynced(path, []byte(Render(opts)), 0o600); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil

@@ -161,6 +161,36 @@ func (r *recordingConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// recordedConn is a Conn to srv over a pipe, and what the host sent on
+// its last session so far.
+func recordedConn(t *testing.T, srv *agent.Server) (*agent.Conn, func() string) {
+	t.Helper()
+	var mu sync.Mutex
+	var rec *recordingConn
+	dial := func(context.Context) (io.ReadWriteCloser, error) {
+		host, guest := net.Pipe()
+		r := &recordingConn{Conn: guest}
+		mu.Lock()
+		rec = r
+		mu.Unlock()
+		go srv.Serve(context.Background(), r)
+		return host, nil
+	}
+	c := agent.NewConn(dial, agenttest.Token, "pipe")
+	t.Cleanup(func() { c.Close() })
+	return c, func() string {
+		mu.Lock()
+		r := rec
+		mu.Unlock()
+		if r == nil {
+			return ""
+		}
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return r.got.String()
+	}
+}
+
 // TestExecStdinEncoding: stdin travels as raw payloads to an agent that
 // reports FeatureBinary and as base64 to one that does not, with the same
 // bytes arriving either way; output comes back raw when asked.
@@ -177,15 +207,7 @@ func TestExecStdinEncoding(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			srv := agenttest.NewServer(&agenttest.FakeSystem{}, t.TempDir())
 			srv.Features = tc.features
-			var rec *recordingConn
-			dial := func(context.Context) (io.ReadWriteCloser, error) {
-				host, guest := net.Pipe()
-				rec = &recordingConn{Conn: guest}
-				go srv.Serve(context.Background(), rec)
-				return host, nil
-			}
-			c := agent.NewConn(dial, agenttest.Token, "pipe")
-			defer c.Close()
+			c, sent := recordedConn(t, srv)
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			var out bytes.Buffer
@@ -196,11 +218,8 @@ func TestExecStdinEncoding(t *testing.T) {
 			if !bytes.Equal(out.Bytes(), in) {
 				t.Fatalf("%d bytes back of %d, or different", out.Len(), len(in))
 			}
-			rec.mu.Lock()
-			sent := rec.got.String()
-			rec.mu.Unlock()
-			rawFrames := strings.Count(sent, `"kind":"stdin","token":"`+agenttest.Token+`","size":`)
-			b64Frames := strings.Count(sent, `"kind":"stdin","token":"`+agenttest.Token+`","data":`)
+			rawFrames := strings.Count(sent(), `"kind":"stdin","token":"`+agenttest.Token+`","size":`)
+			b64Frames := strings.Count(sent(), `"kind":"stdin","token":"`+agenttest.Token+`","data":`)
 			if tc.raw && (rawFrames != 4 || b64Frames != 0) || !tc.raw && (rawFrames != 0 || b64Frames < len(in)/agent.ChunkSize) {
 				t.Fatalf("stdin frames: %d raw, %d base64", rawFrames, b64Frames)
 			}
@@ -258,25 +277,14 @@ func TestExecStdinTCP(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	srv := agenttest.NewServer(&agenttest.FakeSystem{}, t.TempDir())
-	var rec *recordingConn
-	dial := func(context.Context) (io.ReadWriteCloser, error) {
-		host, guest := net.Pipe()
-		rec = &recordingConn{Conn: guest}
-		go srv.Serve(context.Background(), rec)
-		return host, nil
-	}
-	c := agent.NewConn(dial, agenttest.Token, "pipe")
-	defer c.Close()
+	c, sent := recordedConn(t, agenttest.NewServer(&agenttest.FakeSystem{}, t.TempDir()))
 	var dials atomic.Int32
 	var out bytes.Buffer
 	res, err := c.Exec(ctx, agent.ExecRequest{Argv: []string{"cat"}, Stdin: bytes.NewReader(in), Stdout: &out, StdinDial: loopbackDial(&dials)})
 	if err != nil || res.ExitCode != 0 || !bytes.Equal(out.Bytes(), in) {
 		t.Fatalf("exec: %+v %v, %d bytes back of %d", res, err, out.Len(), len(in))
 	}
-	rec.mu.Lock()
-	frames := strings.Count(rec.got.String(), `"kind":"stdin"`)
-	rec.mu.Unlock()
+	frames := strings.Count(sent(), `"kind":"stdin"`)
 	if dials.Load() != 1 || frames != 0 {
 		t.Fatalf("%d dials, %d stdin frames; want 1 and 0", dials.Load(), frames)
 	}

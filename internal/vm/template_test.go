@@ -86,25 +86,17 @@ func (g vmGuestSystem) Halt(ctx context.Context) error {
 
 // identities are the VMs' identities applied (with a hostname), without
 // the host-key-only ones of a template's sshd check.
-func (f *fakeGuestSystem) identities() []agent.Identity {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	var out []agent.Identity
-	for _, id := range f.ids {
-		if id.Hostname != "" {
-			out = append(out, id)
-		}
-	}
-	return out
-}
+func (f *fakeGuestSystem) identities() []agent.Identity { return f.idsWith(true) }
 
 // sshdChecks are the host-key-only identities of templates' sshd checks.
-func (f *fakeGuestSystem) sshdChecks() []agent.Identity {
+func (f *fakeGuestSystem) sshdChecks() []agent.Identity { return f.idsWith(false) }
+
+func (f *fakeGuestSystem) idsWith(hostname bool) []agent.Identity {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var out []agent.Identity
 	for _, id := range f.ids {
-		if id.Hostname == "" {
+		if (id.Hostname != "") == hostname {
 			out = append(out, id)
 		}
 	}

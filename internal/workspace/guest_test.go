@@ -539,12 +539,7 @@ func TestPrepareMakesMissingParents(t *testing.T) {
 func TestPreparedTreeFromHost(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
-	repo := t.TempDir()
-	e.git(repo, "init", "-q")
-	write(t, repo, "a.txt", []byte("one\n"), 0o644)
-	write(t, repo, "b/c.txt", []byte("two\n"), 0o644)
-	e.git(repo, "add", "-A")
-	e.git(repo, "commit", "-q", "-m", "one")
+	repo := e.commitRepo(t, map[string]string{"a.txt": "one\n", "b/c.txt": "two\n"})
 	write(t, repo, "ignored-untracked.txt", []byte("not shipped\n"), 0o644)
 	headTree := strings.TrimSpace(e.git(repo, "rev-parse", "HEAD^{tree}"))
 

@@ -76,6 +76,20 @@ func (l localRemote) Run(ctx context.Context, cmd string, stdin io.Reader, stdou
 }
 
 // git runs git in dir and returns stdout; it fails the test on error.
+// commitRepo makes a repository holding files (path -> content, mode
+// 0644) in one commit.
+func (e *env) commitRepo(t testing.TB, files map[string]string) string {
+	t.Helper()
+	repo := t.TempDir()
+	e.git(repo, "init", "-q")
+	for p, data := range files {
+		write(t, repo, p, []byte(data), 0o644)
+	}
+	e.git(repo, "add", "-A")
+	e.git(repo, "commit", "-q", "-m", "one")
+	return repo
+}
+
 func (e *env) git(dir string, args ...string) string {
 	e.t.Helper()
 	out, err := e.gitErr(dir, args...)

@@ -280,57 +280,49 @@ func (cl *call) next(ctx context.Context) (*Frame, error) {
 
 // do runs a request with a single result frame.
 func (c *Conn) do(ctx context.Context, kind string, body, result any) error {
+	_, err := c.doOn(ctx, kind, body, result)
+	return err
+}
+
+// doOn is do that also returns the session the request went over.
+func (c *Conn) doOn(ctx context.Context, kind string, body, result any) (*session, error) {
 	cl, err := c.start(ctx, kind, body)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer cl.end()
 	for {
 		f, err := cl.next(ctx)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		switch f.Kind {
 		case KindResult:
 			if result == nil {
-				return nil
+				return cl.s, nil
 			}
 			if err := json.Unmarshal(f.Body, result); err != nil {
-				return fmt.Errorf("agent %s: decode result: %w", kind, err)
+				return nil, fmt.Errorf("agent %s: decode result: %w", kind, err)
 			}
-			return nil
+			return cl.s, nil
 		case KindError:
-			return f.Error
+			return nil, f.Error
 		}
 	}
 }
 
-// Ping implements Client.
+// Ping implements Client. The answer is kept on the session: what the
+// agent supports (Health.Features) decides how Exec sends stdin.
 func (c *Conn) Ping(ctx context.Context) (Health, error) {
-	cl, err := c.start(ctx, KindPing, nil)
+	var h Health
+	s, err := c.doOn(ctx, KindPing, nil, &h)
 	if err != nil {
 		return Health{}, err
 	}
-	defer cl.end()
-	for {
-		f, err := cl.next(ctx)
-		if err != nil {
-			return Health{}, err
-		}
-		switch f.Kind {
-		case KindResult:
-			var h Health
-			if err := json.Unmarshal(f.Body, &h); err != nil {
-				return Health{}, fmt.Errorf("agent ping: decode result: %w", err)
-			}
-			cl.s.mu.Lock()
-			cl.s.health = &h
-			cl.s.mu.Unlock()
-			return h, nil
-		case KindError:
-			return Health{}, f.Error
-		}
-	}
+	s.mu.Lock()
+	s.health = &h
+	s.mu.Unlock()
+	return h, nil
 }
 
 // health is the agent's last ping answer on the open session, or a new

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"crypto/subtle"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -337,7 +338,14 @@ func (ss *serverSession) run(ctx context.Context, f *Frame, es *execState) (any,
 		if len(req.Argv) == 0 || req.Argv[0] == "" {
 			return nil, badRequest("exec: empty command")
 		}
-		return ss.exec(ctx, f.ID, req, es)
+		var nonce []byte
+		if req.StdinTCP != "" {
+			var err error
+			if nonce, err = hex.DecodeString(req.StdinTCP); err != nil || len(nonce) != NonceBytes || !req.Stdin {
+				return nil, badRequest("exec: stdin_tcp wants stdin and %d hex-encoded bytes", NonceBytes)
+			}
+		}
+		return ss.exec(ctx, f.ID, req, nonce, es)
 	}
 }
 
@@ -370,7 +378,8 @@ func (w *streamWriter) Write(p []byte) (int, error) {
 // (held by a background child) before the result is sent anyway.
 const execWaitDelay = 2 * time.Second
 
-func (ss *serverSession) exec(ctx context.Context, id uint64, req execBody, es *execState) (ExecResult, error) {
+// exec runs req; with nonce, stdin may come over TCP (listenStdin).
+func (ss *serverSession) exec(ctx context.Context, id uint64, req execBody, nonce []byte, es *execState) (ExecResult, error) {
 	cmd := exec.CommandContext(ctx, req.Argv[0], req.Argv[1:]...)
 	env := ss.srv.ExecEnv
 	if env == nil {
@@ -416,16 +425,9 @@ func (ss *serverSession) exec(ctx context.Context, id uint64, req execBody, es *
 		var conns <-chan net.Conn
 		lctx, stopListening := context.WithCancel(ctx)
 		defer stopListening()
-		if req.StdinTCP != "" {
-			port, ch, err := listenStdin(lctx, req.StdinTCP)
+		if nonce != nil {
+			port, ch, err := listenStdin(lctx, nonce)
 			if err != nil {
-				var ae *Error
-				if errors.As(err, &ae) {
-					stdinW.Close()
-					_ = cmd.Cancel()
-					_ = cmd.Wait()
-					return ExecResult{}, err
-				}
 				ss.srv.logger().Warn("agent: no tcp stdin; frames instead", "err", err)
 			}
 			conns = ch

@@ -315,6 +315,15 @@ func TestExecStdinTCP(t *testing.T) {
 // that starts with the nonce sent over the agent channel.
 func TestServerTCPStdinNonce(t *testing.T) {
 	c, r := rawSession(t)
+	// A malformed nonce, or one without stdin, is refused before anything
+	// runs.
+	for i, body := range []string{`{"argv":["touch","/nonexistent/x"],"stdin":true,"stdin_tcp":"abcd"}`,
+		fmt.Sprintf(`{"argv":["true"],"stdin_tcp":"%s"}`, strings.Repeat("ab", agent.NonceBytes))} {
+		send(t, c, fmt.Sprintf(`{"v":1,"id":%d,"kind":"exec","token":"%s","body":%s}`, 20+i, agenttest.Token, body))
+		if f := recv(t, r); f.Kind != agent.KindError || f.Error.Code != agent.CodeBadRequest {
+			t.Fatalf("bad stdin_tcp %s: %+v", body, f)
+		}
+	}
 	nonce := strings.Repeat("ab", agent.NonceBytes)
 	body := fmt.Sprintf(`{"argv":["cat"],"stdin":true,"stdin_tcp":"%s"}`, nonce)
 	send(t, c, fmt.Sprintf(`{"v":1,"id":9,"kind":"exec","token":"%s","body":%s}`, agenttest.Token, body))

@@ -3,7 +3,6 @@ package agent
 import (
 	"context"
 	"crypto/subtle"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -28,14 +27,10 @@ const (
 )
 
 // listenStdin opens the guest side of a TCP stdin: a listener on a random
-// port and the goroutine that accepts the connection presenting nonceHex.
+// port and the goroutine that accepts the connection presenting nonce.
 // The connection (nil when none came) arrives on the channel; ctx ending
 // closes the listener.
-func listenStdin(ctx context.Context, nonceHex string) (port int, conns <-chan net.Conn, err error) {
-	nonce, err := hex.DecodeString(nonceHex)
-	if err != nil || len(nonce) != NonceBytes {
-		return 0, nil, badRequest("exec: stdin_tcp is not %d hex bytes", NonceBytes)
-	}
+func listenStdin(ctx context.Context, nonce []byte) (port int, conns <-chan net.Conn, err error) {
 	ln, err := net.Listen("tcp", ":0")
 	if err != nil {
 		return 0, nil, err

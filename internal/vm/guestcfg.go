@@ -45,15 +45,10 @@ func hostKey(dir string) (ssh.Signer, []byte, error) {
 	p := filepath.Join(dir, hostKeyFile)
 	data, err := os.ReadFile(p)
 	if errors.Is(err, fs.ErrNotExist) {
-		_, priv, gerr := ed25519.GenerateKey(rand.Reader)
-		if gerr != nil {
-			return nil, nil, fmt.Errorf("generate host key: %w", gerr)
+		var gerr error
+		if data, gerr = newHostKeyPEM(); gerr != nil {
+			return nil, nil, gerr
 		}
-		block, gerr := ssh.MarshalPrivateKey(priv, "")
-		if gerr != nil {
-			return nil, nil, fmt.Errorf("encode host key: %w", gerr)
-		}
-		data = pem.EncodeToMemory(block)
 		if werr := atomicfile.Write(p, data, 0o600); werr != nil {
 			return nil, nil, fmt.Errorf("write host key: %w", werr)
 		}
@@ -243,4 +238,17 @@ func gitIdentity(ctx context.Context, r hostexec.Runner) (name, email string) {
 		return strings.TrimSpace(string(res.Stdout))
 	}
 	return get("user.name"), get("user.email")
+}
+
+// newHostKeyPEM makes an ed25519 ssh host key, as OpenSSH PEM.
+func newHostKeyPEM() ([]byte, error) {
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("generate host key: %w", err)
+	}
+	block, err := ssh.MarshalPrivateKey(priv, "")
+	if err != nil {
+		return nil, fmt.Errorf("encode host key: %w", err)
+	}
+	return pem.EncodeToMemory(block), nil
 }

@@ -20,12 +20,10 @@ package vm
 
 import (
 	"context"
-	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -80,15 +78,11 @@ type sshdFacts struct {
 // template's own key goes back (without a check when it needs none) and
 // the guest syncs.
 func checkSSHD(ctx context.Context, c agent.Client, templateKey []byte) (sshdFacts, error) {
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	throwaway, err := newHostKeyPEM()
 	if err != nil {
 		return sshdFacts{}, fmt.Errorf("check sshd: %w", err)
 	}
-	block, err := ssh.MarshalPrivateKey(priv, "")
-	if err != nil {
-		return sshdFacts{}, fmt.Errorf("check sshd: %w", err)
-	}
-	res, err := c.ApplyIdentity(ctx, agent.Identity{HostKey: pem.EncodeToMemory(block)})
+	res, err := c.ApplyIdentity(ctx, agent.Identity{HostKey: throwaway})
 	if err != nil {
 		return sshdFacts{}, fmt.Errorf("check sshd: %w", err)
 	}

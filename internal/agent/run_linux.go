@@ -96,9 +96,10 @@ func serveSerial(ctx context.Context, srv *Server, name string, retry time.Durat
 		<-ctx.Done()
 		_ = f.SetDeadline(time.Now())
 	}()
+	eof := newEOFReader(f)
 	for ctx.Err() == nil {
 		start := time.Now()
-		err := srv.Serve(ctx, transportFile{f, "virtio-serial"})
+		err := srv.Serve(ctx, serialPort{transportFile{f, "virtio-serial"}, eof})
 		if err != nil && ctx.Err() == nil {
 			log.Debug("virtio-serial session ended", "err", err)
 		}
@@ -116,6 +117,15 @@ type transportFile struct {
 }
 
 func (t transportFile) Transport() string { return t.name }
+
+// serialPort is the virtio-serial port file with reads through an
+// eofReader (see serialport.go).
+type serialPort struct {
+	transportFile
+	eof *eofReader
+}
+
+func (p serialPort) Read(b []byte) (int, error) { return p.eof.Read(b) }
 
 func serveVsock(ctx context.Context, srv *Server, port uint32, log *slog.Logger) {
 	ln, err := ListenVsock(port)

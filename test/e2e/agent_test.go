@@ -93,6 +93,22 @@ func TestE2EAgent(t *testing.T) {
 		}
 		t.Logf("reconnect %d after %s: ping in %s", i, pause, time.Since(t0).Round(time.Millisecond))
 	}
+	// A burst of short sessions: each new connection's request must be
+	// answered even when it reaches the guest before the port's "host
+	// connected" message does (the agent then reads EOF right after the
+	// request; see internal/agent/serialport.go).
+	t0 = time.Now()
+	for i := range 40 {
+		c.Close()
+		c = agent.NewConn(agent.DialUnix(sock), token, "virtio-serial")
+		pctx, pcancel := context.WithTimeout(ctx, 10*time.Second)
+		_, err := c.Ping(pctx)
+		pcancel()
+		if err != nil {
+			t.Fatalf("burst reconnect %d: %v", i, err)
+		}
+	}
+	t.Logf("40 reconnects in a row: %s each", (time.Since(t0) / 40).Round(time.Millisecond))
 	defer c.Close()
 
 	var out, errb bytes.Buffer

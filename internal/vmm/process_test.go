@@ -40,3 +40,20 @@ func TestWaitStartupToleratesExec(t *testing.T) {
 		t.Fatalf("an exited process: %v after %s", err, time.Since(start))
 	}
 }
+
+// The polling interval doubles from 10 ms and stays at startupPollMax: a
+// restore that ends at an unknown time is seen at most that late.
+func TestStartupPollSchedule(t *testing.T) {
+	d := 10 * time.Millisecond
+	var got []time.Duration
+	for range 6 {
+		got = append(got, d)
+		d = nextStartupPoll(d)
+	}
+	want := []time.Duration{10 * time.Millisecond, 20 * time.Millisecond, 40 * time.Millisecond, 40 * time.Millisecond, 40 * time.Millisecond, 40 * time.Millisecond}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("intervals %v, want %v", got, want)
+		}
+	}
+}

@@ -729,3 +729,51 @@ func TestTemplateSSHDNeedsReload(t *testing.T) {
 		t.Fatalf("restore identities: %+v", ids)
 	}
 }
+
+// identityGuest answers ApplyIdentity with errs in turn, then succeeds.
+type identityGuest struct {
+	agent.Client
+	errs  []error
+	calls int
+}
+
+func (g *identityGuest) ApplyIdentity(_ context.Context, id agent.Identity) (agent.IdentityResult, error) {
+	g.calls++
+	if len(g.errs) > 0 {
+		err := g.errs[0]
+		g.errs = g.errs[1:]
+		return agent.IdentityResult{}, err
+	}
+	return agent.IdentityResult{Hostname: id.Hostname}, nil
+}
+
+// The restore path sends the identity without a ping first: it retries
+// while the channel cannot be reached, and stops at once on any other
+// error or when the VMM is gone.
+func TestApplyWhenUp(t *testing.T) {
+	ctx := context.Background()
+	unreachable := fmt.Errorf("%w: dial: connection refused", agent.ErrUnavailable)
+	g := &identityGuest{errs: []error{unreachable, unreachable}}
+	res, err := applyWhenUp(ctx, g, agent.Identity{Hostname: "vm1"}, func() bool { return true })
+	if err != nil || res.Hostname != "vm1" || g.calls != 3 {
+		t.Errorf("after two unreachable tries: %+v, %v, %d calls; want success on the 3rd", res, err, g.calls)
+	}
+
+	refused := errors.New("agent: unauthorized")
+	g = &identityGuest{errs: []error{refused}}
+	if _, err := applyWhenUp(ctx, g, agent.Identity{}, func() bool { return true }); !errors.Is(err, refused) || g.calls != 1 {
+		t.Errorf("a refused identity: %v after %d calls; want it returned at once", err, g.calls)
+	}
+
+	g = &identityGuest{errs: []error{unreachable, unreachable}}
+	if _, err := applyWhenUp(ctx, g, agent.Identity{}, func() bool { return false }); !errors.Is(err, errVMMExited) || g.calls != 1 {
+		t.Errorf("VMM gone: %v after %d calls; want errVMMExited after one", err, g.calls)
+	}
+
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	g = &identityGuest{errs: []error{unreachable, unreachable, unreachable}}
+	if _, err := applyWhenUp(cctx, g, agent.Identity{}, func() bool { return true }); !errors.Is(err, context.Canceled) {
+		t.Errorf("ctx ended: %v", err)
+	}
+}

@@ -30,6 +30,11 @@ const DefaultImageName = "debian-bookworm"
 // debootstrap trees of an older recipe are not reused.
 const recipeVersion = "1"
 
+// buildVersion changes whenever what Build adds to a debootstrap tree
+// changes (BuildHash), so cached image files of an older build are not
+// reused while the tree still is.
+const buildVersion = "2"
+
 // DefaultPackages are installed in the "default" variant.
 var DefaultPackages = []string{"systemd-sysv", "openssh-server", "udev", "dbus", "iproute2", "ca-certificates",
 	"git", "curl", "make", "sudo", "kmod", "less", "procps"}
@@ -138,6 +143,14 @@ func (o BuildOptions) RecipeHash() string {
 		fmt.Fprintf(h, "\x00%s", p)
 	}
 	return hex.EncodeToString(h.Sum(nil))[:24]
+}
+
+// BuildHash identifies the image file a build makes: the debootstrap tree
+// (RecipeHash) and what the build adds to it (buildVersion). The guest
+// contract's own pieces are keyed separately (GuestContract).
+func (o BuildOptions) BuildHash() string {
+	h := sha256.Sum256([]byte(o.RecipeHash() + "\x00build" + buildVersion))
+	return hex.EncodeToString(h[:])[:24]
 }
 
 // HostMirror returns the first Debian mirror URL named in the host's apt
@@ -265,6 +278,9 @@ func (s *Store) BuildFile(ctx context.Context, o BuildOptions, out string) error
 	if err := guestBatch(b, tree, facts); err != nil {
 		return fmt.Errorf("image build %q: %w", o.Name, err)
 	}
+	if err := loginBatch(b, tree); err != nil {
+		return fmt.Errorf("image build %q: %w", o.Name, err)
+	}
 	if err := ext4.Apply(ctx, s.Runner, out, b); err != nil {
 		return fmt.Errorf("image build %q: %w", o.Name, err)
 	}
@@ -342,4 +358,43 @@ func (w *stageWriter) Write(p []byte) (int, error) {
 		w.buf = w.buf[:0]
 	}
 	return len(p), nil
+}
+
+// Login shell edits of the recipe (loginBatch): the original text and its
+// replacement. Each runs a process in every login shell, so in every `vm
+// run` command (bash -l), for nothing: `id -u` where bash knows $EUID, and
+// `mesg n` without a terminal. Each process costs 60–80 ms on a TCG guest.
+var (
+	profileIDFrom  = `"$(id -u)"`
+	profileIDTo    = `"${EUID:-$(id -u)}"`
+	rootMesgFrom   = "mesg n 2> /dev/null || true"
+	rootMesgTo     = "if [ -t 0 ]; then mesg n 2> /dev/null || true; fi"
+	loginFileEdits = []struct{ src, dst, from, to string }{
+		{"etc/profile", "/etc/profile", profileIDFrom, profileIDTo},
+		{"root/.profile", GuestWorkSeed + "/.profile", rootMesgFrom, rootMesgTo},
+		{"root/.profile", "/root/.profile", rootMesgFrom, rootMesgTo},
+	}
+)
+
+// loginBatch adds the recipe's login shell edits to b (after guestBatch,
+// whose work seed it edits): a file that does not hold the original text
+// (another Debian release) is left as it is.
+func loginBatch(b *ext4.Batch, tree string) error {
+	for _, e := range loginFileEdits {
+		p := filepath.Join(tree, e.src)
+		fi, err := os.Lstat(p)
+		if err != nil || !fi.Mode().IsRegular() {
+			continue
+		}
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return fmt.Errorf("login shell: %w", err)
+		}
+		if !bytes.Contains(data, []byte(e.from)) {
+			continue
+		}
+		uid, gid := owner(fi)
+		b.WriteFile(e.dst, bytes.ReplaceAll(data, []byte(e.from), []byte(e.to)), fi.Mode().Perm(), uid, gid)
+	}
+	return nil
 }

@@ -47,8 +47,9 @@ func devImage(t testing.TB) string {
 		}
 		opts := image.BuildOptions{Name: devImageName, Recipe: image.RecipeDebianBookworm, Suite: "bookworm", Variant: "minbase",
 			Mirror: mirror, Packages: []string{"sudo", "git", "make"}, SizeMiB: 1024}
-		// Keyed by the recipe, so a changed recipe builds a new image.
-		marker := filepath.Join(dir, devImageName+"-"+opts.RecipeHash()+".json")
+		// Keyed by the build (recipe and what the build adds), so a changed
+		// build makes a new image (from the cached debootstrap tree).
+		marker := filepath.Join(dir, devImageName+"-"+opts.BuildHash()+".json")
 		if data, err := os.ReadFile(marker); err == nil {
 			var rec model.Image
 			if json.Unmarshal(data, &rec) == nil {

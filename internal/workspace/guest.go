@@ -27,6 +27,21 @@ type Remote interface {
 	Run(ctx context.Context, cmd string, stdin io.Reader, stdout, stderr io.Writer) (int, error)
 }
 
+// Installer is a Remote that installs a workspace itself: the guest agent,
+// which does in its own process what GuestScript does with about nine
+// (see Install).
+//
+// Contract: Install does what Install(ctx, nil, req, stdin) does in the
+// guest, reading the stream from stdin (and stopping reading it once it
+// fails); it returns Install's exit status (0 on success, an
+// InstallError's Status otherwise) with the error's message written to
+// stderr. err is non-nil only when the transport failed. Prepare gives it
+// only the streams of snapshots it can take (nativeOK).
+type Installer interface {
+	Remote
+	Install(ctx context.Context, req InstallRequest, stdin io.Reader, stderr io.Writer) (int, error)
+}
+
 // stopGrace is how long Prepare lets the guest notice a failed stream
 // (stdin closed early) before it cancels the remote command.
 const stopGrace = 10 * time.Second
@@ -170,7 +185,10 @@ trap - EXIT
 }
 
 // Prepare copies the workspace of snap into the guest at guestPath: Stream
-// piped into ONE remote command, GuestScript(guestPath, snap.Options). It
+// piped into ONE remote command, GuestScript(guestPath, snap.Options), or,
+// when remote is an Installer and the snapshot suits it (a work tree with
+// at most NativeLimit bytes of clean files, no conflicts, no
+// skip-worktree entries), a native stream piped into its Install. It
 // reports progress (stage "workspace") through the context's progress sink.
 // The guest tree changes only if the whole stream arrived. A guest-side
 // failure is a *GuestError (errors.Is ErrGuest) carrying the guest's
@@ -189,8 +207,10 @@ func Prepare(ctx context.Context, remote Remote, snap *Snapshot, guestPath strin
 		err   error
 	}
 	streamed := make(chan streamResult, 1)
+	inst, native := remote.(Installer)
+	native = native && snap.nativeOK()
 	go func() {
-		st, err := Stream(ctx, snap, pw)
+		st, err := stream(ctx, snap, pw, native)
 		if err != nil {
 			pw.CloseWithError(err)
 		} else {
@@ -206,7 +226,13 @@ func Prepare(ctx context.Context, remote Remote, snap *Snapshot, guestPath strin
 	ran := make(chan runResult, 1)
 	stderr := &hostexec.TailBuffer{Max: 16 << 10}
 	go func() {
-		status, err := remote.Run(rctx, GuestScript(guestPath, snap.Options), pr, io.Discard, stderr)
+		var status int
+		var err error
+		if native {
+			status, err = inst.Install(rctx, InstallRequest{Dest: guestPath, Replace: snap.Options.Replace, ReadOnly: snap.Options.ReadOnly}, pr, stderr)
+		} else {
+			status, err = remote.Run(rctx, GuestScript(guestPath, snap.Options), pr, io.Discard, stderr)
+		}
 		// Unblock Stream if the guest stopped reading early.
 		pr.CloseWithError(errGuestStopped)
 		ran <- runResult{status, err}
@@ -230,6 +256,7 @@ func Prepare(ctx context.Context, remote Remote, snap *Snapshot, guestPath strin
 		sr = <-streamed
 	}
 	sr.stats.Elapsed = time.Since(start)
+	sr.stats.Native = native
 	// A failed stream is the cause of whatever the guest then did, unless
 	// it failed because the guest stopped reading.
 	switch {

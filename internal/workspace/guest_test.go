@@ -21,8 +21,11 @@ import (
 	"github.com/bangerdev/banger/internal/progress"
 )
 
-func TestExportRoundTrip(t *testing.T) {
+func TestExportRoundTrip(t *testing.T) { modes(t, testExportRoundTrip) }
+
+func testExportRoundTrip(t *testing.T, native bool) {
 	e := newEnv(t)
+	e.native = native
 	repo := fixture(t, e, true)
 	ctx := context.Background()
 	snap, err := Inspect(ctx, e.runner(), repo, Options{IncludeUntracked: true, Depth: 2})
@@ -189,8 +192,11 @@ func TestExportRoundTrip(t *testing.T) {
 	}
 }
 
-func TestPrepareGuestDirectory(t *testing.T) {
+func TestPrepareGuestDirectory(t *testing.T) { modes(t, testPrepareGuestDirectory) }
+
+func testPrepareGuestDirectory(t *testing.T, native bool) {
 	e := newEnv(t)
+	e.native = native
 	ctx := context.Background()
 	repo := t.TempDir()
 	e.git(repo, "init", "-q")
@@ -345,8 +351,11 @@ func (tr truncating) Run(ctx context.Context, cmd string, stdin io.Reader, stdou
 	return tr.r.Run(ctx, cmd, io.LimitReader(stdin, tr.n), stdout, stderr)
 }
 
-func TestStreamFailureReportsCause(t *testing.T) {
+func TestStreamFailureReportsCause(t *testing.T) { modes(t, testStreamFailureReportsCause) }
+
+func testStreamFailureReportsCause(t *testing.T, native bool) {
 	e := newEnv(t)
+	e.native = native
 	ctx := context.Background()
 	repo := t.TempDir()
 	e.git(repo, "init", "-q")
@@ -442,8 +451,11 @@ func TestLooseObjectsPackedWhileStreaming(t *testing.T) {
 // TestApplyNeverLosesHostChanges: a host edit made while the VM runs that
 // touches what the guest changed is refused with the host tree untouched
 // and the patch kept; an edit elsewhere survives the apply.
-func TestApplyNeverLosesHostChanges(t *testing.T) {
+func TestApplyNeverLosesHostChanges(t *testing.T) { modes(t, testApplyNeverLosesHostChanges) }
+
+func testApplyNeverLosesHostChanges(t *testing.T, native bool) {
 	e := newEnv(t)
+	e.native = native
 	repo := fixture(t, e, false)
 	ctx := context.Background()
 	snap, err := Inspect(ctx, e.runner(), repo, Options{})
@@ -515,8 +527,11 @@ func TestApplyNeverLosesHostChanges(t *testing.T) {
 
 // TestPrepareMakesMissingParents: a guest path whose parents do not exist
 // yet gets them.
-func TestPrepareMakesMissingParents(t *testing.T) {
+func TestPrepareMakesMissingParents(t *testing.T) { modes(t, testPrepareMakesMissingParents) }
+
+func testPrepareMakesMissingParents(t *testing.T, native bool) {
 	e := newEnv(t)
+	e.native = native
 	repo := fixture(t, e, false)
 	ctx := context.Background()
 	snap, err := Inspect(ctx, e.runner(), repo, Options{})
@@ -536,8 +551,11 @@ func TestPrepareMakesMissingParents(t *testing.T) {
 // PreparedRef from the host (the guest hashes nothing); a dirty file, a
 // staged change or an untracked file shipped leaves it to the guest. Either
 // way the guest ends with the tree exactly as prepared.
-func TestPreparedTreeFromHost(t *testing.T) {
+func TestPreparedTreeFromHost(t *testing.T) { modes(t, testPreparedTreeFromHost) }
+
+func testPreparedTreeFromHost(t *testing.T, native bool) {
 	e := newEnv(t)
+	e.native = native
 	ctx := context.Background()
 	repo := e.commitRepo(t, map[string]string{"a.txt": "one\n", "b/c.txt": "two\n"})
 	write(t, repo, "ignored-untracked.txt", []byte("not shipped\n"), 0o644)

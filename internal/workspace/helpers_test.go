@@ -27,6 +27,34 @@ type env struct {
 	t    testing.TB
 	home string
 	vars []string
+	// native makes remote an Installer (Install run in-process, like the
+	// guest agent), so Prepare sends the snapshots that suit it to Install
+	// instead of GuestScript.
+	native bool
+}
+
+// modes runs f as two subtests: with the script ("script") and with an
+// Installer remote ("native").
+func modes(t *testing.T, f func(t *testing.T, native bool)) {
+	t.Run("script", func(t *testing.T) { f(t, false) })
+	t.Run("native", func(t *testing.T) { f(t, true) })
+}
+
+// nativeRemote is localRemote that installs workspaces itself, through
+// InstallCommand as the agent does.
+type nativeRemote struct{ localRemote }
+
+func (n nativeRemote) Install(ctx context.Context, req InstallRequest, stdin io.Reader, stderr io.Writer) (int, error) {
+	err := Install(ctx, hostexec.Real{Env: n.env}, req, stdin)
+	var ie *InstallError
+	switch {
+	case err == nil:
+		return 0, nil
+	case errors.As(err, &ie):
+		fmt.Fprintln(stderr, ie.Msg)
+		return ie.Status, nil
+	}
+	return -1, err
 }
 
 func newEnv(t testing.TB) *env {
@@ -54,7 +82,12 @@ func (e *env) runner() hostexec.Runner { return hostexec.Real{Env: e.vars} }
 
 // remote is a "guest" that is the local machine: it runs the command with
 // sh -c in the env's home, like ssh would in the guest's home.
-func (e *env) remote() Remote { return localRemote{dir: e.home, env: e.vars} }
+func (e *env) remote() Remote {
+	if e.native {
+		return nativeRemote{localRemote{dir: e.home, env: e.vars}}
+	}
+	return localRemote{dir: e.home, env: e.vars}
+}
 
 type localRemote struct {
 	dir string

@@ -201,6 +201,7 @@ func (s *Snapshot) inspectWorkTree(ctx context.Context, g gitCmd) error {
 		if f.Kind == Regular && !unmerged && !e.skipWorktree && !dirty[e.path] && checkoutMode(e.mode, f.Mode) {
 			candidates = append(candidates, len(s.files))
 		}
+		f.cleanLink = f.Kind == Symlink && !unmerged && !e.skipWorktree && !dirty[e.path] && e.mode == "120000"
 		s.files = append(s.files, f)
 	}
 	if hasGitmodules {

@@ -39,8 +39,11 @@ var oddNames = []string{
 	"a/" + strings.Repeat("d", 200) + "/" + strings.Repeat("e", 200),
 }
 
-func TestOddNamesRoundTrip(t *testing.T) {
+func TestOddNamesRoundTrip(t *testing.T) { modes(t, testOddNamesRoundTrip) }
+
+func testOddNamesRoundTrip(t *testing.T, native bool) {
 	e := newEnv(t)
+	e.native = native
 	ctx := context.Background()
 	repo := t.TempDir()
 	e.git(repo, "init", "-q")

@@ -6,8 +6,12 @@ import (
 	"bytes"
 	"compress/zlib"
 	"context"
+	"crypto/sha1"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"io/fs"
 	"os"
@@ -38,7 +42,40 @@ const (
 	// the host's own info/attributes (attributesFile) replaces it after the
 	// checkout.
 	checkoutAttrs = ".git/info/attributes"
+	// nativeCleanFile, in a native stream (see Installer), lists the files
+	// (NUL-terminated) whose shipped bytes are their index blobs: they
+	// travel as bytes and Install gives their index entries the stat data
+	// of the files it wrote, without hashing them.
+	nativeCleanFile = ".git/banger/clean"
 )
+
+// NativeLimit bounds the bytes of clean files a native stream carries: in
+// a native stream they travel as bytes beside their blobs (which the
+// repository needs anyway), so a tree with more goes to the script, whose
+// checkout writes them from the blobs.
+const NativeLimit = 16 << 20
+
+// nativeOK reports whether the snapshot can go to an Installer: a work
+// tree (no From, whose checkout applies the guest's conversions), with no
+// conflicted or skip-worktree entries, and clean files of at most
+// NativeLimit bytes.
+func (s *Snapshot) nativeOK() bool {
+	if s.Options.From != "" {
+		return false
+	}
+	for _, e := range s.index {
+		if e.stage != "0" || e.skipWorktree {
+			return false
+		}
+	}
+	var n int64
+	for _, f := range s.files {
+		if f.checkout {
+			n += f.Size
+		}
+	}
+	return n <= NativeLimit
+}
 
 // Stream writes the workspace of snap to w as one tar stream (PAX where a
 // name needs it). In order: the directories; the files whose bytes must
@@ -54,6 +91,14 @@ const (
 // fails with ErrChanged. Clean files come from the index as Inspect saw it.
 // On error, w has received a truncated stream that GuestScript refuses.
 func Stream(ctx context.Context, snap *Snapshot, w io.Writer) (Stats, error) {
+	return stream(ctx, snap, w, false)
+}
+
+// stream is Stream; native makes the stream an Installer takes (see
+// nativeCleanFile): clean files travel as bytes too, each checked against
+// its blob id as it is read (a file changed since Inspect fails with
+// ErrChanged), and there are no checkout lists.
+func stream(ctx context.Context, snap *Snapshot, w io.Writer, native bool) (Stats, error) {
 	start := time.Now()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -61,6 +106,12 @@ func Stream(ctx context.Context, snap *Snapshot, w io.Writer) (Stats, error) {
 	cw := &countingWriter{w: w}
 	bw := bufio.NewWriterSize(cw, 1<<20)
 	sw := &streamWriter{tw: tar.NewWriter(bw), dirs: map[string]bool{}, snap: snap, buf: make([]byte, 1<<20), ctx: ctx}
+	if native {
+		sw.oids = make(map[string]string, len(snap.index))
+		for _, e := range snap.index {
+			sw.oids[e.path] = e.oid
+		}
+	}
 	for _, f := range snap.files {
 		if f.Kind == Regular {
 			sw.stats.Files++
@@ -68,12 +119,12 @@ func Stream(ctx context.Context, snap *Snapshot, w io.Writer) (Stats, error) {
 		} else {
 			sw.stats.Symlinks++
 		}
-		if !f.checkout {
+		if !f.checkout || native {
 			sw.total += f.Size
 		}
 	}
 
-	plan, err := snap.plan(ctx)
+	plan, err := snap.plan(ctx, native)
 	if err != nil {
 		return sw.stats, err
 	}
@@ -164,6 +215,10 @@ type streamWriter struct {
 	next  int64 // next progress report threshold
 
 	vanished []string // loose objects packed by the host while we streamed
+
+	// oids, in a native stream, maps each index path to its blob id: a
+	// clean file's bytes are checked against it as they are sent.
+	oids map[string]string
 }
 
 // progress reports the share of the expected bytes sent, every 2% (or
@@ -219,8 +274,12 @@ func (sw *streamWriter) workspace() error {
 		if err := sw.parents(f.Path); err != nil {
 			return err
 		}
-		if f.checkout {
+		want := ""
+		if f.checkout && sw.oids == nil {
 			continue
+		}
+		if (f.checkout || f.cleanLink) && sw.oids != nil {
+			want = sw.oids[f.Path]
 		}
 		sw.stats.RawFiles++
 		full := filepath.Join(sw.snap.Root, filepath.FromSlash(f.Path))
@@ -236,20 +295,29 @@ func (sw *streamWriter) workspace() error {
 			if target == "" || strings.ContainsRune(target, 0) {
 				return fmt.Errorf("%w: symlink %q has an invalid target %q", ErrUnsupportedName, f.Path, target)
 			}
+			if want != "" {
+				h := newObjectHash(sw.snap.ObjectFormat)
+				fmt.Fprintf(h, "blob %d\x00%s", len(target), target)
+				if hex.EncodeToString(h.Sum(nil)) != want {
+					return fmt.Errorf("%s: %w (run again)", f.Path, ErrChanged)
+				}
+			}
 			sw.stats.RawBytes += int64(len(target))
 			if err := sw.write(&tar.Header{Typeflag: tar.TypeSymlink, Name: f.Path, Linkname: target, Mode: 0o777, ModTime: fi.ModTime().Truncate(time.Second)}); err != nil {
 				return err
 			}
 			continue
 		}
-		if err := sw.regular(f.Path, full); err != nil {
+		if err := sw.regular(f.Path, full, want); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func (sw *streamWriter) regular(name, full string) error {
+// regular sends one file's bytes; with want (a blob id), they must hash
+// to it.
+func (sw *streamWriter) regular(name, full, want string) error {
 	fd, err := unix.Open(full, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 	if err != nil {
 		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
@@ -274,7 +342,14 @@ func (sw *streamWriter) regular(name, full string) error {
 	if err := sw.write(hdr); err != nil {
 		return err
 	}
-	n, err := io.CopyBuffer(sw.tw, io.LimitReader(onlyReader{file}, fi.Size()), sw.buf)
+	var dst io.Writer = sw.tw
+	var h hash.Hash
+	if want != "" {
+		h = newObjectHash(sw.snap.ObjectFormat)
+		fmt.Fprintf(h, "blob %d\x00", fi.Size())
+		dst = io.MultiWriter(sw.tw, h)
+	}
+	n, err := io.CopyBuffer(dst, io.LimitReader(onlyReader{file}, fi.Size()), sw.buf)
 	sw.sent += n
 	sw.stats.RawBytes += n
 	if err != nil {
@@ -282,6 +357,9 @@ func (sw *streamWriter) regular(name, full string) error {
 	}
 	if n != fi.Size() {
 		return fmt.Errorf("%s shrank while it was copied: %w (run again)", name, ErrChanged)
+	}
+	if h != nil && hex.EncodeToString(h.Sum(nil)) != want {
+		return fmt.Errorf("%s changed since it was inspected: %w (run again)", name, ErrChanged)
 	}
 	sw.progress("sending files")
 	return nil
@@ -317,7 +395,7 @@ func emptyBlob(format string) string {
 
 // plan decides the .git content: refs, config, shallow list, index
 // entries, checkout lists, and which objects travel loose or packed.
-func (s *Snapshot) plan(ctx context.Context) (*plan, error) {
+func (s *Snapshot) plan(ctx context.Context, native bool) (*plan, error) {
 	g := gitCmd{r: s.runner}
 	m := &plan{}
 	add := func(name string, data []byte, mode int64) {
@@ -392,7 +470,12 @@ func (s *Snapshot) plan(ctx context.Context) (*plan, error) {
 		add(strings.TrimPrefix(skipWorktreeFile, ".git/"), skip.Bytes(), 0o644)
 	}
 	lists := map[fs.FileMode]*bytes.Buffer{}
+	var clean bytes.Buffer
 	for _, f := range s.files {
+		if native && (f.checkout || f.cleanLink) {
+			clean.WriteString(f.Path + "\x00")
+			continue
+		}
 		if !f.checkout {
 			continue
 		}
@@ -409,6 +492,9 @@ func (s *Snapshot) plan(ctx context.Context) (*plan, error) {
 		}
 		lists[u].WriteString(f.Path + "\x00")
 	}
+	if native {
+		add(strings.TrimPrefix(nativeCleanFile, ".git/"), clean.Bytes(), 0o644)
+	}
 	if s.Options.From == "" && len(lists) > 0 {
 		add(strings.TrimPrefix(checkoutAttrs, ".git/"), []byte("* -text -filter -ident -working-tree-encoding\n"), 0o644)
 	}
@@ -420,7 +506,7 @@ func (s *Snapshot) plan(ctx context.Context) (*plan, error) {
 	for _, u := range umasks {
 		add(strings.TrimPrefix(checkoutPrefix, ".git/")+fmt.Sprintf("%04o", u), lists[u].Bytes(), 0o644)
 	}
-	if tree, ok, err := s.preparedTree(ctx, g); err != nil {
+	if tree, ok, err := s.preparedTree(ctx, g, native); err != nil {
 		return nil, err
 	} else if ok {
 		add(PreparedRef, []byte(tree+"\n"), 0o644)
@@ -448,17 +534,18 @@ func (s *Snapshot) plan(ctx context.Context) (*plan, error) {
 // gitConfig is the guest repository's config.
 // preparedTree is the tree Prepare records as PreparedRef, when the host
 // can tell it without the guest hashing anything: in work-tree mode, with
-// every shipped file written from its blob (nothing travels as bytes),
+// every shipped file written from its blob (nothing travels as bytes; in
+// a native stream, clean symlinks too: their targets are checked),
 // nothing tracked left out, and the index equal to HEAD's tree, the work
 // tree as prepared is HEAD's tree. The guest then skips its index refresh
 // and the prepared-tree recording: four processes, a quarter of a second
 // on an emulated guest.
-func (s *Snapshot) preparedTree(ctx context.Context, g gitCmd) (string, bool, error) {
+func (s *Snapshot) preparedTree(ctx context.Context, g gitCmd, native bool) (string, bool, error) {
 	if s.Options.From != "" || s.Head == "" {
 		return "", false, nil
 	}
 	for _, f := range s.files {
-		if !f.checkout {
+		if !f.checkout && !(native && f.cleanLink) {
 			return "", false, nil
 		}
 	}
@@ -670,4 +757,12 @@ func (p progressReader) Read(b []byte) (int, error) {
 	p.sw.sent += int64(n)
 	p.sw.progress("sending git objects")
 	return n, err
+}
+
+// newObjectHash returns the hash of a repository's object format.
+func newObjectHash(format string) hash.Hash {
+	if format == "sha256" {
+		return sha256.New()
+	}
+	return sha1.New()
 }

@@ -218,6 +218,10 @@ type File struct {
 	// checkout: the guest writes this file from the shipped blob (git
 	// checkout-index) instead of receiving its bytes.
 	checkout bool
+	// cleanLink: a symlink git calls clean. It travels as bytes in every
+	// stream; a native one checks its target against the blob and lets
+	// the host tell the prepared tree (see preparedTree).
+	cleanLink bool
 }
 
 // SkipReason says why a path was not shipped.
@@ -328,4 +332,5 @@ type Stats struct {
 	GitBytes    int64         // bytes of .git content (objects, refs, index info, checkout lists)
 	StreamBytes int64         // total bytes of the tar stream
 	Elapsed     time.Duration // wall time of Stream/Prepare
+	Native      bool          // Prepare: installed by an Installer (every file sent as bytes), not GuestScript
 }

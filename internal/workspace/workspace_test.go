@@ -97,12 +97,15 @@ func isIgnored(p string) bool {
 	return strings.HasPrefix(p, "build/") || p == "debug.log" || p == "excluded.tmp"
 }
 
-func TestWorkspaceFidelity(t *testing.T) {
+func TestWorkspaceFidelity(t *testing.T) { modes(t, testWorkspaceFidelity) }
+
+func testWorkspaceFidelity(t *testing.T, native bool) {
 	for _, packed := range []bool{false, true} {
 		for _, untracked := range []bool{false, true} {
 			name := map[bool]string{false: "loose", true: "packed"}[packed] + map[bool]string{false: "", true: "-include-untracked"}[untracked]
 			t.Run(name, func(t *testing.T) {
 				e := newEnv(t)
+				e.native = native
 				repo := fixture(t, e, packed)
 				ctx := context.Background()
 				// Inspect from a subdirectory: the workspace is the whole repository.
@@ -142,6 +145,12 @@ func TestWorkspaceFidelity(t *testing.T) {
 				wantRaw := 4 + 4 + 3
 				if untracked {
 					wantRaw += 3
+				}
+				if native {
+					wantRaw = len(snap.Files()) // every file travels as bytes
+				}
+				if st.Native != native {
+					t.Fatalf("stats %+v: native install %v, want %v", st, st.Native, native)
 				}
 				if st.FileBytes != snap.Bytes() || st.RawFiles != wantRaw || st.StreamBytes <= st.RawBytes+st.GitBytes || st.GitObjects == 0 {
 					t.Fatalf("stats %+v (snapshot bytes %d, want %d raw files)", st, snap.Bytes(), wantRaw)
@@ -297,8 +306,11 @@ func TestDepthBranchAndFrom(t *testing.T) {
 	})
 }
 
-func TestUnbornAndSHA256(t *testing.T) {
+func TestUnbornAndSHA256(t *testing.T) { modes(t, testUnbornAndSHA256) }
+
+func testUnbornAndSHA256(t *testing.T, native bool) {
 	e := newEnv(t)
+	e.native = native
 	ctx := context.Background()
 	for _, format := range []string{"sha1", "sha256"} {
 		t.Run(format, func(t *testing.T) {

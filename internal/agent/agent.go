@@ -293,7 +293,25 @@ type ExecRequest struct {
 	// as malformed (an error with id 0, which ends no call), so the signal
 	// is lost; check Health first when that matters.
 	Signals <-chan string `json:"-"`
+	// Builtin: Argv[0] names one of the agent's builtins (Server.Builtins),
+	// run in the agent's own process with Argv[1:]; Env and Dir do not
+	// apply. An agent that does not list BuiltinFeature(Argv[0]) in Health
+	// would run Argv as a program: check first.
+	Builtin bool `json:"builtin,omitempty"`
 }
+
+// Builtin is a command the agent runs in its own process (no fork and
+// exec: under emulation a process costs the guest 50–150 ms). It reads
+// stdin until it is done with it, writes its output to stdout and stderr,
+// and returns its exit status; it must return promptly when ctx ends.
+type Builtin func(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int
+
+// BuiltinFeature is the Health feature that says the agent has the
+// builtin name.
+func BuiltinFeature(name string) string { return "builtin:" + name }
+
+// BuiltinWorkspaceInstall installs a workspace (workspace.InstallCommand).
+const BuiltinWorkspaceInstall = "workspace-install"
 
 // execBody is the body of a KindExec frame.
 type execBody struct {

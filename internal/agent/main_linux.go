@@ -13,6 +13,7 @@ import (
 	"github.com/bangerdev/banger/internal/buildinfo"
 	"github.com/bangerdev/banger/internal/envd"
 	"github.com/bangerdev/banger/internal/hostexec"
+	"github.com/bangerdev/banger/internal/workspace"
 )
 
 // Main is banger-agent's command line (cmd/banger-agent). It returns the
@@ -62,7 +63,8 @@ Usage: banger-agent [flags]
 	}
 	err := RunGuest(ctx, GuestOptions{
 		TokenFile: *token, PortName: *port, VsockPort: uint32(*vsock), Logger: log,
-		System: &Guest{Root: "/", ProcRoot: "/proc", Runner: hostexec.Real{}, Version: bi.Version, Kernel: true},
+		System:   &Guest{Root: "/", ProcRoot: "/proc", Runner: hostexec.Real{}, Version: bi.Version, Kernel: true},
+		Builtins: map[string]Builtin{BuiltinWorkspaceInstall: workspace.InstallCommand},
 	})
 	if err != nil && ctx.Err() == nil {
 		log.Error("banger-agent", "err", err)

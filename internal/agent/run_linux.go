@@ -21,6 +21,8 @@ type GuestOptions struct {
 	// is polled (default 50ms: a port without a host connection reads EOF
 	// at once and cannot be waited on).
 	SerialRetry time.Duration
+
+	Builtins map[string]Builtin // Server.Builtins
 }
 
 // RunGuest is banger-agent's main loop: it reads the token, then serves
@@ -46,7 +48,7 @@ func RunGuest(ctx context.Context, o GuestOptions) error {
 	}
 	// One Server for both transports, so a token rotated over one holds for
 	// the other.
-	base := Server{Token: token, System: o.System, Logger: log}
+	base := Server{Token: token, System: o.System, Logger: log, Builtins: o.Builtins}
 	serial := &base
 	var wg sync.WaitGroup
 	if o.PortName != "" {

@@ -9,9 +9,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -44,6 +47,11 @@ type Server struct {
 	// Features is what Health reports (nil = the package's Features); a
 	// test sets fewer to play an older agent.
 	Features []string
+
+	// Builtins are the commands the agent runs in its own process when an
+	// exec asks for one (ExecRequest.Builtin); Health lists each as
+	// BuiltinFeature(name).
+	Builtins map[string]Builtin
 
 	ExecDir string   // default working directory ("" = "/root", else "/")
 	ExecEnv []string // base environment of commands (nil = DefaultExecEnv)
@@ -303,6 +311,12 @@ func (ss *serverSession) run(ctx context.Context, f *Frame, es *execState) (any,
 		if h.Features == nil {
 			h.Features = Features
 		}
+		if len(ss.srv.Builtins) > 0 {
+			h.Features = append([]string(nil), h.Features...)
+			for _, name := range slices.Sorted(maps.Keys(ss.srv.Builtins)) {
+				h.Features = append(h.Features, BuiltinFeature(name))
+			}
+		}
 		if h.Transport == "" {
 			h.Transport = ss.transport
 		}
@@ -345,8 +359,58 @@ func (ss *serverSession) run(ctx context.Context, f *Frame, es *execState) (any,
 				return nil, badRequest("exec: stdin_tcp wants stdin and %d hex-encoded bytes", NonceBytes)
 			}
 		}
+		if req.Builtin {
+			return ss.builtin(ctx, f.ID, req, nonce, es)
+		}
 		return ss.exec(ctx, f.ID, req, nonce, es)
 	}
+}
+
+// builtin runs one of the server's Builtins like exec runs a program: same
+// stdin (frames or TCP), output frames and result.
+func (ss *serverSession) builtin(ctx context.Context, id uint64, req execBody, nonce []byte, es *execState) (ExecResult, error) {
+	fn := ss.srv.Builtins[req.Argv[0]]
+	if fn == nil {
+		return ExecResult{}, badRequest("exec: no builtin %q", req.Argv[0])
+	}
+	var stdin io.Reader = strings.NewReader("")
+	if req.Stdin {
+		r, w, err := os.Pipe()
+		if err != nil {
+			return ExecResult{}, fmt.Errorf("exec: stdin pipe: %w", err)
+		}
+		// Closed when the builtin returns, so the feeder's writes fail
+		// (and its data is dropped) instead of blocking.
+		defer r.Close()
+		stdin = r
+		stop := ss.feed(ctx, id, w, nonce, es)
+		defer stop()
+	}
+	code := fn(ctx, req.Argv[1:], stdin,
+		&streamWriter{ss: ss, id: id, kind: KindStdout, raw: req.BinaryOutput},
+		&streamWriter{ss: ss, id: id, kind: KindStderr, raw: req.BinaryOutput})
+	if ctx.Err() != nil && ss.ctx.Err() == nil {
+		return ExecResult{ExitCode: code}, &Error{Code: CodeCancelled, Message: "command cancelled"}
+	}
+	return ExecResult{ExitCode: code}, nil
+}
+
+// feed starts copying the exec's stdin into w (which it closes): frames,
+// or the TCP connection when nonce is set (announced with KindStdinPort).
+// stop ends the TCP listener.
+func (ss *serverSession) feed(ctx context.Context, id uint64, w *os.File, nonce []byte, es *execState) (stop func()) {
+	var conns <-chan net.Conn
+	lctx, stopListening := context.WithCancel(ctx)
+	if nonce != nil {
+		port, ch, err := listenStdin(lctx, nonce)
+		if err != nil {
+			ss.srv.logger().Warn("agent: no tcp stdin; frames instead", "err", err)
+		}
+		conns = ch
+		ss.reply(&Frame{ID: id, Kind: KindStdinPort, N: port})
+	}
+	go ss.feedStdin(ctx, id, w, es.stdin, conns, stopListening)
+	return stopListening
 }
 
 // streamWriter turns a command's output into stream frames.
@@ -422,18 +486,8 @@ func (ss *serverSession) exec(ctx context.Context, id uint64, req execBody, nonc
 	}
 	es.pgid.Store(int64(cmd.Process.Pid))
 	if stdinW != nil {
-		var conns <-chan net.Conn
-		lctx, stopListening := context.WithCancel(ctx)
-		defer stopListening()
-		if nonce != nil {
-			port, ch, err := listenStdin(lctx, nonce)
-			if err != nil {
-				ss.srv.logger().Warn("agent: no tcp stdin; frames instead", "err", err)
-			}
-			conns = ch
-			ss.reply(&Frame{ID: id, Kind: KindStdinPort, N: port})
-		}
-		go ss.feedStdin(ctx, id, stdinW, es.stdin, conns, stopListening)
+		stop := ss.feed(ctx, id, stdinW, nonce, es)
+		defer stop()
 	}
 	err := cmd.Wait()
 	st := cmd.ProcessState

@@ -20,6 +20,7 @@ import (
 	"github.com/bangerdev/banger/internal/image"
 	"github.com/bangerdev/banger/internal/model"
 	"github.com/bangerdev/banger/internal/vmm"
+	"github.com/bangerdev/banger/internal/workspace"
 )
 
 // Agent files: the token in the VM's directory (0600), the host end of the
@@ -234,8 +235,13 @@ type agentRemote struct {
 
 // Run runs cmd with `/bin/sh -c` as root in /root, like ssh's session.
 func (r agentRemote) Run(ctx context.Context, cmd string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
-	req := agent.ExecRequest{Argv: []string{"/bin/sh", "-c", cmd}, Stdin: stdin, Stdout: stdout, Stderr: stderr}
-	if stdin == nil {
+	return r.exec(ctx, agent.ExecRequest{Argv: []string{"/bin/sh", "-c", cmd}, Stdin: stdin, Stdout: stdout, Stderr: stderr})
+}
+
+// exec runs req, its stdin over TCP when the guest has an address, and
+// returns the exit status as ssh would.
+func (r agentRemote) exec(ctx context.Context, req agent.ExecRequest) (int, error) {
+	if req.Stdin == nil {
 		req.Stdin = strings.NewReader("")
 	} else if r.ip != "" {
 		req.StdinDial = func(ctx context.Context, port int) (net.Conn, error) {
@@ -251,6 +257,28 @@ func (r agentRemote) Run(ctx context.Context, cmd string, stdin io.Reader, stdou
 		return 255, nil // killed by a signal (ssh reports 255 too)
 	}
 	return res.ExitCode, nil
+}
+
+// agentInstaller is agentRemote to an agent with the workspace install
+// builtin: a workspace.Installer (the guest runs no process for a clean
+// tree).
+type agentInstaller struct{ agentRemote }
+
+// Install runs the agent's BuiltinWorkspaceInstall with the stream on its
+// stdin.
+func (r agentInstaller) Install(ctx context.Context, req workspace.InstallRequest, stdin io.Reader, stderr io.Writer) (int, error) {
+	return r.exec(ctx, agent.ExecRequest{Argv: append([]string{agent.BuiltinWorkspaceInstall}, workspace.InstallArgs(req)...), Builtin: true,
+		Stdin: stdin, Stderr: stderr})
+}
+
+// agentRunner is r, an Installer when the agent (h) has the builtin.
+func agentRunner(h agent.Health, r agentRemote) interface {
+	Run(ctx context.Context, cmd string, stdin io.Reader, stdout, stderr io.Writer) (int, error)
+} {
+	if h.HasFeature(agent.BuiltinFeature(agent.BuiltinWorkspaceInstall)) {
+		return agentInstaller{r}
+	}
+	return r
 }
 
 // agentProbe bounds the ping that decides whether Runner uses the agent.
@@ -279,9 +307,9 @@ func (m *Manager) Runner(ctx context.Context, vm *model.VM, bulk int64) (interfa
 		case perr != nil:
 			m.o.Logger.DebugContext(ctx, "guest agent did not answer; using ssh", "vm", vm.Name, "err", perr)
 		case h.HasFeature(agent.FeatureTCPStdin) && vm.IP != "":
-			return agentRemote{c: c, ip: vm.IP}, nil
+			return agentRunner(h, agentRemote{c: c, ip: vm.IP}), nil
 		case bulk <= AgentBulkLimit || h.HasFeature(agent.FeatureBinary):
-			return agentRemote{c: c}, nil
+			return agentRunner(h, agentRemote{c: c}), nil
 		}
 	}
 	return m.Conn(ctx, vm)

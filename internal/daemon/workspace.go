@@ -83,7 +83,7 @@ func (d *Daemon) prepareLocked(ctx context.Context, vm *model.VM, p api.Workspac
 		return nil, fmt.Errorf("record the workspace of %s: %w", vm.Name, err)
 	}
 	d.logger.InfoContext(ctx, "workspace prepared", "vm", vm.Name, "host", snap.Root, "guest", guestPath,
-		"files", stats.Files, "stream_bytes", stats.StreamBytes, "took", stats.Elapsed, "op_id", rpc.OpIDFrom(ctx))
+		"files", stats.Files, "stream_bytes", stats.StreamBytes, "native", stats.Native, "guest", stats.Guest, "took", stats.Elapsed, "op_id", rpc.OpIDFrom(ctx))
 	return &api.WorkspacePrepareResult{
 		VM: vm, Root: snap.Root, Subdir: subdir, GuestPath: guestPath, WorkDir: path.Join(guestPath, subdir),
 		Head: snap.Head, Branch: snap.Branch, Replaced: replace,

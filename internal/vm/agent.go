@@ -266,10 +266,12 @@ type agentInstaller struct{ agentRemote }
 
 // Install runs the agent's BuiltinWorkspaceInstall with the stream on its
 // stdin.
-func (r agentInstaller) Install(ctx context.Context, req workspace.InstallRequest, stdin io.Reader, stderr io.Writer) (int, error) {
+func (r agentInstaller) Install(ctx context.Context, req workspace.InstallRequest, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
 	return r.exec(ctx, agent.ExecRequest{Argv: append([]string{agent.BuiltinWorkspaceInstall}, workspace.InstallArgs(req)...), Builtin: true,
-		Stdin: stdin, Stderr: stderr})
+		Stdin: stdin, Stdout: stdout, Stderr: stderr})
 }
+
+var _ workspace.Installer = agentInstaller{}
 
 // agentRunner is r, an Installer when the agent (h) has the builtin.
 func agentRunner(h agent.Health, r agentRemote) interface {
@@ -292,10 +294,17 @@ const agentProbe = 3 * time.Second
 // raw payloads takes every copy: it pays no encryption in the guest.
 const AgentBulkLimit = 32 << 20
 
+// AgentFramesLimit is the largest copy an agent with raw payloads takes as
+// frames on its channel rather than over a TCP connection: the
+// connection's setup (a listener in the guest, a handshake, the nonce)
+// costs a restored guest here more than a few frames do.
+const AgentFramesLimit = 256 << 10
+
 // Runner returns how to run commands in a running VM whose stdin carries
 // about bulk bytes: its guest agent when it answers (and takes raw
-// payloads, or bulk is at most AgentBulkLimit), else ssh (Conn). The
-// caller must not close it.
+// payloads, or bulk is at most AgentBulkLimit), else ssh (Conn); stdin
+// goes over TCP when bulk is over AgentFramesLimit. The caller must not
+// close it.
 func (m *Manager) Runner(ctx context.Context, vm *model.VM, bulk int64) (interface {
 	Run(ctx context.Context, cmd string, stdin io.Reader, stdout, stderr io.Writer) (int, error)
 }, error) {
@@ -306,7 +315,7 @@ func (m *Manager) Runner(ctx context.Context, vm *model.VM, bulk int64) (interfa
 		switch {
 		case perr != nil:
 			m.o.Logger.DebugContext(ctx, "guest agent did not answer; using ssh", "vm", vm.Name, "err", perr)
-		case h.HasFeature(agent.FeatureTCPStdin) && vm.IP != "":
+		case h.HasFeature(agent.FeatureTCPStdin) && vm.IP != "" && (bulk > AgentFramesLimit || !h.HasFeature(agent.FeatureBinary)):
 			return agentRunner(h, agentRemote{c: c, ip: vm.IP}), nil
 		case bulk <= AgentBulkLimit || h.HasFeature(agent.FeatureBinary):
 			return agentRunner(h, agentRemote{c: c}), nil

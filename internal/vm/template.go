@@ -19,6 +19,7 @@ package vm
 // identity and sshd answering with the VM's own pinned host key.
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -49,6 +50,7 @@ import (
 	"github.com/bangerdev/banger/internal/template"
 	"github.com/bangerdev/banger/internal/vmm"
 	"github.com/bangerdev/banger/internal/vmm/firecracker"
+	"github.com/bangerdev/banger/internal/workspace"
 )
 
 // Template files (relative to the template's directory).
@@ -489,7 +491,8 @@ exit 0`
 // sh, mkdir, tar, git plumbing, mv, rm; the login shell the command runs
 // in) on a throwaway tree, so their files are in the page cache the
 // snapshot keeps. Without it every restored VM reads them through its
-// emulated disk again. Failures are ignored: it is only a warm-up.
+// emulated disk again. It also removes warmDir. Failures are ignored: it
+// is only a warm-up.
 const warmScript = `w=$(mktemp -d /tmp/.banger-warm-XXXXXX) || exit 0
 cd "$w" || exit 0
 mkdir -m 0755 a && printf 'x\n' > a/f
@@ -499,13 +502,28 @@ git init -q r && cd r && printf 'x\n' > f &&
   git update-index -q --unmerged --refresh && cp .git/index i &&
   GIT_INDEX_FILE=i git -c core.looseCompression=0 add -A && GIT_INDEX_FILE=i git write-tree >/dev/null
 cd / && mv -T -- "$w/b" "$w/c" && find "$w/c" -type d -exec chmod a-w {} + ; chmod -R u+w -- "$w"; rm -rf -- "$w"
+rm -rf -- ` + warmDir + `
 if command -v bash >/dev/null 2>&1; then bash -lc true; else sh -lc true; fi
 exit 0`
 
-// warmGuest runs warmScript (best effort, logged at debug level).
+// warmDir is where warmGuest installs workspace.WarmStream (warmScript
+// removes it).
+const warmDir = "/tmp/.banger-warm-workspace"
+
+// warmGuest installs workspace.WarmStream through the agent's builtin
+// (its code then is in the page cache too), then runs warmScript; best
+// effort, failures logged at debug level.
 func warmGuest(ctx context.Context, c agent.Client, log *slog.Logger) {
 	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
+	if h, err := c.Ping(wctx); err == nil && h.HasFeature(agent.BuiltinFeature(agent.BuiltinWorkspaceInstall)) {
+		var errb strings.Builder
+		argv := append([]string{agent.BuiltinWorkspaceInstall}, workspace.InstallArgs(workspace.InstallRequest{Dest: warmDir, Replace: true})...)
+		res, err := c.Exec(wctx, agent.ExecRequest{Argv: argv, Builtin: true, Stdin: bytes.NewReader(workspace.WarmStream()), Stderr: &errb})
+		if err != nil || res.ExitCode != 0 {
+			log.DebugContext(ctx, "template warm-up: workspace install failed", "err", err, "exit", res.ExitCode, "stderr", strings.TrimSpace(errb.String()))
+		}
+	}
 	var errb strings.Builder
 	res, err := c.Exec(wctx, agent.ExecRequest{Argv: []string{"/bin/sh", "-c", warmScript}, Stderr: &errb})
 	if err != nil || res.ExitCode != 0 {

@@ -2,6 +2,7 @@ package workspace
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -35,11 +36,11 @@ type Remote interface {
 // guest, reading the stream from stdin (and stopping reading it once it
 // fails); it returns Install's exit status (0 on success, an
 // InstallError's Status otherwise) with the error's message written to
-// stderr. err is non-nil only when the transport failed. Prepare gives it
+// stderr, and on success the InstallResult as JSON to stdout. err is non-nil only when the transport failed. Prepare gives it
 // only the streams of snapshots it can take (nativeOK).
 type Installer interface {
 	Remote
-	Install(ctx context.Context, req InstallRequest, stdin io.Reader, stderr io.Writer) (int, error)
+	Install(ctx context.Context, req InstallRequest, stdin io.Reader, stdout, stderr io.Writer) (int, error)
 }
 
 // stopGrace is how long Prepare lets the guest notice a failed stream
@@ -225,11 +226,12 @@ func Prepare(ctx context.Context, remote Remote, snap *Snapshot, guestPath strin
 	}
 	ran := make(chan runResult, 1)
 	stderr := &hostexec.TailBuffer{Max: 16 << 10}
+	stdout := &hostexec.TailBuffer{Max: 16 << 10}
 	go func() {
 		var status int
 		var err error
 		if native {
-			status, err = inst.Install(rctx, InstallRequest{Dest: guestPath, Replace: snap.Options.Replace, ReadOnly: snap.Options.ReadOnly}, pr, stderr)
+			status, err = inst.Install(rctx, InstallRequest{Dest: guestPath, Replace: snap.Options.Replace, ReadOnly: snap.Options.ReadOnly}, pr, stdout, stderr)
 		} else {
 			status, err = remote.Run(rctx, GuestScript(guestPath, snap.Options), pr, io.Discard, stderr)
 		}
@@ -257,6 +259,12 @@ func Prepare(ctx context.Context, remote Remote, snap *Snapshot, guestPath strin
 	}
 	sr.stats.Elapsed = time.Since(start)
 	sr.stats.Native = native
+	if native && rr.err == nil && rr.status == 0 {
+		var res InstallResult
+		if json.Unmarshal([]byte(stdout.String()), &res) == nil {
+			sr.stats.Guest = &res
+		}
+	}
 	// A failed stream is the cause of whatever the guest then did, unless
 	// it failed because the guest stopped reading.
 	switch {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -44,12 +45,12 @@ func modes(t *testing.T, f func(t *testing.T, native bool)) {
 // InstallCommand as the agent does.
 type nativeRemote struct{ localRemote }
 
-func (n nativeRemote) Install(ctx context.Context, req InstallRequest, stdin io.Reader, stderr io.Writer) (int, error) {
-	err := Install(ctx, hostexec.Real{Env: n.env}, req, stdin)
+func (n nativeRemote) Install(ctx context.Context, req InstallRequest, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
+	res, err := Install(ctx, hostexec.Real{Env: n.env}, req, stdin)
 	var ie *InstallError
 	switch {
 	case err == nil:
-		return 0, nil
+		return 0, json.NewEncoder(stdout).Encode(res)
 	case errors.As(err, &ie):
 		fmt.Fprintln(stderr, ie.Msg)
 		return ie.Status, nil

@@ -47,10 +47,41 @@ import (
 // missing when needed, 1 anything else) and its message; nothing at
 // req.Dest changes unless the whole stream arrived. git runs through run
 // (nil = hostexec.Real) in the new tree.
-func Install(ctx context.Context, run hostexec.Runner, req InstallRequest, stream io.Reader) error {
+func Install(ctx context.Context, run hostexec.Runner, req InstallRequest, stream io.Reader) (InstallResult, error) {
+	res := InstallResult{PhasesMS: map[string]int64{}}
+	t0 := time.Now()
+	phase := func(name string) {
+		now := time.Now()
+		res.PhasesMS[name] += now.Sub(t0).Milliseconds()
+		t0 = now
+	}
 	if run == nil {
 		run = hostexec.Real{}
 	}
+	counted := &countingRunner{r: run}
+	err := install(ctx, counted, req, stream, phase)
+	res.GitRuns = counted.n
+	return res, err
+}
+
+// InstallResult tells how an Install went, for the host's logs.
+type InstallResult struct {
+	PhasesMS map[string]int64 `json:"phases_ms"` // wall time of each phase
+	GitRuns  int              `json:"git_runs"`  // git processes run
+}
+
+// countingRunner counts the commands run through it.
+type countingRunner struct {
+	r hostexec.Runner
+	n int
+}
+
+func (c *countingRunner) Run(ctx context.Context, cmd hostexec.Cmd) (hostexec.Result, error) {
+	c.n++
+	return c.r.Run(ctx, cmd)
+}
+
+func install(ctx context.Context, run hostexec.Runner, req InstallRequest, stream io.Reader, phase func(string)) error {
 	if err := CheckGuestPath(req.Dest); err != nil {
 		return &InstallError{Status: 1, Msg: "banger: " + err.Error()}
 	}
@@ -84,6 +115,7 @@ func Install(ctx context.Context, run hostexec.Runner, req InstallRequest, strea
 			removeTree(tmp)
 		}
 	}()
+	phase("check")
 	x := &extractor{root: tmp, links: map[string]bool{}, dirs: map[string]time.Time{}}
 	if err := x.extract(ctx, stream); err != nil {
 		return &InstallError{Status: 3, Msg: fmt.Sprintf("banger: extracting the workspace failed (%v); nothing was changed in %s", err, dest)}
@@ -91,7 +123,8 @@ func Install(ctx context.Context, run hostexec.Runner, req InstallRequest, strea
 	if _, err := os.Lstat(filepath.Join(tmp, completeMarker)); err != nil {
 		return &InstallError{Status: 3, Msg: fmt.Sprintf("banger: the workspace stream ended early; nothing was changed in %s", dest)}
 	}
-	if err := installGit(ctx, run, tmp); err != nil {
+	phase("extract") // with the wait for the stream
+	if err := installGit(ctx, run, tmp, phase); err != nil {
 		return err
 	}
 	if req.ReadOnly {
@@ -105,6 +138,7 @@ func Install(ctx context.Context, run hostexec.Runner, req InstallRequest, strea
 	if err := swapInto(tmp, dest); err != nil {
 		return &InstallError{Status: 1, Msg: fmt.Sprintf("banger: %v", err)}
 	}
+	phase("move")
 	ok = true
 	return nil
 }
@@ -299,7 +333,7 @@ func (x *extractor) dirTimes() error {
 // leaves: the index written from the shipped entries with the stat data
 // of the files, the host's info/attributes in place, refreshed entries
 // and PreparedRef when the host did not ship it, .git/banger removed.
-func installGit(ctx context.Context, run hostexec.Runner, root string) error {
+func installGit(ctx context.Context, run hostexec.Runner, root string, phase func(string)) error {
 	fail := func(err error) error { return &InstallError{Status: 1, Msg: fmt.Sprintf("banger: %v", err)} }
 	gitDir := filepath.Join(root, ".git")
 	info, err := os.ReadFile(filepath.Join(root, indexInfoFile))
@@ -320,6 +354,7 @@ func installGit(ctx context.Context, run hostexec.Runner, root string) error {
 	if err != nil {
 		return fail(err)
 	}
+	phase("index")
 	if _, err := os.Lstat(filepath.Join(root, attributesFile)); err == nil {
 		if err := os.Rename(filepath.Join(root, attributesFile), filepath.Join(gitDir, "info", "attributes")); err != nil {
 			return fail(err)
@@ -332,6 +367,7 @@ func installGit(ctx context.Context, run hostexec.Runner, root string) error {
 			return err
 		}
 	}
+	phase("git")
 	if err := os.RemoveAll(filepath.Join(gitDir, "banger")); err != nil {
 		return fail(err)
 	}
@@ -596,9 +632,10 @@ func swapByRename(tmp, dest string) error {
 }
 
 // InstallCommand is Install as a guest agent builtin (see agent.Builtin):
-// args holds one InstallRequest in JSON, the stream comes on stdin, a
-// failure's message goes to stderr, and the exit status is Install's.
-func InstallCommand(ctx context.Context, args []string, stdin io.Reader, _, stderr io.Writer) int {
+// args holds one InstallRequest in JSON, the stream comes on stdin, the
+// InstallResult (JSON) goes to stdout, a failure's message to stderr, and
+// the exit status is Install's.
+func InstallCommand(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	var req InstallRequest
 	if len(args) != 1 {
 		fmt.Fprintln(stderr, "banger: workspace install: want one JSON request")
@@ -608,10 +645,12 @@ func InstallCommand(ctx context.Context, args []string, stdin io.Reader, _, stde
 		fmt.Fprintf(stderr, "banger: workspace install: %v\n", err)
 		return 1
 	}
-	err := Install(ctx, nil, req, stdin)
+	res, err := Install(ctx, nil, req, stdin)
 	var ie *InstallError
 	switch {
 	case err == nil:
+		// The result goes to the host's logs.
+		_ = json.NewEncoder(stdout).Encode(res)
 		return 0
 	case errors.As(err, &ie):
 		fmt.Fprintln(stderr, ie.Msg)
@@ -626,4 +665,36 @@ func InstallCommand(ctx context.Context, args []string, stdin io.Reader, _, stde
 func InstallArgs(req InstallRequest) []string {
 	data, _ := json.Marshal(req)
 	return []string{string(data)}
+}
+
+// WarmStream is a small native stream that Install takes (one file, its
+// index entry, the prepared tree; no git run): a template guest installs
+// it once before its snapshot is saved, so the agent's install code is in
+// the page cache every restored VM starts with.
+func WarmStream() []byte {
+	var b bytes.Buffer
+	tw := tar.NewWriter(&b)
+	content := []byte("banger\n")
+	sum := sha1.Sum([]byte(fmt.Sprintf("blob %d\x00%s", len(content), content)))
+	oid := hex.EncodeToString(sum[:])
+	mod := time.Unix(1700000000, 0)
+	for _, d := range []string{".git", ".git/banger", ".git/refs", ".git/refs/banger", ".git/objects", ".git/info"} {
+		_ = tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: d + "/", Mode: 0o755, ModTime: mod})
+	}
+	for _, f := range []struct {
+		name string
+		data []byte
+	}{
+		{"README", content},
+		{".git/HEAD", []byte("ref: refs/heads/main\n")},
+		{indexInfoFile, []byte("100644 " + oid + " 0\tREADME\x00")},
+		{nativeCleanFile, []byte("README\x00")},
+		{".git/" + PreparedRef, []byte(oid + "\n")},
+		{completeMarker, []byte("ok\n")},
+	} {
+		_ = tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: f.name, Mode: 0o644, Size: int64(len(f.data)), ModTime: mod})
+		_, _ = tw.Write(f.data)
+	}
+	_ = tw.Close()
+	return b.Bytes()
 }

@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"os"
@@ -15,14 +16,14 @@ import (
 	"github.com/bangerdev/banger/internal/hostexec"
 )
 
-// countingRunner records the commands Install runs.
-type countingRunner struct {
+// recordingRunner records the commands Install runs.
+type recordingRunner struct {
 	r    hostexec.Runner
 	mu   sync.Mutex
 	cmds []string
 }
 
-func (c *countingRunner) Run(ctx context.Context, cmd hostexec.Cmd) (hostexec.Result, error) {
+func (c *recordingRunner) Run(ctx context.Context, cmd hostexec.Cmd) (hostexec.Result, error) {
 	c.mu.Lock()
 	c.cmds = append(c.cmds, cmd.String())
 	c.mu.Unlock()
@@ -30,14 +31,15 @@ func (c *countingRunner) Run(ctx context.Context, cmd hostexec.Cmd) (hostexec.Re
 }
 
 // recordingInstaller is an Installer whose Install runs through a
-// countingRunner.
+// recordingRunner.
 type recordingInstaller struct {
 	localRemote
-	run *countingRunner
+	run *recordingRunner
 }
 
-func (n recordingInstaller) Install(ctx context.Context, req InstallRequest, stdin io.Reader, stderr io.Writer) (int, error) {
-	if err := Install(ctx, n.run, req, stdin); err != nil {
+func (n recordingInstaller) Install(ctx context.Context, req InstallRequest, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
+	res, err := Install(ctx, n.run, req, stdin)
+	if err != nil {
 		var ie *InstallError
 		if errors.As(err, &ie) {
 			io.WriteString(stderr, ie.Msg)
@@ -45,7 +47,7 @@ func (n recordingInstaller) Install(ctx context.Context, req InstallRequest, std
 		}
 		return -1, err
 	}
-	return 0, nil
+	return 0, json.NewEncoder(stdout).Encode(res)
 }
 
 // A clean tree is installed without running any process, and git in the
@@ -66,14 +68,14 @@ func TestInstallCleanRunsNoProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	run := &countingRunner{r: hostexec.Real{Env: e.vars}}
+	run := &recordingRunner{r: hostexec.Real{Env: e.vars}}
 	guest := filepath.Join(e.home, "clean")
 	st, err := Prepare(ctx, recordingInstaller{localRemote{dir: e.home, env: e.vars}, run}, snap, guest)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !st.Native || len(run.cmds) != 0 {
-		t.Fatalf("native %v, commands %q; want a native install with none", st.Native, run.cmds)
+	if !st.Native || len(run.cmds) != 0 || st.Guest == nil || st.Guest.GitRuns != 0 || len(st.Guest.PhasesMS) == 0 {
+		t.Fatalf("native %v, commands %q, guest %+v; want a native install with none", st.Native, run.cmds, st.Guest)
 	}
 	if d := diffTrees(tree(t, repo), tree(t, guest)); d != "" {
 		t.Fatalf("guest differs:\n%s", d)
@@ -186,7 +188,7 @@ func TestInstallRefusesBadStreams(t *testing.T) {
 				data = bytes.Repeat([]byte{'a'}, 100)
 			}
 			dest := filepath.Join(home, "ws")
-			err := Install(context.Background(), nil, InstallRequest{Dest: dest}, bytes.NewReader(data))
+			_, err := Install(context.Background(), nil, InstallRequest{Dest: dest}, bytes.NewReader(data))
 			var ie *InstallError
 			if !errors.As(err, &ie) || ie.Status != 3 {
 				t.Fatalf("err = %v, want an InstallError with status 3", err)
@@ -218,7 +220,7 @@ func TestInstallDestination(t *testing.T) {
 		{file, false, 2}, {file, true, 2}, {filepath.Join(home, "link"), true, 2},
 		{filepath.Join(home, "full"), false, 2}, {"relative", false, 1}, {"/", true, 1},
 	} {
-		err := Install(context.Background(), nil, InstallRequest{Dest: c.dest, Replace: c.replace}, strings.NewReader(""))
+		_, err := Install(context.Background(), nil, InstallRequest{Dest: c.dest, Replace: c.replace}, strings.NewReader(""))
 		var ie *InstallError
 		if !errors.As(err, &ie) || ie.Status != c.status {
 			t.Errorf("%s (replace %v): err = %v, want status %d", c.dest, c.replace, err, c.status)
@@ -257,4 +259,20 @@ func FuzzInstallNames(f *testing.F) {
 			t.Fatalf("accepted %q: %s", name, full)
 		}
 	})
+}
+
+// WarmStream installs without running git.
+func TestWarmStream(t *testing.T) {
+	dest := filepath.Join(t.TempDir(), "warm")
+	run := &recordingRunner{r: hostexec.Real{}}
+	res, err := Install(context.Background(), run, InstallRequest{Dest: dest}, bytes.NewReader(WarmStream()))
+	if err != nil || res.GitRuns != 0 || len(run.cmds) != 0 {
+		t.Fatalf("install: %+v %v %q", res, err, run.cmds)
+	}
+	if data, err := os.ReadFile(filepath.Join(dest, "README")); err != nil || string(data) != "banger\n" {
+		t.Fatalf("README: %q %v", data, err)
+	}
+	if _, err := os.Stat(filepath.Join(dest, ".git", "index")); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -322,15 +322,16 @@ func (s *Snapshot) Bytes() int64 {
 
 // Stats describes one Stream or Prepare.
 type Stats struct {
-	Files       int           // regular files in the workspace
-	Symlinks    int           // symlinks in the workspace
-	Dirs        int           // directories in the workspace
-	FileBytes   int64         // content bytes of the workspace's files
-	RawFiles    int           // files (and symlinks) sent as bytes; the others are checked out in the guest from the shipped objects
-	RawBytes    int64         // content bytes of the raw files
-	GitObjects  int           // git objects shipped (loose + packed)
-	GitBytes    int64         // bytes of .git content (objects, refs, index info, checkout lists)
-	StreamBytes int64         // total bytes of the tar stream
-	Elapsed     time.Duration // wall time of Stream/Prepare
-	Native      bool          // Prepare: installed by an Installer (every file sent as bytes), not GuestScript
+	Files       int            // regular files in the workspace
+	Symlinks    int            // symlinks in the workspace
+	Dirs        int            // directories in the workspace
+	FileBytes   int64          // content bytes of the workspace's files
+	RawFiles    int            // files (and symlinks) sent as bytes; the others are checked out in the guest from the shipped objects
+	RawBytes    int64          // content bytes of the raw files
+	GitObjects  int            // git objects shipped (loose + packed)
+	GitBytes    int64          // bytes of .git content (objects, refs, index info, checkout lists)
+	StreamBytes int64          // total bytes of the tar stream
+	Elapsed     time.Duration  // wall time of Stream/Prepare
+	Native      bool           // Prepare: installed by an Installer (every file sent as bytes), not GuestScript
+	Guest       *InstallResult // Prepare, native: what the Installer reported
 }

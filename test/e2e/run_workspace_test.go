@@ -247,6 +247,15 @@ func TestE2EVMRunWorkspace(t *testing.T) {
 		if guest := e.mustExec(t, "ws", "git status --porcelain"); guest != host {
 			t.Errorf("git status: host %q guest %q", host, guest)
 		}
+		// Both copies went through the agent's own install (no script):
+		// the daemon logs each copy and how it was made.
+		logData, _ := os.ReadFile(filepath.Join(e.dir, "bangerd.log"))
+		if n := strings.Count(string(logData), `"msg":"workspace prepared","vm":"ws"`); n != 2 {
+			t.Errorf("%d workspace copies logged, want 2", n)
+		}
+		if n := strings.Count(string(logData), `"native":true`); n != 2 {
+			t.Errorf("%d native workspace installs logged, want 2 (the agent's workspace-install builtin)", n)
+		}
 	})
 
 	t.Run("exit-status", func(t *testing.T) {

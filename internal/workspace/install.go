@@ -460,6 +460,9 @@ func writeIndex(root string, info []byte, clean map[string]bool) (stale int, err
 		if err != nil || (len(oid) != sha1.Size && len(oid) != sha256.Size) {
 			return 0, fmt.Errorf("index entry %q: bad object id", rec)
 		}
+		if !plainName(p) {
+			return 0, fmt.Errorf("index entry %q: path outside the tree", rec)
+		}
 		if f[2] != "0" {
 			return 0, fmt.Errorf("index entry %q: a conflicted entry (the host sends those to the script)", rec)
 		}
@@ -471,6 +474,7 @@ func writeIndex(root string, info []byte, clean map[string]bool) (stale int, err
 	if len(ents) > 0 && len(ents[0].oid) == sha256.Size {
 		hashLen, sum = sha256.Size, sha256.New()
 	}
+	dirOK := map[string]bool{".": true}
 	var b bytes.Buffer
 	b.WriteString("DIRC")
 	be := binary.BigEndian
@@ -486,7 +490,7 @@ func writeIndex(root string, info []byte, clean map[string]bool) (stale int, err
 		var st unix.Stat_t
 		fresh := false
 		full := filepath.Join(root, filepath.FromSlash(e.path))
-		if unix.Lstat(full, &st) == nil && statMatchesMode(st.Mode, e.mode) {
+		if realParents(root, path.Dir(e.path), dirOK) && unix.Lstat(full, &st) == nil && statMatchesMode(st.Mode, e.mode) {
 			fresh = clean[e.path]
 			if !fresh {
 				fresh, err = sameBlob(full, st, e.oid)
@@ -523,6 +527,36 @@ func writeIndex(root string, info []byte, clean map[string]bool) (stale int, err
 		return 0, fmt.Errorf("write the index: %w", err)
 	}
 	return stale, nil
+}
+
+// plainName reports whether an index path names something inside the
+// tree: relative, clean, no "..", no NUL.
+func plainName(p string) bool {
+	if p == "" || strings.HasPrefix(p, "/") || strings.ContainsRune(p, 0) || path.Clean(p) != p {
+		return false
+	}
+	for _, part := range strings.Split(p, "/") {
+		if part == ".." || part == "." {
+			return false
+		}
+	}
+	return true
+}
+
+// realParents reports whether dir (relative to root) and its parents are
+// directories, not symlinks: a file beyond a symlink is not the work tree
+// file of an index entry, as git sees it. ok caches the answers.
+func realParents(root, dir string, ok map[string]bool) bool {
+	if v, seen := ok[dir]; seen {
+		return v
+	}
+	v := realParents(root, path.Dir(dir), ok)
+	if v {
+		fi, err := os.Lstat(filepath.Join(root, filepath.FromSlash(dir)))
+		v = err == nil && fi.IsDir()
+	}
+	ok[dir] = v
+	return v
 }
 
 // statMatchesMode reports whether a file of stat mode m can be the work

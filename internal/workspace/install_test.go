@@ -4,6 +4,8 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"crypto/sha1"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"io"
@@ -276,3 +278,64 @@ func TestWarmStream(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Index paths through a symlink get no stat data (git then looks at them
+// itself), paths that leave the tree are refused; git reads the index
+// written.
+func TestWriteIndexOddPaths(t *testing.T) {
+	e := newEnv(t)
+	root := t.TempDir()
+	e.git(root, "init", "-q")
+	write(t, root, "a", []byte("a\n"), 0o644)
+	write(t, root, "d/b", []byte("b\n"), 0o644)
+	if err := os.Symlink("d", filepath.Join(root, "l")); err != nil {
+		t.Fatal(err)
+	}
+	oid := func(p string) string { return strings.TrimSpace(e.git(root, "hash-object", "-w", p)) }
+	info := "100644 " + oid("a") + " 0\ta\x00" +
+		"100644 " + oid("d/b") + " 0\td/b\x00" +
+		"100644 " + oid("d/b") + " 0\tl/b\x00"
+	stale, err := writeIndex(root, []byte(info), map[string]bool{"a": true, "d/b": true, "l/b": true})
+	if err != nil || stale != 1 {
+		t.Fatalf("stale %d err %v, want 1 (l/b, beyond a symlink)", stale, err)
+	}
+	if out := e.git(root, "ls-files", "-s"); strings.Count(out, "\n") != 3 {
+		t.Fatalf("ls-files: %q", out)
+	}
+	for _, bad := range []string{"100644 " + oid("a") + " 0\t../a\x00", "100644 zz 0\ta\x00", "100644 " + oid("a") + " 1\ta\x00", "x\x00"} {
+		if _, err := writeIndex(root, []byte(bad), nil); err == nil {
+			t.Errorf("writeIndex(%q) took it", bad)
+		}
+	}
+}
+
+// FuzzWriteIndex: any entry list is refused or written as an index whose
+// trailing checksum is right.
+func FuzzWriteIndex(f *testing.F) {
+	f.Add([]byte("100644 e69de29bb2d1d6434b8b29ae775ad8c2e48c5391 0\ta\x00"))
+	f.Add([]byte("120000 e69de29bb2d1d6434b8b29ae775ad8c2e48c5391 0\tl\x00100755 e69de29bb2d1d6434b8b29ae775ad8c2e48c5391 0\tx/y\x00"))
+	f.Add([]byte("100644 473a0f4c3be8a93681a267e3b1e9a7dcda1185436fe141f7749120a303721813 0\t../../etc/passwd\x00"))
+	root := f.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, ".git"), 0o755); err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, info []byte) {
+		if _, err := writeIndex(root, info, nil); err != nil {
+			return
+		}
+		data, err := os.ReadFile(filepath.Join(root, ".git", "index"))
+		if err != nil || len(data) < 12+20 || string(data[:4]) != "DIRC" {
+			t.Fatalf("index %q %v", data, err)
+		}
+		n := len(data) - 20
+		if len(data) > 12+32 && !bytes.Equal(sha1Sum(data[:n]), data[n:]) {
+			n = len(data) - 32
+			if !bytes.Equal(sha256Sum(data[:n]), data[n:]) {
+				t.Fatalf("bad checksum")
+			}
+		}
+	})
+}
+
+func sha1Sum(b []byte) []byte   { s := sha1.Sum(b); return s[:] }
+func sha256Sum(b []byte) []byte { s := sha256.Sum256(b); return s[:] }

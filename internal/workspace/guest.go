@@ -36,8 +36,9 @@ type Remote interface {
 // guest, reading the stream from stdin (and stopping reading it once it
 // fails); it returns Install's exit status (0 on success, an
 // InstallError's Status otherwise) with the error's message written to
-// stderr, and on success the InstallResult as JSON to stdout. err is non-nil only when the transport failed. Prepare gives it
-// only the streams of snapshots it can take (nativeOK).
+// stderr, and on success the InstallResult as JSON to stdout. err is
+// non-nil only when the transport failed. Prepare gives it only the
+// streams of snapshots it can take (nativeOK).
 type Installer interface {
 	Remote
 	Install(ctx context.Context, req InstallRequest, stdin io.Reader, stdout, stderr io.Writer) (int, error)

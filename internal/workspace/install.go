@@ -15,7 +15,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"io/fs"
 	"os"
@@ -83,31 +82,31 @@ func (c *countingRunner) Run(ctx context.Context, cmd hostexec.Cmd) (hostexec.Re
 
 func install(ctx context.Context, run hostexec.Runner, req InstallRequest, stream io.Reader, phase func(string)) error {
 	if err := CheckGuestPath(req.Dest); err != nil {
-		return &InstallError{Status: 1, Msg: "banger: " + err.Error()}
+		return installErr(1, "%v", err)
 	}
 	dest := req.Dest
 	if fi, err := os.Lstat(dest); err == nil {
 		if !fi.IsDir() {
-			return &InstallError{Status: 2, Msg: fmt.Sprintf("banger: %s exists and is not a directory; remove it or pick another guest path", dest)}
+			return installErr(2, "%s exists and is not a directory; remove it or pick another guest path", dest)
 		}
 		if !req.Replace {
 			ents, err := os.ReadDir(dest)
 			if err != nil {
-				return &InstallError{Status: 1, Msg: fmt.Sprintf("banger: %s: %v", dest, err)}
+				return installErr(1, "%s: %v", dest, err)
 			}
 			if len(ents) > 0 {
-				return &InstallError{Status: 2, Msg: fmt.Sprintf("banger: %s is not empty; re-sync with replace, or pick another guest path", dest)}
+				return installErr(2, "%s is not empty; re-sync with replace, or pick another guest path", dest)
 			}
 		}
 	} else if !errors.Is(err, fs.ErrNotExist) {
-		return &InstallError{Status: 1, Msg: fmt.Sprintf("banger: %s: %v", dest, err)}
+		return installErr(1, "%s: %v", dest, err)
 	}
 	if err := os.MkdirAll(filepath.Dir(dest), 0o755); err != nil {
-		return &InstallError{Status: 1, Msg: fmt.Sprintf("banger: make the parent of %s: %v", dest, err)}
+		return installErr(1, "make the parent of %s: %v", dest, err)
 	}
 	tmp, err := installTemp(dest)
 	if err != nil {
-		return &InstallError{Status: 1, Msg: fmt.Sprintf("banger: %v", err)}
+		return installErr(1, "%v", err)
 	}
 	ok := false
 	defer func() {
@@ -118,10 +117,10 @@ func install(ctx context.Context, run hostexec.Runner, req InstallRequest, strea
 	phase("check")
 	x := &extractor{root: tmp, links: map[string]bool{}, dirs: map[string]time.Time{}}
 	if err := x.extract(ctx, stream); err != nil {
-		return &InstallError{Status: 3, Msg: fmt.Sprintf("banger: extracting the workspace failed (%v); nothing was changed in %s", err, dest)}
+		return installErr(3, "extracting the workspace failed (%v); nothing was changed in %s", err, dest)
 	}
 	if _, err := os.Lstat(filepath.Join(tmp, completeMarker)); err != nil {
-		return &InstallError{Status: 3, Msg: fmt.Sprintf("banger: the workspace stream ended early; nothing was changed in %s", dest)}
+		return installErr(3, "the workspace stream ended early; nothing was changed in %s", dest)
 	}
 	phase("extract") // with the wait for the stream
 	if err := installGit(ctx, run, tmp, phase); err != nil {
@@ -129,14 +128,14 @@ func install(ctx context.Context, run hostexec.Runner, req InstallRequest, strea
 	}
 	if req.ReadOnly {
 		if err := readOnlyDirs(tmp); err != nil {
-			return &InstallError{Status: 1, Msg: fmt.Sprintf("banger: %v", err)}
+			return installErr(1, "%v", err)
 		}
 	}
 	if err := x.dirTimes(); err != nil {
-		return &InstallError{Status: 1, Msg: fmt.Sprintf("banger: %v", err)}
+		return installErr(1, "%v", err)
 	}
 	if err := swapInto(tmp, dest); err != nil {
-		return &InstallError{Status: 1, Msg: fmt.Sprintf("banger: %v", err)}
+		return installErr(1, "%v", err)
 	}
 	phase("move")
 	ok = true
@@ -158,6 +157,12 @@ type InstallError struct {
 }
 
 func (e *InstallError) Error() string { return e.Msg }
+
+// installErr is an InstallError with status and a message that starts
+// "banger: " like the script's.
+func installErr(status int, format string, args ...any) *InstallError {
+	return &InstallError{Status: status, Msg: "banger: " + fmt.Sprintf(format, args...)}
+}
 
 // installTemp makes the temporary sibling of dest (mode 0755).
 func installTemp(dest string) (string, error) {
@@ -334,7 +339,7 @@ func (x *extractor) dirTimes() error {
 // of the files, the host's info/attributes in place, refreshed entries
 // and PreparedRef when the host did not ship it, .git/banger removed.
 func installGit(ctx context.Context, run hostexec.Runner, root string, phase func(string)) error {
-	fail := func(err error) error { return &InstallError{Status: 1, Msg: fmt.Sprintf("banger: %v", err)} }
+	fail := func(err error) error { return installErr(1, "%v", err) }
 	gitDir := filepath.Join(root, ".git")
 	info, err := os.ReadFile(filepath.Join(root, indexInfoFile))
 	if err != nil {
@@ -381,7 +386,7 @@ func gitRecord(ctx context.Context, run hostexec.Runner, root string, refresh, r
 	git := func(env []string, args ...string) (hostexec.Result, error) {
 		return run.Run(ctx, hostexec.Cmd{Name: "git", Args: args, Dir: root, Env: env})
 	}
-	missing := &InstallError{Status: 127, Msg: "banger: git is not installed in the guest; install it in the image (the default image has it)"}
+	missing := installErr(127, "git is not installed in the guest; install it in the image (the default image has it)")
 	if refresh {
 		// Exit status 1 lists entries that still differ: dirty files.
 		if _, err := git(nil, "update-index", "-q", "--unmerged", "--refresh"); err != nil {
@@ -390,7 +395,7 @@ func gitRecord(ctx context.Context, run hostexec.Runner, root string, refresh, r
 				return missing
 			}
 			if !errors.As(err, &ee) || ee.ExitCode != 1 {
-				return &InstallError{Status: 1, Msg: fmt.Sprintf("banger: refresh the index: %v", err)}
+				return installErr(1, "refresh the index: %v", err)
 			}
 		}
 	}
@@ -400,10 +405,10 @@ func gitRecord(ctx context.Context, run hostexec.Runner, root string, refresh, r
 	pidx := filepath.Join(root, ".git", "banger", "prepared-index")
 	data, err := os.ReadFile(filepath.Join(root, ".git", "index"))
 	if err != nil {
-		return &InstallError{Status: 1, Msg: fmt.Sprintf("banger: %v", err)}
+		return installErr(1, "%v", err)
 	}
 	if err := os.WriteFile(pidx, data, 0o644); err != nil {
-		return &InstallError{Status: 1, Msg: fmt.Sprintf("banger: %v", err)}
+		return installErr(1, "%v", err)
 	}
 	idx := []string{"GIT_INDEX_FILE=" + pidx}
 	if _, err := git(idx, "-c", "core.looseCompression=0", "add", "-A", "--ignore-errors"); err != nil {
@@ -421,10 +426,10 @@ func gitRecord(ctx context.Context, run hostexec.Runner, root string, refresh, r
 	}
 	tree := strings.TrimSpace(string(res.Stdout))
 	if err := os.MkdirAll(filepath.Join(root, ".git", "refs", "banger"), 0o755); err != nil {
-		return &InstallError{Status: 1, Msg: fmt.Sprintf("banger: %v", err)}
+		return installErr(1, "%v", err)
 	}
 	if err := os.WriteFile(filepath.Join(root, ".git", PreparedRef), []byte(tree+"\n"), 0o644); err != nil {
-		return &InstallError{Status: 1, Msg: fmt.Sprintf("banger: %v", err)}
+		return installErr(1, "%v", err)
 	}
 	return nil
 }
@@ -470,10 +475,10 @@ func writeIndex(root string, info []byte, clean map[string]bool) (stale int, err
 	}
 	sort.Slice(ents, func(i, j int) bool { return ents[i].path < ents[j].path })
 	hashLen := sha1.Size
-	var sum hash.Hash = sha1.New()
-	if len(ents) > 0 && len(ents[0].oid) == sha256.Size {
-		hashLen, sum = sha256.Size, sha256.New()
+	if len(ents) > 0 {
+		hashLen = len(ents[0].oid)
 	}
+	sum := newObjectHash(objectFormatOf(hashLen))
 	dirOK := map[string]bool{".": true}
 	var b bytes.Buffer
 	b.WriteString("DIRC")
@@ -574,16 +579,14 @@ func statMatchesMode(m, want uint32) bool {
 // sameBlob reports whether the file at full (a regular file or a symlink)
 // hashes to the blob oid.
 func sameBlob(full string, st unix.Stat_t, oid []byte) (bool, error) {
-	var h hash.Hash = sha1.New()
-	if len(oid) == sha256.Size {
-		h = sha256.New()
-	}
+	format := objectFormatOf(len(oid))
 	if st.Mode&unix.S_IFMT == unix.S_IFLNK {
 		target, err := os.Readlink(full)
 		if err != nil {
 			return false, err
 		}
-		fmt.Fprintf(h, "blob %d\x00%s", len(target), target)
+		h := newBlobHash(format, int64(len(target)))
+		io.WriteString(h, target)
 		return bytes.Equal(h.Sum(nil), oid), nil
 	}
 	f, err := os.Open(full)
@@ -591,7 +594,7 @@ func sameBlob(full string, st unix.Stat_t, oid []byte) (bool, error) {
 		return false, err
 	}
 	defer f.Close()
-	fmt.Fprintf(h, "blob %d\x00", st.Size)
+	h := newBlobHash(format, st.Size)
 	if n, err := io.Copy(h, f); err != nil || n != st.Size {
 		return false, err
 	}
@@ -709,8 +712,9 @@ func WarmStream() []byte {
 	var b bytes.Buffer
 	tw := tar.NewWriter(&b)
 	content := []byte("banger\n")
-	sum := sha1.Sum([]byte(fmt.Sprintf("blob %d\x00%s", len(content), content)))
-	oid := hex.EncodeToString(sum[:])
+	h := newBlobHash("sha1", int64(len(content)))
+	h.Write(content)
+	oid := hex.EncodeToString(h.Sum(nil))
 	mod := time.Unix(1700000000, 0)
 	for _, d := range []string{".git", ".git/banger", ".git/refs", ".git/refs/banger", ".git/objects", ".git/info"} {
 		_ = tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: d + "/", Mode: 0o755, ModTime: mod})

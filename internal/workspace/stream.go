@@ -296,8 +296,8 @@ func (sw *streamWriter) workspace() error {
 				return fmt.Errorf("%w: symlink %q has an invalid target %q", ErrUnsupportedName, f.Path, target)
 			}
 			if want != "" {
-				h := newObjectHash(sw.snap.ObjectFormat)
-				fmt.Fprintf(h, "blob %d\x00%s", len(target), target)
+				h := newBlobHash(sw.snap.ObjectFormat, int64(len(target)))
+				io.WriteString(h, target)
 				if hex.EncodeToString(h.Sum(nil)) != want {
 					return fmt.Errorf("%s: %w (run again)", f.Path, ErrChanged)
 				}
@@ -345,8 +345,7 @@ func (sw *streamWriter) regular(name, full, want string) error {
 	var dst io.Writer = sw.tw
 	var h hash.Hash
 	if want != "" {
-		h = newObjectHash(sw.snap.ObjectFormat)
-		fmt.Fprintf(h, "blob %d\x00", fi.Size())
+		h = newBlobHash(sw.snap.ObjectFormat, fi.Size())
 		dst = io.MultiWriter(sw.tw, h)
 	}
 	n, err := io.CopyBuffer(dst, io.LimitReader(onlyReader{file}, fi.Size()), sw.buf)
@@ -757,6 +756,23 @@ func (p progressReader) Read(b []byte) (int, error) {
 	p.sw.sent += int64(n)
 	p.sw.progress("sending git objects")
 	return n, err
+}
+
+// newBlobHash returns the hash of a blob of size bytes in a repository of
+// the object format, its header written: the content follows, and Sum is
+// the blob's id.
+func newBlobHash(format string, size int64) hash.Hash {
+	h := newObjectHash(format)
+	fmt.Fprintf(h, "blob %d\x00", size)
+	return h
+}
+
+// objectFormatOf names the object format of ids of n bytes.
+func objectFormatOf(n int) string {
+	if n == sha256.Size {
+		return "sha256"
+	}
+	return "sha1"
 }
 
 // newObjectHash returns the hash of a repository's object format.

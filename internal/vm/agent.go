@@ -274,9 +274,7 @@ func (r agentInstaller) Install(ctx context.Context, req workspace.InstallReques
 var _ workspace.Installer = agentInstaller{}
 
 // agentRunner is r, an Installer when the agent (h) has the builtin.
-func agentRunner(h agent.Health, r agentRemote) interface {
-	Run(ctx context.Context, cmd string, stdin io.Reader, stdout, stderr io.Writer) (int, error)
-} {
+func agentRunner(h agent.Health, r agentRemote) workspace.Remote {
 	if h.HasFeature(agent.BuiltinFeature(agent.BuiltinWorkspaceInstall)) {
 		return agentInstaller{r}
 	}
@@ -305,9 +303,7 @@ const AgentFramesLimit = 256 << 10
 // payloads, or bulk is at most AgentBulkLimit), else ssh (Conn); stdin
 // goes over TCP when bulk is over AgentFramesLimit. The caller must not
 // close it.
-func (m *Manager) Runner(ctx context.Context, vm *model.VM, bulk int64) (interface {
-	Run(ctx context.Context, cmd string, stdin io.Reader, stdout, stderr io.Writer) (int, error)
-}, error) {
+func (m *Manager) Runner(ctx context.Context, vm *model.VM, bulk int64) (workspace.Remote, error) {
 	if c, err := m.Agent(vm); err == nil {
 		pctx, cancel := context.WithTimeout(ctx, agentProbe)
 		h, perr := c.Ping(pctx)

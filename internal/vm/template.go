@@ -516,12 +516,13 @@ const warmDir = "/tmp/.banger-warm-workspace"
 func warmGuest(ctx context.Context, c agent.Client, log *slog.Logger) {
 	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	if h, err := c.Ping(wctx); err == nil && h.HasFeature(agent.BuiltinFeature(agent.BuiltinWorkspaceInstall)) {
-		var errb strings.Builder
-		argv := append([]string{agent.BuiltinWorkspaceInstall}, workspace.InstallArgs(workspace.InstallRequest{Dest: warmDir, Replace: true})...)
-		res, err := c.Exec(wctx, agent.ExecRequest{Argv: argv, Builtin: true, Stdin: bytes.NewReader(workspace.WarmStream()), Stderr: &errb})
-		if err != nil || res.ExitCode != 0 {
-			log.DebugContext(ctx, "template warm-up: workspace install failed", "err", err, "exit", res.ExitCode, "stderr", strings.TrimSpace(errb.String()))
+	if h, err := c.Ping(wctx); err == nil {
+		if inst, ok := agentRunner(h, agentRemote{c: c}).(workspace.Installer); ok {
+			var errb strings.Builder
+			status, err := inst.Install(wctx, workspace.InstallRequest{Dest: warmDir, Replace: true}, bytes.NewReader(workspace.WarmStream()), nil, &errb)
+			if err != nil || status != 0 {
+				log.DebugContext(ctx, "template warm-up: workspace install failed", "err", err, "exit", status, "stderr", strings.TrimSpace(errb.String()))
+			}
 		}
 	}
 	var errb strings.Builder

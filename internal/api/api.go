@@ -110,6 +110,9 @@ type VMCreateParams struct {
 	NoStart bool                `json:"no_start,omitempty"`
 	// Cold boots the VM from scratch instead of restoring a template.
 	Cold bool `json:"cold,omitempty"`
+	// NoStandby restores the template even when a standby VM of the same
+	// shape is ready to be claimed.
+	NoStandby bool `json:"no_standby,omitempty"`
 }
 
 // ImageWarmParams are the inputs of image.warm. Image "" is the configured
@@ -133,7 +136,14 @@ type ImageWarmResult struct {
 
 // TemplateList is the result of image.templates.
 type TemplateList struct {
-	Templates []template.Template `json:"templates"`
+	Templates []TemplateInfo `json:"templates"`
+}
+
+// TemplateInfo is one template and how many standby VMs restored from it
+// are ready to be claimed (see docs/templates.md).
+type TemplateInfo struct {
+	template.Template
+	Standby int `json:"standby"`
 }
 
 // VMList is the result of vm.list.

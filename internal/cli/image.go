@@ -377,9 +377,10 @@ func (a *app) imageTemplatesCmd() *cobra.Command {
 		Use:   "templates",
 		Short: "List VM templates",
 		Long: `List VM templates (booted, saved guests that VMs are restored from):
-image, kernel, vCPUs, memory, driver, size on disk, how long making it took
-and when it was made. --json adds every key part (digests, guest contract,
-VMM version).`,
+image, kernel, vCPUs, memory, driver, size on disk, how long making it took,
+when it was made, and how many standby VMs restored from it are ready for
+the next create to claim. --json adds every key part (digests, guest
+contract, VMM version).`,
 		Example: `  banger image templates
   banger image templates --json | jq '.[].key'`,
 		Args: cobra.NoArgs,
@@ -396,11 +397,11 @@ VMM version).`,
 				return nil
 			}
 			now := time.Now()
-			t := newTable(a.env.Stdout, "ID", "IMAGE", "KERNEL", "VCPU", "MEMORY", "DISK", "DRIVER", "SIZE", "MADE IN", "CREATED")
+			t := newTable(a.env.Stdout, "ID", "IMAGE", "KERNEL", "VCPU", "MEMORY", "DISK", "DRIVER", "SIZE", "MADE IN", "CREATED", "STANDBY")
 			for _, tp := range res.Templates {
 				t.row(tp.ID[:12], tp.Key.Image, orDash(tp.Key.Kernel), fmt.Sprint(tp.Key.VCPU), model.FormatMiB(tp.Key.MemoryMiB),
 					model.FormatMiB(tp.Key.DiskMiB), tp.Key.Driver, humanBytes(tp.SizeBytes),
-					tp.MakeTime.Round(100*time.Millisecond).String(), ago(now, tp.CreatedAt))
+					tp.MakeTime.Round(100*time.Millisecond).String(), ago(now, tp.CreatedAt), fmt.Sprint(tp.Standby))
 			}
 			t.flush()
 			return nil

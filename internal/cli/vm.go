@@ -125,6 +125,7 @@ that fails to restore is discarded and the VM cold-boots (with a warning).`,
 	netFl.add(cmd)
 	cmd.Flags().BoolVar(&p.NoStart, "no-start", false, "only create the VM record; start it later with `banger vm start`")
 	cmd.Flags().BoolVar(&p.Cold, "cold", false, "boot from scratch instead of restoring the image's template")
+	cmd.Flags().BoolVar(&p.NoStandby, "no-standby", false, "restore the template even when a standby VM is ready (see docs/templates.md)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the VM as JSON")
 	sizes.add(cmd)
 	return cmd

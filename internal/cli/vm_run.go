@@ -202,6 +202,7 @@ and the files that would be copied, and creates nothing.`,
 	fl.StringVar(&f.create.Kernel, "kernel", "", "kernel (default from config: debian, pulled on first use)")
 	fl.BoolVar(&f.create.NAT, "nat", false, "give the VM internet access through NAT")
 	fl.BoolVar(&f.create.Cold, "cold", false, "boot from scratch instead of restoring the image's template")
+	fl.BoolVar(&f.create.NoStandby, "no-standby", false, "restore the template even when a standby VM is ready (see docs/templates.md)")
 	f.sizes.add(cmd)
 	f.net.add(cmd)
 	fl.BoolVar(&f.rm, "rm", false, "delete the VM when the command or session ends (kept if ssh never came up)")

@@ -73,6 +73,10 @@ type VMConfig struct {
 	// Templates: new VMs restore their image's template (default true;
 	// false = every VM cold-boots, as with `vm create --cold`).
 	Templates bool
+	// Standby: how many VMs restored from a template are kept running,
+	// identity applied, for the next create of the same shape to claim
+	// (default 1; 0 disables). See docs/templates.md.
+	Standby int
 }
 
 // NetworkConfig is [network].
@@ -164,6 +168,7 @@ const (
 	DefaultBridge      = "br-banger"
 	DefaultCIDR        = "172.30.0.1/24"
 	DefaultTapPoolSize = 2
+	DefaultStandby     = 1
 	DefaultDNSAddr     = "127.0.0.1:5354"
 	DefaultSuite       = "bookworm"
 	DefaultFirecracker = "firecracker"
@@ -192,6 +197,7 @@ func Defaults(h HostInfo) *Config {
 			Kernel:      DefaultKernel,
 			Driver:      DefaultDriver,
 			Templates:   true,
+			Standby:     DefaultStandby,
 		},
 		Network: NetworkConfig{
 			Bridge:      DefaultBridge,

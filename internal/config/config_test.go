@@ -71,7 +71,7 @@ func TestDefaultValues(t *testing.T) {
 		"network.dns_listen": `"127.0.0.1:5354"`, "network.uplink": `""`, "images.mirror": `""`,
 		"images.suite": `"bookworm"`, "firecracker.binary": `"firecracker"`, "firecracker.jailer": `"jailer"`,
 		"firecracker.use_jailer": "false", "qemu.binary": `"qemu-system-x86_64"`, "qemu.machine": `"microvm"`,
-		"disk.cow": `"auto"`, "update.manifest_url": `""`, "update.pubkey_file": `""`,
+		"vm.standby": "1", "disk.cow": `"auto"`, "update.manifest_url": `""`, "update.pubkey_file": `""`,
 		"operations_retention_days": "30",
 	}
 	if len(got) != len(want) {
@@ -105,6 +105,7 @@ image = "alpine"
 kernel = "mine"
 driver = "qemu"
 templates = false
+standby = 2
 [network]
 bridge = "br-test"
 cidr = "10.99.0.1/16"
@@ -134,7 +135,7 @@ pubkey_file = "/etc/banger/release.pub"
 	want := Config{
 		LogLevel:                "debug",
 		OperationsRetentionDays: 7,
-		VM:                      VMConfig{VCPU: 3, MemoryMiB: 3072, DiskSizeMiB: 20480, Image: "alpine", Kernel: "mine", Driver: "qemu"},
+		VM:                      VMConfig{VCPU: 3, MemoryMiB: 3072, DiskSizeMiB: 20480, Image: "alpine", Kernel: "mine", Driver: "qemu", Standby: 2},
 		Network:                 NetworkConfig{Bridge: "br-test", CIDR: "10.99.0.1/16", TapPoolSize: 0, DNSAddr: "127.0.0.53:53", Uplink: "eth0"},
 		Images:                  ImagesConfig{Mirror: "http://127.0.0.1:8080/debian", Suite: "trixie"},
 		Firecracker:             FirecrackerConfig{Binary: "/opt/fc/firecracker", Jailer: "/opt/fc/jailer", UseJailer: true},

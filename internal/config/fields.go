@@ -35,6 +35,7 @@ const (
 	minMemoryMiB   = model.MinMemoryMiB
 	minDiskMiB     = model.MinDiskMiB
 	maxTapPoolSize = 64
+	maxStandby     = 4
 )
 
 var (
@@ -66,6 +67,8 @@ func fields() []field {
 
 		{key: "vm.templates", accepted: "true or false",
 			ptr: func(c *Config) any { return &c.VM.Templates }},
+		{key: "vm.standby", accepted: fmt.Sprintf("a whole number from 0 (none) to %d", maxStandby),
+			ptr: func(c *Config) any { return &c.VM.Standby }, check: func(c *Config) error { return between(int64(c.VM.Standby), 0, maxStandby) }},
 
 		{key: "network.bridge", accepted: "an interface name: 1-15 of [a-z0-9-], not starting with '-'",
 			ptr: func(c *Config) any { return &c.Network.Bridge }, check: func(c *Config) error { return ifName(c.Network.Bridge) }},

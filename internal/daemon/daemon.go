@@ -67,6 +67,7 @@ type Daemon struct {
 	images    *image.Store
 	kernels   *kernelService
 	sshcfg    sshConfigWriter
+	standby   *standbyPool // VMs restored ahead of need (standby.go)
 	rt        runtimeState // VM runtime services; see lifecycle.go
 	srv       *rpc.Server
 
@@ -112,6 +113,7 @@ func New(ctx context.Context, o Options) (*Daemon, error) {
 		store:    st,
 		locks:    newKeyLocks(),
 		lockFile: lf,
+		standby:  newStandbyPool(),
 	}
 	d.ops = NewOperations(st, o.Now, o.Logger)
 	days := config.DefaultOperationsRetentionDays
@@ -186,7 +188,12 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	d.logger.Info("bangerd serving", "socket", sock, "version", d.build.Version, "pid", os.Getpid())
 	d.startRuntime(ctx)
 	go d.runSandboxReaper(ctx)
+	sctx, stopStandby := context.WithCancel(ctx)
+	standbyDone := make(chan struct{})
+	go func() { defer close(standbyDone); d.runStandby(sctx) }()
 	err = d.srv.Serve(ctx, ln)
+	stopStandby()
+	<-standbyDone
 	d.stopRuntime()
 	_ = os.Remove(sock)
 	return err

@@ -101,7 +101,9 @@ func (d *Daemon) registerImages() {
 	d.registerTemplates()
 }
 
-// vmsUsing lists the names of VMs for which match is true.
+// vmsUsing lists the names of VMs for which match is true. Standby VMs
+// for which it is true are destroyed instead (they are the daemon's, made
+// ahead of need: they never keep an image or kernel in use).
 func (d *Daemon) vmsUsing(ctx context.Context, match func(*model.VM) bool) ([]string, error) {
 	vms, err := d.store.ListVMs(ctx)
 	if err != nil {
@@ -109,7 +111,11 @@ func (d *Daemon) vmsUsing(ctx context.Context, match func(*model.VM) bool) ([]st
 	}
 	var names []string
 	for _, vm := range vms {
-		if match(vm) {
+		switch {
+		case !match(vm):
+		case vm.Runtime.Standby:
+			d.dropStandby(ctx, vm.ID)
+		default:
 			names = append(names, vm.Name)
 		}
 	}

@@ -149,6 +149,7 @@ func (d *Daemon) initRuntime(ctx context.Context) error {
 	d.rt = runtimeState{mgr: mgr, net: net, dns: dns, guests: guests, fwds: fwds, cow: strategy, cowWhy: why, driver: def}
 	d.logger.Info("vm runtime", "driver", def, "cow", strategy, "cow_reason", why, "bridge", cfg.Network.Bridge, "dns", cfg.Network.DNSAddr)
 	d.SetLifecycle(mgr)
+	d.standby.vms = mgr
 	return nil
 }
 

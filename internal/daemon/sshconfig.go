@@ -36,7 +36,7 @@ func (d *Daemon) refreshSSHConfig(ctx context.Context) (string, error) {
 	}
 	for _, vm := range vms {
 		ip, err := netip.ParseAddr(vm.IP)
-		if err != nil {
+		if err != nil || vm.Runtime.Standby {
 			continue
 		}
 		opts.Hosts = append(opts.Hosts, sshconfig.Host{Name: vm.Name, IP: ip})

@@ -16,7 +16,7 @@ import (
 func (d *Daemon) registerTemplates() {
 	s := d.srv
 	s.Handle(api.MethodImageTemplates, rpc.Typed(func(ctx context.Context, _ api.Empty) (*api.TemplateList, error) {
-		out := &api.TemplateList{Templates: []template.Template{}}
+		out := &api.TemplateList{Templates: []api.TemplateInfo{}}
 		tm, err := d.templates()
 		if err != nil {
 			return out, nil // no runtime: no templates
@@ -25,7 +25,19 @@ func (d *Daemon) registerTemplates() {
 		if err != nil {
 			return nil, err
 		}
-		out.Templates = append(out.Templates, ts...)
+		vms, err := d.store.ListVMs(ctx)
+		if err != nil {
+			return nil, err
+		}
+		ready := map[string]int{}
+		for _, vm := range vms {
+			if vm.Runtime.Standby && vm.State == model.StateRunning {
+				ready[vm.Runtime.Template]++
+			}
+		}
+		for _, t := range ts {
+			out.Templates = append(out.Templates, api.TemplateInfo{Template: t, Standby: ready[t.ID]})
+		}
 		return out, nil
 	}))
 	s.Handle(api.MethodImageWarm, rpc.Typed(func(ctx context.Context, p api.ImageWarmParams) (*api.ImageWarmResult, error) {

@@ -67,20 +67,20 @@ func (d *Daemon) resolveCreate(p api.VMCreateParams) (api.VMCreateParams, error)
 // createRecord reserves the name and writes the VM record in state
 // "stopped" (its disks are made by start).
 func (d *Daemon) createRecord(ctx context.Context, p api.VMCreateParams, sb *model.Sandbox) (*model.VM, error) {
+	return d.createRecordWith(ctx, p, sb, nil)
+}
+
+// createRecordWith is createRecord; mark, if set, amends the record before
+// it is written.
+func (d *Daemon) createRecordWith(ctx context.Context, p api.VMCreateParams, sb *model.Sandbox, mark func(*model.VM)) (*model.VM, error) {
 	p, err := d.resolveCreate(p)
 	if err != nil {
 		return nil, err
 	}
 	if p.Name == "" {
-		existing, err := d.store.ListVMs(ctx)
-		if err != nil {
+		if p.Name, err = d.freeName(ctx); err != nil {
 			return nil, err
 		}
-		taken := map[string]bool{}
-		for _, vm := range existing {
-			taken[vm.Name] = true
-		}
-		p.Name = model.GenerateName(func(n string) bool { return taken[n] })
 	}
 	unlock, err := d.locks.Lock(ctx, "name:"+p.Name)
 	if err != nil {
@@ -106,6 +106,9 @@ func (d *Daemon) createRecord(ctx context.Context, p api.VMCreateParams, sb *mod
 		UpdatedAt:   now,
 	}
 	vm.Runtime.Cold = p.Cold || !d.cfg.VM.Templates
+	if mark != nil {
+		mark(vm)
+	}
 	if err := d.store.CreateVM(ctx, vm); err != nil {
 		if errors.Is(err, model.ErrAlreadyExists) {
 			return nil, rpc.Errorf(rpc.CodeAlreadyExists, "a VM named %q already exists (pick another --name, or `banger vm delete %s`)", p.Name, p.Name)
@@ -123,6 +126,12 @@ func (d *Daemon) vmCreate(ctx context.Context, p api.VMCreateParams) (*model.VM,
 // unless p.NoStart.
 func (d *Daemon) createVM(ctx context.Context, p api.VMCreateParams, sb *model.Sandbox) (*model.VM, error) {
 	ctx, op := d.ops.Begin(ctx, "vm.create", p.Name)
+	if d.lifecycle != nil && d.standbyFor(p, sb) {
+		if vm, ok := d.claimStandby(ctx, p); ok {
+			op.End(nil)
+			return vm, nil
+		}
+	}
 	vm, err := d.createRecord(ctx, p, sb)
 	if err == nil && !p.NoStart {
 		if d.lifecycle == nil {
@@ -135,6 +144,9 @@ func (d *Daemon) createVM(ctx context.Context, p api.VMCreateParams, sb *model.S
 			if unlock, err = d.locks.Lock(ctx, "vm:"+vm.ID); err == nil {
 				vm, err = d.lifecycle.Start(ctx, vm)
 				unlock()
+			}
+			if err == nil {
+				d.noteCreated(vm, p, sb)
 			}
 		}
 	}
@@ -149,7 +161,7 @@ func (d *Daemon) vmList(ctx context.Context, p api.VMListParams) (*api.VMList, e
 	}
 	out := &api.VMList{VMs: []*model.VM{}}
 	for _, vm := range vms {
-		if p.RunningOnly && vm.State != model.StateRunning {
+		if vm.Runtime.Standby || p.RunningOnly && vm.State != model.StateRunning {
 			continue
 		}
 		out.VMs = append(out.VMs, vm)
@@ -167,6 +179,10 @@ func (d *Daemon) resolveRef(ctx context.Context, ref string) (*model.VM, error) 
 			return nil, rpc.Errorf(rpc.CodeNotFound, "no VM matches %q (see `banger vm list`)", ref)
 		}
 		return nil, rpc.Errorf(rpc.CodeBadRequest, "%w", err)
+	}
+	if vm.Runtime.Standby {
+		// Restored ahead of need: not the user's until a create claims it.
+		return nil, rpc.Errorf(rpc.CodeNotFound, "no VM matches %q (see `banger vm list`)", ref)
 	}
 	return vm, nil
 }
@@ -228,7 +244,7 @@ func (d *Daemon) vmPrune(ctx context.Context, p api.VMPruneParams) (*api.VMPrune
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for _, vm := range vms {
-		if vm.State == model.StateRunning || vm.State == model.StateStarting || vm.State == model.StateStopping {
+		if vm.Runtime.Standby || vm.State == model.StateRunning || vm.State == model.StateStarting || vm.State == model.StateStopping {
 			continue
 		}
 		if p.DryRun {

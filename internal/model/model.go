@@ -92,6 +92,9 @@ type Runtime struct {
 	// Template is the id of the template the VM was restored from at
 	// create ("" = it cold-booted). Later starts always cold-boot.
 	Template string `json:"template,omitempty"`
+	// Standby marks a VM the daemon restored ahead of need: hidden from
+	// users until a create claims it (renames it and clears the mark).
+	Standby bool `json:"standby,omitempty"`
 }
 
 // Workspace is what `vm workspace prepare` recorded.

@@ -12,6 +12,7 @@ import (
 	"os"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -73,12 +74,16 @@ type Server struct {
 	mu       sync.RWMutex
 	handlers map[string]Handler
 	streams  map[string]StreamHandler
+
+	busy     atomic.Int64 // calls being handled
+	lastDone atomic.Int64 // when the last call ended (unix ns; 0: none yet)
+	started  time.Time
 }
 
 // NewServer returns a server with no methods.
 func NewServer(opts ServerOptions) *Server {
 	s := &Server{logger: opts.Logger, allow: opts.AllowUID, handlers: map[string]Handler{}, streams: map[string]StreamHandler{},
-		maxRequest: opts.MaxRequest, readTimeout: opts.ReadTimeout}
+		maxRequest: opts.MaxRequest, readTimeout: opts.ReadTimeout, started: time.Now()}
 	if opts.MaxConns <= 0 {
 		opts.MaxConns = DefaultMaxConns
 	}
@@ -375,6 +380,11 @@ func codeOrOK(err error) string {
 
 // invoke runs h, turning a panic into operation_failed.
 func (s *Server) invoke(ctx context.Context, h Handler, sh StreamHandler, stream *Stream, req request, opID string) (res any, err error) {
+	s.busy.Add(1)
+	defer func() {
+		s.lastDone.Store(time.Now().UnixNano())
+		s.busy.Add(-1)
+	}()
 	defer func() {
 		if r := recover(); r != nil {
 			s.logger.Error("rpc handler panicked", "method", req.Method, "op_id", opID, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
@@ -385,6 +395,23 @@ func (s *Server) invoke(ctx context.Context, h Handler, sh StreamHandler, stream
 		return sh(ctx, req.Params, stream)
 	}
 	return h(ctx, req.Params)
+}
+
+// Idle reports how long no call has been in flight: 0 while one is, the
+// time since the server was made when none has ended yet. Background work
+// that should not compete with callers waits for a quiet moment with it.
+func (s *Server) Idle() time.Duration {
+	if s.busy.Load() > 0 {
+		return 0
+	}
+	last := s.started
+	if ns := s.lastDone.Load(); ns != 0 {
+		last = time.Unix(0, ns)
+	}
+	if d := time.Since(last); d > 0 {
+		return d
+	}
+	return 0
 }
 
 // readStream reads a streaming call's client frames into st until the

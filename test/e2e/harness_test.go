@@ -160,6 +160,9 @@ type envOptions struct {
 	// first VM does not pay for making a template (template_test.go
 	// turns it on).
 	Templates bool
+	// Standby sets vm.standby (standby VMs kept ready; 0 here by default,
+	// so no test pays for a background restore it did not ask for).
+	Standby int
 }
 
 // env is one isolated banger installation: its own netns, directories and
@@ -239,12 +242,13 @@ memory = "512M"
 disk_size = "1G"
 driver = %q
 templates = %v
+standby = %d
 [network]
 tap_pool_size = %d
 dns_listen = "127.0.0.1:53"
 [disk]
 cow = %q
-`, imageName, kernelName, driver, o.Templates, o.TapPool, cow)
+`, imageName, kernelName, driver, o.Templates, o.Standby, o.TapPool, cow)
 	if o.FirecrackerBinary != "" {
 		conf += fmt.Sprintf("[firecracker]\nbinary = %q\n", o.FirecrackerBinary)
 	}

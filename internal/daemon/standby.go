@@ -85,13 +85,35 @@ func (d *Daemon) waitQuiet(ctx context.Context) {
 // standbyPool is the pool's state; its loop (runStandby) is the only
 // maker and dropper of standby VMs besides claims and vmsUsing.
 type standbyPool struct {
-	mu   sync.Mutex
-	want *standbyShape // the shape to keep ready (nil: none yet)
-	wake chan struct{}
-	vms  StandbyVMs
+	mu      sync.Mutex
+	want    *standbyShape   // the shape to keep ready (nil: none yet)
+	warming map[string]bool // ids of standbys being made or warmed up
+	wake    chan struct{}
+	vms     StandbyVMs
 }
 
-func newStandbyPool() *standbyPool { return &standbyPool{wake: make(chan struct{}, 1)} }
+func newStandbyPool() *standbyPool {
+	return &standbyPool{wake: make(chan struct{}, 1), warming: map[string]bool{}}
+}
+
+// ready reports whether the standby vm is ready to be claimed: running
+// and not being made or warmed up.
+func (p *standbyPool) ready(vm *model.VM) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return vm.Runtime.Standby && vm.State == model.StateRunning && !p.warming[vm.ID]
+}
+
+// setWarming marks (or unmarks) id as being made.
+func (p *standbyPool) setWarming(id string, on bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if on {
+		p.warming[id] = true
+	} else {
+		delete(p.warming, id)
+	}
+}
 
 // poke wakes the pool's loop (never blocks).
 func (p *standbyPool) poke() {
@@ -171,7 +193,7 @@ func (d *Daemon) claimStandby(ctx context.Context, p api.VMCreateParams) (*model
 		return nil, false
 	}
 	for _, cand := range vms {
-		if !cand.Runtime.Standby || cand.State != model.StateRunning || d.shape(cand) != want {
+		if !d.standby.ready(cand) || d.shape(cand) != want {
 			continue
 		}
 		vm, ok := d.claimOne(ctx, cand.ID, rp)
@@ -345,6 +367,8 @@ func (d *Daemon) makeStandby(ctx context.Context, s standbyShape) error {
 	if err != nil {
 		return fmt.Errorf("record: %w", err)
 	}
+	d.standby.setWarming(vm.ID, true)
+	defer d.standby.setWarming(vm.ID, false)
 	unlock, err := d.locks.Lock(ctx, "vm:"+vm.ID)
 	if err != nil {
 		return err

@@ -29,6 +29,8 @@ type fakeVMs struct {
 	destroyed []string
 	claimed   []string
 	warmed    []string
+	// duringWarm, if set, runs inside WarmStandby.
+	duringWarm func(vm *model.VM)
 }
 
 func (f *fakeVMs) Start(ctx context.Context, vm *model.VM) (*model.VM, error) {
@@ -67,8 +69,12 @@ func (f *fakeVMs) Claim(ctx context.Context, vm *model.VM, name string) (*model.
 
 func (f *fakeVMs) WarmStandby(ctx context.Context, vm *model.VM) {
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	f.warmed = append(f.warmed, vm.Name)
+	hook := f.duringWarm
+	f.mu.Unlock()
+	if hook != nil {
+		hook(vm)
+	}
 }
 
 func (f *fakeVMs) StandbyCurrent(ctx context.Context, vm *model.VM) bool {
@@ -138,8 +144,19 @@ func TestStandbyMadeAfterARestoreAndClaimedByTheNextCreate(t *testing.T) {
 	if _, err := d.createVM(ctx, p, nil); err != nil {
 		t.Fatal(err)
 	}
+	// While it warms up it is not ready: not counted, not claimed.
+	var duringReady, duringClaimed bool
+	f.duringWarm = func(vm *model.VM) {
+		cur, _ := d.store.GetVM(ctx, vm.ID)
+		duringReady = d.standby.ready(cur)
+		_, duringClaimed = d.claimStandby(ctx, api.VMCreateParams{Name: "early", MemoryMiB: 512})
+	}
 	if err := d.fillStandby(ctx); err != nil {
 		t.Fatal(err)
+	}
+	f.duringWarm = nil
+	if duringReady || duringClaimed {
+		t.Errorf("a standby warming up was ready=%v claimed=%v", duringReady, duringClaimed)
 	}
 	sb := standbys(t, d)
 	if len(sb) != 1 || sb[0].State != model.StateRunning || !strings.HasPrefix(sb[0].Name, "standby-") {

@@ -31,7 +31,7 @@ func (d *Daemon) registerTemplates() {
 		}
 		ready := map[string]int{}
 		for _, vm := range vms {
-			if vm.Runtime.Standby && vm.State == model.StateRunning {
+			if d.standby.ready(vm) {
 				ready[vm.Runtime.Template]++
 			}
 		}
@@ -54,6 +54,7 @@ func (d *Daemon) registerTemplates() {
 			if err != nil {
 				return nil, err
 			}
+			d.standby.poke() // standby VMs of removed templates go
 			return &api.ImageWarmResult{Removed: n}, nil
 		}
 		ctx, op := d.ops.Begin(ctx, "image.warm", cp.Image)
@@ -89,6 +90,7 @@ func (d *Daemon) removeImageTemplates(name string) {
 	if err != nil {
 		return
 	}
+	defer d.standby.poke() // standby VMs of removed templates go
 	if n, err := tm.Store().RemoveImage(name); err != nil {
 		d.logger.Warn("remove the templates of a deleted image", "image", name, "err", err)
 	} else if n > 0 {

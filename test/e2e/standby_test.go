@@ -1,0 +1,126 @@
+package e2e
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/internal/model"
+)
+
+// standbyReady returns how many standby VMs are ready, summed over the
+// templates.
+func (e *env) standbyReady() int {
+	e.t.Helper()
+	var ts []api.TemplateInfo
+	if err := json.Unmarshal([]byte(e.must("image", "templates", "--json")), &ts); err != nil {
+		e.t.Fatal(err)
+	}
+	n := 0
+	for _, t := range ts {
+		n += t.Standby
+	}
+	return n
+}
+
+// fullDaemonLog is the whole daemon log (daemonLog is its tail).
+func (e *env) fullDaemonLog() string {
+	data, _ := os.ReadFile(filepath.Join(e.dir, "bangerd.log"))
+	return string(data)
+}
+
+// waitStandby waits until a standby VM is ready.
+func (e *env) waitStandby(limit time.Duration) {
+	e.t.Helper()
+	deadline := time.Now().Add(limit)
+	for e.standbyReady() == 0 {
+		if time.Now().After(deadline) {
+			e.t.Fatalf("no standby VM ready after %s\n%s", limit, e.must("image", "templates"))
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// TestE2EStandby: after a create restored a template, the daemon keeps a
+// standby VM of that shape ready; the next creates claim one each (the
+// pool refills in between). A claimed VM has its own identity like any
+// restored VM (hostname, machine-id, MAC, address, pinned host key, RNG)
+// and answers over ssh under its name; standby VMs never show in
+// `vm list`; removing the template drops the standby and leaves nothing
+// behind.
+func TestE2EStandby(t *testing.T) {
+	e := newEnv(t, envOptions{TapPool: 2, Templates: true, Standby: 1})
+	e.must("image", "warm")
+	e.must("vm", "create", "--name", "s1")
+	if v := e.show("s1"); v.Runtime.Template == "" {
+		t.Fatalf("s1 did not restore a template: %+v", v)
+	}
+	e.waitStandby(3 * time.Minute)
+
+	var vms [2]*model.VM
+	var ids [2]guestIdentity
+	for i, name := range []string{"s2", "s3"} {
+		if i > 0 {
+			e.waitStandby(3 * time.Minute)
+		}
+		before := e.fullDaemonLog()
+		t0 := time.Now()
+		e.must("vm", "create", "--name", name)
+		took := time.Since(t0)
+		claimed := false
+		for _, l := range strings.Split(e.fullDaemonLog()[len(before):], "\n") {
+			var rec struct{ Msg, VM string }
+			if json.Unmarshal([]byte(l), &rec) == nil && rec.Msg == "standby claimed" && rec.VM == name {
+				claimed = true
+			}
+		}
+		if !claimed {
+			t.Fatalf("create %s did not claim the standby VM", name)
+		}
+		v := e.show(name)
+		if v.State != model.StateRunning || v.Runtime.Standby || v.Runtime.Template == "" {
+			t.Fatalf("%s after create: %+v", name, v)
+		}
+		vms[i], ids[i] = v, e.identity(v.IP)
+		t.Logf("%s claimed in %s: %+v", name, took.Round(time.Millisecond), ids[i])
+	}
+	e.checkRestoredIdentities(t, vms, ids)
+	e.mustSSH(vms[0].IP, "echo only-s2 > /root/only-s2 && sync")
+	if got := e.mustSSH(vms[1].IP, "test -e /root/only-s2 && echo present || echo absent"); got != "absent" {
+		t.Fatalf("a file written in s2 is visible in s3: %q", got)
+	}
+	if got := e.mustSSH(vms[0].IP, "cat /etc/hostname; grep -c s2 /etc/hosts"); got != "s2\n1" {
+		t.Errorf("s2's /etc/hostname and /etc/hosts: %q", got)
+	}
+
+	// Only the user's VMs are listed; a standby refilled meanwhile is not.
+	e.waitStandby(3 * time.Minute)
+	var names []string
+	for _, v := range e.list() {
+		names = append(names, v.Name)
+	}
+	if strings.Join(names, ",") != "s1,s2,s3" {
+		t.Errorf("vm list: %v, want s1,s2,s3", names)
+	}
+	// --no-standby restores instead of claiming.
+	before := e.fullDaemonLog()
+	e.must("vm", "create", "--name", "s4", "--no-standby")
+	if strings.Contains(e.fullDaemonLog()[len(before):], `"standby claimed"`) {
+		t.Error("--no-standby claimed the standby VM")
+	}
+	for _, n := range []string{"s1", "s2", "s3", "s4"} {
+		e.must("vm", "delete", n)
+	}
+
+	// Removing the template drops its standby VM: nothing is left.
+	e.must("image", "warm", "--rm")
+	deadline := time.Now().Add(time.Minute)
+	for len(e.leakReport()) > 0 && time.Now().Before(deadline) {
+		time.Sleep(500 * time.Millisecond)
+	}
+	e.assertNoLeaks("after the template was removed")
+}

@@ -171,8 +171,10 @@ func (d *Daemon) standbyFor(p api.VMCreateParams, sb *model.Sandbox) bool {
 }
 
 // noteCreated records the shape of a VM a plain create just restored from
-// a template: the pool keeps that shape ready from now on.
+// a template (with or without --no-standby): the pool keeps that shape
+// ready from now on.
 func (d *Daemon) noteCreated(vm *model.VM, p api.VMCreateParams, sb *model.Sandbox) {
+	p.NoStandby = false
 	if vm == nil || vm.Runtime.Template == "" || !d.standbyFor(p, sb) {
 		return
 	}

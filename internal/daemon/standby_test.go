@@ -140,6 +140,8 @@ func TestStandbyMadeAfterARestoreAndClaimedByTheNextCreate(t *testing.T) {
 	if sb := standbys(t, d); len(sb) != 0 {
 		t.Fatalf("standbys before any create: %d", len(sb))
 	}
+	// A restore with --no-standby, too, says which shape to keep.
+	p.NoStandby = true
 	p.Name = "first"
 	if _, err := d.createVM(ctx, p, nil); err != nil {
 		t.Fatal(err)
@@ -187,7 +189,7 @@ func TestStandbyMadeAfterARestoreAndClaimedByTheNextCreate(t *testing.T) {
 	// The next create of the same shape claims it: same VM, new name, no
 	// start.
 	startedBefore, _, _, _ := f.counts()
-	p.Name = "second"
+	p.Name, p.NoStandby = "second", false
 	vm, err := d.createVM(ctx, p, nil)
 	if err != nil {
 		t.Fatal(err)

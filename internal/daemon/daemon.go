@@ -194,6 +194,9 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	err = d.srv.Serve(ctx, ln)
 	stopStandby()
 	<-standbyDone
+	dctx, cancelDrop := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	d.dropStandbys(dctx)
+	cancelDrop()
 	d.stopRuntime()
 	_ = os.Remove(sock)
 	return err

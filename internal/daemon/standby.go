@@ -9,7 +9,7 @@ package daemon
 // create used. Standby VMs are hidden from every user-facing listing and
 // reference; they are dropped when their template is no longer current,
 // when their image or kernel is deleted, and when the configuration turns
-// the pool off.
+// the pool off, and when the daemon stops (nothing else could claim them).
 
 import (
 	"context"
@@ -393,4 +393,18 @@ func (d *Daemon) makeStandby(ctx context.Context, s standbyShape) error {
 	d.logger.InfoContext(ctx, "standby ready", "vm", vm.Name, "id", vm.ID, "template", vm.Runtime.Template,
 		"took", d.now().Sub(t0).Round(time.Millisecond))
 	return nil
+}
+
+// dropStandbys destroys every standby VM: the daemon is stopping, and a
+// standby nobody can claim would only hold memory until the next start.
+func (d *Daemon) dropStandbys(ctx context.Context) {
+	vms, err := d.store.ListVMs(ctx)
+	if err != nil {
+		return
+	}
+	for _, vm := range vms {
+		if vm.Runtime.Standby {
+			d.dropStandby(ctx, vm.ID)
+		}
+	}
 }

@@ -365,6 +365,27 @@ func TestStandbyNotKeptWhenTheRestoreColdBoots(t *testing.T) {
 	}
 }
 
+func TestStandbyDroppedWhenTheDaemonStops(t *testing.T) {
+	d, _ := standbyDaemon(t)
+	ctx := context.Background()
+	if _, err := d.createVM(ctx, api.VMCreateParams{Name: "a", MemoryMiB: 512}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.fillStandby(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if len(standbys(t, d)) != 1 {
+		t.Fatal("no standby")
+	}
+	d.dropStandbys(ctx)
+	if sb := standbys(t, d); len(sb) != 0 {
+		t.Errorf("standbys after the daemon stopped: %d", len(sb))
+	}
+	if _, err := d.resolveRef(ctx, "a"); err != nil {
+		t.Errorf("the user's VM went with the standbys: %v", err)
+	}
+}
+
 func mustPort(t *testing.T, spec string) model.PortForward {
 	t.Helper()
 	p, err := model.ParsePortForward(spec)

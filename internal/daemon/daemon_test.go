@@ -16,13 +16,18 @@ import (
 	"github.com/bangerdev/banger/internal/rpc"
 )
 
+// testLayout is a user-mode layout under a temporary directory.
+func testLayout(t *testing.T) paths.Layout {
+	dir := t.TempDir()
+	return paths.Layout{Mode: "user",
+		StateDir: filepath.Join(dir, "state"), CacheDir: filepath.Join(dir, "cache"),
+		RuntimeDir: filepath.Join(dir, "run"), ConfigDir: filepath.Join(dir, "config")}
+}
+
 // startDaemon runs a daemon on a temporary layout and returns a client.
 func startDaemon(t *testing.T) (*Daemon, *rpc.Client) {
 	t.Helper()
-	dir := t.TempDir()
-	layout := paths.Layout{Mode: "user",
-		StateDir: filepath.Join(dir, "state"), CacheDir: filepath.Join(dir, "cache"),
-		RuntimeDir: filepath.Join(dir, "run"), ConfigDir: filepath.Join(dir, "config")}
+	layout := testLayout(t)
 	cfg := config.Defaults(config.HostInfo{CPUs: 8, MemoryBytes: 16 << 30})
 	ctx, cancel := context.WithCancel(context.Background())
 	d, err := New(ctx, Options{Layout: layout, Config: cfg, Build: buildinfo.Info{Version: "test", Commit: "abc"}})

@@ -3,7 +3,6 @@ package daemon
 import (
 	"context"
 	"errors"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -12,7 +11,6 @@ import (
 	"github.com/bangerdev/banger/internal/buildinfo"
 	"github.com/bangerdev/banger/internal/config"
 	"github.com/bangerdev/banger/internal/model"
-	"github.com/bangerdev/banger/internal/paths"
 	"github.com/bangerdev/banger/internal/rpc"
 )
 
@@ -95,10 +93,7 @@ func (f *fakeVMs) counts() (started, destroyed, claimed, warmed int) {
 // with vm.standby = 1.
 func standbyDaemon(t *testing.T) (*Daemon, *fakeVMs) {
 	t.Helper()
-	dir := t.TempDir()
-	layout := paths.Layout{Mode: "user",
-		StateDir: filepath.Join(dir, "state"), CacheDir: filepath.Join(dir, "cache"),
-		RuntimeDir: filepath.Join(dir, "run"), ConfigDir: filepath.Join(dir, "config")}
+	layout := testLayout(t)
 	cfg := config.Defaults(config.HostInfo{CPUs: 8, MemoryBytes: 16 << 30})
 	cfg.VM.Standby = 1
 	d, err := New(context.Background(), Options{Layout: layout, Config: cfg, Build: buildinfo.Info{Version: "test"}})

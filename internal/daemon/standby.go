@@ -32,6 +32,8 @@ type StandbyVMs interface {
 	Claim(ctx context.Context, vm *model.VM, name string) (*model.VM, error)
 	// WarmStandby runs the guest warm-up in a fresh standby (best effort).
 	WarmStandby(ctx context.Context, vm *model.VM)
+	// PauseStandby stops a ready standby's vCPUs until its claim.
+	PauseStandby(ctx context.Context, vm *model.VM) error
 	// StandbyCurrent reports whether vm's template is still its key's.
 	StandbyCurrent(ctx context.Context, vm *model.VM) bool
 	// DefaultDriver is the driver "auto" resolves to.
@@ -389,6 +391,10 @@ func (d *Daemon) makeStandby(ctx context.Context, s standbyShape) error {
 	// Still under the lock: a create that comes now restores instead of
 	// claiming a VM whose warm-up still runs.
 	d.standby.vms.WarmStandby(ctx, vm)
+	if err := d.standby.vms.PauseStandby(ctx, vm); err != nil {
+		// It still works running; the claim resumes only what is paused.
+		d.logger.WarnContext(ctx, "pause standby", "vm", vm.Name, "err", err)
+	}
 	unlock()
 	d.logger.InfoContext(ctx, "standby ready", "vm", vm.Name, "id", vm.ID, "template", vm.Runtime.Template,
 		"took", d.now().Sub(t0).Round(time.Millisecond))

@@ -61,8 +61,13 @@ func (f *fakeVMs) Claim(ctx context.Context, vm *model.VM, name string) (*model.
 	if err != nil {
 		return vm, err
 	}
-	vm.Name, vm.Runtime.Standby = name, false
+	vm.Name, vm.Runtime.Standby, vm.Runtime.Paused = name, false, false
 	return vm, f.d.store.UpdateVM(ctx, vm)
+}
+
+func (f *fakeVMs) PauseStandby(ctx context.Context, vm *model.VM) error {
+	vm.Runtime.Paused = true
+	return f.d.store.UpdateVM(ctx, vm)
 }
 
 func (f *fakeVMs) WarmStandby(ctx context.Context, vm *model.VM) {
@@ -156,8 +161,8 @@ func TestStandbyMadeAfterARestoreAndClaimedByTheNextCreate(t *testing.T) {
 		t.Errorf("a standby warming up was ready=%v claimed=%v", duringReady, duringClaimed)
 	}
 	sb := standbys(t, d)
-	if len(sb) != 1 || sb[0].State != model.StateRunning || !strings.HasPrefix(sb[0].Name, "standby-") {
-		t.Fatalf("standbys after a restore: %+v", sb)
+	if len(sb) != 1 || sb[0].State != model.StateRunning || !strings.HasPrefix(sb[0].Name, "standby-") || !sb[0].Runtime.Paused {
+		t.Fatalf("standbys after a restore (want one, running, paused): %+v", sb)
 	}
 	if _, _, _, warmed := f.counts(); warmed != 1 {
 		t.Errorf("warm-ups: %d, want 1", warmed)

@@ -95,6 +95,9 @@ type Runtime struct {
 	// Standby marks a VM the daemon restored ahead of need: hidden from
 	// users until a create claims it (renames it and clears the mark).
 	Standby bool `json:"standby,omitempty"`
+	// Paused: the VMM's vCPUs are stopped (a standby VM waiting to be
+	// claimed; the claim resumes it).
+	Paused bool `json:"paused,omitempty"`
 }
 
 // Workspace is what `vm workspace prepare` recorded.

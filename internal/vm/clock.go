@@ -128,8 +128,8 @@ func (m *Manager) syncClocks(ctx context.Context) {
 		return
 	}
 	for _, vm := range vms {
-		if vm.State != model.StateRunning {
-			continue
+		if vm.State != model.StateRunning || vm.Runtime.Paused {
+			continue // a paused standby's clock is set when it is claimed
 		}
 		c, err := m.Agent(vm)
 		if err != nil {

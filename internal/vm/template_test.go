@@ -122,6 +122,7 @@ type snapDriver struct {
 	saves      int
 	restoreErr error
 	resizes    []string
+	pauses     []string // "pause PID" / "resume PID"
 }
 
 func newSnapDriver(t *testing.T) *snapDriver {
@@ -141,7 +142,23 @@ func newSnapDriver(t *testing.T) *snapDriver {
 	return d
 }
 
-func (d *snapDriver) Capabilities() vmm.Capabilities { return vmm.Capabilities{Snapshots: true} }
+func (d *snapDriver) Capabilities() vmm.Capabilities {
+	return vmm.Capabilities{Snapshots: true, Pause: true}
+}
+
+func (d *snapDriver) Pause(_ context.Context, h *vmm.Handle) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.pauses = append(d.pauses, fmt.Sprintf("pause %d", h.PID))
+	return nil
+}
+
+func (d *snapDriver) Resume(_ context.Context, h *vmm.Handle) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.pauses = append(d.pauses, fmt.Sprintf("resume %d", h.PID))
+	return nil
+}
 
 func (d *snapDriver) VMMVersion(context.Context) (string, error) { return "fake 1.0", nil }
 

@@ -2,8 +2,10 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -60,6 +62,10 @@ func TestE2EStandby(t *testing.T) {
 		t.Fatalf("s1 did not restore a template: %+v", v)
 	}
 	e.waitStandby(3 * time.Minute)
+	// A ready standby is paused: its VMM uses no CPU while it waits.
+	if cpu := e.standbyCPU(3 * time.Second); cpu > 0.03 {
+		t.Errorf("the waiting standby's VMM used %.0f%% of a core", cpu*100)
+	}
 
 	var vms [2]*model.VM
 	var ids [2]guestIdentity
@@ -123,4 +129,35 @@ func TestE2EStandby(t *testing.T) {
 		time.Sleep(500 * time.Millisecond)
 	}
 	e.assertNoLeaks("after the template was removed")
+}
+
+// standbyCPU is the CPU time the standby VMs' VMMs (named guest=standby-…)
+// used over d, as a fraction of one core.
+func (e *env) standbyCPU(d time.Duration) float64 {
+	e.t.Helper()
+	ticks := func() int64 {
+		var sum int64
+		for pid := range e.nsPIDs() {
+			cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+			if !strings.Contains(string(cmdline), "guest=standby-") {
+				continue
+			}
+			stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+			if err != nil {
+				continue
+			}
+			// Fields after the command's closing parenthesis: utime and
+			// stime are the 12th and 13th.
+			f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+			if len(f) > 12 {
+				u, _ := strconv.ParseInt(f[11], 10, 64)
+				s, _ := strconv.ParseInt(f[12], 10, 64)
+				sum += u + s
+			}
+		}
+		return sum
+	}
+	t0 := ticks()
+	time.Sleep(d)
+	return float64(ticks()-t0) / 100 / d.Seconds() // USER_HZ = 100
 }

@@ -21,9 +21,12 @@ import (
 // again every EOFPoll until EOFConfirm has passed. A read that blocks means
 // the host is there after all, and the session goes on.
 
-// Defaults of eofReader.
+// Defaults of eofReader. SerialEOFConfirm is also how long after the host
+// hangs up a serial session ends in the guest: a host that pauses the guest
+// waits that long first, or the half-ended session meets its next
+// connection.
 const (
-	serialEOFConfirm = 500 * time.Millisecond
+	SerialEOFConfirm = 500 * time.Millisecond
 	serialEOFPoll    = 20 * time.Millisecond
 )
 
@@ -38,7 +41,7 @@ type eofReader struct {
 }
 
 func newEOFReader(r io.Reader) *eofReader {
-	return &eofReader{r: r, confirm: serialEOFConfirm, poll: serialEOFPoll, now: time.Now, sleep: time.Sleep}
+	return &eofReader{r: r, confirm: SerialEOFConfirm, poll: serialEOFPoll, now: time.Now, sleep: time.Sleep}
 }
 
 func (e *eofReader) Read(b []byte) (int, error) {

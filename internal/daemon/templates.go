@@ -67,6 +67,11 @@ func (d *Daemon) registerTemplates() {
 		if err != nil {
 			return nil, err
 		}
+		// A warmed image is about to be used: keep a standby VM of the
+		// shape a plain create of it has (the pool follows later creates).
+		if d.standbySize() > 0 {
+			d.standby.setWant(d.shapeOfParams(cp))
+		}
 		return &api.ImageWarmResult{Template: &t, Made: made}, nil
 	}))
 }

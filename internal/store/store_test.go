@@ -329,6 +329,22 @@ func TestVMRoundTrip(t *testing.T) {
 	if !again.CreatedAt.Equal(t0) {
 		t.Fatalf("UpdateVM changed CreatedAt to %v", again.CreatedAt)
 	}
+	// A zero CreatedAt keeps the stored one; another one replaces it (a
+	// claimed standby VM).
+	again.CreatedAt = time.Time{}
+	if err := s.UpdateVM(ctx, again); err != nil {
+		t.Fatal(err)
+	}
+	if kept, _ := s.GetVM(ctx, vm.ID); !kept.CreatedAt.Equal(t0) {
+		t.Fatalf("UpdateVM with a zero CreatedAt stored %v", kept.CreatedAt)
+	}
+	again.CreatedAt = t1
+	if err := s.UpdateVM(ctx, again); err != nil {
+		t.Fatal(err)
+	}
+	if moved, _ := s.GetVM(ctx, vm.ID); !moved.CreatedAt.Equal(t1) {
+		t.Fatalf("UpdateVM with CreatedAt %v stored %v", t1, moved.CreatedAt)
+	}
 
 	missing := testVM("ghost", "ffffffffffffffff")
 	if err := s.UpdateVM(ctx, missing); !errors.Is(err, model.ErrNotFound) {

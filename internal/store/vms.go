@@ -281,8 +281,9 @@ func (s *Store) ListVMs(ctx context.Context) ([]*model.VM, error) {
 	return vms, nil
 }
 
-// UpdateVM writes every field of vm to the record with vm.ID (CreatedAt is
-// kept as stored) and sets vm.UpdatedAt to now. A missing record gives an
+// UpdateVM writes every field of vm to the record with vm.ID (a zero
+// CreatedAt keeps the stored one; a claimed standby VM gets the time of
+// its claim) and sets vm.UpdatedAt to now. A missing record gives an
 // error wrapping model.ErrNotFound; renaming onto a taken name wraps
 // model.ErrAlreadyExists.
 func (s *Store) UpdateVM(ctx context.Context, vm *model.VM) error {
@@ -302,12 +303,16 @@ func (s *Store) UpdateVM(ctx context.Context, vm *model.VM) error {
 		return err
 	}
 	updated := s.now()
+	created := "" // zero: keep the stored one
+	if !vm.CreatedAt.IsZero() {
+		created = formatTime(vm.CreatedAt)
+	}
 	res, err := s.db.ExecContext(ctx, `UPDATE vms SET name = ?, state = ?, image = ?, kernel = ?, driver = ?, vcpu = ?,
 		memory_mib = ?, disk_size_mib = ?, nat = ?, ip = ?, mac = ?, error = ?, runtime = ?, workspace = ?, updated_at = ?,
-		allow_lan = ?, ports = ?, sandbox = ?
+		allow_lan = ?, ports = ?, sandbox = ?, created_at = COALESCE(NULLIF(?, ''), created_at)
 		WHERE id = ?`,
 		vm.Name, string(vm.State), vm.Image, vm.Kernel, vm.Driver, vm.VCPU, vm.MemoryMiB, vm.DiskSizeMiB,
-		boolInt(vm.NAT), vm.IP, vm.MAC, vm.Error, rt, ws, formatTime(updated), boolInt(vm.AllowLAN), ports, sb, vm.ID)
+		boolInt(vm.NAT), vm.IP, vm.MAC, vm.Error, rt, ws, formatTime(updated), boolInt(vm.AllowLAN), ports, sb, created, vm.ID)
 	if err != nil {
 		if isConstraint(err) {
 			return fmt.Errorf("%w: cannot rename vm %s to %q: a VM with that name exists", model.ErrAlreadyExists, vm.ID, vm.Name)

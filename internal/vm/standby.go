@@ -130,6 +130,14 @@ func (m *Manager) PauseStandby(ctx context.Context, vm *model.VM) error {
 	if !vm.Runtime.Standby || vm.State != model.StateRunning || vm.Runtime.Paused {
 		return nil
 	}
+	// The warm-up's agent session ends in the guest a moment after the
+	// host hung up; paused before that, it would meet the claim's
+	// connection.
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(agent.SerialEOFConfirm + 200*time.Millisecond):
+	}
 	return m.setPaused(ctx, vm, true)
 }
 

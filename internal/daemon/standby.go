@@ -167,26 +167,27 @@ func (d *Daemon) shapeOfParams(p api.VMCreateParams) standbyShape {
 		DiskSizeMiB: p.DiskSizeMiB, NAT: p.NAT, AllowLAN: p.AllowLAN})
 }
 
-// standbyFor reports whether a create with params p may claim a standby.
-func (d *Daemon) standbyFor(p api.VMCreateParams, sb *model.Sandbox) bool {
-	return d.standbySize() > 0 && sb == nil && !p.NoStart && !p.Cold && !p.NoStandby && len(p.Ports) == 0
+// standbyFor reports whether a create with params p may claim a standby
+// (E2B sandboxes claim like any create; the claim records the sandbox).
+func (d *Daemon) standbyFor(p api.VMCreateParams) bool {
+	return d.standbySize() > 0 && !p.NoStart && !p.Cold && !p.NoStandby && len(p.Ports) == 0
 }
 
 // noteCreated records the shape of a VM a plain create just restored from
 // a template (with or without --no-standby): the pool keeps that shape
 // ready from now on.
-func (d *Daemon) noteCreated(vm *model.VM, p api.VMCreateParams, sb *model.Sandbox) {
+func (d *Daemon) noteCreated(vm *model.VM, p api.VMCreateParams) {
 	p.NoStandby = false
-	if vm == nil || vm.Runtime.Template == "" || !d.standbyFor(p, sb) {
+	if vm == nil || vm.Runtime.Template == "" || !d.standbyFor(p) {
 		return
 	}
 	d.standby.setWant(d.shape(vm))
 }
 
-// claimStandby hands a ready standby VM of p's shape to the create, or
-// returns ok=false (the create then runs as usual). A standby that fails
-// to be claimed is destroyed.
-func (d *Daemon) claimStandby(ctx context.Context, p api.VMCreateParams) (*model.VM, bool) {
+// claimStandby hands a ready standby VM of p's shape to the create (of an
+// E2B sandbox when sb is set), or returns ok=false (the create then runs
+// as usual). A standby that fails to be claimed is destroyed.
+func (d *Daemon) claimStandby(ctx context.Context, p api.VMCreateParams, sb *model.Sandbox) (*model.VM, bool) {
 	rp, err := d.resolveCreate(p)
 	if err != nil {
 		return nil, false // the usual path reports it
@@ -200,7 +201,7 @@ func (d *Daemon) claimStandby(ctx context.Context, p api.VMCreateParams) (*model
 		if !d.standby.ready(cand) || d.shape(cand) != want {
 			continue
 		}
-		vm, ok := d.claimOne(ctx, cand.ID, rp)
+		vm, ok := d.claimOne(ctx, cand.ID, rp, sb)
 		if ok {
 			d.standby.setWant(want) // and refill
 			return vm, true
@@ -210,7 +211,7 @@ func (d *Daemon) claimStandby(ctx context.Context, p api.VMCreateParams) (*model
 }
 
 // claimOne claims the standby id for the create rp, under the VM's lock.
-func (d *Daemon) claimOne(ctx context.Context, id string, rp api.VMCreateParams) (*model.VM, bool) {
+func (d *Daemon) claimOne(ctx context.Context, id string, rp api.VMCreateParams, sb *model.Sandbox) (*model.VM, bool) {
 	// A standby is locked while it is made or warmed up: restore instead
 	// of waiting for it.
 	lctx, cancel := context.WithTimeout(ctx, claimLockWait)
@@ -243,6 +244,7 @@ func (d *Daemon) claimOne(ctx context.Context, id string, rp api.VMCreateParams)
 		return nil, false // taken: the usual path says so
 	}
 	progress.Stage(ctx, "standby", "claiming a VM restored ahead of need")
+	vm.Sandbox = sb // saved by the claim
 	claimed, err := d.standby.vms.Claim(ctx, vm, name)
 	if err != nil {
 		d.logger.WarnContext(ctx, "claim standby failed; restoring instead", "standby", id, "err", err)

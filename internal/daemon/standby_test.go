@@ -151,7 +151,7 @@ func TestStandbyMadeAfterARestoreAndClaimedByTheNextCreate(t *testing.T) {
 	f.duringWarm = func(vm *model.VM) {
 		cur, _ := d.store.GetVM(ctx, vm.ID)
 		duringReady = d.standby.ready(cur)
-		_, duringClaimed = d.claimStandby(ctx, api.VMCreateParams{Name: "early", MemoryMiB: 512})
+		_, duringClaimed = d.claimStandby(ctx, api.VMCreateParams{Name: "early", MemoryMiB: 512}, nil)
 	}
 	if err := d.fillStandby(ctx); err != nil {
 		t.Fatal(err)
@@ -247,13 +247,18 @@ func TestStandbyNotClaimedByOtherShapesOrOptOuts(t *testing.T) {
 	if _, _, claimed, _ := f.counts(); claimed != 0 {
 		t.Errorf("claims: %d", claimed)
 	}
-	// An E2B sandbox never claims one either.
-	vm, err := d.createVM(ctx, api.VMCreateParams{Name: "sbx", MemoryMiB: 512}, &model.Sandbox{KeyID: "x"})
+	// An E2B sandbox of the shape claims it, and the record carries the
+	// sandbox.
+	vm, err := d.createVM(ctx, api.VMCreateParams{MemoryMiB: 512}, &model.Sandbox{KeyID: "x", Template: "base"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if vm.ID == sb[0].ID {
-		t.Fatal("a sandbox claimed the standby")
+	got, err := d.store.GetVM(ctx, vm.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.ID != sb[0].ID || got.Sandbox == nil || got.Sandbox.KeyID != "x" || got.Runtime.Standby {
+		t.Fatalf("a sandbox create did not claim the standby as a sandbox: %+v", got)
 	}
 }
 

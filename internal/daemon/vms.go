@@ -126,8 +126,8 @@ func (d *Daemon) vmCreate(ctx context.Context, p api.VMCreateParams) (*model.VM,
 // unless p.NoStart.
 func (d *Daemon) createVM(ctx context.Context, p api.VMCreateParams, sb *model.Sandbox) (*model.VM, error) {
 	ctx, op := d.ops.Begin(ctx, "vm.create", p.Name)
-	if d.lifecycle != nil && d.standbyFor(p, sb) {
-		if vm, ok := d.claimStandby(ctx, p); ok {
+	if d.lifecycle != nil && d.standbyFor(p) {
+		if vm, ok := d.claimStandby(ctx, p, sb); ok {
 			op.End(nil)
 			return vm, nil
 		}
@@ -146,7 +146,7 @@ func (d *Daemon) createVM(ctx context.Context, p api.VMCreateParams, sb *model.S
 				unlock()
 			}
 			if err == nil {
-				d.noteCreated(vm, p, sb)
+				d.noteCreated(vm, p)
 			}
 		}
 	}

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -11,7 +12,9 @@ import (
 	"time"
 
 	"github.com/bangerdev/banger/internal/api"
+	"github.com/bangerdev/banger/internal/e2b/sdktest"
 	"github.com/bangerdev/banger/internal/model"
+	"github.com/bangerdev/banger/internal/vm"
 )
 
 // standbyReady returns how many standby VMs are ready, summed over the
@@ -162,4 +165,51 @@ func (e *env) standbyCPU(d time.Duration) float64 {
 	t0 := ticks()
 	time.Sleep(d)
 	return float64(ticks()-t0) / 100 / d.Seconds() // USER_HZ = 100
+}
+
+// TestE2EE2BStandby: an E2B sandbox create claims the standby VM, and the
+// SDK drives the claimed VM (commands through envd) under its new name.
+func TestE2EE2BStandby(t *testing.T) {
+	sdktest.Install(t)
+	e := newEnv(t, envOptions{TapPool: 2, Templates: true, Standby: 1})
+	key := lastLine(e.must("e2b", "key", "create", "--name", "a"))
+	e.must("image", "warm")
+	e.waitStandby(3 * time.Minute)
+	url, log := e.startE2B()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	script := sdktest.Script(t, "standby.mjs", []byte(`import { Sandbox } from 'e2b'
+const t0 = Date.now()
+const sb = await Sandbox.create('base')
+const took = Date.now() - t0
+const r = await sb.commands.run('hostname; cat /etc/machine-id')
+console.log(took + 'ms ' + r.stdout.trim().replace(/\n/g, ' '))
+await sb.kill()
+console.log(sb.sandboxId)
+`))
+	before := e.fullDaemonLog()
+	out := sdktest.RunNode(t, ctx, script, sdktest.Env(url, key), "ip", "netns", "exec", e.ns)
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) < 2 {
+		t.Fatalf("sdk output: %q\n%s", out, log.String())
+	}
+	id := lastLine(out)
+	var claimed string
+	for _, l := range strings.Split(e.fullDaemonLog()[len(before):], "\n") {
+		var rec struct{ Msg, VM, ID string }
+		if json.Unmarshal([]byte(l), &rec) == nil && rec.Msg == "standby claimed" && rec.ID == id {
+			claimed = rec.VM
+		}
+	}
+	if claimed == "" {
+		t.Fatalf("sandbox %s was not a claimed standby VM (sdk: %q)", id, out)
+	}
+	// The guest answers with the sandbox VM's name and its own machine-id.
+	if f := strings.Fields(lines[len(lines)-2]); len(f) != 3 || f[1] != claimed || f[2] != vm.MachineID(id) {
+		t.Fatalf("sandbox %s (VM %s) ran: %q", id, claimed, lines[len(lines)-2])
+	}
+	t.Logf("sandbox from a standby VM: %s", lines[len(lines)-2])
+	if vms := e.list(); len(vms) != 0 {
+		t.Errorf("VMs left after the SDK killed its sandbox: %+v", vms)
+	}
 }

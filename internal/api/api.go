@@ -154,6 +154,9 @@ type VMList struct {
 // VMListParams filters vm.list.
 type VMListParams struct {
 	RunningOnly bool `json:"running_only,omitempty"`
+	// Standby includes the standby VMs (restored ahead of need, hidden
+	// otherwise): for checks of the host's state, such as doctor's.
+	Standby bool `json:"standby,omitempty"`
 }
 
 // VMPruneParams are the inputs of vm.prune.

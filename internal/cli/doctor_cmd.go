@@ -172,7 +172,8 @@ func (a *app) networkChecks(layout paths.Layout, cfg *config.Config, runner host
 	probe := func(ctx context.Context) bool {
 		once.Do(func() {
 			var list api.VMList
-			if err := c.Call(ctx, api.MethodVMList, api.VMListParams{RunningOnly: true}, &list); err != nil {
+			// Standby VMs too: their NAT entries are the daemon's.
+			if err := c.Call(ctx, api.MethodVMList, api.VMListParams{RunningOnly: true, Standby: true}, &list); err != nil {
 				return
 			}
 			running = true

@@ -2,8 +2,8 @@ package daemon
 
 // The standby pool: VMs restored from a template ahead of need (see
 // internal/vm/standby.go). After a create restored a template, the daemon
-// keeps vm.standby VMs of that create's shape running under placeholder
-// names, identity applied and warmed up; the next create of the same shape
+// keeps vm.standby VMs of that create's shape under placeholder names,
+// identity applied, warmed up and paused; the next create of the same shape
 // claims one (a rename) instead of waiting for a restore, and the pool
 // makes a new one in the background. One shape is kept: the last one a
 // create used. Standby VMs are hidden from every user-facing listing and

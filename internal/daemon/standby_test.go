@@ -176,6 +176,9 @@ func TestStandbyMadeAfterARestoreAndClaimedByTheNextCreate(t *testing.T) {
 	if len(list.VMs) != 1 || list.VMs[0].Name != "first" {
 		t.Errorf("vm list shows %d VMs, want only first", len(list.VMs))
 	}
+	if all, err := d.vmList(ctx, api.VMListParams{Standby: true}); err != nil || len(all.VMs) != 2 {
+		t.Errorf("vm list with standbys: %v %v", all, err)
+	}
 	if _, err := d.resolveRef(ctx, sb[0].Name); rpc.CodeOf(err) != rpc.CodeNotFound {
 		t.Errorf("resolving a standby by name: %v, want not found", err)
 	}

@@ -161,7 +161,7 @@ func (d *Daemon) vmList(ctx context.Context, p api.VMListParams) (*api.VMList, e
 	}
 	out := &api.VMList{VMs: []*model.VM{}}
 	for _, vm := range vms {
-		if vm.Runtime.Standby || p.RunningOnly && vm.State != model.StateRunning {
+		if vm.Runtime.Standby && !p.Standby || p.RunningOnly && vm.State != model.StateRunning {
 			continue
 		}
 		out.VMs = append(out.VMs, vm)

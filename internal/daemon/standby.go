@@ -137,10 +137,15 @@ func (p *standbyPool) wanted() (standbyShape, bool) {
 
 // setWant makes s the shape to keep ready and wakes the loop.
 func (p *standbyPool) setWant(s standbyShape) {
-	p.mu.Lock()
-	p.want = &s
-	p.mu.Unlock()
+	p.keep(&s)
 	p.poke()
+}
+
+// keep makes s (nil: none) the shape to keep ready, without a wake-up.
+func (p *standbyPool) keep(s *standbyShape) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.want = s
 }
 
 // standbySize is how many standby VMs to keep (0 when templates are off).
@@ -303,9 +308,7 @@ func (d *Daemon) fillStandby(ctx context.Context) error {
 		for _, vm := range vms {
 			if vm.Runtime.Standby && vm.State == model.StateRunning {
 				want, ok = d.shape(vm), true
-				d.standby.mu.Lock()
-				d.standby.want = &want
-				d.standby.mu.Unlock()
+				d.standby.keep(&want)
 				break
 			}
 		}
@@ -329,9 +332,7 @@ func (d *Daemon) fillStandby(ctx context.Context) error {
 		if err := d.makeStandby(ctx, want); err != nil {
 			// Forget the shape until a create uses one again: its image
 			// may be gone, or it may not restore.
-			d.standby.mu.Lock()
-			d.standby.want = nil
-			d.standby.mu.Unlock()
+			d.standby.keep(nil)
 			return err
 		}
 		if cur, _ := d.standby.wanted(); cur != want {

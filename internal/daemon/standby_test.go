@@ -112,6 +112,30 @@ func standbyDaemon(t *testing.T) (*Daemon, *fakeVMs) {
 	return d, f
 }
 
+// fill runs one pass of the pool and fails the test on error.
+func fill(t *testing.T, d *Daemon) {
+	t.Helper()
+	if err := d.fillStandby(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// withOneStandby is a standbyDaemon where a create of VM "a" (512 MiB)
+// restored a template and the pool then made one standby, returned.
+func withOneStandby(t *testing.T) (*Daemon, *fakeVMs, *model.VM) {
+	t.Helper()
+	d, f := standbyDaemon(t)
+	if _, err := d.createVM(context.Background(), api.VMCreateParams{Name: "a", MemoryMiB: 512}, nil); err != nil {
+		t.Fatal(err)
+	}
+	fill(t, d)
+	sb := standbys(t, d)
+	if len(sb) != 1 {
+		t.Fatalf("standbys after a restore: %d, want 1", len(sb))
+	}
+	return d, f, sb[0]
+}
+
 // standbys returns the standby records.
 func standbys(t *testing.T, d *Daemon) []*model.VM {
 	t.Helper()
@@ -134,9 +158,7 @@ func TestStandbyMadeAfterARestoreAndClaimedByTheNextCreate(t *testing.T) {
 	p := api.VMCreateParams{MemoryMiB: 512}
 
 	// Nothing is kept before a create restored a template.
-	if err := d.fillStandby(ctx); err != nil {
-		t.Fatal(err)
-	}
+	fill(t, d)
 	if sb := standbys(t, d); len(sb) != 0 {
 		t.Fatalf("standbys before any create: %d", len(sb))
 	}
@@ -153,9 +175,7 @@ func TestStandbyMadeAfterARestoreAndClaimedByTheNextCreate(t *testing.T) {
 		duringReady = d.standby.ready(cur)
 		_, duringClaimed = d.claimStandby(ctx, api.VMCreateParams{Name: "early", MemoryMiB: 512}, nil)
 	}
-	if err := d.fillStandby(ctx); err != nil {
-		t.Fatal(err)
-	}
+	fill(t, d)
 	f.duringWarm = nil
 	if duringReady || duringClaimed {
 		t.Errorf("a standby warming up was ready=%v claimed=%v", duringReady, duringClaimed)
@@ -207,28 +227,15 @@ func TestStandbyMadeAfterARestoreAndClaimedByTheNextCreate(t *testing.T) {
 		t.Errorf("claimed VM by name: %v %v", got, err)
 	}
 	// Refill.
-	if err := d.fillStandby(ctx); err != nil {
-		t.Fatal(err)
-	}
+	fill(t, d)
 	if sb2 := standbys(t, d); len(sb2) != 1 || sb2[0].ID == vm.ID {
 		t.Fatalf("refill: %+v", sb2)
 	}
 }
 
 func TestStandbyNotClaimedByOtherShapesOrOptOuts(t *testing.T) {
-	d, f := standbyDaemon(t)
+	d, f, sb := withOneStandby(t)
 	ctx := context.Background()
-	base := api.VMCreateParams{Name: "a", MemoryMiB: 512}
-	if _, err := d.createVM(ctx, base, nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := d.fillStandby(ctx); err != nil {
-		t.Fatal(err)
-	}
-	sb := standbys(t, d)
-	if len(sb) != 1 {
-		t.Fatalf("standbys: %d", len(sb))
-	}
 	for i, p := range []api.VMCreateParams{
 		{MemoryMiB: 1024},
 		{MemoryMiB: 512, VCPU: 3},
@@ -243,7 +250,7 @@ func TestStandbyNotClaimedByOtherShapesOrOptOuts(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%+v: %v", p, err)
 		}
-		if vm.ID == sb[0].ID {
+		if vm.ID == sb.ID {
 			t.Fatalf("create %+v claimed the standby", p)
 		}
 	}
@@ -260,22 +267,15 @@ func TestStandbyNotClaimedByOtherShapesOrOptOuts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.ID != sb[0].ID || got.Sandbox == nil || got.Sandbox.KeyID != "x" || got.Runtime.Standby {
+	if got.ID != sb.ID || got.Sandbox == nil || got.Sandbox.KeyID != "x" || got.Runtime.Standby {
 		t.Fatalf("a sandbox create did not claim the standby as a sandbox: %+v", got)
 	}
 }
 
 func TestStandbyDroppedWhenStaleFailingOrUnwanted(t *testing.T) {
-	d, f := standbyDaemon(t)
+	d, f, old := withOneStandby(t)
 	ctx := context.Background()
-	p := api.VMCreateParams{Name: "a", MemoryMiB: 512}
-	if _, err := d.createVM(ctx, p, nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := d.fillStandby(ctx); err != nil {
-		t.Fatal(err)
-	}
-	old := standbys(t, d)[0]
+	p := api.VMCreateParams{MemoryMiB: 512}
 
 	// A new template (image changed): the old standby is not claimed and
 	// the pool replaces it.
@@ -290,9 +290,7 @@ func TestStandbyDroppedWhenStaleFailingOrUnwanted(t *testing.T) {
 	if vm.ID == old.ID {
 		t.Fatal("a stale standby was claimed")
 	}
-	if err := d.fillStandby(ctx); err != nil {
-		t.Fatal(err)
-	}
+	fill(t, d)
 	sb := standbys(t, d)
 	if len(sb) != 1 || sb[0].ID == old.ID || sb[0].Runtime.Template != "t2" {
 		t.Fatalf("after a template change: %+v", sb)
@@ -319,9 +317,7 @@ func TestStandbyDroppedWhenStaleFailingOrUnwanted(t *testing.T) {
 
 	// Deleting the image drops standbys that use it (they never keep it
 	// in use).
-	if err := d.fillStandby(ctx); err != nil {
-		t.Fatal(err)
-	}
+	fill(t, d)
 	if len(standbys(t, d)) != 1 {
 		t.Fatal("no standby to drop")
 	}
@@ -339,13 +335,9 @@ func TestStandbyDroppedWhenStaleFailingOrUnwanted(t *testing.T) {
 	}
 
 	// vm.standby = 0 drops them all.
-	if err := d.fillStandby(ctx); err != nil {
-		t.Fatal(err)
-	}
+	fill(t, d)
 	d.cfg.VM.Standby = 0
-	if err := d.fillStandby(ctx); err != nil {
-		t.Fatal(err)
-	}
+	fill(t, d)
 	if sb := standbys(t, d); len(sb) != 0 {
 		t.Errorf("standbys with vm.standby = 0: %d", len(sb))
 	}
@@ -374,17 +366,8 @@ func TestStandbyNotKeptWhenTheRestoreColdBoots(t *testing.T) {
 }
 
 func TestStandbyDroppedWhenTheDaemonStops(t *testing.T) {
-	d, _ := standbyDaemon(t)
+	d, _, _ := withOneStandby(t)
 	ctx := context.Background()
-	if _, err := d.createVM(ctx, api.VMCreateParams{Name: "a", MemoryMiB: 512}, nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := d.fillStandby(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if len(standbys(t, d)) != 1 {
-		t.Fatal("no standby")
-	}
 	d.dropStandbys(ctx)
 	if sb := standbys(t, d); len(sb) != 0 {
 		t.Errorf("standbys after the daemon stopped: %d", len(sb))
